@@ -1,0 +1,161 @@
+//! `.npy` arrays (NumPy format v1/v2/v3): float32 and float64 little-endian,
+//! C order in; float32 out. Every malformed file is an error naming the problem;
+//! the declared shape is checked against the file length before anything is allocated.
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor};
+use std::path::Path;
+
+const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Parsed header: element size in bytes (4 or 8) and the shape.
+#[derive(Debug, PartialEq)]
+struct Header {
+    float64: bool,
+    shape: Vec<usize>,
+}
+
+fn header_value<'a>(dict: &'a str, key: &str) -> Result<&'a str> {
+    let pat = format!("'{key}':");
+    let start = dict.find(&pat).with_context(|| format!("header has no '{key}' entry"))? + pat.len();
+    Ok(dict[start..].trim_start())
+}
+
+fn parse_header(dict: &str) -> Result<Header> {
+    let descr = header_value(dict, "descr")?;
+    let float64 = if descr.starts_with("'<f4'") || descr.starts_with("'=f4'") {
+        false
+    } else if descr.starts_with("'<f8'") || descr.starts_with("'=f8'") {
+        true
+    } else {
+        let end = descr.find(',').unwrap_or(descr.len());
+        bail!("unsupported dtype {} (only little-endian float32 '<f4' and float64 '<f8')", &descr[..end]);
+    };
+    let fortran = header_value(dict, "fortran_order")?;
+    if fortran.starts_with("True") {
+        bail!("fortran_order arrays are not supported (save with C order)");
+    }
+    ensure!(fortran.starts_with("False"), "fortran_order must be True or False");
+    let shape = header_value(dict, "shape")?;
+    ensure!(shape.starts_with('('), "shape must be a tuple");
+    let close = shape.find(')').context("shape tuple is not closed")?;
+    let shape = shape[1..close]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>().with_context(|| format!("shape entry '{s}' is not a non-negative integer")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Header { float64, shape })
+}
+
+/// Decodes the bytes of a `.npy` file into a float32 tensor on the CPU.
+pub fn decode(bytes: &[u8]) -> Result<Tensor> {
+    ensure!(bytes.len() >= 10 && &bytes[..6] == MAGIC, "not a .npy file (bad magic string)");
+    let (len_bytes, start) = match bytes[6] {
+        1 => (2, 10),
+        2 | 3 => (4, 12),
+        v => bail!("unsupported .npy version {v}"),
+    };
+    ensure!(bytes.len() >= start, "truncated .npy header");
+    let header_len = bytes[8..8 + len_bytes].iter().rev().fold(0usize, |acc, &b| acc * 256 + b as usize);
+    let data_start = start.checked_add(header_len).filter(|&e| e <= bytes.len()).context("truncated .npy header")?;
+    let dict = std::str::from_utf8(&bytes[start..data_start]).context(".npy header is not text")?;
+    let header = parse_header(dict)?;
+    let count = header.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).context("shape is too large")?;
+    let elem = if header.float64 { 8 } else { 4 };
+    let data = &bytes[data_start..];
+    ensure!(
+        count.checked_mul(elem) == Some(data.len()),
+        "shape {:?} needs {} data bytes but the file has {}",
+        header.shape,
+        count.saturating_mul(elem),
+        data.len()
+    );
+    let values: Vec<f32> = if header.float64 {
+        data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32).collect()
+    } else {
+        data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("chunk of 4"))).collect()
+    };
+    Ok(Tensor::from_vec(values, header.shape, &Device::Cpu)?)
+}
+
+/// Reads a `.npy` file as float32; errors name the file.
+pub fn read(path: &Path) -> Result<Tensor> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    decode(&bytes).with_context(|| format!("{}: malformed .npy", path.display()))
+}
+
+/// Encodes a tensor as a float32 `.npy` (v1.0, header padded to 64 bytes).
+pub fn encode(t: &Tensor) -> Result<Vec<u8>> {
+    let dims = t.dims();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
+    };
+    let mut dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let pad = 64 - (10 + dict.len() + 1) % 64;
+    dict.extend(std::iter::repeat_n(' ', pad % 64));
+    dict.push('\n');
+    let mut out = Vec::with_capacity(10 + dict.len() + 4 * t.elem_count());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    out.extend_from_slice(dict.as_bytes());
+    for v in t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()? {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// Writes a tensor as float32 `.npy`, atomically.
+pub fn write(path: &Path, t: &Tensor) -> Result<()> {
+    crate::checkpoint::write_atomic(path, &encode(t)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_preserves_shape_and_values() {
+        let t = Tensor::arange(0f32, 24., &Device::Cpu).unwrap().reshape((2, 3, 4)).unwrap();
+        let bytes = encode(&t).unwrap();
+        assert_eq!((bytes.len() - 4 * 24) % 64, 0, "header must be 64-byte aligned");
+        let back = decode(&bytes).unwrap();
+        assert_eq!(back.dims(), &[2, 3, 4]);
+        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), (0..24).map(|v| v as f32).collect::<Vec<_>>());
+    }
+
+    fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(&[1, 0]);
+        bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(dict.as_bytes());
+        bytes.extend_from_slice(data);
+        bytes
+    }
+
+    #[test]
+    fn float64_input_is_converted() {
+        let data = [1.5f64.to_le_bytes(), (-2.25f64).to_le_bytes()].concat();
+        let bytes = npy_bytes("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }\n", &data);
+        assert_eq!(decode(&bytes).unwrap().to_vec1::<f32>().unwrap(), vec![1.5, -2.25]);
+    }
+
+    #[test]
+    fn malformed_files_are_errors_not_panics() {
+        let good = encode(&Tensor::zeros((3, 2), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+        for cut in [0, 5, 9, 20, good.len() - 1] {
+            assert!(decode(&good[..cut]).is_err(), "truncated at {cut}");
+        }
+        let data = [0u8; 24];
+        let huge = npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999), }", &data);
+        assert!(decode(&huge).unwrap_err().to_string().contains("too large"));
+        let short = npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }", &data);
+        assert!(decode(&short).unwrap_err().to_string().contains("needs 32 data bytes"));
+        let int = npy_bytes("{'descr': '<i4', 'fortran_order': False, 'shape': (3, 2), }", &data);
+        assert!(decode(&int).unwrap_err().to_string().contains("unsupported dtype"));
+        let fortran = npy_bytes("{'descr': '<f4', 'fortran_order': True, 'shape': (3, 2), }", &data);
+        assert!(decode(&fortran).unwrap_err().to_string().contains("fortran_order"));
+    }
+}

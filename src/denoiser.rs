@@ -1,0 +1,74 @@
+//! The one interface every teacher and student network meets: an ε-prediction
+//! `ε_θ(x_t, t, c)` for a batch whose rows may sit at different timesteps.
+
+use crate::schedule::Schedule;
+use anyhow::Result;
+use candle_core::Tensor;
+
+/// A class label per row; `None` is the null label (unconditional prediction).
+pub type Labels = [Option<u32>];
+
+pub trait Denoiser {
+    /// The forward process this denoiser was built for.
+    fn schedule(&self) -> &Schedule;
+
+    /// Number of classes it can be conditioned on (0: unconditional only).
+    fn num_classes(&self) -> usize;
+
+    /// Predicted noise for `x` (shape `[B, …]`), timestep `t[b]` and label `labels[b]` per row.
+    fn eps(&self, x: &Tensor, t: &[usize], labels: &Labels) -> Result<Tensor>;
+}
+
+/// A tensor of shape `[B, 1, …, 1]` holding `values[b]` per row, ready to broadcast against `like`.
+pub fn per_row(values: &[f64], like: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![1usize; like.rank()];
+    shape[0] = values.len();
+    let v: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+    Ok(Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())?)
+}
+
+/// `x̂₀ = (x − σ_t ε)/α_t`, the clean estimate implied by an ε-prediction.
+pub fn predict_x0(schedule: &Schedule, x: &Tensor, eps: &Tensor, t: &[usize]) -> Result<Tensor> {
+    let sigma = per_row(&t.iter().map(|&t| schedule.sigma(t)).collect::<Vec<_>>(), x)?;
+    let inv_alpha = per_row(&t.iter().map(|&t| 1.0 / schedule.alpha(t)).collect::<Vec<_>>(), x)?;
+    Ok(x.sub(&eps.broadcast_mul(&sigma)?)?.broadcast_mul(&inv_alpha)?)
+}
+
+/// Counts per-sample teacher evaluations (rows passed to `eps`), for reporting work done.
+pub struct Counted<'a> {
+    inner: &'a dyn Denoiser,
+    rows: std::cell::Cell<u64>,
+}
+
+impl<'a> Counted<'a> {
+    pub fn new(inner: &'a dyn Denoiser) -> Self {
+        Self {
+            inner,
+            rows: std::cell::Cell::new(0),
+        }
+    }
+
+    pub fn evaluations(&self) -> u64 {
+        self.rows.get()
+    }
+}
+
+impl Denoiser for Counted<'_> {
+    fn schedule(&self) -> &Schedule {
+        self.inner.schedule()
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn eps(&self, x: &Tensor, t: &[usize], labels: &Labels) -> Result<Tensor> {
+        self.rows.set(self.rows.get() + t.len() as u64);
+        self.inner.eps(x, t, labels)
+    }
+}
+
+/// Forward noising `x_t = α_t x₀ + σ_t ε`, one timestep per row.
+pub fn diffuse(schedule: &Schedule, x0: &Tensor, eps: &Tensor, t: &[usize]) -> Result<Tensor> {
+    let alpha = per_row(&t.iter().map(|&t| schedule.alpha(t)).collect::<Vec<_>>(), x0)?;
+    let sigma = per_row(&t.iter().map(|&t| schedule.sigma(t)).collect::<Vec<_>>(), x0)?;
+    Ok((x0.broadcast_mul(&alpha)? + eps.broadcast_mul(&sigma)?)?)
+}

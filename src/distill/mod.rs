@@ -1,0 +1,116 @@
+//! Distillation of a teacher into a consistency student, by either objective:
+//! `cm` (one solver step + self target) or `direct` (full teacher solve as target).
+
+pub mod cm;
+pub mod direct;
+
+use crate::data::Dataset;
+use crate::denoiser::{diffuse, Counted, Denoiser};
+use crate::discretization::Discretization;
+use crate::ema::Ema;
+use crate::guidance::Guided;
+use crate::loss::Loss;
+use crate::mlp::{Mlp, MlpConfig, Params};
+use crate::noise::{seeded, standard_normal};
+use crate::optim::OptimConfig;
+use crate::parameterization::consistency;
+use crate::solver::Solver;
+use crate::train::Trainer;
+use anyhow::{bail, ensure, Result};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Cm,
+    Direct,
+}
+
+impl std::str::FromStr for Method {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cm" => Ok(Self::Cm),
+            "direct" => Ok(Self::Direct),
+            _ => bail!("unknown method '{s}' (expected cm or direct)"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    pub method: Method,
+    pub solver: Solver,
+    pub intervals: usize,
+    pub guidance: f64,
+    pub steps: usize,
+    pub batch: usize,
+    pub optim: OptimConfig,
+    pub loss: Loss,
+    /// θ⁻ as an EMA of θ with this decay; `None`: θ itself under stop-gradient (reference).
+    pub ema_decay: Option<f64>,
+    pub seed: u64,
+}
+
+impl DistillConfig {
+    pub fn validate(&self) -> Result<()> {
+        Discretization::new(self.intervals)?;
+        ensure!(self.steps > 0, "--steps must be positive");
+        ensure!(self.batch > 0, "--batch must be positive");
+        ensure!(self.guidance.is_finite(), "--guidance must be a finite number");
+        ensure!(self.optim.lr > 0.0 && self.optim.lr.is_finite(), "--lr must be positive");
+        if let Some(d) = self.ema_decay {
+            ensure!((0.0..1.0).contains(&d), "--ema-decay must be in [0, 1)");
+        }
+        Ok(())
+    }
+}
+
+pub struct Distilled {
+    pub params: Params,
+    pub losses: Vec<f32>,
+    /// Per-sample guided teacher evaluations spent on targets.
+    pub teacher_evaluations: u64,
+}
+
+/// Trains a student network (config `net`, initial weights `init`) on `data`.
+pub fn distill(teacher: &dyn Denoiser, net: &MlpConfig, init: &Params, data: &Dataset, cfg: &DistillConfig) -> Result<Distilled> {
+    cfg.validate()?;
+    ensure!(data.sample_shape() == net.sample_shape, "data samples have shape {:?} but the student expects {:?}", data.sample_shape(), net.sample_shape);
+    let grid = Discretization::new(cfg.intervals)?;
+    let mut rng = seeded(cfg.seed);
+    let guided = Guided::new(teacher, cfg.guidance);
+    let counted = Counted::new(&guided);
+    let name = match cfg.method { Method::Cm => "cm", Method::Direct => "direct" };
+    let mut trainer = Trainer::new(init, cfg.optim, cfg.steps, name)?;
+    let student = Mlp::new(net.clone(), &trainer.params())?;
+    let ema = cfg.ema_decay.map(|d| Ema::new(d, trainer.vars())).transpose()?;
+    let target_params = match &ema {
+        Some(e) => e.params(trainer.names()),
+        None => trainer.frozen_params(),
+    };
+    let target_net = Mlp::new(net.clone(), &target_params)?;
+    let conditional = teacher.num_classes() > 0;
+    for _ in 0..cfg.steps {
+        let (x0, mut labels) = data.batch(&mut rng, cfg.batch)?;
+        if !conditional {
+            labels.iter_mut().for_each(|l| *l = None);
+        }
+        let t: Vec<usize> = (0..cfg.batch).map(|_| grid.start(rng.random_range(0..grid.intervals()))).collect();
+        let eps = standard_normal(&mut rng, x0.shape(), x0.device())?;
+        let xt = diffuse(teacher.schedule(), &x0, &eps, &t)?;
+        let target = match cfg.method {
+            Method::Cm => cm::cm_target(cfg.solver, &counted, &target_net, &xt, &t, grid.k(), &labels)?,
+            Method::Direct => direct::direct_targets(cfg.solver, &counted, &xt, &t, grid, &labels)?,
+        };
+        let pred = consistency(&student, &xt, &t, &labels)?;
+        trainer.step(&cfg.loss.apply(&pred, &target)?)?;
+        if let Some(e) = &ema {
+            e.update(trainer.vars())?;
+        }
+    }
+    trainer.finish();
+    Ok(Distilled { params: trainer.frozen_params(), losses: trainer.losses, teacher_evaluations: counted.evaluations() })
+}

@@ -1,0 +1,29 @@
+//! dcm: distill diffusion models into few-step consistency models — ordinary
+//! consistency distillation (CM) and Direct CMs — and measure ODE-solving error
+//! against sample quality (Vouitsis et al. 2024, arXiv 2411.08954).
+//!
+//! Data flows one way: data → teacher → solver → distill → sampler → metrics.
+
+pub mod analytic;
+pub mod checkpoint;
+pub mod data;
+pub mod denoiser;
+pub mod discretization;
+pub mod distill;
+pub mod ema;
+pub mod evaluate;
+pub mod guidance;
+pub mod loss;
+pub mod mlp;
+pub mod model_dir;
+pub mod noise;
+pub mod ode_error;
+pub mod optim;
+pub mod parameterization;
+pub mod sampler;
+pub mod schedule;
+pub mod solver;
+pub mod student;
+pub mod teacher;
+pub mod train;
+pub mod train_teacher;

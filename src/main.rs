@@ -1,0 +1,318 @@
+//! The `dcm` command line: parses flags and calls the library.
+
+use anyhow::{ensure, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use dcm::data::Dataset;
+use dcm::denoiser::Denoiser;
+use dcm::discretization::Discretization;
+use dcm::distill::{distill, DistillConfig, Method};
+use dcm::evaluate::{ode_errors, EvalSetup};
+use dcm::guidance::Guided;
+use dcm::loss::Loss;
+use dcm::mlp::MlpConfig;
+use dcm::noise::{seeded, standard_normal};
+use dcm::optim::OptimConfig;
+use dcm::schedule::{ScheduleKind, T};
+use dcm::solver::{solve, Solver};
+use dcm::student::{portable_spec, Student, StudentConfig};
+use dcm::teacher::{NetworkTeacherConfig, Teacher, SPEC_HELP};
+use dcm::train_teacher::{train_teacher, TeacherTraining};
+use dcm::{data::npy, model_dir, sampler::multistep_sample};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "dcm", version, about = "Distill diffusion models into few-step consistency models (CM and Direct CM) and measure ODE error against sample quality")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Solve the teacher's ODE, or run a student's few-step sampler, from given noise.
+    #[command(after_help = SPEC_HELP)]
+    Sample(SampleArgs),
+    /// Distill a teacher into a consistency student (CM or Direct CM).
+    #[command(after_help = SPEC_HELP)]
+    Distill(DistillArgs),
+    /// Print a student's ODE solving error at 1, 2, 4 and 8 steps.
+    Eval(EvalArgs),
+    /// Train an ε-prediction MLP teacher on toy data by denoising score matching.
+    TrainTeacher(TrainTeacherArgs),
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// Teacher SPEC (see below): solve its probability-flow ODE.
+    #[arg(long, conflicts_with = "student", required_unless_present = "student")]
+    teacher: Option<String>,
+    /// Student folder written by `dcm distill`: run its few-step sampler.
+    #[arg(long)]
+    student: Option<PathBuf>,
+    /// Teacher ODE solver.
+    #[arg(long, default_value = "ddim")]
+    solver: Solver,
+    /// Number of solver intervals N (must divide T = 1000).
+    #[arg(long, default_value_t = 50)]
+    intervals: usize,
+    /// Classifier-free guidance scale w (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f64,
+    /// Class label for every sample (default: unconditional).
+    #[arg(long)]
+    class: Option<u32>,
+    /// Student sampling steps K (1 ≤ K ≤ the student's N).
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    /// Initial noise x_T, shape [B, …], .npy float32 or float64.
+    #[arg(long)]
+    noise: PathBuf,
+    /// Output .npy (float32, same shape as the noise).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the fresh noise a multistep student injects between steps.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct DistillArgs {
+    /// Objective: `cm` (one teacher step + self target) or `direct` (full teacher solve as target).
+    #[arg(long)]
+    method: Method,
+    /// Teacher SPEC (see below).
+    #[arg(long)]
+    teacher: String,
+    /// Training data: `toy:NAME` or an .npy file [n, …]; default: the analytic teacher's own distribution.
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long, default_value = "ddim")]
+    solver: Solver,
+    /// Number of solver intervals N (must divide T = 1000).
+    #[arg(long, default_value_t = 50)]
+    intervals: usize,
+    /// Classifier-free guidance scale w of the teacher (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f64,
+    /// Training steps.
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// AdamW learning rate [default: 1e-3 for a fresh student, 1e-4 when starting from a network teacher].
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long, default_value_t = 1e-2)]
+    weight_decay: f64,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Distance: l2, huber (c = 0.001) or huber:C.
+    #[arg(long, default_value = "l2")]
+    loss: Loss,
+    /// Use an EMA of the student with this decay as the CM target network (default: the student itself, stop-gradient).
+    #[arg(long)]
+    ema_decay: Option<f64>,
+    /// Hidden width of a fresh student MLP (analytic teachers).
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    /// Hidden layers of a fresh student MLP (analytic teachers).
+    #[arg(long, default_value_t = 3)]
+    depth: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder: config.json, model.safetensors, train_log.csv.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    #[arg(long)]
+    student: PathBuf,
+    /// Number of noise samples.
+    #[arg(long, default_value_t = 2000)]
+    samples: usize,
+    /// Student step counts to evaluate, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    steps: Vec<usize>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct TrainTeacherArgs {
+    /// Training data: `toy:NAME` (ring, grid, checkerboard, moons, spiral) or an .npy file [n, …].
+    #[arg(long)]
+    data: String,
+    /// Output folder: config.json, model.safetensors, train_log.csv.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 5000)]
+    steps: usize,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    #[arg(long, default_value_t = 3)]
+    depth: usize,
+    /// Width of the sinusoidal timestep embedding (even).
+    #[arg(long, default_value_t = 64)]
+    time_dim: usize,
+    /// Noise schedule: scaled_linear, linear or cosine.
+    #[arg(long, default_value = "scaled_linear")]
+    schedule: ScheduleKind,
+    /// Probability of replacing the label by the null label.
+    #[arg(long, default_value_t = 0.1)]
+    label_dropout: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn labels_for(n: usize, class: Option<u32>) -> Vec<Option<u32>> {
+    vec![class; n]
+}
+
+fn sample(a: SampleArgs) -> Result<()> {
+    let noise = npy::read(&a.noise)?;
+    ensure!(noise.rank() >= 2, "--noise {}: expected shape [B, …], got {:?}", a.noise.display(), noise.dims());
+    let labels = labels_for(noise.dim(0)?, a.class);
+    let out = if let Some(dir) = &a.student {
+        let student = Student::load(dir)?;
+        let grid = Discretization::new(student.config.distill.intervals)?;
+        multistep_sample(&student.net, &noise, grid, a.steps, &labels, &mut seeded(a.seed))?
+    } else {
+        let teacher = Teacher::parse(a.teacher.as_deref().context("give --teacher SPEC or --student DIR")?)?;
+        let grid = Discretization::new(a.intervals).context("--intervals")?;
+        solve(a.solver, &Guided::new(&teacher, a.guidance), &noise, grid, T, &labels)?
+    };
+    npy::write(&a.out, &out)
+}
+
+fn distill_cmd(a: DistillArgs) -> Result<()> {
+    let teacher = Teacher::parse(&a.teacher)?;
+    let data = match &a.data {
+        Some(spec) => Dataset::load(spec, a.seed).with_context(|| format!("--data {spec}"))?,
+        None => teacher.sample_data(dcm::data::toy::DEFAULT_SIZE, &mut seeded(a.seed ^ 0x5eed))?,
+    };
+    if let Some(shape) = teacher.sample_shape() {
+        ensure!(shape == data.sample_shape(), "--data samples have shape {:?} but the teacher expects {:?}", data.sample_shape(), shape);
+    }
+    let (net, init, default_lr) = match &teacher {
+        Teacher::Network { net, dir } => (net.config().clone(), model_dir::load_params(dir)?, 1e-4),
+        _ => {
+            let net = MlpConfig { sample_shape: data.sample_shape(), hidden: a.hidden, depth: a.depth, time_dim: 32, num_classes: teacher.num_classes(), schedule: teacher.schedule_kind() };
+            net.validate()?;
+            let init = net.init(&mut seeded(a.seed.wrapping_add(1)))?;
+            (net, init, 1e-3)
+        }
+    };
+    let cfg = DistillConfig {
+        method: a.method,
+        solver: a.solver,
+        intervals: a.intervals,
+        guidance: a.guidance,
+        steps: a.steps,
+        batch: a.batch,
+        optim: OptimConfig { lr: a.lr.unwrap_or(default_lr), weight_decay: a.weight_decay, max_grad_norm: a.max_grad_norm },
+        loss: a.loss,
+        ema_decay: a.ema_decay,
+        seed: a.seed,
+    };
+    let start = std::time::Instant::now();
+    let out = distill(&teacher, &net, &init, &data, &cfg)?;
+    let config = StudentConfig {
+        teacher: portable_spec(&a.teacher),
+        data: a.data.clone().unwrap_or_else(|| "teacher distribution".into()),
+        net,
+        distill: cfg,
+        teacher_evaluations: out.teacher_evaluations,
+        train_seconds: start.elapsed().as_secs_f64(),
+    };
+    save_run(&a.out, &config, &out.params, &out.losses)?;
+    eprintln!(
+        "distilled in {:.1} s ({} per-sample teacher evaluations); final loss {:.3e}; wrote {}",
+        config.train_seconds,
+        out.teacher_evaluations,
+        out.losses.last().copied().unwrap_or(f32::NAN),
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn save_run(dir: &Path, config: &impl serde::Serialize, params: &dcm::mlp::Params, losses: &[f32]) -> Result<()> {
+    model_dir::save(dir, config, params)?;
+    let mut log = String::from("step,loss\n");
+    for (i, l) in losses.iter().enumerate() {
+        log.push_str(&format!("{},{l}\n", i + 1));
+    }
+    dcm::checkpoint::write_atomic(&dir.join("train_log.csv"), log.as_bytes())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    ensure!(a.samples > 0, "--samples must be positive");
+    let student = Student::load(&a.student)?;
+    let teacher = student.teacher()?;
+    let d = &student.config.distill;
+    let grid = Discretization::new(d.intervals)?;
+    let mut shape = vec![a.samples];
+    shape.extend(&student.config.net.sample_shape);
+    let noise = standard_normal(&mut seeded(a.seed), shape, &candle_core::Device::Cpu)?;
+    let classes = teacher.num_classes() as u32;
+    let labels: Vec<Option<u32>> = (0..a.samples as u32).map(|i| (classes > 0).then(|| i % classes)).collect();
+    for &k in &a.steps {
+        ensure!(k >= 1 && k <= grid.intervals() && T % k == 0, "--steps {k} must divide 1000 and be at most N = {}", grid.intervals());
+    }
+    let setup = EvalSetup { teacher: &teacher, solver: d.solver, grid, guidance: d.guidance };
+    let rows = ode_errors(&setup, &student.net, &noise, &labels, &a.steps, a.seed)?;
+    println!("ODE error (MSE to the teacher's {}-interval {:?} solve, w = {}, {} samples)", d.intervals, d.solver, d.guidance, a.samples);
+    println!("| steps | student ({:?}) | teacher DDIM, same steps |", d.method);
+    println!("|---|---|---|");
+    for r in rows {
+        println!("| {} | {:.4e} | {:.4e} |", r.steps, r.student, r.teacher_ddim);
+    }
+    Ok(())
+}
+
+fn train_teacher_cmd(a: TrainTeacherArgs) -> Result<()> {
+    let data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
+    let net = MlpConfig { sample_shape: data.sample_shape(), hidden: a.hidden, depth: a.depth, time_dim: a.time_dim, num_classes: data.num_classes, schedule: a.schedule };
+    net.validate()?;
+    let cfg = TeacherTraining {
+        steps: a.steps,
+        batch: a.batch,
+        optim: OptimConfig { lr: a.lr, weight_decay: a.weight_decay, max_grad_norm: a.max_grad_norm },
+        label_dropout: a.label_dropout,
+        seed: a.seed,
+    };
+    let start = std::time::Instant::now();
+    let out = train_teacher(&data, &net, &cfg)?;
+    let config = NetworkTeacherConfig { net, data: a.data.clone(), steps: a.steps, seed: a.seed };
+    save_run(&a.out, &config, &out.params, &out.losses)?;
+    eprintln!("trained in {:.1} s; final loss {:.4}; wrote {}", start.elapsed().as_secs_f64(), out.losses.last().copied().unwrap_or(f32::NAN), a.out.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Sample(a) => sample(a),
+        Command::Distill(a) => distill_cmd(a),
+        Command::Eval(a) => eval(a),
+        Command::TrainTeacher(a) => train_teacher_cmd(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::from(2)
+        }
+    }
+}

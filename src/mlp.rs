@@ -1,0 +1,138 @@
+//! An ε-prediction MLP for low-dimensional data: input `[x, emb(t), emb(c)]`
+//! (sinusoidal timestep embedding, learned class embedding with a null class),
+//! `depth` hidden SiLU layers of width `hidden`, linear output of x's shape.
+
+use crate::denoiser::{Denoiser, Labels};
+use crate::noise::Rng;
+use crate::schedule::{Schedule, ScheduleKind};
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::Linear;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Named parameter tensors, as stored in safetensors.
+pub type Params = BTreeMap<String, Tensor>;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpConfig {
+    /// Per-sample shape of x, e.g. `[2]`.
+    pub sample_shape: Vec<usize>,
+    pub hidden: usize,
+    pub depth: usize,
+    pub time_dim: usize,
+    /// Real classes; index `num_classes` is the null label.
+    pub num_classes: usize,
+    pub schedule: ScheduleKind,
+}
+
+impl MlpConfig {
+    pub fn dim(&self) -> usize {
+        self.sample_shape.iter().product()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(self.dim() > 0, "sample_shape must be non-empty with positive sizes");
+        ensure!(self.hidden > 0 && self.depth > 0, "hidden and depth must be positive");
+        ensure!(self.time_dim >= 2 && self.time_dim % 2 == 0, "time_dim must be even and at least 2");
+        Ok(())
+    }
+
+    /// (name, [out, in]) of every linear layer, in order.
+    fn layers(&self) -> Vec<(String, usize, usize)> {
+        let mut v = vec![("in".to_string(), self.hidden, self.dim() + 2 * self.time_dim)];
+        v.extend((0..self.depth).map(|i| (format!("hidden.{i}"), self.hidden, self.hidden)));
+        v.push(("out".to_string(), self.dim(), self.hidden));
+        v
+    }
+
+    /// Fresh weights: uniform(±1/√fan_in) as PyTorch's Linear, output layer scaled down by 10.
+    pub fn init(&self, rng: &mut Rng) -> Result<Params> {
+        let mut p = Params::new();
+        let mut uniform = |n: usize, bound: f64, shape: &[usize]| -> Result<Tensor> {
+            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect();
+            Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
+        };
+        for (name, out, inp) in self.layers() {
+            let bound = (1.0 / inp as f64).sqrt() * if name == "out" { 0.1 } else { 1.0 };
+            p.insert(format!("{name}.weight"), uniform(out * inp, bound, &[out, inp])?);
+            p.insert(format!("{name}.bias"), uniform(out, bound, &[out])?);
+        }
+        p.insert("class_emb".into(), uniform((self.num_classes + 1) * self.time_dim, 1.0, &[self.num_classes + 1, self.time_dim])?);
+        Ok(p)
+    }
+}
+
+pub struct Mlp {
+    cfg: MlpConfig,
+    schedule: Schedule,
+    layers: Vec<Linear>,
+    class_emb: Tensor,
+}
+
+fn param(params: &Params, name: &str, shape: &[usize]) -> Result<Tensor> {
+    let t = params.get(name).with_context(|| format!("missing tensor '{name}'"))?;
+    ensure!(t.dims() == shape, "tensor '{name}' has shape {:?}, expected {shape:?}", t.dims());
+    ensure!(t.dtype() == DType::F32, "tensor '{name}' has dtype {:?}, expected f32", t.dtype());
+    Ok(t.clone())
+}
+
+impl Mlp {
+    pub fn new(cfg: MlpConfig, params: &Params) -> Result<Self> {
+        cfg.validate()?;
+        let layers = cfg
+            .layers()
+            .iter()
+            .map(|(name, out, inp)| {
+                Ok(Linear::new(param(params, &format!("{name}.weight"), &[*out, *inp])?, Some(param(params, &format!("{name}.bias"), &[*out])?)))
+            })
+            .collect::<Result<_>>()?;
+        let class_emb = param(params, "class_emb", &[cfg.num_classes + 1, cfg.time_dim])?;
+        Ok(Self { schedule: Schedule::new(cfg.schedule), cfg, layers, class_emb })
+    }
+
+    pub fn config(&self) -> &MlpConfig {
+        &self.cfg
+    }
+}
+
+/// Transformer-style sinusoidal embedding of integer timesteps: `[sin(t f_i), cos(t f_i)]`,
+/// `f_i = 10000^(−i/half)`.
+pub fn timestep_embedding(t: &[usize], dim: usize, device: &Device) -> Result<Tensor> {
+    let half = dim / 2;
+    let freqs: Vec<f64> = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp()).collect();
+    let mut v = Vec::with_capacity(t.len() * dim);
+    for &ti in t {
+        v.extend(freqs.iter().map(|f| (ti as f64 * f).sin() as f32));
+        v.extend(freqs.iter().map(|f| (ti as f64 * f).cos() as f32));
+    }
+    Ok(Tensor::from_vec(v, (t.len(), dim), device)?)
+}
+
+impl Denoiser for Mlp {
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+    fn num_classes(&self) -> usize {
+        self.cfg.num_classes
+    }
+    fn eps(&self, x: &Tensor, t: &[usize], labels: &Labels) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        ensure!(x.dims()[1..] == self.cfg.sample_shape[..], "network expects samples of shape {:?}, got {:?}", self.cfg.sample_shape, &x.dims()[1..]);
+        let null = self.cfg.num_classes as u32;
+        let ids: Vec<u32> = labels.iter().map(|l| l.filter(|&c| c < null).unwrap_or(null)).collect();
+        if let Some(c) = labels.iter().flatten().find(|&&c| c >= null) {
+            anyhow::bail!("class {c} is out of range for a network with {} classes", self.cfg.num_classes);
+        }
+        let cemb = self.class_emb.index_select(&Tensor::from_vec(ids, b, x.device())?, 0)?;
+        let temb = timestep_embedding(t, self.cfg.time_dim, x.device())?;
+        let mut h = Tensor::cat(&[&x.flatten_from(1)?, &temb, &cemb], 1)?;
+        let (last, hidden) = self.layers.split_last().expect("at least an input and an output layer");
+        for layer in hidden {
+            h = layer.forward(&h)?.silu()?;
+        }
+        Ok(last.forward(&h)?.reshape(x.shape())?)
+    }
+}

@@ -1,0 +1,32 @@
+//! A model folder: `config.json` beside `model.safetensors`, both written atomically.
+
+use crate::checkpoint::write_atomic;
+use crate::mlp::Params;
+use anyhow::{Context, Result};
+use candle_core::Device;
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::Path;
+
+pub const CONFIG: &str = "config.json";
+pub const WEIGHTS: &str = "model.safetensors";
+
+pub fn save(dir: &Path, config: &impl Serialize, params: &Params) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    write_atomic(&dir.join(CONFIG), serde_json::to_string_pretty(config)?.as_bytes())?;
+    let bytes = safetensors::serialize(params.iter().map(|(k, v)| (k.clone(), v.clone())), None)
+        .context("cannot serialise weights")?;
+    write_atomic(&dir.join(WEIGHTS), &bytes)
+}
+
+pub fn load_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
+    let path = dir.join(CONFIG);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
+}
+
+pub fn load_params(dir: &Path) -> Result<Params> {
+    let path = dir.join(WEIGHTS);
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).with_context(|| format!("{}: malformed safetensors", path.display()))?;
+    Ok(map.into_iter().collect())
+}
