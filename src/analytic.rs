@@ -28,15 +28,28 @@ impl Gaussian {
 
     /// Exact PF-ODE solution from `x_t` to clean: `x₀ = μ + s (x_t − α_t μ)/√(α_t² s² + σ_t²)`.
     pub fn exact_solution(&self, x: &Tensor, t: &[usize]) -> Result<Tensor> {
-        let alpha_mu = per_row(&t.iter().map(|&t| self.schedule.alpha(t) * self.mean).collect::<Vec<_>>(), x)?;
-        let gain = per_row(&t.iter().map(|&t| self.std / self.variance_at(t).sqrt()).collect::<Vec<_>>(), x)?;
+        let alpha_mu = per_row(
+            &t.iter()
+                .map(|&t| self.schedule.alpha(t) * self.mean)
+                .collect::<Vec<_>>(),
+            x,
+        )?;
+        let gain = per_row(
+            &t.iter()
+                .map(|&t| self.std / self.variance_at(t).sqrt())
+                .collect::<Vec<_>>(),
+            x,
+        )?;
         Ok((x.broadcast_sub(&alpha_mu)?.broadcast_mul(&gain)? + self.mean)?)
     }
 
     fn check_shape(&self, x: &Tensor) -> Result<()> {
         if let Some(d) = self.dim {
             let got = x.elem_count() / x.dim(0)?;
-            ensure!(got == d, "gaussian teacher has dim={d} but the input has {got} values per sample");
+            ensure!(
+                got == d,
+                "gaussian teacher has dim={d} but the input has {got} values per sample"
+            );
         }
         Ok(())
     }
@@ -52,8 +65,18 @@ impl Denoiser for Gaussian {
     /// `E[ε | x_t] = σ_t (x_t − α_t μ)/(α_t² s² + σ_t²)`.
     fn eps(&self, x: &Tensor, t: &[usize], _labels: &Labels) -> Result<Tensor> {
         self.check_shape(x)?;
-        let alpha_mu = per_row(&t.iter().map(|&t| self.schedule.alpha(t) * self.mean).collect::<Vec<_>>(), x)?;
-        let gain = per_row(&t.iter().map(|&t| self.schedule.sigma(t) / self.variance_at(t)).collect::<Vec<_>>(), x)?;
+        let alpha_mu = per_row(
+            &t.iter()
+                .map(|&t| self.schedule.alpha(t) * self.mean)
+                .collect::<Vec<_>>(),
+            x,
+        )?;
+        let gain = per_row(
+            &t.iter()
+                .map(|&t| self.schedule.sigma(t) / self.variance_at(t))
+                .collect::<Vec<_>>(),
+            x,
+        )?;
         Ok(x.broadcast_sub(&alpha_mu)?.broadcast_mul(&gain)?)
     }
 }
@@ -73,13 +96,30 @@ impl GaussianMixture {
         ensure!(!means.is_empty(), "a mixture needs at least one component");
         let d = means[0].len();
         ensure!(d > 0, "mixture means must have at least one coordinate");
-        ensure!(means.iter().all(|m| m.len() == d), "all mixture means must have the same dimension ({d})");
-        ensure!(stds.len() == means.len() && weights.len() == means.len(), "mixture needs one std and one weight per component");
-        ensure!(stds.iter().all(|&s| s > 0.0 && s.is_finite()), "mixture stds must be positive");
-        ensure!(weights.iter().all(|&w| w > 0.0 && w.is_finite()), "mixture weights must be positive");
+        ensure!(
+            means.iter().all(|m| m.len() == d),
+            "all mixture means must have the same dimension ({d})"
+        );
+        ensure!(
+            stds.len() == means.len() && weights.len() == means.len(),
+            "mixture needs one std and one weight per component"
+        );
+        ensure!(
+            stds.iter().all(|&s| s > 0.0 && s.is_finite()),
+            "mixture stds must be positive"
+        );
+        ensure!(
+            weights.iter().all(|&w| w > 0.0 && w.is_finite()),
+            "mixture weights must be positive"
+        );
         let total: f64 = weights.iter().sum();
         let weights = weights.iter().map(|w| w / total).collect();
-        Ok(Self { means, stds, weights, schedule })
+        Ok(Self {
+            means,
+            stds,
+            weights,
+            schedule,
+        })
     }
 
     pub fn dim(&self) -> usize {
@@ -93,7 +133,14 @@ impl GaussianMixture {
         let mut labels = Vec::with_capacity(n);
         for _ in 0..n {
             let mut u: f64 = rng.random();
-            let k = self.weights.iter().position(|&w| { u -= w; u < 0.0 }).unwrap_or(self.weights.len() - 1);
+            let k = self
+                .weights
+                .iter()
+                .position(|&w| {
+                    u -= w;
+                    u < 0.0
+                })
+                .unwrap_or(self.weights.len() - 1);
             for &m in &self.means[k] {
                 let z: f64 = StandardNormal.sample(rng);
                 xs.push((m + self.stds[k] * z) as f32);
@@ -108,9 +155,16 @@ impl GaussianMixture {
         let (a, s) = (self.schedule.alpha(t), self.schedule.sigma(t));
         let d = x.len() as f64;
         let var: Vec<f64> = self.stds.iter().map(|sk| a * a * sk * sk + s * s).collect();
-        let dist2 = |k: usize| -> f64 { x.iter().zip(&self.means[k]).map(|(&xi, m)| (xi as f64 - a * m).powi(2)).sum() };
+        let dist2 = |k: usize| -> f64 {
+            x.iter()
+                .zip(&self.means[k])
+                .map(|(&xi, m)| (xi as f64 - a * m).powi(2))
+                .sum()
+        };
         let mut r: Vec<f64> = match label {
-            Some(c) => (0..self.means.len()).map(|k| if k == c as usize { 0.0 } else { f64::NEG_INFINITY }).collect(),
+            Some(c) => (0..self.means.len())
+                .map(|k| if k == c as usize { 0.0 } else { f64::NEG_INFINITY })
+                .collect(),
             None => (0..self.means.len())
                 .map(|k| self.weights[k].ln() - 0.5 * d * var[k].ln() - dist2(k) / (2.0 * var[k]))
                 .collect(),
@@ -119,7 +173,9 @@ impl GaussianMixture {
         r.iter_mut().for_each(|v| *v = (*v - max).exp());
         let z: f64 = r.iter().sum();
         for (i, &xi) in x.iter().enumerate() {
-            let e: f64 = (0..self.means.len()).map(|k| r[k] / z * (xi as f64 - a * self.means[k][i]) / var[k]).sum();
+            let e: f64 = (0..self.means.len())
+                .map(|k| r[k] / z * (xi as f64 - a * self.means[k][i]) / var[k])
+                .sum();
             out.push((s * e) as f32);
         }
     }
@@ -134,9 +190,16 @@ impl Denoiser for GaussianMixture {
     }
     fn eps(&self, x: &Tensor, t: &[usize], labels: &Labels) -> Result<Tensor> {
         let (b, d) = (x.dim(0)?, x.elem_count() / x.dim(0)?);
-        ensure!(d == self.dim(), "mixture teacher has dimension {} but the input has {d} values per sample", self.dim());
+        ensure!(
+            d == self.dim(),
+            "mixture teacher has dimension {} but the input has {d} values per sample",
+            self.dim()
+        );
         if let Some(c) = labels.iter().flatten().find(|&&c| c as usize >= self.means.len()) {
-            bail!("class {c} is out of range for a mixture with {} components", self.means.len());
+            bail!(
+                "class {c} is out of range for a mixture with {} components",
+                self.means.len()
+            );
         }
         let rows = x.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
         let mut out = Vec::with_capacity(rows.len());

@@ -11,7 +11,10 @@ pub struct Discretization {
 
 impl Discretization {
     pub fn new(intervals: usize) -> Result<Self> {
-        ensure!(intervals > 0 && T % intervals == 0, "--intervals {intervals} must divide T = {T} (e.g. 10, 20, 50, 100, 1000)");
+        ensure!(
+            intervals > 0 && T.is_multiple_of(intervals),
+            "--intervals {intervals} must divide T = {T} (e.g. 10, 20, 50, 100, 1000)"
+        );
         Ok(Self { intervals })
     }
 

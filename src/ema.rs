@@ -12,7 +12,10 @@ pub struct Ema {
 
 impl Ema {
     pub fn new(decay: f64, vars: &[Var]) -> Result<Self> {
-        let shadow = vars.iter().map(|v| Var::from_tensor(&v.as_tensor().copy()?)).collect::<candle_core::Result<_>>()?;
+        let shadow = vars
+            .iter()
+            .map(|v| Var::from_tensor(&v.as_tensor().copy()?))
+            .collect::<candle_core::Result<_>>()?;
         Ok(Self { decay, shadow })
     }
 
@@ -25,6 +28,10 @@ impl Ema {
 
     /// The averaged weights as plain tensors (no gradient graph), updated in place by `update`.
     pub fn params(&self, names: &[String]) -> Params {
-        names.iter().cloned().zip(self.shadow.iter().map(|s| s.as_tensor().detach())).collect()
+        names
+            .iter()
+            .cloned()
+            .zip(self.shadow.iter().map(|s| s.as_tensor().detach()))
+            .collect()
     }
 }

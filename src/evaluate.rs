@@ -8,8 +8,8 @@ use crate::guidance::Guided;
 use crate::noise::seeded;
 use crate::ode_error::ode_error;
 use crate::sampler::multistep_sample;
-use crate::solver::{solve, Solver};
 use crate::schedule::T;
+use crate::solver::{solve, Solver};
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -28,7 +28,14 @@ pub struct EvalSetup<'a> {
 }
 
 /// ODE errors at each K in `steps` (K must not exceed N and must divide T for the baseline).
-pub fn ode_errors(setup: &EvalSetup, student: &dyn Denoiser, noise: &Tensor, labels: &Labels, steps: &[usize], seed: u64) -> Result<Vec<OdeErrorRow>> {
+pub fn ode_errors(
+    setup: &EvalSetup,
+    student: &dyn Denoiser,
+    noise: &Tensor,
+    labels: &Labels,
+    steps: &[usize],
+    seed: u64,
+) -> Result<Vec<OdeErrorRow>> {
     let guided = Guided::new(setup.teacher, setup.guidance);
     let reference = solve(setup.solver, &guided, noise, setup.grid, T, labels)?;
     steps
@@ -36,7 +43,11 @@ pub fn ode_errors(setup: &EvalSetup, student: &dyn Denoiser, noise: &Tensor, lab
         .map(|&k| {
             let sample = multistep_sample(student, noise, setup.grid, k, labels, &mut seeded(seed))?;
             let coarse = solve(Solver::Ddim, &guided, noise, Discretization::new(k)?, T, labels)?;
-            Ok(OdeErrorRow { steps: k, student: ode_error(&sample, &reference)?, teacher_ddim: ode_error(&coarse, &reference)? })
+            Ok(OdeErrorRow {
+                steps: k,
+                student: ode_error(&sample, &reference)?,
+                teacher_ddim: ode_error(&coarse, &reference)?,
+            })
         })
         .collect()
 }

@@ -51,7 +51,11 @@ mod tests {
         let l2: f32 = Loss::L2.apply(&p, &q).unwrap().to_scalar().unwrap();
         assert!((l2 - 10.0 / 4.0).abs() < 1e-6);
         let c = 0.1f64;
-        let expect = [0.0f64, 1.0, 3.0, 0.0].iter().map(|d| (d * d + c * c).sqrt() - c).sum::<f64>() / 4.0;
+        let expect = [0.0f64, 1.0, 3.0, 0.0]
+            .iter()
+            .map(|d| (d * d + c * c).sqrt() - c)
+            .sum::<f64>()
+            / 4.0;
         let h: f32 = Loss::PseudoHuber { c }.apply(&p, &q).unwrap().to_scalar().unwrap();
         assert!((h as f64 - expect).abs() < 1e-6);
         assert!("huber:-1".parse::<Loss>().is_err());

@@ -21,8 +21,17 @@ use dcm::{data::npy, model_dir, sampler::multistep_sample};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// candle allocates a fresh buffer per op; mimalloc reuses freed memory instead of
+/// returning it to the system and page-faulting it back (CANDLE_NOTES.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
-#[command(name = "dcm", version, about = "Distill diffusion models into few-step consistency models (CM and Direct CM) and measure ODE error against sample quality")]
+#[command(
+    name = "dcm",
+    version,
+    about = "Distill diffusion models into few-step consistency models (CM and Direct CM) and measure ODE error against sample quality"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -108,12 +117,18 @@ struct DistillArgs {
     /// Clip the global gradient norm (0: off).
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f64,
+    /// Keep the learning rate constant (default: cosine decay to 0).
+    #[arg(long)]
+    constant_lr: bool,
     /// Distance: l2, huber (c = 0.001) or huber:C.
     #[arg(long, default_value = "l2")]
     loss: Loss,
     /// Use an EMA of the student with this decay as the CM target network (default: the student itself, stop-gradient).
     #[arg(long)]
     ema_decay: Option<f64>,
+    /// Ignore class labels: distill the teacher's unconditional ODE.
+    #[arg(long)]
+    unconditional: bool,
     /// Hidden width of a fresh student MLP (analytic teachers).
     #[arg(long, default_value_t = 128)]
     hidden: usize,
@@ -159,6 +174,9 @@ struct TrainTeacherArgs {
     weight_decay: f64,
     #[arg(long, default_value_t = 1.0)]
     max_grad_norm: f64,
+    /// Keep the learning rate constant (default: cosine decay to 0).
+    #[arg(long)]
+    constant_lr: bool,
     #[arg(long, default_value_t = 256)]
     hidden: usize,
     #[arg(long, default_value_t = 3)]
@@ -182,7 +200,12 @@ fn labels_for(n: usize, class: Option<u32>) -> Vec<Option<u32>> {
 
 fn sample(a: SampleArgs) -> Result<()> {
     let noise = npy::read(&a.noise)?;
-    ensure!(noise.rank() >= 2, "--noise {}: expected shape [B, …], got {:?}", a.noise.display(), noise.dims());
+    ensure!(
+        noise.rank() >= 2,
+        "--noise {}: expected shape [B, …], got {:?}",
+        a.noise.display(),
+        noise.dims()
+    );
     let labels = labels_for(noise.dim(0)?, a.class);
     let out = if let Some(dir) = &a.student {
         let student = Student::load(dir)?;
@@ -198,17 +221,33 @@ fn sample(a: SampleArgs) -> Result<()> {
 
 fn distill_cmd(a: DistillArgs) -> Result<()> {
     let teacher = Teacher::parse(&a.teacher)?;
-    let data = match &a.data {
+    let mut data = match &a.data {
         Some(spec) => Dataset::load(spec, a.seed).with_context(|| format!("--data {spec}"))?,
         None => teacher.sample_data(dcm::data::toy::DEFAULT_SIZE, &mut seeded(a.seed ^ 0x5eed))?,
     };
+    if a.unconditional || teacher.num_classes() == 0 {
+        data.labels.iter_mut().for_each(|l| *l = None);
+    }
+    let conditional = data.labels.iter().any(Option::is_some);
     if let Some(shape) = teacher.sample_shape() {
-        ensure!(shape == data.sample_shape(), "--data samples have shape {:?} but the teacher expects {:?}", data.sample_shape(), shape);
+        ensure!(
+            shape == data.sample_shape(),
+            "--data samples have shape {:?} but the teacher expects {:?}",
+            data.sample_shape(),
+            shape
+        );
     }
     let (net, init, default_lr) = match &teacher {
         Teacher::Network { net, dir } => (net.config().clone(), model_dir::load_params(dir)?, 1e-4),
         _ => {
-            let net = MlpConfig { sample_shape: data.sample_shape(), hidden: a.hidden, depth: a.depth, time_dim: 32, num_classes: teacher.num_classes(), schedule: teacher.schedule_kind() };
+            let net = MlpConfig {
+                sample_shape: data.sample_shape(),
+                hidden: a.hidden,
+                depth: a.depth,
+                time_dim: 32,
+                num_classes: teacher.num_classes(),
+                schedule: teacher.schedule_kind(),
+            };
             net.validate()?;
             let init = net.init(&mut seeded(a.seed.wrapping_add(1)))?;
             (net, init, 1e-3)
@@ -221,7 +260,12 @@ fn distill_cmd(a: DistillArgs) -> Result<()> {
         guidance: a.guidance,
         steps: a.steps,
         batch: a.batch,
-        optim: OptimConfig { lr: a.lr.unwrap_or(default_lr), weight_decay: a.weight_decay, max_grad_norm: a.max_grad_norm },
+        optim: OptimConfig {
+            lr: a.lr.unwrap_or(default_lr),
+            weight_decay: a.weight_decay,
+            max_grad_norm: a.max_grad_norm,
+            cosine_decay: !a.constant_lr,
+        },
         loss: a.loss,
         ema_decay: a.ema_decay,
         seed: a.seed,
@@ -231,6 +275,7 @@ fn distill_cmd(a: DistillArgs) -> Result<()> {
     let config = StudentConfig {
         teacher: portable_spec(&a.teacher),
         data: a.data.clone().unwrap_or_else(|| "teacher distribution".into()),
+        conditional,
         net,
         distill: cfg,
         teacher_evaluations: out.teacher_evaluations,
@@ -266,13 +311,33 @@ fn eval(a: EvalArgs) -> Result<()> {
     shape.extend(&student.config.net.sample_shape);
     let noise = standard_normal(&mut seeded(a.seed), shape, &candle_core::Device::Cpu)?;
     let classes = teacher.num_classes() as u32;
-    let labels: Vec<Option<u32>> = (0..a.samples as u32).map(|i| (classes > 0).then(|| i % classes)).collect();
+    let conditional = student.config.conditional && classes > 0;
+    let labels: Vec<Option<u32>> = (0..a.samples as u32)
+        .map(|i| conditional.then(|| i % classes))
+        .collect();
     for &k in &a.steps {
-        ensure!(k >= 1 && k <= grid.intervals() && T % k == 0, "--steps {k} must divide 1000 and be at most N = {}", grid.intervals());
+        ensure!(
+            k >= 1 && k <= grid.intervals() && T.is_multiple_of(k),
+            "--steps {k} must divide 1000 and be at most N = {}",
+            grid.intervals()
+        );
     }
-    let setup = EvalSetup { teacher: &teacher, solver: d.solver, grid, guidance: d.guidance };
+    let setup = EvalSetup {
+        teacher: &teacher,
+        solver: d.solver,
+        grid,
+        guidance: d.guidance,
+    };
     let rows = ode_errors(&setup, &student.net, &noise, &labels, &a.steps, a.seed)?;
-    println!("ODE error (MSE to the teacher's {}-interval {:?} solve, w = {}, {} samples)", d.intervals, d.solver, d.guidance, a.samples);
+    let cond = if conditional {
+        "classes in turn"
+    } else {
+        "unconditional"
+    };
+    println!(
+        "ODE error (MSE to the teacher's {}-interval {:?} solve, w = {}, {} samples, {cond})",
+        d.intervals, d.solver, d.guidance, a.samples
+    );
     println!("| steps | student ({:?}) | teacher DDIM, same steps |", d.method);
     println!("|---|---|---|");
     for r in rows {
@@ -283,25 +348,68 @@ fn eval(a: EvalArgs) -> Result<()> {
 
 fn train_teacher_cmd(a: TrainTeacherArgs) -> Result<()> {
     let data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
-    let net = MlpConfig { sample_shape: data.sample_shape(), hidden: a.hidden, depth: a.depth, time_dim: a.time_dim, num_classes: data.num_classes, schedule: a.schedule };
+    let net = MlpConfig {
+        sample_shape: data.sample_shape(),
+        hidden: a.hidden,
+        depth: a.depth,
+        time_dim: a.time_dim,
+        num_classes: data.num_classes,
+        schedule: a.schedule,
+    };
     net.validate()?;
     let cfg = TeacherTraining {
         steps: a.steps,
         batch: a.batch,
-        optim: OptimConfig { lr: a.lr, weight_decay: a.weight_decay, max_grad_norm: a.max_grad_norm },
+        optim: OptimConfig {
+            lr: a.lr,
+            weight_decay: a.weight_decay,
+            max_grad_norm: a.max_grad_norm,
+            cosine_decay: !a.constant_lr,
+        },
         label_dropout: a.label_dropout,
         seed: a.seed,
     };
     let start = std::time::Instant::now();
     let out = train_teacher(&data, &net, &cfg)?;
-    let config = NetworkTeacherConfig { net, data: a.data.clone(), steps: a.steps, seed: a.seed };
+    let config = NetworkTeacherConfig {
+        net,
+        data: a.data.clone(),
+        steps: a.steps,
+        seed: a.seed,
+    };
     save_run(&a.out, &config, &out.params, &out.losses)?;
-    eprintln!("trained in {:.1} s; final loss {:.4}; wrote {}", start.elapsed().as_secs_f64(), out.losses.last().copied().unwrap_or(f32::NAN), a.out.display());
+    eprintln!(
+        "trained in {:.1} s; final loss {:.4}; wrote {}",
+        start.elapsed().as_secs_f64(),
+        out.losses.last().copied().unwrap_or(f32::NAN),
+        a.out.display()
+    );
     Ok(())
 }
 
+/// Clap's message folded into one line (help and version print as usual).
+fn parse_args() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|e| {
+        if !e.use_stderr() {
+            e.exit();
+        }
+        let text = e.to_string();
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+            .filter(|l| !l.is_empty())
+            .collect();
+        eprintln!("{}", lines.join(" "));
+        ExitCode::from(2)
+    })
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse_args() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let result = match cli.command {
         Command::Sample(a) => sample(a),
         Command::Distill(a) => distill_cmd(a),

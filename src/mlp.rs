@@ -1,6 +1,7 @@
-//! An ε-prediction MLP for low-dimensional data: input `[x, emb(t), emb(c)]`
-//! (sinusoidal timestep embedding, learned class embedding with a null class),
-//! `depth` hidden SiLU layers of width `hidden`, linear output of x's shape.
+//! An ε-prediction residual MLP for low-dimensional data:
+//! `h = W_in x + W_emb [emb(t), emb(c)]` (sinusoidal timestep embedding, learned
+//! class embedding with a null class), `depth` blocks `h ← h + W_i silu(h)`,
+//! output `W_out silu(h)` in x's shape.
 
 use crate::denoiser::{Denoiser, Labels};
 use crate::noise::Rng;
@@ -36,13 +37,19 @@ impl MlpConfig {
     pub fn validate(&self) -> Result<()> {
         ensure!(self.dim() > 0, "sample_shape must be non-empty with positive sizes");
         ensure!(self.hidden > 0 && self.depth > 0, "hidden and depth must be positive");
-        ensure!(self.time_dim >= 2 && self.time_dim % 2 == 0, "time_dim must be even and at least 2");
+        ensure!(
+            self.time_dim >= 2 && self.time_dim.is_multiple_of(2),
+            "time_dim must be even and at least 2"
+        );
         Ok(())
     }
 
-    /// (name, [out, in]) of every linear layer, in order.
+    /// (name, [out, in]) of every linear layer, in order: input, embedding, residual blocks, output.
     fn layers(&self) -> Vec<(String, usize, usize)> {
-        let mut v = vec![("in".to_string(), self.hidden, self.dim() + 2 * self.time_dim)];
+        let mut v = vec![
+            ("in".to_string(), self.hidden, self.dim()),
+            ("emb".to_string(), self.hidden, 2 * self.time_dim),
+        ];
         v.extend((0..self.depth).map(|i| (format!("hidden.{i}"), self.hidden, self.hidden)));
         v.push(("out".to_string(), self.dim(), self.hidden));
         v
@@ -60,7 +67,14 @@ impl MlpConfig {
             p.insert(format!("{name}.weight"), uniform(out * inp, bound, &[out, inp])?);
             p.insert(format!("{name}.bias"), uniform(out, bound, &[out])?);
         }
-        p.insert("class_emb".into(), uniform((self.num_classes + 1) * self.time_dim, 1.0, &[self.num_classes + 1, self.time_dim])?);
+        p.insert(
+            "class_emb".into(),
+            uniform(
+                (self.num_classes + 1) * self.time_dim,
+                1.0,
+                &[self.num_classes + 1, self.time_dim],
+            )?,
+        );
         Ok(p)
     }
 }
@@ -74,8 +88,16 @@ pub struct Mlp {
 
 fn param(params: &Params, name: &str, shape: &[usize]) -> Result<Tensor> {
     let t = params.get(name).with_context(|| format!("missing tensor '{name}'"))?;
-    ensure!(t.dims() == shape, "tensor '{name}' has shape {:?}, expected {shape:?}", t.dims());
-    ensure!(t.dtype() == DType::F32, "tensor '{name}' has dtype {:?}, expected f32", t.dtype());
+    ensure!(
+        t.dims() == shape,
+        "tensor '{name}' has shape {:?}, expected {shape:?}",
+        t.dims()
+    );
+    ensure!(
+        t.dtype() == DType::F32,
+        "tensor '{name}' has dtype {:?}, expected f32",
+        t.dtype()
+    );
     Ok(t.clone())
 }
 
@@ -86,11 +108,19 @@ impl Mlp {
             .layers()
             .iter()
             .map(|(name, out, inp)| {
-                Ok(Linear::new(param(params, &format!("{name}.weight"), &[*out, *inp])?, Some(param(params, &format!("{name}.bias"), &[*out])?)))
+                Ok(Linear::new(
+                    param(params, &format!("{name}.weight"), &[*out, *inp])?,
+                    Some(param(params, &format!("{name}.bias"), &[*out])?),
+                ))
             })
             .collect::<Result<_>>()?;
         let class_emb = param(params, "class_emb", &[cfg.num_classes + 1, cfg.time_dim])?;
-        Ok(Self { schedule: Schedule::new(cfg.schedule), cfg, layers, class_emb })
+        Ok(Self {
+            schedule: Schedule::new(cfg.schedule),
+            cfg,
+            layers,
+            class_emb,
+        })
     }
 
     pub fn config(&self) -> &MlpConfig {
@@ -102,7 +132,9 @@ impl Mlp {
 /// `f_i = 10000^(−i/half)`.
 pub fn timestep_embedding(t: &[usize], dim: usize, device: &Device) -> Result<Tensor> {
     let half = dim / 2;
-    let freqs: Vec<f64> = (0..half).map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp()).collect();
+    let freqs: Vec<f64> = (0..half)
+        .map(|i| (-(10000f64.ln()) * i as f64 / half as f64).exp())
+        .collect();
     let mut v = Vec::with_capacity(t.len() * dim);
     for &ti in t {
         v.extend(freqs.iter().map(|f| (ti as f64 * f).sin() as f32));
@@ -120,19 +152,30 @@ impl Denoiser for Mlp {
     }
     fn eps(&self, x: &Tensor, t: &[usize], labels: &Labels) -> Result<Tensor> {
         let b = x.dim(0)?;
-        ensure!(x.dims()[1..] == self.cfg.sample_shape[..], "network expects samples of shape {:?}, got {:?}", self.cfg.sample_shape, &x.dims()[1..]);
+        ensure!(
+            x.dims()[1..] == self.cfg.sample_shape[..],
+            "network expects samples of shape {:?}, got {:?}",
+            self.cfg.sample_shape,
+            &x.dims()[1..]
+        );
         let null = self.cfg.num_classes as u32;
         let ids: Vec<u32> = labels.iter().map(|l| l.filter(|&c| c < null).unwrap_or(null)).collect();
         if let Some(c) = labels.iter().flatten().find(|&&c| c >= null) {
-            anyhow::bail!("class {c} is out of range for a network with {} classes", self.cfg.num_classes);
+            anyhow::bail!(
+                "class {c} is out of range for a network with {} classes",
+                self.cfg.num_classes
+            );
         }
         let cemb = self.class_emb.index_select(&Tensor::from_vec(ids, b, x.device())?, 0)?;
         let temb = timestep_embedding(t, self.cfg.time_dim, x.device())?;
-        let mut h = Tensor::cat(&[&x.flatten_from(1)?, &temb, &cemb], 1)?;
-        let (last, hidden) = self.layers.split_last().expect("at least an input and an output layer");
-        for layer in hidden {
-            h = layer.forward(&h)?.silu()?;
+        let emb = Tensor::cat(&[&temb, &cemb], 1)?;
+        let [input, embed, blocks @ .., out] = &self.layers[..] else {
+            anyhow::bail!("an MLP needs input, embedding and output layers");
+        };
+        let mut h = (input.forward(&x.flatten_from(1)?)? + embed.forward(&emb)?)?;
+        for block in blocks {
+            h = (&h + block.forward(&h.silu()?)?)?;
         }
-        Ok(last.forward(&h)?.reshape(x.shape())?)
+        Ok(out.forward(&h.silu()?)?.reshape(x.shape())?)
     }
 }

@@ -27,6 +27,7 @@ pub fn load_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
 pub fn load_params(dir: &Path) -> Result<Params> {
     let path = dir.join(WEIGHTS);
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu).with_context(|| format!("{}: malformed safetensors", path.display()))?;
+    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .with_context(|| format!("{}: malformed safetensors", path.display()))?;
     Ok(map.into_iter().collect())
 }

@@ -12,6 +12,19 @@ pub struct OptimConfig {
     pub weight_decay: f64,
     /// Clip the global gradient norm to this value (0: no clipping).
     pub max_grad_norm: f64,
+    /// Cosine decay of the learning rate to 0 over the run (otherwise constant).
+    pub cosine_decay: bool,
+}
+
+impl OptimConfig {
+    /// Learning rate at `step` (0-based) of `total`.
+    pub fn lr_at(&self, step: usize, total: usize) -> f64 {
+        if self.cosine_decay {
+            self.lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos())
+        } else {
+            self.lr
+        }
+    }
 }
 
 pub struct AdamW {
@@ -38,8 +51,8 @@ impl AdamW {
         })
     }
 
-    /// One update of every var; a var without a gradient is treated as having gradient 0.
-    pub fn step(&mut self, vars: &[Var], grads: &GradStore) -> Result<()> {
+    /// One update of every var at learning rate `lr`; a var without a gradient has gradient 0.
+    pub fn step(&mut self, vars: &[Var], grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let (c1, c2) = (1.0 - b1.powi(self.step), 1.0 - b2.powi(self.step));
@@ -51,8 +64,8 @@ impl AdamW {
             self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
             self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
-            let decayed = (var.as_tensor() * (1.0 - self.cfg.lr * self.cfg.weight_decay))?;
-            var.set(&(decayed - (update * self.cfg.lr)?)?)?;
+            let decayed = (var.as_tensor() * (1.0 - lr * self.cfg.weight_decay))?;
+            var.set(&(decayed - (update * lr)?)?)?;
         }
         Ok(())
     }
@@ -63,7 +76,11 @@ pub fn clip_grad_norm(vars: &[Var], grads: &mut GradStore, max_norm: f64) -> Res
     let mut total = 0f64;
     for var in vars {
         if let Some(g) = grads.get(var) {
-            total += g.sqr()?.sum_all()?.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            total += g
+                .sqr()?
+                .sum_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
         }
     }
     let norm = total.sqrt();
@@ -86,14 +103,20 @@ mod tests {
     /// Two AdamW steps on `L = Σ θ²/2` checked against the update written out by hand.
     #[test]
     fn adamw_matches_hand_computed_updates() {
-        let cfg = OptimConfig { lr: 0.1, weight_decay: 0.01, max_grad_norm: 0.0 };
+        let cfg = OptimConfig {
+            lr: 0.1,
+            weight_decay: 0.01,
+            max_grad_norm: 0.0,
+            cosine_decay: false,
+        };
         let var = Var::new(&[1.0f32, -2.0], &Device::Cpu).unwrap();
         let mut opt = AdamW::new(cfg, std::slice::from_ref(&var)).unwrap();
         let mut theta = [1.0f64, -2.0];
         let (mut m, mut v) = ([0f64; 2], [0f64; 2]);
         for step in 1..=2 {
             let loss = (var.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
-            opt.step(std::slice::from_ref(&var), &loss.backward().unwrap()).unwrap();
+            opt.step(std::slice::from_ref(&var), &loss.backward().unwrap(), cfg.lr)
+                .unwrap();
             for i in 0..2 {
                 let g = theta[i];
                 m[i] = 0.9 * m[i] + 0.1 * g;
@@ -113,7 +136,10 @@ mod tests {
     fn clipping_bounds_the_global_norm() {
         let a = Var::new(&[3.0f32], &Device::Cpu).unwrap();
         let b = Var::new(&[4.0f32], &Device::Cpu).unwrap();
-        let loss = ((a.as_tensor() * 3.0).unwrap() + (b.as_tensor() * 4.0).unwrap()).unwrap().sum_all().unwrap();
+        let loss = ((a.as_tensor() * 3.0).unwrap() + (b.as_tensor() * 4.0).unwrap())
+            .unwrap()
+            .sum_all()
+            .unwrap();
         let vars = [a.clone(), b.clone()];
         let mut grads = loss.backward().unwrap();
         let norm = clip_grad_norm(&vars, &mut grads, 1.0).unwrap();

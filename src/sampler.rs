@@ -12,7 +12,10 @@ use candle_core::Tensor;
 /// Start timesteps `starts[round(linspace(0, N, K, endpoint=false))]`, ties to even (numpy's rounding).
 pub fn sampler_timesteps(grid: Discretization, steps: usize) -> Result<Vec<usize>> {
     let n = grid.intervals();
-    ensure!(steps > 0 && steps <= n, "--steps {steps} must be between 1 and the number of intervals ({n})");
+    ensure!(
+        steps > 0 && steps <= n,
+        "--steps {steps} must be between 1 and the number of intervals ({n})"
+    );
     Ok((0..steps)
         .map(|i| {
             let idx = (i as f64 * n as f64 / steps as f64).round_ties_even() as usize;
@@ -22,7 +25,14 @@ pub fn sampler_timesteps(grid: Discretization, steps: usize) -> Result<Vec<usize
 }
 
 /// Runs the K-step sampler from `noise` (the x_T of every row).
-pub fn multistep_sample(student: &dyn Denoiser, noise: &Tensor, grid: Discretization, steps: usize, labels: &Labels, rng: &mut Rng) -> Result<Tensor> {
+pub fn multistep_sample(
+    student: &dyn Denoiser,
+    noise: &Tensor,
+    grid: Discretization,
+    steps: usize,
+    labels: &Labels,
+    rng: &mut Rng,
+) -> Result<Tensor> {
     let ts = sampler_timesteps(grid, steps)?;
     let b = noise.dim(0)?;
     let s = student.schedule();
@@ -32,7 +42,8 @@ pub fn multistep_sample(student: &dyn Denoiser, noise: &Tensor, grid: Discretiza
         x0 = consistency(student, &x, &vec![t; b], labels)?.detach();
         if let Some(&next) = ts.get(i + 1) {
             let z = standard_normal(rng, x.shape(), x.device())?;
-            x = (x0.broadcast_mul(&per_row(&vec![s.alpha(next); b], &x0)?)? + z.broadcast_mul(&per_row(&vec![s.sigma(next); b], &z)?)?)?;
+            x = (x0.broadcast_mul(&per_row(&vec![s.alpha(next); b], &x0)?)?
+                + z.broadcast_mul(&per_row(&vec![s.sigma(next); b], &z)?)?)?;
         }
     }
     Ok(x0)
@@ -48,7 +59,10 @@ mod tests {
         assert_eq!(sampler_timesteps(g, 1).unwrap(), vec![1000]);
         assert_eq!(sampler_timesteps(g, 2).unwrap(), vec![1000, 500]);
         assert_eq!(sampler_timesteps(g, 4).unwrap(), vec![1000, 750, 500, 250]);
-        assert_eq!(sampler_timesteps(g, 8).unwrap(), vec![1000, 880, 750, 620, 500, 380, 250, 120]);
+        assert_eq!(
+            sampler_timesteps(g, 8).unwrap(),
+            vec![1000, 880, 750, 620, 500, 380, 250, 120]
+        );
         assert!(sampler_timesteps(g, 0).is_err());
         assert!(sampler_timesteps(g, 101).is_err());
     }

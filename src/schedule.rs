@@ -52,9 +52,7 @@ fn cosine_alpha_bar(s: f64) -> f64 {
 impl Schedule {
     pub fn new(kind: ScheduleKind) -> Self {
         let betas: Vec<f64> = match kind {
-            ScheduleKind::ScaledLinear => linspace(0.00085f64.sqrt(), 0.012f64.sqrt(), T)
-                .map(|b| b * b)
-                .collect(),
+            ScheduleKind::ScaledLinear => linspace(0.00085f64.sqrt(), 0.012f64.sqrt(), T).map(|b| b * b).collect(),
             ScheduleKind::Linear => linspace(1e-4, 0.02, T).collect(),
             ScheduleKind::Cosine => (0..T)
                 .map(|i| {
@@ -142,7 +140,9 @@ mod tests {
     #[test]
     fn linear_schedule_alpha_bar_is_the_product_of_one_minus_beta() {
         let s = Schedule::new(ScheduleKind::Linear);
-        let direct: f64 = (1..=10).map(|i| 1.0 - (1e-4 + (0.02 - 1e-4) * (i - 1) as f64 / 999.0)).product();
+        let direct: f64 = (1..=10)
+            .map(|i| 1.0 - (1e-4 + (0.02 - 1e-4) * (i - 1) as f64 / 999.0))
+            .product();
         assert!((s.alpha_bar(10) - direct).abs() < 1e-14);
     }
 }

@@ -45,19 +45,29 @@ fn euler_update(s: &Schedule, x: &Tensor, slope_x: &Tensor, eps: &Tensor, t: &[u
 impl Solver {
     /// Teacher calls per step (per sample).
     pub fn stages(self) -> usize {
-        if self == Self::Heun { 2 } else { 1 }
+        if self == Self::Heun {
+            2
+        } else {
+            1
+        }
     }
 
     /// One step of every row from `t[b]` to `t[b] − k`.
     pub fn step(self, teacher: &dyn Denoiser, x: &Tensor, t: &[usize], k: usize, labels: &Labels) -> Result<Tensor> {
-        ensure!(t.iter().all(|&t| t >= k && t <= T), "solver step from a timestep below k = {k} or above T");
+        ensure!(
+            t.iter().all(|&t| t >= k && t <= T),
+            "solver step from a timestep below k = {k} or above T"
+        );
         let s = teacher.schedule();
         let to: Vec<usize> = t.iter().map(|&t| t - k).collect();
         let eps = teacher.eps(x, t, labels)?;
         match self {
             Self::Ddim => {
                 let x0 = crate::denoiser::predict_x0(s, x, &eps, t)?;
-                let (an, sn) = (per_row(&rows(&to, |t| s.alpha(t)), x)?, per_row(&rows(&to, |t| s.sigma(t)), x)?);
+                let (an, sn) = (
+                    per_row(&rows(&to, |t| s.alpha(t)), x)?,
+                    per_row(&rows(&to, |t| s.sigma(t)), x)?,
+                );
                 Ok((x0.broadcast_mul(&an)? + eps.broadcast_mul(&sn)?)?)
             }
             Self::Euler => euler_update(s, x, x, &eps, t, k),
@@ -76,9 +86,20 @@ impl Solver {
 
 /// The teacher's solve of every row from the common timestep `t_start` (a grid
 /// point) down to clean, over the grid's steps.
-pub fn solve(solver: Solver, teacher: &dyn Denoiser, x: &Tensor, grid: Discretization, t_start: usize, labels: &Labels) -> Result<Tensor> {
+pub fn solve(
+    solver: Solver,
+    teacher: &dyn Denoiser,
+    x: &Tensor,
+    grid: Discretization,
+    t_start: usize,
+    labels: &Labels,
+) -> Result<Tensor> {
     let k = grid.k();
-    ensure!(t_start % k == 0 && t_start <= T, "start timestep {t_start} is not on the {}-interval grid", grid.intervals());
+    ensure!(
+        t_start.is_multiple_of(k) && t_start <= T,
+        "start timestep {t_start} is not on the {}-interval grid",
+        grid.intervals()
+    );
     let b = x.dim(0)?;
     let mut x = x.clone();
     for t in (1..=t_start / k).rev().map(|i| i * k) {

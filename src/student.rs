@@ -16,6 +16,8 @@ pub struct StudentConfig {
     pub teacher: String,
     /// Where the training data came from.
     pub data: String,
+    /// Trained with class labels (sampled and evaluated per class) or with the null label only.
+    pub conditional: bool,
     pub net: MlpConfig,
     pub distill: DistillConfig,
     pub teacher_evaluations: u64,
@@ -32,7 +34,8 @@ impl Student {
         ensure!(dir.is_dir(), "--student {}: not a folder", dir.display());
         let config: StudentConfig = model_dir::load_config(dir)?;
         let params = model_dir::load_params(dir)?;
-        let net = Mlp::new(config.net.clone(), &params).with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
+        let net = Mlp::new(config.net.clone(), &params)
+            .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
         Ok(Self { config, net })
     }
 

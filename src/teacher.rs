@@ -43,9 +43,18 @@ pub enum Teacher {
 fn parse_keys(body: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for part in body.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = part.split_once('=').with_context(|| format!("'{part}' is not key=value"))?;
-        ensure!(allowed.contains(&k), "unknown key '{k}' (expected {})", allowed.join(", "));
-        ensure!(map.insert(k.to_string(), v.to_string()).is_none(), "key '{k}' given twice");
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("'{part}' is not key=value"))?;
+        ensure!(
+            allowed.contains(&k),
+            "unknown key '{k}' (expected {})",
+            allowed.join(", ")
+        );
+        ensure!(
+            map.insert(k.to_string(), v.to_string()).is_none(),
+            "key '{k}' given twice"
+        );
     }
     Ok(map)
 }
@@ -69,7 +78,9 @@ fn numbers(s: &str, sep: char, what: &str) -> Result<Vec<f64>> {
 }
 
 fn schedule_of(map: &BTreeMap<String, String>) -> Result<Schedule> {
-    Ok(Schedule::new(map.get("schedule").map(|s| s.parse()).transpose()?.unwrap_or_default()))
+    Ok(Schedule::new(
+        map.get("schedule").map(|s| s.parse()).transpose()?.unwrap_or_default(),
+    ))
 }
 
 impl Teacher {
@@ -82,19 +93,39 @@ impl Teacher {
             let map = parse_keys(body, &["mean", "std", "dim", "schedule"])?;
             let std = number(&map, "std")?.context("gaussian needs std=S")?;
             ensure!(std > 0.0, "std must be positive");
-            let dim = map.get("dim").map(|d| d.parse::<usize>().ok().filter(|&d| d > 0).with_context(|| format!("dim='{d}' must be a positive integer"))).transpose()?;
+            let dim = map
+                .get("dim")
+                .map(|d| {
+                    d.parse::<usize>()
+                        .ok()
+                        .filter(|&d| d > 0)
+                        .with_context(|| format!("dim='{d}' must be a positive integer"))
+                })
+                .transpose()?;
             let mean = number(&map, "mean")?.context("gaussian needs mean=M")?;
-            return Ok(Self::Gaussian(Gaussian { mean, std, dim, schedule: schedule_of(&map)? }));
+            return Ok(Self::Gaussian(Gaussian {
+                mean,
+                std,
+                dim,
+                schedule: schedule_of(&map)?,
+            }));
         }
         if let Some(body) = spec.strip_prefix("mixture:") {
             return Self::parse_mixture(body).map(Self::Mixture);
         }
         let dir = Path::new(spec);
-        ensure!(dir.is_dir(), "not gaussian:…, mixture:… nor an existing model folder (see `dcm sample --help`)");
+        ensure!(
+            dir.is_dir(),
+            "not gaussian:…, mixture:… nor an existing model folder (see `dcm sample --help`)"
+        );
         let cfg: NetworkTeacherConfig = model_dir::load_config(dir)?;
         let params = model_dir::load_params(dir)?;
-        let net = Mlp::new(cfg.net, &params).with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
-        Ok(Self::Network { net, dir: dir.to_path_buf() })
+        let net = Mlp::new(cfg.net, &params)
+            .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
+        Ok(Self::Network {
+            net,
+            dir: dir.to_path_buf(),
+        })
     }
 
     fn parse_mixture(body: &str) -> Result<GaussianMixture> {
@@ -106,14 +137,25 @@ impl Teacher {
         if let Some(name) = preset {
             let map = parse_keys(rest, &["schedule"])?;
             let toy = Toy::parse(name)?;
-            return toy.mixture(schedule_of(&map)?).with_context(|| format!("toy '{name}' is not a Gaussian mixture (use ring or grid)"));
+            return toy
+                .mixture(schedule_of(&map)?)
+                .with_context(|| format!("toy '{name}' is not a Gaussian mixture (use ring or grid)"));
         }
         let map = parse_keys(rest, &["means", "std", "weights", "schedule"])?;
-        let means = map.get("means").context("mixture needs means=X:Y/X:Y/...")?.split('/').map(|m| numbers(m, ':', "means")).collect::<Result<Vec<_>>>()?;
+        let means = map
+            .get("means")
+            .context("mixture needs means=X:Y/X:Y/...")?
+            .split('/')
+            .map(|m| numbers(m, ':', "means"))
+            .collect::<Result<Vec<_>>>()?;
         let k = means.len();
         let stds = numbers(map.get("std").context("mixture needs std=S")?, '/', "std")?;
         let stds = if stds.len() == 1 { vec![stds[0]; k] } else { stds };
-        let weights = map.get("weights").map(|w| numbers(w, '/', "weights")).transpose()?.unwrap_or(vec![1.0; k]);
+        let weights = map
+            .get("weights")
+            .map(|w| numbers(w, '/', "weights"))
+            .transpose()?
+            .unwrap_or(vec![1.0; k]);
         GaussianMixture::new(means, stds, weights, schedule_of(&map)?)
     }
 
@@ -143,7 +185,9 @@ impl Teacher {
         match self {
             Self::Mixture(m) => m.sample(n, rng),
             Self::Gaussian(g) => {
-                let d = g.dim.context("a gaussian teacher without dim= needs --data (or add dim=D to the spec)")?;
+                let d = g
+                    .dim
+                    .context("a gaussian teacher without dim= needs --data (or add dim=D to the spec)")?;
                 let z = crate::noise::standard_normal(rng, (n, d), &candle_core::Device::Cpu)?;
                 Dataset::new(((z * g.std)? + g.mean)?, vec![None; n], 0)
             }

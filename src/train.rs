@@ -11,7 +11,8 @@ pub struct Trainer {
     names: Vec<String>,
     vars: Vec<Var>,
     opt: AdamW,
-    max_grad_norm: f64,
+    cfg: OptimConfig,
+    total: usize,
     pub losses: Vec<f32>,
     bar: ProgressBar,
 }
@@ -20,7 +21,10 @@ impl Trainer {
     /// Trainable copies of `init` (sorted by name, so updates are deterministic).
     pub fn new(init: &Params, cfg: OptimConfig, steps: usize, what: &str) -> Result<Self> {
         let names: Vec<String> = init.keys().cloned().collect();
-        let vars = init.values().map(|t| Var::from_tensor(&t.copy()?)).collect::<candle_core::Result<Vec<_>>>()?;
+        let vars = init
+            .values()
+            .map(|t| Var::from_tensor(&t.copy()?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
         let bar = ProgressBar::new(steps as u64);
         bar.set_style(
             ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
@@ -28,7 +32,15 @@ impl Trainer {
                 .progress_chars("=> "),
         );
         bar.set_prefix(what.to_string());
-        Ok(Self { names, opt: AdamW::new(cfg, &vars)?, vars, max_grad_norm: cfg.max_grad_norm, losses: Vec::new(), bar })
+        Ok(Self {
+            names,
+            opt: AdamW::new(cfg, &vars)?,
+            vars,
+            cfg,
+            total: steps,
+            losses: Vec::new(),
+            bar,
+        })
     }
 
     pub fn names(&self) -> &[String] {
@@ -41,12 +53,20 @@ impl Trainer {
 
     /// The trainable tensors (gradients flow into them).
     pub fn params(&self) -> Params {
-        self.names.iter().cloned().zip(self.vars.iter().map(|v| v.as_tensor().clone())).collect()
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.vars.iter().map(|v| v.as_tensor().clone()))
+            .collect()
     }
 
     /// The current weights as plain tensors: no graph, updated in place by each step.
     pub fn frozen_params(&self) -> Params {
-        self.names.iter().cloned().zip(self.vars.iter().map(|v| v.as_tensor().detach())).collect()
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.vars.iter().map(|v| v.as_tensor().detach()))
+            .collect()
     }
 
     /// Backward, clip, update; refuses a non-finite loss before touching the weights.
@@ -58,12 +78,14 @@ impl Trainer {
             bail!("loss is {value} at step {step}; stopping before the weights are corrupted");
         }
         let mut grads = loss.backward()?;
-        clip_grad_norm(&self.vars, &mut grads, self.max_grad_norm)?;
-        self.opt.step(&self.vars, &grads)?;
+        clip_grad_norm(&self.vars, &mut grads, self.cfg.max_grad_norm)?;
+        self.opt
+            .step(&self.vars, &grads, self.cfg.lr_at(step - 1, self.total))?;
         self.losses.push(value);
-        if step % 10 == 0 {
+        if step.is_multiple_of(10) {
             let recent = &self.losses[self.losses.len().saturating_sub(50)..];
-            self.bar.set_message(format!("loss {:.4e}", recent.iter().sum::<f32>() / recent.len() as f32));
+            self.bar
+                .set_message(format!("loss {:.4e}", recent.iter().sum::<f32>() / recent.len() as f32));
         }
         self.bar.inc(1);
         Ok(value)

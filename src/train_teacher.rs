@@ -29,15 +29,26 @@ pub struct Trained {
 
 pub fn train_teacher(data: &Dataset, net: &MlpConfig, cfg: &TeacherTraining) -> Result<Trained> {
     ensure!(cfg.steps > 0 && cfg.batch > 0, "--steps and --batch must be positive");
-    ensure!((0.0..=1.0).contains(&cfg.label_dropout), "--label-dropout must be in [0, 1]");
-    ensure!(data.sample_shape() == net.sample_shape, "data shape {:?} differs from the network's {:?}", data.sample_shape(), net.sample_shape);
+    ensure!(
+        (0.0..=1.0).contains(&cfg.label_dropout),
+        "--label-dropout must be in [0, 1]"
+    );
+    ensure!(
+        data.sample_shape() == net.sample_shape,
+        "data shape {:?} differs from the network's {:?}",
+        data.sample_shape(),
+        net.sample_shape
+    );
     let mut rng = seeded(cfg.seed);
     let init = net.init(&mut rng)?;
     let mut trainer = Trainer::new(&init, cfg.optim, cfg.steps, "teacher")?;
     let model = Mlp::new(net.clone(), &trainer.params())?;
     for _ in 0..cfg.steps {
         let (x0, labels) = data.batch(&mut rng, cfg.batch)?;
-        let labels: Vec<Option<u32>> = labels.into_iter().map(|l| l.filter(|_| !rng.random_bool(cfg.label_dropout))).collect();
+        let labels: Vec<Option<u32>> = labels
+            .into_iter()
+            .map(|l| l.filter(|_| !rng.random_bool(cfg.label_dropout)))
+            .collect();
         let t: Vec<usize> = (0..cfg.batch).map(|_| rng.random_range(1..=T)).collect();
         let eps = standard_normal(&mut rng, x0.shape(), x0.device())?;
         let xt = diffuse(model.schedule(), &x0, &eps, &t)?;
@@ -45,5 +56,8 @@ pub fn train_teacher(data: &Dataset, net: &MlpConfig, cfg: &TeacherTraining) -> 
         trainer.step(&loss)?;
     }
     trainer.finish();
-    Ok(Trained { params: trainer.frozen_params(), losses: trainer.losses })
+    Ok(Trained {
+        params: trainer.frozen_params(),
+        losses: trainer.losses,
+    })
 }

@@ -42,11 +42,20 @@ fn reference_solve(solver: Solver, sch: &Schedule, m: f64, s: f64, x: f64, n: us
 }
 
 fn sch_ab(s: &Schedule, t: usize) -> f64 {
-    if t == 0 { 1.0 } else { s.alpha_bar(t) }
+    if t == 0 {
+        1.0
+    } else {
+        s.alpha_bar(t)
+    }
 }
 
 fn gaussian(kind: ScheduleKind) -> Gaussian {
-    Gaussian { mean: 0.7, std: 0.5, dim: None, schedule: Schedule::new(kind) }
+    Gaussian {
+        mean: 0.7,
+        std: 0.5,
+        dim: None,
+        schedule: Schedule::new(kind),
+    }
 }
 
 fn noise(n: usize) -> Tensor {
@@ -54,7 +63,13 @@ fn noise(n: usize) -> Tensor {
 }
 
 fn values(t: &Tensor) -> Vec<f64> {
-    t.flatten_all().unwrap().to_vec1::<f32>().unwrap().into_iter().map(f64::from).collect()
+    t.flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
@@ -73,7 +88,10 @@ fn solvers_match_independent_f64_formulas() {
         for solver in [Solver::Ddim, Solver::Euler, Solver::Heun] {
             for n in [1, 10, 50, 1000] {
                 let got = values(&solve(solver, &g, &x, Discretization::new(n).unwrap(), T, &[None; 16]).unwrap());
-                let want: Vec<f64> = values(&x).iter().map(|&x| reference_solve(solver, &g.schedule, g.mean, g.std, x, n)).collect();
+                let want: Vec<f64> = values(&x)
+                    .iter()
+                    .map(|&x| reference_solve(solver, &g.schedule, g.mean, g.std, x, n))
+                    .collect();
                 let err = max_abs_diff(&got, &want);
                 // DDIM's x̂₀ divides an f32 cancellation by α_T (≈ 0.07 scaled-linear, ≈ 1e-4 cosine).
                 let tol = f64::max(1e-4, 10.0 * f32::EPSILON as f64 / g.schedule.alpha(T));
@@ -102,7 +120,13 @@ fn self_convergence_ratios(solver: Solver) -> Vec<f64> {
     let fine = values(&solve(solver, &g, &x, Discretization::new(1000).unwrap(), T, &[None; 64]).unwrap());
     let errs: Vec<f64> = [10, 20, 40]
         .iter()
-        .map(|&n| mse(&values(&solve(solver, &g, &x, Discretization::new(n).unwrap(), T, &[None; 64]).unwrap()), &fine).sqrt())
+        .map(|&n| {
+            mse(
+                &values(&solve(solver, &g, &x, Discretization::new(n).unwrap(), T, &[None; 64]).unwrap()),
+                &fine,
+            )
+            .sqrt()
+        })
         .collect();
     println!("{solver:?} RMS error to N=1000 at N=10,20,40: {errs:?}");
     errs.windows(2).map(|w| w[0] / w[1]).collect()

@@ -19,8 +19,16 @@ pub struct Dataset {
 
 impl Dataset {
     pub fn new(x: Tensor, labels: Vec<Option<u32>>, num_classes: usize) -> Result<Self> {
-        ensure!(x.rank() >= 2, "data must have shape [n, …] with at least one value per sample");
-        ensure!(x.dim(0)? == labels.len(), "{} samples but {} labels", x.dim(0)?, labels.len());
+        ensure!(
+            x.rank() >= 2,
+            "data must have shape [n, …] with at least one value per sample"
+        );
+        ensure!(
+            x.dim(0)? == labels.len(),
+            "{} samples but {} labels",
+            x.dim(0)?,
+            labels.len()
+        );
         ensure!(x.dim(0)? > 0, "the dataset is empty");
         Ok(Self { x, labels, num_classes })
     }
@@ -53,7 +61,12 @@ impl Dataset {
         }
         let path = Path::new(spec);
         let x = npy::read(path)?;
-        ensure!(x.rank() >= 2, "{}: expected shape [n, …], got {:?}", path.display(), x.dims());
+        ensure!(
+            x.rank() >= 2,
+            "{}: expected shape [n, …], got {:?}",
+            path.display(),
+            x.dims()
+        );
         let n = x.dim(0)?;
         Self::new(x, vec![None; n], 0).with_context(|| format!("{}", path.display()))
     }

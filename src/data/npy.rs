@@ -17,7 +17,10 @@ struct Header {
 
 fn header_value<'a>(dict: &'a str, key: &str) -> Result<&'a str> {
     let pat = format!("'{key}':");
-    let start = dict.find(&pat).with_context(|| format!("header has no '{key}' entry"))? + pat.len();
+    let start = dict
+        .find(&pat)
+        .with_context(|| format!("header has no '{key}' entry"))?
+        + pat.len();
     Ok(dict[start..].trim_start())
 }
 
@@ -29,7 +32,10 @@ fn parse_header(dict: &str) -> Result<Header> {
         true
     } else {
         let end = descr.find(',').unwrap_or(descr.len());
-        bail!("unsupported dtype {} (only little-endian float32 '<f4' and float64 '<f8')", &descr[..end]);
+        bail!(
+            "unsupported dtype {} (only little-endian float32 '<f4' and float64 '<f8')",
+            &descr[..end]
+        );
     };
     let fortran = header_value(dict, "fortran_order")?;
     if fortran.starts_with("True") {
@@ -43,25 +49,41 @@ fn parse_header(dict: &str) -> Result<Header> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().with_context(|| format!("shape entry '{s}' is not a non-negative integer")))
+        .map(|s| {
+            s.parse::<usize>()
+                .with_context(|| format!("shape entry '{s}' is not a non-negative integer"))
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Header { float64, shape })
 }
 
 /// Decodes the bytes of a `.npy` file into a float32 tensor on the CPU.
 pub fn decode(bytes: &[u8]) -> Result<Tensor> {
-    ensure!(bytes.len() >= 10 && &bytes[..6] == MAGIC, "not a .npy file (bad magic string)");
+    ensure!(
+        bytes.len() >= 10 && &bytes[..6] == MAGIC,
+        "not a .npy file (bad magic string)"
+    );
     let (len_bytes, start) = match bytes[6] {
         1 => (2, 10),
         2 | 3 => (4, 12),
         v => bail!("unsupported .npy version {v}"),
     };
     ensure!(bytes.len() >= start, "truncated .npy header");
-    let header_len = bytes[8..8 + len_bytes].iter().rev().fold(0usize, |acc, &b| acc * 256 + b as usize);
-    let data_start = start.checked_add(header_len).filter(|&e| e <= bytes.len()).context("truncated .npy header")?;
+    let header_len = bytes[8..8 + len_bytes]
+        .iter()
+        .rev()
+        .fold(0usize, |acc, &b| acc * 256 + b as usize);
+    let data_start = start
+        .checked_add(header_len)
+        .filter(|&e| e <= bytes.len())
+        .context("truncated .npy header")?;
     let dict = std::str::from_utf8(&bytes[start..data_start]).context(".npy header is not text")?;
     let header = parse_header(dict)?;
-    let count = header.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).context("shape is too large")?;
+    let count = header
+        .shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .context("shape is too large")?;
     let elem = if header.float64 { 8 } else { 4 };
     let data = &bytes[data_start..];
     ensure!(
@@ -72,9 +94,13 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor> {
         data.len()
     );
     let values: Vec<f32> = if header.float64 {
-        data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32).collect()
+        data.chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32)
+            .collect()
     } else {
-        data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("chunk of 4"))).collect()
+        data.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("chunk of 4")))
+            .collect()
     };
     Ok(Tensor::from_vec(values, header.shape, &Device::Cpu)?)
 }
@@ -118,12 +144,18 @@ mod tests {
 
     #[test]
     fn roundtrip_preserves_shape_and_values() {
-        let t = Tensor::arange(0f32, 24., &Device::Cpu).unwrap().reshape((2, 3, 4)).unwrap();
+        let t = Tensor::arange(0f32, 24., &Device::Cpu)
+            .unwrap()
+            .reshape((2, 3, 4))
+            .unwrap();
         let bytes = encode(&t).unwrap();
         assert_eq!((bytes.len() - 4 * 24) % 64, 0, "header must be 64-byte aligned");
         let back = decode(&bytes).unwrap();
         assert_eq!(back.dims(), &[2, 3, 4]);
-        assert_eq!(back.flatten_all().unwrap().to_vec1::<f32>().unwrap(), (0..24).map(|v| v as f32).collect::<Vec<_>>());
+        assert_eq!(
+            back.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            (0..24).map(|v| v as f32).collect::<Vec<_>>()
+        );
     }
 
     fn npy_bytes(dict: &str, data: &[u8]) -> Vec<u8> {
@@ -149,7 +181,10 @@ mod tests {
             assert!(decode(&good[..cut]).is_err(), "truncated at {cut}");
         }
         let data = [0u8; 24];
-        let huge = npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999), }", &data);
+        let huge = npy_bytes(
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999, 99999999999), }",
+            &data,
+        );
         assert!(decode(&huge).unwrap_err().to_string().contains("too large"));
         let short = npy_bytes("{'descr': '<f4', 'fortran_order': False, 'shape': (4, 2), }", &data);
         assert!(decode(&short).unwrap_err().to_string().contains("needs 32 data bytes"));

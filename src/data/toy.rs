@@ -45,8 +45,21 @@ impl Toy {
     /// The exact mixture behind `ring` and `grid`; `None` for the others.
     pub fn mixture(self, schedule: Schedule) -> Option<GaussianMixture> {
         let (means, std): (Vec<Vec<f64>>, f64) = match self {
-            Self::Ring => ((0..8).map(|k| { let a = 2.0 * PI * k as f64 / 8.0; vec![1.5 * a.cos(), 1.5 * a.sin()] }).collect(), 0.1),
-            Self::Grid => ((0..25).map(|k| vec![0.6 * (k % 5) as f64 - 1.2, 0.6 * (k / 5) as f64 - 1.2]).collect(), 0.05),
+            Self::Ring => (
+                (0..8)
+                    .map(|k| {
+                        let a = 2.0 * PI * k as f64 / 8.0;
+                        vec![1.5 * a.cos(), 1.5 * a.sin()]
+                    })
+                    .collect(),
+                0.1,
+            ),
+            Self::Grid => (
+                (0..25)
+                    .map(|k| vec![0.6 * (k % 5) as f64 - 1.2, 0.6 * (k / 5) as f64 - 1.2])
+                    .collect(),
+                0.05,
+            ),
             _ => return None,
         };
         let n = means.len();
@@ -82,7 +95,11 @@ impl Toy {
             Self::Moons => {
                 let upper = rng.random_bool(0.5);
                 let a = rng.random_range(0.0..PI);
-                let (x, y) = if upper { (a.cos(), a.sin()) } else { (1.0 - a.cos(), 0.5 - a.sin()) };
+                let (x, y) = if upper {
+                    (a.cos(), a.sin())
+                } else {
+                    (1.0 - a.cos(), 0.5 - a.sin())
+                };
                 let mut z = || -> f64 { StandardNormal.sample(rng) };
                 ([x - 0.5 + 0.05 * z(), y - 0.25 + 0.05 * z()], Some(upper as u32))
             }
@@ -107,7 +124,10 @@ mod tests {
             let toy = Toy::parse(name).unwrap();
             let a = toy.dataset(4000, 7).unwrap();
             let b = toy.dataset(4000, 7).unwrap();
-            let (va, vb) = (a.x.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.x.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+            let (va, vb) = (
+                a.x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
             assert_eq!(va, vb, "{name} must be reproducible from its seed");
             let mean: f32 = va.iter().sum::<f32>() / va.len() as f32;
             assert!(mean.abs() < 0.1, "{name} mean {mean}");

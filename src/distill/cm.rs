@@ -8,7 +8,15 @@ use crate::solver::Solver;
 use anyhow::Result;
 use candle_core::Tensor;
 
-pub fn cm_target(solver: Solver, teacher: &dyn Denoiser, target_net: &dyn Denoiser, x: &Tensor, t: &[usize], k: usize, labels: &Labels) -> Result<Tensor> {
+pub fn cm_target(
+    solver: Solver,
+    teacher: &dyn Denoiser,
+    target_net: &dyn Denoiser,
+    x: &Tensor,
+    t: &[usize],
+    k: usize,
+    labels: &Labels,
+) -> Result<Tensor> {
     let x_prev = solver.step(teacher, x, t, k, labels)?.detach();
     let t_prev: Vec<usize> = t.iter().map(|&t| t - k).collect();
     Ok(consistency(target_net, &x_prev, &t_prev, labels)?.detach())

@@ -9,7 +9,14 @@ use candle_core::Tensor;
 
 /// Solves only the rows whose start has been reached ("active set"): rows are
 /// sorted by start timestep so the active ones are always a prefix of the batch.
-pub fn direct_targets(solver: Solver, teacher: &dyn Denoiser, x: &Tensor, t: &[usize], grid: Discretization, labels: &Labels) -> Result<Tensor> {
+pub fn direct_targets(
+    solver: Solver,
+    teacher: &dyn Denoiser,
+    x: &Tensor,
+    t: &[usize],
+    grid: Discretization,
+    labels: &Labels,
+) -> Result<Tensor> {
     let b = t.len();
     let mut order: Vec<usize> = (0..b).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(t[i]));
@@ -20,8 +27,14 @@ pub fn direct_targets(solver: Solver, teacher: &dyn Denoiser, x: &Tensor, t: &[u
     let top = t[order[0]];
     for tau in (1..=top / k).rev().map(|i| i * k) {
         let m = order.iter().take_while(|&&i| t[i] >= tau).count();
-        let stepped = solver.step(teacher, &xs.narrow(0, 0, m)?, &vec![tau; m], k, &sorted_labels[..m])?.detach();
-        xs = if m == b { stepped } else { Tensor::cat(&[&stepped, &xs.narrow(0, m, b - m)?], 0)? };
+        let stepped = solver
+            .step(teacher, &xs.narrow(0, 0, m)?, &vec![tau; m], k, &sorted_labels[..m])?
+            .detach();
+        xs = if m == b {
+            stepped
+        } else {
+            Tensor::cat(&[&stepped, &xs.narrow(0, m, b - m)?], 0)?
+        };
     }
     let mut inverse = vec![0usize; b];
     for (pos, &i) in order.iter().enumerate() {
@@ -33,7 +46,14 @@ pub fn direct_targets(solver: Solver, teacher: &dyn Denoiser, x: &Tensor, t: &[u
 /// The reference's way: step the whole batch from its largest start timestep and
 /// keep rows that have not started yet frozen. Same targets, more teacher calls;
 /// kept as the baseline the active set is measured against.
-pub fn direct_targets_whole_batch(solver: Solver, teacher: &dyn Denoiser, x: &Tensor, t: &[usize], grid: Discretization, labels: &Labels) -> Result<Tensor> {
+pub fn direct_targets_whole_batch(
+    solver: Solver,
+    teacher: &dyn Denoiser,
+    x: &Tensor,
+    t: &[usize],
+    grid: Discretization,
+    labels: &Labels,
+) -> Result<Tensor> {
     let b = t.len();
     let k = grid.k();
     let top = *t.iter().max().expect("non-empty batch");

@@ -60,7 +60,10 @@ impl DistillConfig {
         ensure!(self.steps > 0, "--steps must be positive");
         ensure!(self.batch > 0, "--batch must be positive");
         ensure!(self.guidance.is_finite(), "--guidance must be a finite number");
-        ensure!(self.optim.lr > 0.0 && self.optim.lr.is_finite(), "--lr must be positive");
+        ensure!(
+            self.optim.lr > 0.0 && self.optim.lr.is_finite(),
+            "--lr must be positive"
+        );
         if let Some(d) = self.ema_decay {
             ensure!((0.0..1.0).contains(&d), "--ema-decay must be in [0, 1)");
         }
@@ -76,14 +79,28 @@ pub struct Distilled {
 }
 
 /// Trains a student network (config `net`, initial weights `init`) on `data`.
-pub fn distill(teacher: &dyn Denoiser, net: &MlpConfig, init: &Params, data: &Dataset, cfg: &DistillConfig) -> Result<Distilled> {
+pub fn distill(
+    teacher: &dyn Denoiser,
+    net: &MlpConfig,
+    init: &Params,
+    data: &Dataset,
+    cfg: &DistillConfig,
+) -> Result<Distilled> {
     cfg.validate()?;
-    ensure!(data.sample_shape() == net.sample_shape, "data samples have shape {:?} but the student expects {:?}", data.sample_shape(), net.sample_shape);
+    ensure!(
+        data.sample_shape() == net.sample_shape,
+        "data samples have shape {:?} but the student expects {:?}",
+        data.sample_shape(),
+        net.sample_shape
+    );
     let grid = Discretization::new(cfg.intervals)?;
     let mut rng = seeded(cfg.seed);
     let guided = Guided::new(teacher, cfg.guidance);
     let counted = Counted::new(&guided);
-    let name = match cfg.method { Method::Cm => "cm", Method::Direct => "direct" };
+    let name = match cfg.method {
+        Method::Cm => "cm",
+        Method::Direct => "direct",
+    };
     let mut trainer = Trainer::new(init, cfg.optim, cfg.steps, name)?;
     let student = Mlp::new(net.clone(), &trainer.params())?;
     let ema = cfg.ema_decay.map(|d| Ema::new(d, trainer.vars())).transpose()?;
@@ -92,13 +109,11 @@ pub fn distill(teacher: &dyn Denoiser, net: &MlpConfig, init: &Params, data: &Da
         None => trainer.frozen_params(),
     };
     let target_net = Mlp::new(net.clone(), &target_params)?;
-    let conditional = teacher.num_classes() > 0;
     for _ in 0..cfg.steps {
-        let (x0, mut labels) = data.batch(&mut rng, cfg.batch)?;
-        if !conditional {
-            labels.iter_mut().for_each(|l| *l = None);
-        }
-        let t: Vec<usize> = (0..cfg.batch).map(|_| grid.start(rng.random_range(0..grid.intervals()))).collect();
+        let (x0, labels) = data.batch(&mut rng, cfg.batch)?;
+        let t: Vec<usize> = (0..cfg.batch)
+            .map(|_| grid.start(rng.random_range(0..grid.intervals())))
+            .collect();
         let eps = standard_normal(&mut rng, x0.shape(), x0.device())?;
         let xt = diffuse(teacher.schedule(), &x0, &eps, &t)?;
         let target = match cfg.method {
@@ -112,5 +127,9 @@ pub fn distill(teacher: &dyn Denoiser, net: &MlpConfig, init: &Params, data: &Da
         }
     }
     trainer.finish();
-    Ok(Distilled { params: trainer.frozen_params(), losses: trainer.losses, teacher_evaluations: counted.evaluations() })
+    Ok(Distilled {
+        params: trainer.frozen_params(),
+        losses: trainer.losses,
+        teacher_evaluations: counted.evaluations(),
+    })
 }

@@ -1,0 +1,331 @@
+//! The `dcm` binary: documented command shapes work, and every bad flag or file
+//! ends in a one-line error with exit code 2, never a panic.
+
+use dcm::data::npy;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dcm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(args)
+        .output()
+        .expect("run dcm")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dcm-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn write_noise(path: &Path, rows: usize, dim: usize) {
+    let noise =
+        dcm::noise::standard_normal(&mut dcm::noise::seeded(11), (rows, dim), &candle_core::Device::Cpu).unwrap();
+    npy::write(path, &noise).unwrap();
+}
+
+fn assert_clean_failure(args: &[&str], needle: &str) {
+    let out = dcm(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{args:?} should exit 2; stderr: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+    assert!(err.contains(needle), "{args:?}: expected '{needle}' in: {err}");
+    assert!(
+        err.starts_with("error: ") && err.trim_end().lines().count() == 1,
+        "{args:?}: error must be one line: {err}"
+    );
+}
+
+#[test]
+fn teacher_sample_matches_the_exact_gaussian_solution() {
+    let (noise, out) = (tmp("n.npy"), tmp("o.npy"));
+    write_noise(&noise, 64, 3);
+    let o = dcm(&[
+        "sample",
+        "--teacher",
+        "gaussian:mean=1,std=0.5",
+        "--solver",
+        "heun",
+        "--intervals",
+        "100",
+        "--noise",
+        noise.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let x = npy::read(&noise).unwrap();
+    let y = npy::read(&out).unwrap();
+    assert_eq!(y.dims(), &[64, 3]);
+    let g = dcm::analytic::Gaussian {
+        mean: 1.0,
+        std: 0.5,
+        dim: None,
+        schedule: Default::default(),
+    };
+    let exact = g.exact_solution(&x, &[1000; 64]).unwrap();
+    let mse = dcm::ode_error::ode_error(&y, &exact).unwrap();
+    assert!(mse < 1e-5, "Heun N=100 MSE to the exact solution {mse}");
+}
+
+#[test]
+fn bad_inputs_fail_cleanly() {
+    let noise = tmp("ok.npy");
+    write_noise(&noise, 4, 2);
+    let n = noise.to_str().unwrap();
+    let out = tmp("out.npy");
+    let o = out.to_str().unwrap();
+    let garbled = tmp("garbled.npy");
+    std::fs::write(&garbled, b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4'").unwrap();
+    let g = garbled.to_str().unwrap();
+    assert_clean_failure(
+        &[
+            "sample",
+            "--teacher",
+            "gaussian:mean=0,std=1",
+            "--noise",
+            "/nonexistent.npy",
+            "--out",
+            o,
+        ],
+        "/nonexistent.npy",
+    );
+    assert_clean_failure(
+        &["sample", "--teacher", "gaussian:mean=0,std=1", "--noise", g, "--out", o],
+        "garbled.npy",
+    );
+    assert_clean_failure(
+        &[
+            "sample",
+            "--teacher",
+            "gaussian:mean=0,std=1",
+            "--intervals",
+            "7",
+            "--noise",
+            n,
+            "--out",
+            o,
+        ],
+        "must divide",
+    );
+    assert_clean_failure(
+        &[
+            "sample",
+            "--teacher",
+            "gaussian:mean=0,std=1",
+            "--solver",
+            "rk4",
+            "--noise",
+            n,
+            "--out",
+            o,
+        ],
+        "rk4",
+    );
+    assert_clean_failure(
+        &[
+            "sample",
+            "--teacher",
+            "gaussian:mean=0,std=-1",
+            "--noise",
+            n,
+            "--out",
+            o,
+        ],
+        "std must be positive",
+    );
+    assert_clean_failure(
+        &[
+            "sample",
+            "--teacher",
+            "gaussian:mean=0,std=1,dim=3",
+            "--noise",
+            n,
+            "--out",
+            o,
+        ],
+        "dim=3",
+    );
+    assert_clean_failure(
+        &[
+            "sample",
+            "--teacher",
+            "mixture:means=0:0/1,std=1",
+            "--noise",
+            n,
+            "--out",
+            o,
+        ],
+        "same dimension",
+    );
+    assert_clean_failure(
+        &[
+            "sample",
+            "--teacher",
+            "mixture:ring",
+            "--class",
+            "9",
+            "--noise",
+            n,
+            "--out",
+            o,
+        ],
+        "class 9",
+    );
+    assert_clean_failure(&["sample", "--teacher", "nope", "--noise", n, "--out", o], "nope");
+    assert_clean_failure(
+        &["sample", "--student", "/nonexistent", "--noise", n, "--out", o],
+        "not a folder",
+    );
+    assert_clean_failure(
+        &["distill", "--method", "cmx", "--teacher", "mixture:ring", "--out", o],
+        "cmx",
+    );
+    assert_clean_failure(
+        &[
+            "distill",
+            "--method",
+            "cm",
+            "--teacher",
+            "gaussian:mean=0,std=1",
+            "--out",
+            o,
+        ],
+        "needs --data",
+    );
+    assert_clean_failure(
+        &[
+            "distill",
+            "--method",
+            "cm",
+            "--teacher",
+            "mixture:ring",
+            "--data",
+            "toy:donut",
+            "--out",
+            o,
+        ],
+        "donut",
+    );
+    assert_clean_failure(&["train-teacher", "--data", g, "--out", o], "garbled.npy");
+}
+
+#[test]
+fn distill_eval_and_student_sampling_work_from_the_command_line() {
+    let dir = tmp("student");
+    let d = dir.to_str().unwrap();
+    let o = dcm(&[
+        "distill",
+        "--method",
+        "direct",
+        "--teacher",
+        "mixture:ring",
+        "--unconditional",
+        "--intervals",
+        "10",
+        "--steps",
+        "300",
+        "--out",
+        d,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for f in ["config.json", "model.safetensors", "train_log.csv"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("train_log.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        301
+    );
+    let o = dcm(&["eval", "--student", d, "--samples", "200"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for k in ["| 1 |", "| 2 |", "| 4 |", "| 8 |"] {
+        assert!(table.contains(k), "eval table lacks row {k}: {table}");
+    }
+    let (noise, out) = (tmp("sn.npy"), tmp("so.npy"));
+    write_noise(&noise, 16, 2);
+    let o = dcm(&[
+        "sample",
+        "--student",
+        d,
+        "--steps",
+        "2",
+        "--noise",
+        noise.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(npy::read(&out).unwrap().dims(), &[16, 2]);
+    assert_clean_failure(
+        &[
+            "sample",
+            "--student",
+            d,
+            "--steps",
+            "11",
+            "--noise",
+            noise.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "--steps 11",
+    );
+    std::fs::write(dir.join("model.safetensors"), b"garbage").unwrap();
+    assert_clean_failure(&["eval", "--student", d], "model.safetensors");
+}
+
+#[test]
+fn a_trained_network_teacher_can_be_sampled_with_guidance() {
+    let dir = tmp("teacher");
+    let d = dir.to_str().unwrap();
+    let o = dcm(&[
+        "train-teacher",
+        "--data",
+        "toy:moons",
+        "--steps",
+        "200",
+        "--hidden",
+        "64",
+        "--out",
+        d,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (noise, out) = (tmp("tn.npy"), tmp("to.npy"));
+    write_noise(&noise, 8, 2);
+    let o = dcm(&[
+        "sample",
+        "--teacher",
+        d,
+        "--guidance",
+        "2",
+        "--class",
+        "1",
+        "--intervals",
+        "20",
+        "--noise",
+        noise.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let y = npy::read(&out).unwrap().to_vec2::<f32>().unwrap();
+    assert!(y.iter().flatten().all(|v| v.is_finite()));
+    assert_clean_failure(
+        &[
+            "sample",
+            "--teacher",
+            d,
+            "--class",
+            "2",
+            "--noise",
+            noise.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        "class 2",
+    );
+}
