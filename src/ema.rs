@@ -1,7 +1,7 @@
 //! Exponential moving average of parameters, `θ⁻ ← d θ⁻ + (1 − d) θ`
 //! (the target network of the original consistency models).
 
-use crate::mlp::Params;
+use crate::layers::Params;
 use anyhow::Result;
 use candle_core::Var;
 

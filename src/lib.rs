@@ -5,6 +5,8 @@
 //! Data flows one way: data → teacher → solver → distill → sampler → metrics.
 
 pub mod analytic;
+pub mod assets;
+pub mod autoencoder;
 pub mod checkpoint;
 pub mod data;
 pub mod denoiser;
@@ -12,8 +14,11 @@ pub mod discretization;
 pub mod distill;
 pub mod ema;
 pub mod evaluate;
+pub mod featnet;
 pub mod guidance;
+pub mod layers;
 pub mod loss;
+pub mod metrics;
 pub mod mlp;
 pub mod model_dir;
 pub mod noise;
@@ -26,4 +31,6 @@ pub mod solver;
 pub mod student;
 pub mod teacher;
 pub mod train;
+pub mod train_autoencoder;
+pub mod train_featnet;
 pub mod train_teacher;

@@ -2,11 +2,13 @@
 
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use dcm::autoencoder::{Autoencoder, AutoencoderConfig};
 use dcm::data::Dataset;
 use dcm::denoiser::Denoiser;
 use dcm::discretization::Discretization;
 use dcm::distill::{distill, DistillConfig, Method};
 use dcm::evaluate::{ode_errors, EvalSetup};
+use dcm::featnet::{Featnet, FeatnetConfig};
 use dcm::guidance::Guided;
 use dcm::loss::Loss;
 use dcm::mlp::MlpConfig;
@@ -16,6 +18,8 @@ use dcm::schedule::{ScheduleKind, T};
 use dcm::solver::{solve, Solver};
 use dcm::student::{portable_spec, Student, StudentConfig};
 use dcm::teacher::{NetworkTeacherConfig, Teacher, SPEC_HELP};
+use dcm::train_autoencoder::{decode_all, encode_all, reconstruction_mse, train_autoencoder, AutoencoderTraining};
+use dcm::train_featnet::{accuracy, train_featnet, FeatnetTraining};
 use dcm::train_teacher::{train_teacher, TeacherTraining};
 use dcm::{data::npy, model_dir, sampler::multistep_sample};
 use std::path::{Path, PathBuf};
@@ -47,8 +51,58 @@ enum Command {
     Distill(DistillArgs),
     /// Print a student's ODE solving error at 1, 2, 4 and 8 steps.
     Eval(EvalArgs),
-    /// Train an ε-prediction MLP teacher on toy data by denoising score matching.
+    /// Train an ε-prediction MLP teacher by denoising score matching (on latents with --autoencoder).
     TrainTeacher(TrainTeacherArgs),
+    /// Train the convolutional autoencoder (1×28×28 ↔ C×7×7) on the train split.
+    TrainAutoencoder(TrainAutoencoderArgs),
+    /// Train the CNN classifier whose features the image metrics use.
+    TrainFeatnet(TrainFeatnetArgs),
+}
+
+/// Flags every image-network training command shares.
+#[derive(Args)]
+struct ImageTrainArgs {
+    /// Images: `mnist` (the shipped digits), a folder of IDX files or of class sub-folders of PNG/JPEG.
+    #[arg(long, default_value = "mnist")]
+    data: String,
+    /// Output folder: config.json, model.safetensors, train_log.csv.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Args)]
+struct TrainAutoencoderArgs {
+    #[command(flatten)]
+    common: ImageTrainArgs,
+    /// Latent channels C (latents are C×7×7).
+    #[arg(long, default_value_t = 4)]
+    latent_channels: usize,
+    /// Channels of the first convolution stage.
+    #[arg(long, default_value_t = 32)]
+    width: usize,
+    /// A feature network folder: also report its accuracy on held-out reconstructions.
+    #[arg(long)]
+    featnet: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct TrainFeatnetArgs {
+    #[command(flatten)]
+    common: ImageTrainArgs,
+    /// Channels of the first convolution.
+    #[arg(long, default_value_t = 32)]
+    width: usize,
+    /// Width of the penultimate (feature) layer.
+    #[arg(long, default_value_t = 128)]
+    features: usize,
 }
 
 #[derive(Args)]
@@ -158,9 +212,12 @@ struct EvalArgs {
 
 #[derive(Args)]
 struct TrainTeacherArgs {
-    /// Training data: `toy:NAME` (ring, grid, checkerboard, moons, spiral) or an .npy file [n, …].
+    /// Training data: `toy:NAME` (ring, grid, checkerboard, moons, spiral), `mnist`, an image folder or an .npy file [n, …].
     #[arg(long)]
     data: String,
+    /// Train in this autoencoder's latent space (images are encoded first; image data uses its train split).
+    #[arg(long)]
+    autoencoder: Option<PathBuf>,
     /// Output folder: config.json, model.safetensors, train_log.csv.
     #[arg(long)]
     out: PathBuf,
@@ -292,7 +349,7 @@ fn distill_cmd(a: DistillArgs) -> Result<()> {
     Ok(())
 }
 
-fn save_run(dir: &Path, config: &impl serde::Serialize, params: &dcm::mlp::Params, losses: &[f32]) -> Result<()> {
+fn save_run(dir: &Path, config: &impl serde::Serialize, params: &dcm::layers::Params, losses: &[f32]) -> Result<()> {
     model_dir::save(dir, config, params)?;
     let mut log = String::from("step,loss\n");
     for (i, l) in losses.iter().enumerate() {
@@ -347,7 +404,12 @@ fn eval(a: EvalArgs) -> Result<()> {
 }
 
 fn train_teacher_cmd(a: TrainTeacherArgs) -> Result<()> {
-    let data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
+    let mut data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
+    if let Some(dir) = &a.autoencoder {
+        let ae = model_dir::load_autoencoder(dir)?;
+        let (train, _) = data.standard_split()?;
+        data = Dataset::new(encode_all(&ae, &train.x)?, train.labels, train.num_classes)?;
+    }
     let net = MlpConfig {
         sample_shape: data.sample_shape(),
         hidden: a.hidden,
@@ -374,6 +436,7 @@ fn train_teacher_cmd(a: TrainTeacherArgs) -> Result<()> {
     let config = NetworkTeacherConfig {
         net,
         data: a.data.clone(),
+        autoencoder: a.autoencoder.as_deref().map(|p| portable_spec(&p.to_string_lossy())),
         steps: a.steps,
         seed: a.seed,
     };
@@ -383,6 +446,96 @@ fn train_teacher_cmd(a: TrainTeacherArgs) -> Result<()> {
         start.elapsed().as_secs_f64(),
         out.losses.last().copied().unwrap_or(f32::NAN),
         a.out.display()
+    );
+    Ok(())
+}
+
+fn image_training(a: &ImageTrainArgs) -> Result<(Dataset, Dataset, OptimConfig)> {
+    let data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
+    ensure!(
+        data.num_classes > 0,
+        "--data {}: image training needs labelled images",
+        a.data
+    );
+    let (train, test) = data.standard_split()?;
+    let optim = OptimConfig {
+        lr: a.lr,
+        weight_decay: 1e-4,
+        max_grad_norm: 1.0,
+        cosine_decay: true,
+    };
+    Ok((train, test, optim))
+}
+
+fn train_featnet_cmd(a: TrainFeatnetArgs) -> Result<()> {
+    let (train, test, optim) = image_training(&a.common)?;
+    let c = &a.common;
+    let net = FeatnetConfig {
+        width: a.width,
+        features: a.features,
+        classes: train.num_classes,
+    };
+    let cfg = FeatnetTraining {
+        steps: c.steps,
+        batch: c.batch,
+        optim,
+        seed: c.seed,
+    };
+    let start = std::time::Instant::now();
+    let (params, losses) = train_featnet(&train, &net, &cfg)?;
+    let acc = accuracy(&Featnet::new(net.clone(), &params)?, &test)?;
+    let secs = start.elapsed().as_secs_f64();
+    let record = serde_json::json!({"net": net, "data": c.data, "training": cfg, "held_out_accuracy": acc, "train_seconds": secs});
+    save_run(&c.out, &record, &params, &losses)?;
+    eprintln!(
+        "trained in {secs:.0} s; held-out accuracy {:.2}% on {} images; wrote {}",
+        100.0 * acc,
+        test.len(),
+        c.out.display()
+    );
+    Ok(())
+}
+
+fn train_autoencoder_cmd(a: TrainAutoencoderArgs) -> Result<()> {
+    let (train, test, optim) = image_training(&a.common)?;
+    let c = &a.common;
+    let net = AutoencoderConfig {
+        latent_channels: a.latent_channels,
+        width: a.width,
+        scale: 1.0,
+    };
+    let cfg = AutoencoderTraining {
+        steps: c.steps,
+        batch: c.batch,
+        optim,
+        seed: c.seed,
+    };
+    let start = std::time::Instant::now();
+    let (net, params, losses) = train_autoencoder(&train, &net, &cfg)?;
+    let ae = Autoencoder::new(net.clone(), &params)?;
+    let mse = reconstruction_mse(&ae, &test.x)?;
+    let featnet_acc = match &a.featnet {
+        Some(dir) => {
+            let recon = Dataset::new(
+                decode_all(&ae, &encode_all(&ae, &test.x)?)?,
+                test.labels.clone(),
+                test.num_classes,
+            )?;
+            Some(accuracy(&model_dir::load_featnet(dir)?, &recon)?)
+        }
+        None => None,
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let record = serde_json::json!({"net": net, "data": c.data, "training": cfg, "held_out_reconstruction_mse": mse,
+        "featnet_accuracy_on_reconstructions": featnet_acc, "train_seconds": secs});
+    save_run(&c.out, &record, &params, &losses)?;
+    let acc = featnet_acc.map_or(String::new(), |a| {
+        format!("; feature-network accuracy on reconstructions {:.2}%", 100.0 * a)
+    });
+    eprintln!(
+        "trained in {secs:.0} s; held-out reconstruction MSE {mse:.4}{acc}; latent scale {:.3}; wrote {}",
+        net.scale,
+        c.out.display()
     );
     Ok(())
 }
@@ -415,6 +568,8 @@ fn main() -> ExitCode {
         Command::Distill(a) => distill_cmd(a),
         Command::Eval(a) => eval(a),
         Command::TrainTeacher(a) => train_teacher_cmd(a),
+        Command::TrainAutoencoder(a) => train_autoencoder_cmd(a),
+        Command::TrainFeatnet(a) => train_featnet_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

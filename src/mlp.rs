@@ -4,17 +4,13 @@
 //! output `W_out silu(h)` in x's shape.
 
 use crate::denoiser::{Denoiser, Labels};
+use crate::layers::{linear, param, Init, Params};
 use crate::noise::Rng;
 use crate::schedule::{Schedule, ScheduleKind};
-use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Device, Module, Tensor};
+use anyhow::{ensure, Result};
+use candle_core::{Device, Module, Tensor};
 use candle_nn::Linear;
-use rand::Rng as _;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-
-/// Named parameter tensors, as stored in safetensors.
-pub type Params = BTreeMap<String, Tensor>;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,27 +51,14 @@ impl MlpConfig {
         v
     }
 
-    /// Fresh weights: uniform(±1/√fan_in) as PyTorch's Linear, output layer scaled down by 10.
+    /// Fresh weights: PyTorch's Linear initialisation, the output layer scaled down by 10.
     pub fn init(&self, rng: &mut Rng) -> Result<Params> {
-        let mut p = Params::new();
-        let mut uniform = |n: usize, bound: f64, shape: &[usize]| -> Result<Tensor> {
-            let v: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound) as f32).collect();
-            Ok(Tensor::from_vec(v, shape, &Device::Cpu)?)
-        };
+        let mut init = Init::new(rng);
         for (name, out, inp) in self.layers() {
-            let bound = (1.0 / inp as f64).sqrt() * if name == "out" { 0.1 } else { 1.0 };
-            p.insert(format!("{name}.weight"), uniform(out * inp, bound, &[out, inp])?);
-            p.insert(format!("{name}.bias"), uniform(out, bound, &[out])?);
+            init.linear(&name, out, inp, if name == "out" { 0.1 } else { 1.0 })?;
         }
-        p.insert(
-            "class_emb".into(),
-            uniform(
-                (self.num_classes + 1) * self.time_dim,
-                1.0,
-                &[self.num_classes + 1, self.time_dim],
-            )?,
-        );
-        Ok(p)
+        init.uniform("class_emb", &[self.num_classes + 1, self.time_dim], 1.0)?;
+        Ok(init.params)
     }
 }
 
@@ -86,33 +69,13 @@ pub struct Mlp {
     class_emb: Tensor,
 }
 
-fn param(params: &Params, name: &str, shape: &[usize]) -> Result<Tensor> {
-    let t = params.get(name).with_context(|| format!("missing tensor '{name}'"))?;
-    ensure!(
-        t.dims() == shape,
-        "tensor '{name}' has shape {:?}, expected {shape:?}",
-        t.dims()
-    );
-    ensure!(
-        t.dtype() == DType::F32,
-        "tensor '{name}' has dtype {:?}, expected f32",
-        t.dtype()
-    );
-    Ok(t.clone())
-}
-
 impl Mlp {
     pub fn new(cfg: MlpConfig, params: &Params) -> Result<Self> {
         cfg.validate()?;
         let layers = cfg
             .layers()
             .iter()
-            .map(|(name, out, inp)| {
-                Ok(Linear::new(
-                    param(params, &format!("{name}.weight"), &[*out, *inp])?,
-                    Some(param(params, &format!("{name}.bias"), &[*out])?),
-                ))
-            })
+            .map(|(name, out, inp)| linear(params, name, *out, *inp))
             .collect::<Result<_>>()?;
         let class_emb = param(params, "class_emb", &[cfg.num_classes + 1, cfg.time_dim])?;
         Ok(Self {

@@ -1,7 +1,7 @@
 //! A model folder: `config.json` beside `model.safetensors`, both written atomically.
 
 use crate::checkpoint::write_atomic;
-use crate::mlp::Params;
+use crate::layers::Params;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{de::DeserializeOwned, Serialize};
@@ -30,4 +30,23 @@ pub fn load_params(dir: &Path) -> Result<Params> {
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .with_context(|| format!("{}: malformed safetensors", path.display()))?;
     Ok(map.into_iter().collect())
+}
+
+/// Reads just the `net` field of a folder's config (the architecture), ignoring the training record.
+pub fn load_net_config<C: DeserializeOwned>(dir: &Path) -> Result<C> {
+    #[derive(serde::Deserialize)]
+    struct NetOnly<C> {
+        net: C,
+    }
+    Ok(load_config::<NetOnly<C>>(dir)?.net)
+}
+
+pub fn load_autoencoder(dir: &Path) -> Result<crate::autoencoder::Autoencoder> {
+    let net = crate::autoencoder::Autoencoder::new(load_net_config(dir)?, &load_params(dir)?);
+    net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
+}
+
+pub fn load_featnet(dir: &Path) -> Result<crate::featnet::Featnet> {
+    let net = crate::featnet::Featnet::new(load_net_config(dir)?, &load_params(dir)?);
+    net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
 }

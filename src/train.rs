@@ -1,7 +1,7 @@
 //! The shared optimisation loop of every training command: trainable vars,
 //! NaN/Inf guard, backward, gradient clipping, AdamW, loss log and progress bar.
 
-use crate::mlp::Params;
+use crate::layers::Params;
 use crate::optim::{clip_grad_norm, AdamW, OptimConfig};
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};

@@ -4,7 +4,8 @@
 
 use crate::data::Dataset;
 use crate::denoiser::{diffuse, Denoiser};
-use crate::mlp::{Mlp, MlpConfig, Params};
+use crate::layers::Params;
+use crate::mlp::{Mlp, MlpConfig};
 use crate::noise::{seeded, standard_normal};
 use crate::optim::OptimConfig;
 use crate::schedule::T;

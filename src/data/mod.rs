@@ -1,5 +1,7 @@
 //! Datasets: points (or images, or latents) with optional class labels.
 
+pub mod idx;
+pub mod image_folder;
 pub mod npy;
 pub mod toy;
 
@@ -54,12 +56,21 @@ impl Dataset {
         Ok((self.x.index_select(&ids, 0)?, labels))
     }
 
-    /// Loads `toy:NAME` (seeded) or an unlabeled `.npy` file of shape `[n, …]`.
+    /// Loads `toy:NAME` (seeded), `mnist` (the shipped digits), a folder of IDX files
+    /// or of class sub-folders of images, or an unlabeled `.npy` file of shape `[n, …]`.
     pub fn load(spec: &str, seed: u64) -> Result<Self> {
         if let Some(name) = spec.strip_prefix("toy:") {
             return toy::Toy::parse(name)?.dataset(toy::DEFAULT_SIZE, seed);
         }
-        let path = Path::new(spec);
+        let path = if spec == "mnist" {
+            crate::assets::mnist_dir()
+        } else {
+            Path::new(spec).to_path_buf()
+        };
+        if path.is_dir() {
+            return Self::load_image_dir(&path);
+        }
+        let path = path.as_path();
         let x = npy::read(path)?;
         ensure!(
             x.rank() >= 2,
@@ -69,5 +80,62 @@ impl Dataset {
         );
         let n = x.dim(0)?;
         Self::new(x, vec![None; n], 0).with_context(|| format!("{}", path.display()))
+    }
+
+    fn load_image_dir(dir: &Path) -> Result<Self> {
+        let (x, labels, classes) = match idx::find_pair(dir)? {
+            Some((images, labels)) => {
+                let x = idx::read_images(&images)?;
+                let labels = idx::read_labels(&labels)?;
+                ensure!(
+                    labels.len() == x.dim(0)?,
+                    "{}: {} images but {} labels",
+                    dir.display(),
+                    x.dim(0)?,
+                    labels.len()
+                );
+                let classes = labels.iter().max().map_or(0, |&m| m as usize + 1);
+                (x, labels, classes)
+            }
+            None => image_folder::read(dir)?,
+        };
+        Self::new(x, labels.into_iter().map(Some).collect(), classes).with_context(|| format!("{}", dir.display()))
+    }
+
+    fn subset(&self, idx: &[usize]) -> Result<Self> {
+        let ids = Tensor::from_vec(
+            idx.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            idx.len(),
+            self.x.device(),
+        )?;
+        Self::new(
+            self.x.index_select(&ids, 0)?,
+            idx.iter().map(|&i| self.labels[i]).collect(),
+            self.num_classes,
+        )
+    }
+
+    /// The project's fixed split: 10% of each class held out, seed 0 (9,000 / 1,000 for the shipped digits).
+    pub fn standard_split(&self) -> Result<(Self, Self)> {
+        self.split(0.1, 0)
+    }
+
+    /// Seeded stratified split: `held_out` of each class (rounded) goes to the second set.
+    pub fn split(&self, held_out: f64, seed: u64) -> Result<(Self, Self)> {
+        let mut rng = crate::noise::seeded(seed);
+        let mut by_class: std::collections::BTreeMap<Option<u32>, Vec<usize>> = Default::default();
+        for (i, l) in self.labels.iter().enumerate() {
+            by_class.entry(*l).or_default().push(i);
+        }
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for idx in by_class.values_mut() {
+            rand::seq::SliceRandom::shuffle(idx.as_mut_slice(), &mut rng);
+            let k = (idx.len() as f64 * held_out).round() as usize;
+            test.extend_from_slice(&idx[..k]);
+            train.extend_from_slice(&idx[k..]);
+        }
+        train.sort_unstable();
+        test.sort_unstable();
+        Ok((self.subset(&train)?, self.subset(&test)?))
     }
 }

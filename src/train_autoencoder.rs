@@ -1,0 +1,80 @@
+//! Training of the latent autoencoder: pixel MSE of reconstructions on the train
+//! split; afterwards the latent scale is fitted so encoded latents have unit variance.
+
+use crate::autoencoder::{Autoencoder, AutoencoderConfig};
+use crate::data::Dataset;
+use crate::featnet::chunks;
+use crate::layers::Params;
+use crate::noise::seeded;
+use crate::optim::OptimConfig;
+use crate::train::Trainer;
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoencoderTraining {
+    pub steps: usize,
+    pub batch: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+}
+
+/// Trains with `scale = 1`, then returns the config with the fitted scale.
+pub fn train_autoencoder(
+    train: &Dataset,
+    cfg_net: &AutoencoderConfig,
+    cfg: &AutoencoderTraining,
+) -> Result<(AutoencoderConfig, Params, Vec<f32>)> {
+    let mut rng = seeded(cfg.seed);
+    let unscaled = AutoencoderConfig {
+        scale: 1.0,
+        ..cfg_net.clone()
+    };
+    let mut trainer = Trainer::new(&unscaled.init(&mut rng)?, cfg.optim, cfg.steps, "autoencoder")?;
+    let ae = Autoencoder::new(unscaled.clone(), &trainer.params())?;
+    for _ in 0..cfg.steps {
+        let (x, _) = train.batch(&mut rng, cfg.batch)?;
+        let loss = ae.decode(&ae.encode(&x)?)?.sub(&x)?.sqr()?.mean_all()?;
+        trainer.step(&loss)?;
+    }
+    trainer.finish();
+    let params = trainer.frozen_params();
+    let frozen = Autoencoder::new(unscaled.clone(), &params)?;
+    let z = encode_all(&frozen, &train.x)?.to_dtype(DType::F64)?;
+    let var: f64 = z.sqr()?.mean_all()?.to_scalar::<f64>()? - z.mean_all()?.to_scalar::<f64>()?.powi(2);
+    Ok((
+        AutoencoderConfig {
+            scale: 1.0 / var.sqrt(),
+            ..unscaled
+        },
+        params,
+        trainer.losses,
+    ))
+}
+
+pub fn encode_all(ae: &Autoencoder, x: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::cat(
+        &chunks(x, 500)?
+            .iter()
+            .map(|c| ae.encode(c))
+            .collect::<Result<Vec<_>>>()?,
+        0,
+    )?)
+}
+
+pub fn decode_all(ae: &Autoencoder, z: &Tensor) -> Result<Tensor> {
+    Ok(Tensor::cat(
+        &chunks(z, 500)?
+            .iter()
+            .map(|c| ae.decode(c))
+            .collect::<Result<Vec<_>>>()?,
+        0,
+    )?)
+}
+
+/// Mean squared pixel error of reconstructions.
+pub fn reconstruction_mse(ae: &Autoencoder, x: &Tensor) -> Result<f64> {
+    crate::ode_error::ode_error(&decode_all(ae, &encode_all(ae, x)?)?, x)
+}
