@@ -31,6 +31,31 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .with_context(|| format!("{}: cannot write", path.display()))
 }
 
+/// File name of a run's checkpoint inside its output folder.
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+
+/// Writes tensors plus a JSON state (in the safetensors metadata) as one file, atomically.
+pub fn save_checkpoint(path: &Path, tensors: &crate::layers::Params, state: &serde_json::Value) -> Result<()> {
+    let meta = std::collections::HashMap::from([("dcm_state".to_string(), state.to_string())]);
+    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v.clone())), Some(meta))
+        .context("cannot serialise checkpoint")?;
+    write_atomic(path, &bytes)
+}
+
+pub fn load_checkpoint(path: &Path) -> Result<(crate::layers::Params, serde_json::Value)> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
+    let bad = || format!("{}: malformed checkpoint", path.display());
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).with_context(bad)?;
+    let state = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("dcm_state"))
+        .with_context(bad)?;
+    let state = serde_json::from_str(state).with_context(bad)?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).with_context(bad)?;
+    Ok((tensors.into_iter().collect(), state))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -26,6 +26,10 @@ impl Ema {
         Ok(())
     }
 
+    pub fn shadow(&self) -> &[Var] {
+        &self.shadow
+    }
+
     /// The averaged weights as plain tensors (no gradient graph), updated in place by `update`.
     pub fn params(&self, names: &[String]) -> Params {
         names

@@ -14,10 +14,13 @@ use dcm::loss::Loss;
 use dcm::mlp::MlpConfig;
 use dcm::noise::{seeded, standard_normal};
 use dcm::optim::OptimConfig;
+use dcm::report::run::write_run;
+use dcm::reproduce::{Models, ReproduceConfig};
 use dcm::schedule::{ScheduleKind, T};
 use dcm::solver::{solve, Solver};
 use dcm::student::{portable_spec, Student, StudentConfig};
 use dcm::teacher::{NetworkTeacherConfig, Teacher, SPEC_HELP};
+use dcm::train::Checkpointing;
 use dcm::train_autoencoder::{decode_all, encode_all, reconstruction_mse, train_autoencoder, AutoencoderTraining};
 use dcm::train_featnet::{accuracy, train_featnet, FeatnetTraining};
 use dcm::train_teacher::{train_teacher, TeacherTraining};
@@ -57,6 +60,91 @@ enum Command {
     TrainAutoencoder(TrainAutoencoderArgs),
     /// Train the CNN classifier whose features the image metrics use.
     TrainFeatnet(TrainFeatnetArgs),
+    /// Rerun the paper's comparison on the shipped MNIST latent setting and print its table.
+    Reproduce(ReproduceArgs),
+}
+
+#[derive(Args)]
+struct ReproduceArgs {
+    /// smoke (≤ 60 s), default (≤ 15 min on 2 cores) or paper (N = 100, for a GPU).
+    #[arg(long, default_value = "default")]
+    preset: String,
+    /// Repeat with this many seeds and report mean ± std.
+    #[arg(long)]
+    seeds: Option<usize>,
+    /// Run folder [default: runs/reproduce-PRESET].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folder holding autoencoder/, teacher/ and featnet/ [default: the shipped models].
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Images the held-out split comes from [default: the shipped MNIST digits].
+    #[arg(long, default_value = "mnist")]
+    data: String,
+    /// Override the preset's number of teacher solver intervals N.
+    #[arg(long)]
+    intervals: Option<usize>,
+    /// Override the preset's guidance scale w.
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// Override the preset's distillation steps (per student).
+    #[arg(long)]
+    distill_steps: Option<usize>,
+    /// Override the preset's distillation batch size.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Override the preset's learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Override the preset's evaluation samples per class.
+    #[arg(long)]
+    per_class: Option<usize>,
+    /// Override the preset's distance: l2, huber or huber:C.
+    #[arg(long)]
+    loss: Option<Loss>,
+    /// Use an EMA target network with this decay for CM.
+    #[arg(long)]
+    ema_decay: Option<f64>,
+}
+
+/// Output folder, checkpoints and resume: shared by every training command.
+#[derive(Args)]
+struct RunArgs {
+    /// Output folder: config.json, model.safetensors, train_log.csv (and checkpoint.safetensors).
+    #[arg(long, required_unless_present = "resume")]
+    out: Option<PathBuf>,
+    /// Save the full training state to OUT/checkpoint.safetensors every K steps (0: only on SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Continue the run in this folder from its checkpoint (the other flags must match the original run).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The output folder and checkpoint settings; `context` records what else identifies the run.
+    fn checkpointing(&self, context: serde_json::Value) -> Result<(PathBuf, Checkpointing)> {
+        let dir = match (&self.out, &self.resume) {
+            (Some(o), Some(r)) => {
+                ensure!(
+                    o == r,
+                    "--out {} and --resume {} name different folders",
+                    o.display(),
+                    r.display()
+                );
+                o.clone()
+            }
+            (Some(d), None) | (None, Some(d)) => d.clone(),
+            (None, None) => anyhow::bail!("give --out DIR or --resume DIR"),
+        };
+        let ckpt = Checkpointing {
+            dir: Some(dir.clone()),
+            every: self.checkpoint_every,
+            resume: self.resume.is_some(),
+            context,
+        };
+        Ok((dir, ckpt))
+    }
 }
 
 /// Flags every image-network training command shares.
@@ -65,9 +153,8 @@ struct ImageTrainArgs {
     /// Images: `mnist` (the shipped digits), a folder of IDX files or of class sub-folders of PNG/JPEG.
     #[arg(long, default_value = "mnist")]
     data: String,
-    /// Output folder: config.json, model.safetensors, train_log.csv.
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
     #[arg(long, default_value_t = 3000)]
     steps: usize,
     #[arg(long, default_value_t = 64)]
@@ -137,6 +224,9 @@ struct SampleArgs {
     /// Seed of the fresh noise a multistep student injects between steps.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Write decoded images (float32 [B, 1, 28, 28] in [0, 1]) instead of latents; needs a latent-space teacher.
+    #[arg(long)]
+    decode: bool,
 }
 
 #[derive(Args)]
@@ -191,9 +281,8 @@ struct DistillArgs {
     depth: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output folder: config.json, model.safetensors, train_log.csv.
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(Args)]
@@ -218,9 +307,8 @@ struct TrainTeacherArgs {
     /// Train in this autoencoder's latent space (images are encoded first; image data uses its train split).
     #[arg(long)]
     autoencoder: Option<PathBuf>,
-    /// Output folder: config.json, model.safetensors, train_log.csv.
-    #[arg(long)]
-    out: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
     #[arg(long, default_value_t = 5000)]
     steps: usize,
     #[arg(long, default_value_t = 256)]
@@ -264,14 +352,31 @@ fn sample(a: SampleArgs) -> Result<()> {
         noise.dims()
     );
     let labels = labels_for(noise.dim(0)?, a.class);
-    let out = if let Some(dir) = &a.student {
+    let (out, teacher) = if let Some(dir) = &a.student {
         let student = Student::load(dir)?;
         let grid = Discretization::new(student.config.distill.intervals)?;
-        multistep_sample(&student.net, &noise, grid, a.steps, &labels, &mut seeded(a.seed))?
+        let teacher = student.teacher()?;
+        (
+            multistep_sample(&student.net, &noise, grid, a.steps, &labels, &mut seeded(a.seed))?,
+            teacher,
+        )
     } else {
         let teacher = Teacher::parse(a.teacher.as_deref().context("give --teacher SPEC or --student DIR")?)?;
         let grid = Discretization::new(a.intervals).context("--intervals")?;
-        solve(a.solver, &Guided::new(&teacher, a.guidance), &noise, grid, T, &labels)?
+        (
+            solve(a.solver, &Guided::new(&teacher, a.guidance), &noise, grid, T, &labels)?,
+            teacher,
+        )
+    };
+    let out = if a.decode {
+        decode_all(
+            &teacher
+                .autoencoder()?
+                .context("--decode: the teacher has no autoencoder (not a latent-space teacher)")?,
+            &out,
+        )?
+    } else {
+        out
     };
     npy::write(&a.out, &out)
 }
@@ -327,8 +432,11 @@ fn distill_cmd(a: DistillArgs) -> Result<()> {
         ema_decay: a.ema_decay,
         seed: a.seed,
     };
+    let (out_dir, ckpt) = a
+        .run
+        .checkpointing(serde_json::json!({"teacher": a.teacher, "data": a.data, "unconditional": a.unconditional}))?;
     let start = std::time::Instant::now();
-    let out = distill(&teacher, &net, &init, &data, &cfg)?;
+    let out = distill(&teacher, &net, &init, &data, &cfg, ckpt)?;
     let config = StudentConfig {
         teacher: portable_spec(&a.teacher),
         data: a.data.clone().unwrap_or_else(|| "teacher distribution".into()),
@@ -338,13 +446,13 @@ fn distill_cmd(a: DistillArgs) -> Result<()> {
         teacher_evaluations: out.teacher_evaluations,
         train_seconds: start.elapsed().as_secs_f64(),
     };
-    save_run(&a.out, &config, &out.params, &out.losses)?;
+    save_run(&out_dir, &config, &out.params, &out.losses)?;
     eprintln!(
         "distilled in {:.1} s ({} per-sample teacher evaluations); final loss {:.3e}; wrote {}",
         config.train_seconds,
         out.teacher_evaluations,
         out.losses.last().copied().unwrap_or(f32::NAN),
-        a.out.display()
+        out_dir.display()
     );
     Ok(())
 }
@@ -431,21 +539,29 @@ fn train_teacher_cmd(a: TrainTeacherArgs) -> Result<()> {
         label_dropout: a.label_dropout,
         seed: a.seed,
     };
+    let (out_dir, ckpt) = a
+        .run
+        .checkpointing(serde_json::json!({"data": a.data, "autoencoder": a.autoencoder}))?;
+    std::fs::create_dir_all(&out_dir).with_context(|| format!("--out {}: cannot create folder", out_dir.display()))?;
     let start = std::time::Instant::now();
-    let out = train_teacher(&data, &net, &cfg)?;
+    let out = train_teacher(&data, &net, &cfg, ckpt)?;
     let config = NetworkTeacherConfig {
         net,
         data: a.data.clone(),
-        autoencoder: a.autoencoder.as_deref().map(|p| portable_spec(&p.to_string_lossy())),
+        autoencoder: a
+            .autoencoder
+            .as_deref()
+            .map(|p| model_dir::relative_path(p, &out_dir).map(|r| r.to_string_lossy().into_owned()))
+            .transpose()?,
         steps: a.steps,
         seed: a.seed,
     };
-    save_run(&a.out, &config, &out.params, &out.losses)?;
+    save_run(&out_dir, &config, &out.params, &out.losses)?;
     eprintln!(
         "trained in {:.1} s; final loss {:.4}; wrote {}",
         start.elapsed().as_secs_f64(),
         out.losses.last().copied().unwrap_or(f32::NAN),
-        a.out.display()
+        out_dir.display()
     );
     Ok(())
 }
@@ -482,16 +598,17 @@ fn train_featnet_cmd(a: TrainFeatnetArgs) -> Result<()> {
         seed: c.seed,
     };
     let start = std::time::Instant::now();
-    let (params, losses) = train_featnet(&train, &net, &cfg)?;
+    let (out_dir, ckpt) = c.run.checkpointing(serde_json::json!({"data": c.data}))?;
+    let (params, losses) = train_featnet(&train, &net, &cfg, ckpt)?;
     let acc = accuracy(&Featnet::new(net.clone(), &params)?, &test)?;
     let secs = start.elapsed().as_secs_f64();
     let record = serde_json::json!({"net": net, "data": c.data, "training": cfg, "held_out_accuracy": acc, "train_seconds": secs});
-    save_run(&c.out, &record, &params, &losses)?;
+    save_run(&out_dir, &record, &params, &losses)?;
     eprintln!(
         "trained in {secs:.0} s; held-out accuracy {:.2}% on {} images; wrote {}",
         100.0 * acc,
         test.len(),
-        c.out.display()
+        out_dir.display()
     );
     Ok(())
 }
@@ -511,7 +628,8 @@ fn train_autoencoder_cmd(a: TrainAutoencoderArgs) -> Result<()> {
         seed: c.seed,
     };
     let start = std::time::Instant::now();
-    let (net, params, losses) = train_autoencoder(&train, &net, &cfg)?;
+    let (out_dir, ckpt) = c.run.checkpointing(serde_json::json!({"data": c.data}))?;
+    let (net, params, losses) = train_autoencoder(&train, &net, &cfg, ckpt)?;
     let ae = Autoencoder::new(net.clone(), &params)?;
     let mse = reconstruction_mse(&ae, &test.x)?;
     let featnet_acc = match &a.featnet {
@@ -528,14 +646,54 @@ fn train_autoencoder_cmd(a: TrainAutoencoderArgs) -> Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let record = serde_json::json!({"net": net, "data": c.data, "training": cfg, "held_out_reconstruction_mse": mse,
         "featnet_accuracy_on_reconstructions": featnet_acc, "train_seconds": secs});
-    save_run(&c.out, &record, &params, &losses)?;
+    save_run(&out_dir, &record, &params, &losses)?;
     let acc = featnet_acc.map_or(String::new(), |a| {
         format!("; feature-network accuracy on reconstructions {:.2}%", 100.0 * a)
     });
     eprintln!(
         "trained in {secs:.0} s; held-out reconstruction MSE {mse:.4}{acc}; latent scale {:.3}; wrote {}",
         net.scale,
-        c.out.display()
+        out_dir.display()
+    );
+    Ok(())
+}
+
+fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
+    let mut cfg = ReproduceConfig::preset(&a.preset).context("--preset")?;
+    cfg.seeds = a.seeds.unwrap_or(cfg.seeds);
+    cfg.intervals = a.intervals.unwrap_or(cfg.intervals);
+    cfg.guidance = a.guidance.unwrap_or(cfg.guidance);
+    cfg.distill_steps = a.distill_steps.unwrap_or(cfg.distill_steps);
+    cfg.batch = a.batch.unwrap_or(cfg.batch);
+    cfg.lr = a.lr.unwrap_or(cfg.lr);
+    cfg.per_class = a.per_class.unwrap_or(cfg.per_class);
+    cfg.loss = a.loss.unwrap_or(cfg.loss);
+    cfg.ema_decay = a.ema_decay.or(cfg.ema_decay);
+    cfg.validate()?;
+    let models_dir = a.models.clone().unwrap_or_else(|| dcm::assets::home().join("models"));
+    let teacher_dir = models_dir.join("teacher");
+    let teacher_cfg: NetworkTeacherConfig = model_dir::load_config(&teacher_dir)?;
+    let teacher_params = model_dir::load_params(&teacher_dir)?;
+    let models = Models {
+        autoencoder: model_dir::load_autoencoder(&models_dir.join("autoencoder"))?,
+        teacher: dcm::mlp::Mlp::new(teacher_cfg.net, &teacher_params)
+            .with_context(|| format!("{}: weights do not match config.json", teacher_dir.display()))?,
+        teacher_params,
+        featnet: model_dir::load_featnet(&models_dir.join("featnet"))?,
+        data: Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?,
+    };
+    let out_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", cfg.preset)));
+    let start = std::time::Instant::now();
+    let outcome = dcm::reproduce::run(&cfg, &models)?;
+    let table = write_run(&out_dir, &cfg, &outcome, start.elapsed().as_secs_f64())?;
+    println!("{table}");
+    eprintln!(
+        "finished in {:.0} s; report in {}",
+        start.elapsed().as_secs_f64(),
+        out_dir.join("report.md").display()
     );
     Ok(())
 }
@@ -563,6 +721,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
+    if let Err(e) = dcm::signals::install() {
+        eprintln!("warning: cannot install signal handlers: {e}");
+    }
     let result = match cli.command {
         Command::Sample(a) => sample(a),
         Command::Distill(a) => distill_cmd(a),
@@ -570,10 +731,15 @@ fn main() -> ExitCode {
         Command::TrainTeacher(a) => train_teacher_cmd(a),
         Command::TrainAutoencoder(a) => train_autoencoder_cmd(a),
         Command::TrainFeatnet(a) => train_featnet_cmd(a),
+        Command::Reproduce(a) => reproduce_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(stop) = e.downcast_ref::<dcm::signals::Interrupted>() {
+                eprintln!("{stop}");
+                return ExitCode::from(128 + stop.signal as u8);
+            }
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(2)
         }

@@ -50,3 +50,14 @@ pub fn load_featnet(dir: &Path) -> Result<crate::featnet::Featnet> {
     let net = crate::featnet::Featnet::new(load_net_config(dir)?, &load_params(dir)?);
     net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
 }
+
+/// `target` as a path relative to the folder `base` (both must exist), so that
+/// model folders that refer to each other can be moved together.
+pub fn relative_path(target: &Path, base: &Path) -> Result<std::path::PathBuf> {
+    let canon = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("{}: not found", p.display()));
+    let (t, b) = (canon(target)?, canon(base)?);
+    let common = t.components().zip(b.components()).take_while(|(x, y)| x == y).count();
+    let mut rel: std::path::PathBuf = b.components().skip(common).map(|_| "..").collect();
+    rel.extend(t.components().skip(common));
+    Ok(rel)
+}

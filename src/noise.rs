@@ -12,6 +12,14 @@ pub fn seeded(seed: u64) -> Rng {
     Rng::seed_from_u64(seed)
 }
 
+/// The generator that draws a run's initial weights: the run's seed on stream 1
+/// (stream 0 drives training), so initialisation and training never share draws.
+pub fn init_rng(seed: u64) -> Rng {
+    let mut rng = seeded(seed);
+    rng.set_stream(1);
+    rng
+}
+
 /// A tensor of i.i.d. standard normal float32 values.
 pub fn standard_normal(rng: &mut Rng, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
     let shape = shape.into();

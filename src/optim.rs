@@ -51,6 +51,28 @@ impl AdamW {
         })
     }
 
+    /// Steps taken and the first and second moments, for checkpoints.
+    pub fn state(&self) -> (i32, &[Tensor], &[Tensor]) {
+        (self.step, &self.m, &self.v)
+    }
+
+    pub fn restore(&mut self, step: i32, m: Vec<Tensor>, v: Vec<Tensor>) -> Result<()> {
+        anyhow::ensure!(
+            m.len() == self.m.len() && v.len() == self.v.len(),
+            "optimizer state has the wrong number of tensors"
+        );
+        for (new, old) in m.iter().chain(&v).zip(self.m.iter().chain(&self.v)) {
+            anyhow::ensure!(
+                new.shape() == old.shape(),
+                "optimizer state tensor has shape {:?}, expected {:?}",
+                new.dims(),
+                old.dims()
+            );
+        }
+        (self.step, self.m, self.v) = (step, m, v);
+        Ok(())
+    }
+
     /// One update of every var at learning rate `lr`; a var without a gradient has gradient 0.
     pub fn step(&mut self, vars: &[Var], grads: &GradStore, lr: f64) -> Result<()> {
         self.step += 1;
@@ -61,8 +83,9 @@ impl AdamW {
                 Some(g) => g.clone(),
                 None => var.zeros_like()?,
             };
-            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            // Detached: gradients carry a graph, and the moments must not chain every past step.
+            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?.detach();
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
             let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
             let decayed = (var.as_tensor() * (1.0 - lr * self.cfg.weight_decay))?;
             var.set(&(decayed - (update * lr)?)?)?;
@@ -126,6 +149,10 @@ mod tests {
                 theta[i] = theta[i] * (1.0 - 0.1 * 0.01) - 0.1 * mh / (vh.sqrt() + 1e-8);
             }
         }
+        assert!(
+            opt.m.iter().chain(&opt.v).all(|t| !t.track_op()),
+            "moments must not keep a graph alive"
+        );
         let got = var.as_tensor().to_vec1::<f32>().unwrap();
         for i in 0..2 {
             assert!((got[i] as f64 - theta[i]).abs() < 1e-6, "{got:?} vs {theta:?}");

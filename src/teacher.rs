@@ -178,6 +178,17 @@ impl Teacher {
         }
     }
 
+    /// The autoencoder of a latent-space network teacher (its path is stored relative to the teacher folder).
+    pub fn autoencoder(&self) -> Result<Option<crate::autoencoder::Autoencoder>> {
+        let Self::Network { dir, .. } = self else {
+            return Ok(None);
+        };
+        let cfg: NetworkTeacherConfig = model_dir::load_config(dir)?;
+        cfg.autoencoder
+            .map(|p| model_dir::load_autoencoder(&dir.join(p)))
+            .transpose()
+    }
+
     pub fn schedule_kind(&self) -> ScheduleKind {
         self.as_denoiser().schedule().kind()
     }

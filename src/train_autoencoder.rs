@@ -5,9 +5,9 @@ use crate::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::data::Dataset;
 use crate::featnet::chunks;
 use crate::layers::Params;
-use crate::noise::seeded;
+use crate::noise::init_rng;
 use crate::optim::OptimConfig;
-use crate::train::Trainer;
+use crate::train::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -26,16 +26,28 @@ pub fn train_autoencoder(
     train: &Dataset,
     cfg_net: &AutoencoderConfig,
     cfg: &AutoencoderTraining,
+    checkpointing: Checkpointing,
 ) -> Result<(AutoencoderConfig, Params, Vec<f32>)> {
-    let mut rng = seeded(cfg.seed);
     let unscaled = AutoencoderConfig {
         scale: 1.0,
         ..cfg_net.clone()
     };
-    let mut trainer = Trainer::new(&unscaled.init(&mut rng)?, cfg.optim, cfg.steps, "autoencoder")?;
+    let init = unscaled.init(&mut init_rng(cfg.seed))?;
+    let mut trainer = Trainer::new(
+        &init,
+        TrainerOptions {
+            what: "autoencoder",
+            steps: cfg.steps,
+            optim: cfg.optim,
+            seed: cfg.seed,
+            ema_decay: None,
+            checkpointing,
+            run_config: serde_json::json!({"net": unscaled, "training": cfg}),
+        },
+    )?;
     let ae = Autoencoder::new(unscaled.clone(), &trainer.params())?;
-    for _ in 0..cfg.steps {
-        let (x, _) = train.batch(&mut rng, cfg.batch)?;
+    while !trainer.finished() {
+        let (x, _) = train.batch(trainer.rng(), cfg.batch)?;
         let loss = ae.decode(&ae.encode(&x)?)?.sub(&x)?.sqr()?.mean_all()?;
         trainer.step(&loss)?;
     }

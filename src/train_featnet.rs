@@ -4,9 +4,9 @@
 use crate::data::Dataset;
 use crate::featnet::{Featnet, FeatnetConfig};
 use crate::layers::Params;
-use crate::noise::{seeded, Rng};
+use crate::noise::{init_rng, Rng};
 use crate::optim::OptimConfig;
-use crate::train::Trainer;
+use crate::train::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use rand::Rng as _;
@@ -47,17 +47,34 @@ pub fn accuracy(net: &Featnet, data: &Dataset) -> Result<f64> {
     Ok(hits as f64 / data.len() as f64)
 }
 
-pub fn train_featnet(train: &Dataset, cfg_net: &FeatnetConfig, cfg: &FeatnetTraining) -> Result<(Params, Vec<f32>)> {
-    let mut rng = seeded(cfg.seed);
-    let mut trainer = Trainer::new(&cfg_net.init(&mut rng)?, cfg.optim, cfg.steps, "featnet")?;
+pub fn train_featnet(
+    train: &Dataset,
+    cfg_net: &FeatnetConfig,
+    cfg: &FeatnetTraining,
+    checkpointing: Checkpointing,
+) -> Result<(Params, Vec<f32>)> {
+    let init = cfg_net.init(&mut init_rng(cfg.seed))?;
+    let mut trainer = Trainer::new(
+        &init,
+        TrainerOptions {
+            what: "featnet",
+            steps: cfg.steps,
+            optim: cfg.optim,
+            seed: cfg.seed,
+            ema_decay: None,
+            checkpointing,
+            run_config: serde_json::json!({"net": cfg_net, "training": cfg}),
+        },
+    )?;
     let net = Featnet::new(cfg_net.clone(), &trainer.params())?;
-    for _ in 0..cfg.steps {
-        let (x, labels) = train.batch(&mut rng, cfg.batch)?;
+    while !trainer.finished() {
+        let rng = trainer.rng();
+        let (x, labels) = train.batch(rng, cfg.batch)?;
         let y: Vec<u32> = labels
             .iter()
             .map(|l| l.context("the feature network needs labelled data"))
             .collect::<Result<_>>()?;
-        let x = random_shift(&x, &mut rng)?;
+        let x = random_shift(&x, rng)?;
         let logits = net.logits(&net.features(&x)?)?;
         let loss = candle_nn::loss::cross_entropy(&logits, &Tensor::from_vec(y, cfg.batch, x.device())?)?;
         trainer.step(&loss)?;

@@ -6,10 +6,10 @@ use crate::data::Dataset;
 use crate::denoiser::{diffuse, Denoiser};
 use crate::layers::Params;
 use crate::mlp::{Mlp, MlpConfig};
-use crate::noise::{seeded, standard_normal};
+use crate::noise::{init_rng, standard_normal};
 use crate::optim::OptimConfig;
 use crate::schedule::T;
-use crate::train::Trainer;
+use crate::train::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::{ensure, Result};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -28,7 +28,12 @@ pub struct Trained {
     pub losses: Vec<f32>,
 }
 
-pub fn train_teacher(data: &Dataset, net: &MlpConfig, cfg: &TeacherTraining) -> Result<Trained> {
+pub fn train_teacher(
+    data: &Dataset,
+    net: &MlpConfig,
+    cfg: &TeacherTraining,
+    checkpointing: Checkpointing,
+) -> Result<Trained> {
     ensure!(cfg.steps > 0 && cfg.batch > 0, "--steps and --batch must be positive");
     ensure!(
         (0.0..=1.0).contains(&cfg.label_dropout),
@@ -40,18 +45,29 @@ pub fn train_teacher(data: &Dataset, net: &MlpConfig, cfg: &TeacherTraining) -> 
         data.sample_shape(),
         net.sample_shape
     );
-    let mut rng = seeded(cfg.seed);
-    let init = net.init(&mut rng)?;
-    let mut trainer = Trainer::new(&init, cfg.optim, cfg.steps, "teacher")?;
+    let init = net.init(&mut init_rng(cfg.seed))?;
+    let mut trainer = Trainer::new(
+        &init,
+        TrainerOptions {
+            what: "teacher",
+            steps: cfg.steps,
+            optim: cfg.optim,
+            seed: cfg.seed,
+            ema_decay: None,
+            checkpointing,
+            run_config: serde_json::json!({"net": net, "training": cfg}),
+        },
+    )?;
     let model = Mlp::new(net.clone(), &trainer.params())?;
-    for _ in 0..cfg.steps {
-        let (x0, labels) = data.batch(&mut rng, cfg.batch)?;
+    while !trainer.finished() {
+        let rng = trainer.rng();
+        let (x0, labels) = data.batch(rng, cfg.batch)?;
         let labels: Vec<Option<u32>> = labels
             .into_iter()
             .map(|l| l.filter(|_| !rng.random_bool(cfg.label_dropout)))
             .collect();
         let t: Vec<usize> = (0..cfg.batch).map(|_| rng.random_range(1..=T)).collect();
-        let eps = standard_normal(&mut rng, x0.shape(), x0.device())?;
+        let eps = standard_normal(rng, x0.shape(), x0.device())?;
         let xt = diffuse(model.schedule(), &x0, &eps, &t)?;
         let loss = model.eps(&xt, &t, &labels)?.sub(&eps)?.sqr()?.mean_all()?;
         trainer.step(&loss)?;

@@ -71,7 +71,7 @@ fn distilled_students_beat_one_interval_ddim() {
     let mut results = Vec::new();
     for method in [Method::Cm, Method::Direct] {
         let cfg = config(method);
-        let out = distill(&teacher, &net, &init, &data, &cfg).unwrap();
+        let out = distill(&teacher, &net, &init, &data, &cfg, Default::default()).unwrap();
         let student = Mlp::new(net.clone(), &out.params).unwrap();
         let setup = EvalSetup {
             teacher: &teacher,

@@ -7,16 +7,15 @@ pub mod direct;
 use crate::data::Dataset;
 use crate::denoiser::{diffuse, Counted, Denoiser};
 use crate::discretization::Discretization;
-use crate::ema::Ema;
 use crate::guidance::Guided;
 use crate::layers::Params;
 use crate::loss::Loss;
 use crate::mlp::{Mlp, MlpConfig};
-use crate::noise::{seeded, standard_normal};
+use crate::noise::standard_normal;
 use crate::optim::OptimConfig;
 use crate::parameterization::consistency;
 use crate::solver::Solver;
-use crate::train::Trainer;
+use crate::train::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::{bail, ensure, Result};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -86,6 +85,7 @@ pub fn distill(
     init: &Params,
     data: &Dataset,
     cfg: &DistillConfig,
+    checkpointing: Checkpointing,
 ) -> Result<Distilled> {
     cfg.validate()?;
     ensure!(
@@ -95,27 +95,32 @@ pub fn distill(
         net.sample_shape
     );
     let grid = Discretization::new(cfg.intervals)?;
-    let mut rng = seeded(cfg.seed);
     let guided = Guided::new(teacher, cfg.guidance);
     let counted = Counted::new(&guided);
     let name = match cfg.method {
         Method::Cm => "cm",
         Method::Direct => "direct",
     };
-    let mut trainer = Trainer::new(init, cfg.optim, cfg.steps, name)?;
-    let student = Mlp::new(net.clone(), &trainer.params())?;
-    let ema = cfg.ema_decay.map(|d| Ema::new(d, trainer.vars())).transpose()?;
-    let target_params = match &ema {
-        Some(e) => e.params(trainer.names()),
-        None => trainer.frozen_params(),
+    let options = TrainerOptions {
+        what: name,
+        steps: cfg.steps,
+        optim: cfg.optim,
+        seed: cfg.seed,
+        ema_decay: cfg.ema_decay,
+        checkpointing,
+        run_config: serde_json::json!({"distill": cfg, "net": net}),
     };
+    let mut trainer = Trainer::new(init, options)?;
+    let student = Mlp::new(net.clone(), &trainer.params())?;
+    let target_params = trainer.ema_params().unwrap_or_else(|| trainer.frozen_params());
     let target_net = Mlp::new(net.clone(), &target_params)?;
-    for _ in 0..cfg.steps {
-        let (x0, labels) = data.batch(&mut rng, cfg.batch)?;
+    while !trainer.finished() {
+        let rng = trainer.rng();
+        let (x0, labels) = data.batch(rng, cfg.batch)?;
         let t: Vec<usize> = (0..cfg.batch)
             .map(|_| grid.start(rng.random_range(0..grid.intervals())))
             .collect();
-        let eps = standard_normal(&mut rng, x0.shape(), x0.device())?;
+        let eps = standard_normal(rng, x0.shape(), x0.device())?;
         let xt = diffuse(teacher.schedule(), &x0, &eps, &t)?;
         let target = match cfg.method {
             Method::Cm => cm::cm_target(cfg.solver, &counted, &target_net, &xt, &t, grid.k(), &labels)?,
@@ -123,9 +128,6 @@ pub fn distill(
         };
         let pred = consistency(&student, &xt, &t, &labels)?;
         trainer.step(&cfg.loss.apply(&pred, &target)?)?;
-        if let Some(e) = &ema {
-            e.update(trainer.vars())?;
-        }
     }
     trainer.finish();
     Ok(Distilled {

@@ -1,0 +1,6 @@
+//! Run reports: the table (Markdown, CSV, JSON), sample grids (PNG) and charts (SVG).
+
+pub mod chart;
+pub mod grid;
+pub mod run;
+pub mod table;

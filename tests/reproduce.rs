@@ -1,0 +1,58 @@
+//! `dcm reproduce --preset smoke` on the shipped models and data: the run folder
+//! has every artifact, the table every (model, steps) row, and every number is finite.
+
+use std::process::Command;
+
+#[test]
+fn smoke_preset_writes_a_complete_finite_report() {
+    let dir = std::env::temp_dir().join(format!("dcm-reproduce-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(["reproduce", "--preset", "smoke", "--seeds", "2", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in [
+        "report.md",
+        "report.json",
+        "results.csv",
+        "config.json",
+        "ode_error_vs_fd.svg",
+        "loss_curves.svg",
+        "samples_teacher_10.png",
+        "samples_cm_1.png",
+        "samples_direct_8.png",
+        "samples_teacher_ddim_4.png",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("report.json")).unwrap()).unwrap();
+    let summary = report["summary"].as_array().unwrap();
+    // teacher reference + teacher DDIM, CM and Direct at 1, 2, 4, 8 steps.
+    assert_eq!(summary.len(), 1 + 3 * 4);
+    for row in summary {
+        assert_eq!(row["seeds"], 2);
+        for v in row["values"].as_array().unwrap() {
+            let (mean, std) = (v[1].as_f64().unwrap(), v[2].as_f64().unwrap());
+            assert!(mean.is_finite() && std.is_finite(), "{row}");
+        }
+    }
+    let reference = &summary[0];
+    assert_eq!(reference["method"], "teacher");
+    assert_eq!(
+        reference["values"][0][1].as_f64().unwrap(),
+        0.0,
+        "the teacher's own ODE error is zero by construction"
+    );
+    let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 13);
+    let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(md.contains("| Direct | 8 |") && md.contains(" ± "), "{md}");
+    let png = image::open(dir.join("samples_cm_1.png")).unwrap();
+    assert_eq!(
+        (png.width(), png.height()),
+        (4 * 30 + 2, 10 * 30 + 2),
+        "4 columns, one row per class"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
