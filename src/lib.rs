@@ -7,6 +7,7 @@
 pub mod analytic;
 pub mod assets;
 pub mod autoencoder;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod denoiser;

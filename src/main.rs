@@ -62,6 +62,39 @@ enum Command {
     TrainFeatnet(TrainFeatnetArgs),
     /// Rerun the paper's comparison on the shipped MNIST latent setting and print its table.
     Reproduce(ReproduceArgs),
+    /// Time teacher forward, guided sampling, and one CM and one Direct distillation step.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A network teacher folder to benchmark [default: a fresh MLP of the sizes below].
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Values per sample of the fresh MLP.
+    #[arg(long, default_value_t = 196)]
+    dim: usize,
+    #[arg(long, default_value_t = 512)]
+    hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+    #[arg(long, default_value_t = 64)]
+    time_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Solver intervals N for the sampling and Direct workloads.
+    #[arg(long, default_value_t = 50)]
+    intervals: usize,
+    #[arg(long, default_value_t = 2.0)]
+    guidance: f64,
+    /// Timed repeats per workload (after warm-up).
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -698,6 +731,61 @@ fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    ensure!(a.repeats > 0 && a.batch > 0, "--repeats and --batch must be positive");
+    let (net, params) = match &a.teacher {
+        Some(dir) => (
+            model_dir::load_net_config::<MlpConfig>(dir)?,
+            model_dir::load_params(dir)?,
+        ),
+        None => {
+            let net = MlpConfig {
+                sample_shape: vec![a.dim],
+                hidden: a.hidden,
+                depth: a.depth,
+                time_dim: a.time_dim,
+                num_classes: a.classes,
+                schedule: ScheduleKind::ScaledLinear,
+            };
+            net.validate()?;
+            let params = net.init(&mut seeded(0))?;
+            (net, params)
+        }
+    };
+    let setup = dcm::bench::BenchSetup {
+        net,
+        params,
+        batch: a.batch,
+        intervals: a.intervals,
+        guidance: a.guidance,
+        repeats: a.repeats,
+    };
+    let r = dcm::bench::run(&setup)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "MLP {:?} hidden {}×{}, {} parameters, batch {}, {} threads",
+        r.net.sample_shape, r.net.hidden, r.net.depth, r.parameters, r.batch, r.threads
+    );
+    println!("| workload | median ms | samples/s | teacher evaluations |\n|---|---|---|---|");
+    for w in &r.workloads {
+        println!(
+            "| {} | {:.2} | {:.0} | {} |",
+            w.name,
+            1e3 * w.seconds,
+            w.samples_per_second,
+            w.teacher_evaluations.map_or("–".into(), |e| e.to_string())
+        );
+    }
+    println!(
+        "Direct targets: {:.2}× fewer teacher evaluations than the whole-batch reference; peak memory {:.0} MiB",
+        r.direct_evaluation_ratio, r.peak_memory_mib
+    );
+    Ok(())
+}
+
 /// Clap's message folded into one line (help and version print as usual).
 fn parse_args() -> Result<Cli, ExitCode> {
     Cli::try_parse().map_err(|e| {
@@ -732,6 +820,7 @@ fn main() -> ExitCode {
         Command::TrainAutoencoder(a) => train_autoencoder_cmd(a),
         Command::TrainFeatnet(a) => train_featnet_cmd(a),
         Command::Reproduce(a) => reproduce_cmd(a),
+        Command::Bench(a) => bench_cmd(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

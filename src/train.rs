@@ -153,6 +153,7 @@ impl Trainer {
                 .set_message(format!("loss {:.4e}", recent.iter().sum::<f32>() / recent.len() as f32));
         }
         self.bar.inc(1);
+        self.log_when_not_a_terminal(step);
         if let Some(signal) = requested() {
             let dir = self
                 .checkpointing
@@ -167,6 +168,20 @@ impl Trainer {
             self.save()?;
         }
         Ok(value)
+    }
+
+    /// Without a terminal the bar is hidden; print a line every 10% instead, so logs show progress.
+    fn log_when_not_a_terminal(&self, step: usize) {
+        if self.bar.is_hidden() && self.total >= 100 && step.is_multiple_of(self.total / 10) {
+            let recent = &self.losses[self.losses.len().saturating_sub(50)..];
+            let loss = recent.iter().sum::<f32>() / recent.len() as f32;
+            eprintln!(
+                "{} step {step}/{}: loss {loss:.4e}, {:.1} it/s",
+                self.bar.prefix(),
+                self.total,
+                self.bar.per_sec()
+            );
+        }
     }
 
     pub fn finish(&self) {

@@ -1,0 +1,186 @@
+//! `dcm bench`: the four workloads a user runs, timed as medians over repeats after
+//! warm-up, with teacher-evaluation counts and peak memory — the figures compared
+//! against PyTorch eager by `bench/compare.sh`.
+
+use crate::data::Dataset;
+use crate::denoiser::Denoiser;
+use crate::discretization::Discretization;
+use crate::distill::{distill, DistillConfig, Method};
+use crate::guidance::Guided;
+use crate::layers::Params;
+use crate::loss::Loss;
+use crate::mlp::{Mlp, MlpConfig};
+use crate::noise::{seeded, standard_normal};
+use crate::optim::OptimConfig;
+use crate::schedule::T;
+use crate::solver::{solve, Solver};
+use anyhow::Result;
+use candle_core::Device;
+use serde::Serialize;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Workload {
+    pub name: String,
+    /// Median seconds per repeat.
+    pub seconds: f64,
+    /// Samples processed per second (per repeat: the batch).
+    pub samples_per_second: f64,
+    pub teacher_evaluations: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport {
+    pub net: MlpConfig,
+    pub parameters: usize,
+    pub batch: usize,
+    pub intervals: usize,
+    pub threads: usize,
+    pub workloads: Vec<Workload>,
+    /// Direct targets: teacher evaluations of the whole-batch reference over the active set's.
+    pub direct_evaluation_ratio: f64,
+    pub peak_memory_mib: f64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median seconds of `f` over `repeats` runs after `warmup` runs.
+fn time(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`), in MiB.
+pub fn peak_memory_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+pub struct BenchSetup {
+    pub net: MlpConfig,
+    pub params: Params,
+    pub batch: usize,
+    pub intervals: usize,
+    pub guidance: f64,
+    pub repeats: usize,
+}
+
+pub fn run(s: &BenchSetup) -> Result<BenchReport> {
+    let teacher = Mlp::new(s.net.clone(), &s.params)?;
+    let mut shape = vec![s.batch];
+    shape.extend(&s.net.sample_shape);
+    let mut rng = seeded(0);
+    let x = standard_normal(&mut rng, shape.clone(), &Device::Cpu)?;
+    let classes = s.net.num_classes.max(1) as u32;
+    let labels: Vec<Option<u32>> = (0..s.batch as u32)
+        .map(|i| (s.net.num_classes > 0).then_some(i % classes))
+        .collect();
+    let t: Vec<usize> = (0..s.batch).map(|i| 1 + (i * 997) % T).collect();
+    let grid = Discretization::new(s.intervals)?;
+    let guided = Guided::new(&teacher, s.guidance);
+    let per_sec = |secs: f64| s.batch as f64 / secs;
+    let mut workloads = Vec::new();
+    let fwd = time(3, s.repeats, || teacher.eps(&x, &t, &labels).map(|_| ()))?;
+    workloads.push(Workload {
+        name: "teacher forward".into(),
+        seconds: fwd,
+        samples_per_second: per_sec(fwd),
+        teacher_evaluations: None,
+    });
+    let sampling = time(1, s.repeats.div_ceil(4), || {
+        solve(Solver::Ddim, &guided, &x, grid, T, &labels).map(|_| ())
+    })?;
+    let name = format!("teacher {}-interval guided DDIM sampling", s.intervals);
+    workloads.push(Workload {
+        name,
+        seconds: sampling,
+        samples_per_second: per_sec(sampling),
+        teacher_evaluations: None,
+    });
+    let data = Dataset::new(
+        standard_normal(&mut rng, shape, &Device::Cpu)?,
+        labels.clone(),
+        s.net.num_classes,
+    )?;
+    for method in [Method::Cm, Method::Direct] {
+        let cfg = DistillConfig {
+            method,
+            solver: Solver::Ddim,
+            intervals: s.intervals,
+            guidance: s.guidance,
+            steps: 1,
+            batch: s.batch,
+            optim: OptimConfig {
+                lr: 1e-4,
+                weight_decay: 1e-2,
+                max_grad_norm: 1.0,
+                cosine_decay: false,
+            },
+            loss: Loss::L2,
+            ema_decay: None,
+            seed: 0,
+        };
+        let mut evals = 0;
+        let secs = time(2, s.repeats, || {
+            evals = distill(&teacher, &s.net, &s.params, &data, &cfg, Default::default())?.teacher_evaluations;
+            Ok(())
+        })?;
+        let name = format!(
+            "one {} distillation step",
+            if method == Method::Cm { "CM" } else { "Direct" }
+        );
+        workloads.push(Workload {
+            name,
+            seconds: secs,
+            samples_per_second: per_sec(secs),
+            teacher_evaluations: Some(evals),
+        });
+    }
+    Ok(BenchReport {
+        parameters: s.params.values().map(|p| p.elem_count()).sum(),
+        net: s.net.clone(),
+        batch: s.batch,
+        intervals: s.intervals,
+        threads: candle_core::utils::get_num_threads(),
+        direct_evaluation_ratio: direct_evaluation_ratio(&guided, &x, grid, &labels)?,
+        workloads,
+        peak_memory_mib: peak_memory_mib(),
+    })
+}
+
+/// Teacher evaluations of the whole-batch Direct targets over the active set's, on a uniform draw of start times.
+fn direct_evaluation_ratio(
+    teacher: &dyn Denoiser,
+    x: &candle_core::Tensor,
+    grid: Discretization,
+    labels: &[Option<u32>],
+) -> Result<f64> {
+    use crate::denoiser::Counted;
+    use crate::distill::direct::{direct_targets, direct_targets_whole_batch};
+    use rand::Rng as _;
+    let mut rng = seeded(7);
+    let t: Vec<usize> = (0..labels.len())
+        .map(|_| grid.start(rng.random_range(0..grid.intervals())))
+        .collect();
+    let (active, whole) = (Counted::new(teacher), Counted::new(teacher));
+    direct_targets(Solver::Ddim, &active, x, &t, grid, labels)?;
+    direct_targets_whole_batch(Solver::Ddim, &whole, x, &t, grid, labels)?;
+    Ok(whole.evaluations() as f64 / active.evaluations() as f64)
+}
