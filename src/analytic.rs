@@ -3,7 +3,7 @@
 //! "Oracles for tests").
 
 use crate::data::Dataset;
-use crate::denoiser::{per_row, Denoiser, Labels};
+use crate::denoiser::{per_row_of, Denoiser, Labels};
 use crate::schedule::Schedule;
 use anyhow::{bail, ensure, Result};
 use candle_core::{Device, Tensor};
@@ -26,21 +26,15 @@ impl Gaussian {
         a * a * self.std * self.std + s * s
     }
 
+    /// `(x_t − α_t μ) · gain(t)`, row by row: both closed forms have this shape.
+    fn centred_scaled(&self, x: &Tensor, t: &[usize], gain: impl Fn(usize) -> f64) -> Result<Tensor> {
+        let alpha_mu = per_row_of(t, |t| self.schedule.alpha(t) * self.mean, x)?;
+        Ok(x.broadcast_sub(&alpha_mu)?.broadcast_mul(&per_row_of(t, gain, x)?)?)
+    }
+
     /// Exact PF-ODE solution from `x_t` to clean: `x₀ = μ + s (x_t − α_t μ)/√(α_t² s² + σ_t²)`.
     pub fn exact_solution(&self, x: &Tensor, t: &[usize]) -> Result<Tensor> {
-        let alpha_mu = per_row(
-            &t.iter()
-                .map(|&t| self.schedule.alpha(t) * self.mean)
-                .collect::<Vec<_>>(),
-            x,
-        )?;
-        let gain = per_row(
-            &t.iter()
-                .map(|&t| self.std / self.variance_at(t).sqrt())
-                .collect::<Vec<_>>(),
-            x,
-        )?;
-        Ok((x.broadcast_sub(&alpha_mu)?.broadcast_mul(&gain)? + self.mean)?)
+        Ok((self.centred_scaled(x, t, |t| self.std / self.variance_at(t).sqrt())? + self.mean)?)
     }
 
     fn check_shape(&self, x: &Tensor) -> Result<()> {
@@ -65,19 +59,7 @@ impl Denoiser for Gaussian {
     /// `E[ε | x_t] = σ_t (x_t − α_t μ)/(α_t² s² + σ_t²)`.
     fn eps(&self, x: &Tensor, t: &[usize], _labels: &Labels) -> Result<Tensor> {
         self.check_shape(x)?;
-        let alpha_mu = per_row(
-            &t.iter()
-                .map(|&t| self.schedule.alpha(t) * self.mean)
-                .collect::<Vec<_>>(),
-            x,
-        )?;
-        let gain = per_row(
-            &t.iter()
-                .map(|&t| self.schedule.sigma(t) / self.variance_at(t))
-                .collect::<Vec<_>>(),
-            x,
-        )?;
-        Ok(x.broadcast_sub(&alpha_mu)?.broadcast_mul(&gain)?)
+        self.centred_scaled(x, t, |t| self.schedule.sigma(t) / self.variance_at(t))
     }
 }
 

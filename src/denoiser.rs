@@ -27,10 +27,15 @@ pub fn per_row(values: &[f64], like: &Tensor) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, shape, like.device())?.to_dtype(like.dtype())?)
 }
 
+/// `per_row` of `f(t[b])` for every row's timestep.
+pub fn per_row_of(t: &[usize], f: impl Fn(usize) -> f64, like: &Tensor) -> Result<Tensor> {
+    per_row(&t.iter().map(|&t| f(t)).collect::<Vec<_>>(), like)
+}
+
 /// `x̂₀ = (x − σ_t ε)/α_t`, the clean estimate implied by an ε-prediction.
 pub fn predict_x0(schedule: &Schedule, x: &Tensor, eps: &Tensor, t: &[usize]) -> Result<Tensor> {
-    let sigma = per_row(&t.iter().map(|&t| schedule.sigma(t)).collect::<Vec<_>>(), x)?;
-    let inv_alpha = per_row(&t.iter().map(|&t| 1.0 / schedule.alpha(t)).collect::<Vec<_>>(), x)?;
+    let sigma = per_row_of(t, |t| schedule.sigma(t), x)?;
+    let inv_alpha = per_row_of(t, |t| 1.0 / schedule.alpha(t), x)?;
     Ok(x.sub(&eps.broadcast_mul(&sigma)?)?.broadcast_mul(&inv_alpha)?)
 }
 
@@ -68,7 +73,7 @@ impl Denoiser for Counted<'_> {
 
 /// Forward noising `x_t = α_t x₀ + σ_t ε`, one timestep per row.
 pub fn diffuse(schedule: &Schedule, x0: &Tensor, eps: &Tensor, t: &[usize]) -> Result<Tensor> {
-    let alpha = per_row(&t.iter().map(|&t| schedule.alpha(t)).collect::<Vec<_>>(), x0)?;
-    let sigma = per_row(&t.iter().map(|&t| schedule.sigma(t)).collect::<Vec<_>>(), x0)?;
+    let alpha = per_row_of(t, |t| schedule.alpha(t), x0)?;
+    let sigma = per_row_of(t, |t| schedule.sigma(t), x0)?;
     Ok((x0.broadcast_mul(&alpha)? + eps.broadcast_mul(&sigma)?)?)
 }

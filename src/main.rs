@@ -138,6 +138,23 @@ struct ReproduceArgs {
     /// Use an EMA target network with this decay for CM.
     #[arg(long)]
     ema_decay: Option<f64>,
+    /// Keep the learning rate constant instead of the preset's cosine decay.
+    #[arg(long)]
+    constant_lr: bool,
+}
+
+/// The teacher's probability-flow ODE: solver, grid and guidance.
+#[derive(Args)]
+struct OdeArgs {
+    /// Teacher ODE solver: ddim, euler or heun.
+    #[arg(long, default_value = "ddim")]
+    solver: Solver,
+    /// Number of solver intervals N (must divide T = 1000).
+    #[arg(long, default_value_t = 50)]
+    intervals: usize,
+    /// Classifier-free guidance scale w of the teacher (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    guidance: f64,
 }
 
 /// Output folder, checkpoints and resume: shared by every training command.
@@ -233,15 +250,8 @@ struct SampleArgs {
     /// Student folder written by `dcm distill`: run its few-step sampler.
     #[arg(long)]
     student: Option<PathBuf>,
-    /// Teacher ODE solver.
-    #[arg(long, default_value = "ddim")]
-    solver: Solver,
-    /// Number of solver intervals N (must divide T = 1000).
-    #[arg(long, default_value_t = 50)]
-    intervals: usize,
-    /// Classifier-free guidance scale w (1: none).
-    #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
+    #[command(flatten)]
+    ode: OdeArgs,
     /// Class label for every sample (default: unconditional).
     #[arg(long)]
     class: Option<u32>,
@@ -273,14 +283,8 @@ struct DistillArgs {
     /// Training data: `toy:NAME` or an .npy file [n, …]; default: the analytic teacher's own distribution.
     #[arg(long)]
     data: Option<String>,
-    #[arg(long, default_value = "ddim")]
-    solver: Solver,
-    /// Number of solver intervals N (must divide T = 1000).
-    #[arg(long, default_value_t = 50)]
-    intervals: usize,
-    /// Classifier-free guidance scale w of the teacher (1: none).
-    #[arg(long, default_value_t = 1.0)]
-    guidance: f64,
+    #[command(flatten)]
+    ode: OdeArgs,
     /// Training steps.
     #[arg(long, default_value_t = 3000)]
     steps: usize,
@@ -395,9 +399,16 @@ fn sample(a: SampleArgs) -> Result<()> {
         )
     } else {
         let teacher = Teacher::parse(a.teacher.as_deref().context("give --teacher SPEC or --student DIR")?)?;
-        let grid = Discretization::new(a.intervals).context("--intervals")?;
+        let grid = Discretization::new(a.ode.intervals).context("--intervals")?;
         (
-            solve(a.solver, &Guided::new(&teacher, a.guidance), &noise, grid, T, &labels)?,
+            solve(
+                a.ode.solver,
+                &Guided::new(&teacher, a.ode.guidance),
+                &noise,
+                grid,
+                T,
+                &labels,
+            )?,
             teacher,
         )
     };
@@ -450,9 +461,9 @@ fn distill_cmd(a: DistillArgs) -> Result<()> {
     };
     let cfg = DistillConfig {
         method: a.method,
-        solver: a.solver,
-        intervals: a.intervals,
-        guidance: a.guidance,
+        solver: a.ode.solver,
+        intervals: a.ode.intervals,
+        guidance: a.ode.guidance,
         steps: a.steps,
         batch: a.batch,
         optim: OptimConfig {
@@ -702,6 +713,7 @@ fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     cfg.per_class = a.per_class.unwrap_or(cfg.per_class);
     cfg.loss = a.loss.unwrap_or(cfg.loss);
     cfg.ema_decay = a.ema_decay.or(cfg.ema_decay);
+    cfg.cosine_decay &= !a.constant_lr;
     cfg.validate()?;
     let models_dir = a.models.clone().unwrap_or_else(|| dcm::assets::home().join("models"));
     let teacher_dir = models_dir.join("teacher");

@@ -2,7 +2,7 @@
 //! `f(x,t) = c_skip(t) x + c_out(t) x̂₀(x,t)`, `c_skip = σ_d²/((s t)² + σ_d²)`,
 //! `c_out = s t/√((s t)² + σ_d²)`, so that `f(x, 0) = x` exactly.
 
-use crate::denoiser::{per_row, predict_x0, Denoiser, Labels};
+use crate::denoiser::{per_row_of, predict_x0, Denoiser, Labels};
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -25,7 +25,7 @@ pub fn c_out(t: usize) -> f64 {
 pub fn consistency(net: &dyn Denoiser, x: &Tensor, t: &[usize], labels: &Labels) -> Result<Tensor> {
     let eps = net.eps(x, t, labels)?;
     let x0 = predict_x0(net.schedule(), x, &eps, t)?;
-    let skip = per_row(&t.iter().map(|&t| c_skip(t)).collect::<Vec<_>>(), x)?;
-    let out = per_row(&t.iter().map(|&t| c_out(t)).collect::<Vec<_>>(), x)?;
+    let skip = per_row_of(t, c_skip, x)?;
+    let out = per_row_of(t, c_out, x)?;
     Ok((x.broadcast_mul(&skip)? + x0.broadcast_mul(&out)?)?)
 }

@@ -1,7 +1,7 @@
 //! Teacher ODE solvers over the N-interval grid (DESIGN.md, "DDIM step",
 //! "Euler / Heun"). Each row of a batch may sit at its own timestep.
 
-use crate::denoiser::{per_row, Denoiser, Labels};
+use crate::denoiser::{per_row_of, Denoiser, Labels};
 use crate::discretization::Discretization;
 use crate::schedule::{Schedule, T};
 use anyhow::{bail, ensure, Result};
@@ -30,15 +30,11 @@ impl std::str::FromStr for Solver {
     }
 }
 
-fn rows(t: &[usize], f: impl Fn(usize) -> f64) -> Vec<f64> {
-    t.iter().map(|&t| f(t)).collect()
-}
-
 /// `x + dt · dx/dt` with `dx/dt = −½ T β_t (x − ε/σ_t)` and `dt = −k/T`, i.e.
 /// `x + ½ k β_t (x − ε/σ_t)`; the slope is taken at timestep `t` per row.
 fn euler_update(s: &Schedule, x: &Tensor, slope_x: &Tensor, eps: &Tensor, t: &[usize], k: usize) -> Result<Tensor> {
-    let a = per_row(&rows(t, |t| 0.5 * k as f64 * s.beta(t)), x)?;
-    let b = per_row(&rows(t, |t| 0.5 * k as f64 * s.beta(t) / s.sigma(t)), x)?;
+    let a = per_row_of(t, |t| 0.5 * k as f64 * s.beta(t), x)?;
+    let b = per_row_of(t, |t| 0.5 * k as f64 * s.beta(t) / s.sigma(t), x)?;
     Ok((x + slope_x.broadcast_mul(&a)?.sub(&eps.broadcast_mul(&b)?)?)?)
 }
 
@@ -64,10 +60,7 @@ impl Solver {
         match self {
             Self::Ddim => {
                 let x0 = crate::denoiser::predict_x0(s, x, &eps, t)?;
-                let (an, sn) = (
-                    per_row(&rows(&to, |t| s.alpha(t)), x)?,
-                    per_row(&rows(&to, |t| s.sigma(t)), x)?,
-                );
+                let (an, sn) = (per_row_of(&to, |t| s.alpha(t), x)?, per_row_of(&to, |t| s.sigma(t), x)?);
                 Ok((x0.broadcast_mul(&an)? + eps.broadcast_mul(&sn)?)?)
             }
             Self::Euler => euler_update(s, x, x, &eps, t, k),

@@ -56,3 +56,49 @@ fn smoke_preset_writes_a_complete_finite_report() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The shipped teacher's guided samples, decoded, are digits of the requested class
+/// (judged by the shipped feature network), through the documented CLI.
+#[test]
+fn shipped_teacher_samples_are_digits_of_the_requested_class() {
+    let home = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("dcm-decode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let noise =
+        dcm::noise::standard_normal(&mut dcm::noise::seeded(5), (40, 4, 7, 7), &candle_core::Device::Cpu).unwrap();
+    dcm::data::npy::write(&dir.join("n.npy"), &noise).unwrap();
+    let featnet = dcm::model_dir::load_featnet(&home.join("models/featnet")).unwrap();
+    for class in ["3", "7"] {
+        let out = dir.join(format!("digits{class}.npy"));
+        let o = Command::new(env!("CARGO_BIN_EXE_dcm"))
+            .args(["sample", "--teacher"])
+            .arg(home.join("models/teacher"))
+            .args([
+                "--class",
+                class,
+                "--guidance",
+                "2",
+                "--intervals",
+                "20",
+                "--decode",
+                "--noise",
+            ])
+            .arg(dir.join("n.npy"))
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let images = dcm::data::npy::read(&out).unwrap();
+        assert_eq!(images.dims(), &[40, 1, 28, 28]);
+        let v = images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|p| (0.0..=1.0).contains(p)));
+        let predicted = featnet.classify(&images).unwrap();
+        let hits = predicted.iter().filter(|&&p| p.to_string() == class).count();
+        assert!(
+            hits >= 36,
+            "only {hits}/40 samples of class {class} are classified as {class}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
