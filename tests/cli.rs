@@ -274,6 +274,33 @@ fn distill_eval_and_student_sampling_work_from_the_command_line() {
         ],
         "--steps 11",
     );
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mismatched = config.replace(
+        "\"teacher\": \"mixture:ring\"",
+        "\"teacher\": \"gaussian:mean=0,std=1,dim=3\"",
+    );
+    assert_ne!(mismatched, config);
+    std::fs::write(dir.join("config.json"), &mismatched).unwrap();
+    assert_clean_failure(&["eval", "--student", d], "no longer matches");
+    std::fs::write(
+        dir.join("config.json"),
+        config.replace("\"hidden\": 128", "\"hidden\": \"wide\""),
+    )
+    .unwrap();
+    assert_clean_failure(&["eval", "--student", d], "config.json: invalid configuration");
+    std::fs::write(
+        dir.join("config.json"),
+        config.replace("\"hidden\": 128", "\"hidden\": 0"),
+    )
+    .unwrap();
+    assert_clean_failure(&["eval", "--student", d], "hidden and depth must be positive");
+    std::fs::write(
+        dir.join("config.json"),
+        config.replace("\"hidden\": 128", "\"hidden\": 64"),
+    )
+    .unwrap();
+    assert_clean_failure(&["eval", "--student", d], "expected [64");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
     std::fs::write(dir.join("model.safetensors"), b"garbage").unwrap();
     assert_clean_failure(&["eval", "--student", d], "model.safetensors");
 }
