@@ -376,10 +376,6 @@ struct TrainTeacherArgs {
     seed: u64,
 }
 
-fn labels_for(n: usize, class: Option<u32>) -> Vec<Option<u32>> {
-    vec![class; n]
-}
-
 fn sample(a: SampleArgs) -> Result<()> {
     let noise = npy::read(&a.noise)?;
     ensure!(
@@ -388,17 +384,15 @@ fn sample(a: SampleArgs) -> Result<()> {
         a.noise.display(),
         noise.dims()
     );
-    let labels = labels_for(noise.dim(0)?, a.class);
-    let (out, teacher) = if let Some(dir) = &a.student {
+    let labels = vec![a.class; noise.dim(0)?];
+    let (out, teacher_spec) = if let Some(dir) = &a.student {
         let student = Student::load(dir)?;
         let grid = Discretization::new(student.config.distill.intervals)?;
-        let teacher = student.teacher()?;
-        (
-            multistep_sample(&student.net, &noise, grid, a.steps, &labels, &mut seeded(a.seed))?,
-            teacher,
-        )
+        let out = multistep_sample(&student.net, &noise, grid, a.steps, &labels, &mut seeded(a.seed))?;
+        (out, student.config.teacher)
     } else {
-        let teacher = Teacher::parse(a.teacher.as_deref().context("give --teacher SPEC or --student DIR")?)?;
+        let spec = a.teacher.clone().context("give --teacher SPEC or --student DIR")?;
+        let teacher = Teacher::parse(&spec)?;
         let grid = Discretization::new(a.ode.intervals).context("--intervals")?;
         (
             solve(
@@ -409,14 +403,13 @@ fn sample(a: SampleArgs) -> Result<()> {
                 T,
                 &labels,
             )?,
-            teacher,
+            spec,
         )
     };
     let out = if a.decode {
+        let ae = Teacher::parse(&teacher_spec)?.autoencoder()?;
         decode_all(
-            &teacher
-                .autoencoder()?
-                .context("--decode: the teacher has no autoencoder (not a latent-space teacher)")?,
+            &ae.context("--decode: the teacher has no autoencoder (not a latent-space teacher)")?,
             &out,
         )?
     } else {
