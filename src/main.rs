@@ -114,6 +114,9 @@ struct ReproduceArgs {
     /// Images the held-out split comes from [default: the shipped MNIST digits].
     #[arg(long, default_value = "mnist")]
     data: String,
+    /// Override the preset's teacher solver (ddim, euler or heun).
+    #[arg(long)]
+    solver: Option<Solver>,
     /// Override the preset's number of teacher solver intervals N.
     #[arg(long)]
     intervals: Option<usize>,
@@ -699,6 +702,7 @@ fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     let mut cfg = ReproduceConfig::preset(&a.preset).context("--preset")?;
     cfg.seeds = a.seeds.unwrap_or(cfg.seeds);
     cfg.intervals = a.intervals.unwrap_or(cfg.intervals);
+    cfg.solver = a.solver.unwrap_or(cfg.solver);
     cfg.guidance = a.guidance.unwrap_or(cfg.guidance);
     cfg.distill_steps = a.distill_steps.unwrap_or(cfg.distill_steps);
     cfg.batch = a.batch.unwrap_or(cfg.batch);
