@@ -2,7 +2,7 @@
 //! penultimate layer gives the features for FD, KD and precision/recall, and whose
 //! logits give class accuracy (the analogue of the paper's CLIP score).
 
-use crate::layers::{conv, linear, Init, Params};
+use crate::layers::{conv, linear, map_chunks, Init, Params};
 use crate::noise::Rng;
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
@@ -77,19 +77,7 @@ impl Featnet {
 
     /// Predicted class of each image, evaluated in chunks to bound memory.
     pub fn classify(&self, x: &Tensor) -> Result<Vec<u32>> {
-        let mut out = Vec::with_capacity(x.dim(0)?);
-        for chunk in chunks(x, 500)? {
-            out.extend(self.logits(&self.features(&chunk)?)?.argmax(1)?.to_vec1::<u32>()?);
-        }
-        Ok(out)
+        let logits = map_chunks(x, 500, |c| self.logits(&self.features(c)?))?;
+        Ok(logits.argmax(1)?.to_vec1::<u32>()?)
     }
-}
-
-/// Splits a batch into consecutive row chunks of at most `size`.
-pub fn chunks(x: &Tensor, size: usize) -> Result<Vec<Tensor>> {
-    let n = x.dim(0)?;
-    (0..n)
-        .step_by(size)
-        .map(|i| Ok(x.narrow(0, i, size.min(n - i))?))
-        .collect()
 }

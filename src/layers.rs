@@ -93,6 +93,17 @@ pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
         .reshape((b, c, 2 * h, 2 * w))?)
 }
 
+/// `f` applied to consecutive row chunks of at most `size` rows, results concatenated
+/// (bounds the memory of evaluating a network on a large set).
+pub fn map_chunks(x: &Tensor, size: usize, f: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Tensor> {
+    let n = x.dim(0)?;
+    let parts = (0..n)
+        .step_by(size)
+        .map(|i| f(&x.narrow(0, i, size.min(n - i))?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

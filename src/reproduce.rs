@@ -7,9 +7,9 @@ use crate::data::Dataset;
 use crate::denoiser::Denoiser;
 use crate::discretization::Discretization;
 use crate::distill::{distill, DistillConfig, Method};
-use crate::featnet::{chunks, Featnet};
+use crate::featnet::Featnet;
 use crate::guidance::Guided;
-use crate::layers::Params;
+use crate::layers::{map_chunks, Params};
 use crate::loss::Loss;
 use crate::metrics::{fd::frechet_distance, kd::kernel_distance, prdc::prdc, to_matrix};
 use crate::mlp::Mlp;
@@ -197,13 +197,7 @@ struct Judge<'a> {
 }
 
 fn features(net: &Featnet, images: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::cat(
-        &chunks(images, 500)?
-            .iter()
-            .map(|c| net.features(c))
-            .collect::<Result<Vec<_>>>()?,
-        0,
-    )?)
+    map_chunks(images, 500, |c| net.features(c))
 }
 
 impl Judge<'_> {

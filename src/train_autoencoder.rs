@@ -3,8 +3,7 @@
 
 use crate::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::data::Dataset;
-use crate::featnet::chunks;
-use crate::layers::Params;
+use crate::layers::{map_chunks, Params};
 use crate::noise::init_rng;
 use crate::optim::OptimConfig;
 use crate::train::{Checkpointing, Trainer, TrainerOptions};
@@ -67,23 +66,11 @@ pub fn train_autoencoder(
 }
 
 pub fn encode_all(ae: &Autoencoder, x: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::cat(
-        &chunks(x, 500)?
-            .iter()
-            .map(|c| ae.encode(c))
-            .collect::<Result<Vec<_>>>()?,
-        0,
-    )?)
+    map_chunks(x, 500, |c| ae.encode(c))
 }
 
 pub fn decode_all(ae: &Autoencoder, z: &Tensor) -> Result<Tensor> {
-    Ok(Tensor::cat(
-        &chunks(z, 500)?
-            .iter()
-            .map(|c| ae.decode(c))
-            .collect::<Result<Vec<_>>>()?,
-        0,
-    )?)
+    map_chunks(z, 500, |c| ae.decode(c))
 }
 
 /// Mean squared pixel error of reconstructions.
