@@ -49,6 +49,8 @@ pub struct Trainer {
     total: usize,
     rng: Rng,
     pub losses: Vec<f32>,
+    /// A count the loop keeps across resumes (distillation: teacher evaluations so far).
+    pub counter: u64,
     bar: ProgressBar,
     checkpointing: Checkpointing,
     run_config: Value,
@@ -84,6 +86,7 @@ impl Trainer {
             total: o.steps,
             rng: seeded(o.seed),
             losses: Vec::new(),
+            counter: 0,
             bar: progress(o.steps, o.what),
             run_config: json!({"run": o.run_config, "context": o.checkpointing.context}),
             checkpointing: o.checkpointing,
@@ -206,7 +209,7 @@ impl Trainer {
         tensors.insert("losses".into(), Tensor::new(self.losses.as_slice(), &Device::Cpu)?);
         let rng = json!({"seed": self.rng.get_seed().iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "stream": self.rng.get_stream(), "word_pos": self.rng.get_word_pos().to_string()});
-        let state = json!({"adam_step": adam_step, "rng": rng, "config": self.run_config});
+        let state = json!({"adam_step": adam_step, "rng": rng, "counter": self.counter, "config": self.run_config});
         save_checkpoint(&dir.join(CHECKPOINT), &tensors, &state)
     }
 
@@ -266,6 +269,7 @@ impl Trainer {
             bad("is past the requested number of steps")
         );
         self.rng = restore_rng(&state["rng"]).with_context(|| bad("has a malformed generator state"))?;
+        self.counter = state["counter"].as_u64().with_context(|| bad("lacks counter"))?;
         self.bar.set_position(self.losses.len() as u64);
         Ok(())
     }

@@ -114,6 +114,7 @@ pub fn distill(
     let student = Mlp::new(net.clone(), &trainer.params())?;
     let target_params = trainer.ema_params().unwrap_or_else(|| trainer.frozen_params());
     let target_net = Mlp::new(net.clone(), &target_params)?;
+    let resumed_evaluations = trainer.counter;
     while !trainer.finished() {
         let rng = trainer.rng();
         let (x0, labels) = data.batch(rng, cfg.batch)?;
@@ -127,12 +128,13 @@ pub fn distill(
             Method::Direct => direct::direct_targets(cfg.solver, &counted, &xt, &t, grid, &labels)?,
         };
         let pred = consistency(&student, &xt, &t, &labels)?;
+        trainer.counter = resumed_evaluations + counted.evaluations();
         trainer.step(&cfg.loss.apply(&pred, &target)?)?;
     }
     trainer.finish();
     Ok(Distilled {
         params: trainer.frozen_params(),
         losses: trainer.losses,
-        teacher_evaluations: counted.evaluations(),
+        teacher_evaluations: trainer.counter,
     })
 }
