@@ -356,3 +356,51 @@ fn a_trained_network_teacher_can_be_sampled_with_guidance() {
         "class 2",
     );
 }
+
+#[test]
+fn bench_reports_every_workload_and_the_direct_saving() {
+    let o = dcm(&[
+        "bench",
+        "--json",
+        "--dim",
+        "8",
+        "--hidden",
+        "32",
+        "--depth",
+        "1",
+        "--batch",
+        "100",
+        "--intervals",
+        "50",
+        "--repeats",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let names: Vec<&str> = r["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "teacher forward",
+            "teacher 50-interval guided DDIM sampling",
+            "one CM distillation step",
+            "one Direct distillation step"
+        ]
+    );
+    assert!(r["workloads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|w| w["seconds"].as_f64().unwrap() > 0.0));
+    // Start times spread evenly over N = 50 intervals: the active set saves exactly 2N/(N+1).
+    let ratio = r["direct_evaluation_ratio"].as_f64().unwrap();
+    assert!((ratio - 100.0 / 51.0).abs() < 1e-12, "{ratio}");
+    // in 8→32, embedding (64 time + 64 class)→32, one 32→32 block, out 32→8, 11 class rows of 64.
+    let expected = (8 * 32 + 32) + (128 * 32 + 32) + (32 * 32 + 32) + (32 * 8 + 8) + 11 * 64;
+    assert_eq!(r["parameters"].as_u64().unwrap(), expected);
+}
