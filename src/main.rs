@@ -20,9 +20,9 @@ use dcm::schedule::{ScheduleKind, T};
 use dcm::solver::{solve, Solver};
 use dcm::student::{portable_spec, Student, StudentConfig};
 use dcm::teacher::{NetworkTeacherConfig, Teacher, SPEC_HELP};
-use dcm::train::Checkpointing;
-use dcm::train_autoencoder::{decode_all, encode_all, reconstruction_mse, train_autoencoder, AutoencoderTraining};
-use dcm::train_featnet::{accuracy, train_featnet, FeatnetTraining};
+use dcm::train::{Checkpointing, ImageTraining};
+use dcm::train_autoencoder::{decode_all, encode_all, reconstruction_mse, train_autoencoder};
+use dcm::train_featnet::{accuracy, train_featnet};
 use dcm::train_teacher::{train_teacher, TeacherTraining};
 use dcm::{data::npy, model_dir, sampler::multistep_sample};
 use std::path::{Path, PathBuf};
@@ -606,7 +606,7 @@ fn train_teacher_cmd(a: TrainTeacherArgs) -> Result<()> {
     Ok(())
 }
 
-fn image_training(a: &ImageTrainArgs) -> Result<(Dataset, Dataset, OptimConfig)> {
+fn image_training(a: &ImageTrainArgs) -> Result<(Dataset, Dataset, ImageTraining)> {
     let data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
     ensure!(
         data.num_classes > 0,
@@ -620,22 +620,25 @@ fn image_training(a: &ImageTrainArgs) -> Result<(Dataset, Dataset, OptimConfig)>
         max_grad_norm: 1.0,
         cosine_decay: true,
     };
-    Ok((train, test, optim))
+    Ok((
+        train,
+        test,
+        ImageTraining {
+            steps: a.steps,
+            batch: a.batch,
+            optim,
+            seed: a.seed,
+        },
+    ))
 }
 
 fn train_featnet_cmd(a: TrainFeatnetArgs) -> Result<()> {
-    let (train, test, optim) = image_training(&a.common)?;
+    let (train, test, cfg) = image_training(&a.common)?;
     let c = &a.common;
     let net = FeatnetConfig {
         width: a.width,
         features: a.features,
         classes: train.num_classes,
-    };
-    let cfg = FeatnetTraining {
-        steps: c.steps,
-        batch: c.batch,
-        optim,
-        seed: c.seed,
     };
     let start = std::time::Instant::now();
     let (out_dir, ckpt) = c.run.checkpointing(serde_json::json!({"data": c.data}))?;
@@ -654,18 +657,12 @@ fn train_featnet_cmd(a: TrainFeatnetArgs) -> Result<()> {
 }
 
 fn train_autoencoder_cmd(a: TrainAutoencoderArgs) -> Result<()> {
-    let (train, test, optim) = image_training(&a.common)?;
+    let (train, test, cfg) = image_training(&a.common)?;
     let c = &a.common;
     let net = AutoencoderConfig {
         latent_channels: a.latent_channels,
         width: a.width,
         scale: 1.0,
-    };
-    let cfg = AutoencoderTraining {
-        steps: c.steps,
-        batch: c.batch,
-        optim,
-        seed: c.seed,
     };
     let start = std::time::Instant::now();
     let (out_dir, ckpt) = c.run.checkpointing(serde_json::json!({"data": c.data}))?;

@@ -28,6 +28,16 @@ pub struct Checkpointing {
     pub context: Value,
 }
 
+/// The schedule of a plain supervised training run (feature network, autoencoder).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageTraining {
+    pub steps: usize,
+    pub batch: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+}
+
 /// What a training loop needs besides its initial weights.
 pub struct TrainerOptions<'a> {
     pub what: &'a str,

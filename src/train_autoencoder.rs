@@ -5,26 +5,15 @@ use crate::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::data::Dataset;
 use crate::layers::{map_chunks, Params};
 use crate::noise::init_rng;
-use crate::optim::OptimConfig;
-use crate::train::{Checkpointing, Trainer, TrainerOptions};
+use crate::train::{Checkpointing, ImageTraining, Trainer, TrainerOptions};
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AutoencoderTraining {
-    pub steps: usize,
-    pub batch: usize,
-    pub optim: OptimConfig,
-    pub seed: u64,
-}
 
 /// Trains with `scale = 1`, then returns the config with the fitted scale.
 pub fn train_autoencoder(
     train: &Dataset,
     cfg_net: &AutoencoderConfig,
-    cfg: &AutoencoderTraining,
+    cfg: &ImageTraining,
     checkpointing: Checkpointing,
 ) -> Result<(AutoencoderConfig, Params, Vec<f32>)> {
     let unscaled = AutoencoderConfig {

@@ -5,21 +5,10 @@ use crate::data::Dataset;
 use crate::featnet::{Featnet, FeatnetConfig};
 use crate::layers::Params;
 use crate::noise::{init_rng, Rng};
-use crate::optim::OptimConfig;
-use crate::train::{Checkpointing, Trainer, TrainerOptions};
+use crate::train::{Checkpointing, ImageTraining, Trainer, TrainerOptions};
 use anyhow::{Context, Result};
 use candle_core::Tensor;
 use rand::Rng as _;
-use serde::{Deserialize, Serialize};
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FeatnetTraining {
-    pub steps: usize,
-    pub batch: usize,
-    pub optim: OptimConfig,
-    pub seed: u64,
-}
 
 /// Shifts each image by a random offset in [−2, 2]² (zero fill).
 fn random_shift(x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
@@ -50,7 +39,7 @@ pub fn accuracy(net: &Featnet, data: &Dataset) -> Result<f64> {
 pub fn train_featnet(
     train: &Dataset,
     cfg_net: &FeatnetConfig,
-    cfg: &FeatnetTraining,
+    cfg: &ImageTraining,
     checkpointing: Checkpointing,
 ) -> Result<(Params, Vec<f32>)> {
     let init = cfg_net.init(&mut init_rng(cfg.seed))?;
