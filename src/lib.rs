@@ -17,6 +17,7 @@ pub mod ema;
 pub mod evaluate;
 pub mod featnet;
 pub mod guidance;
+pub mod kernels;
 pub mod layers;
 pub mod loss;
 pub mod metrics;
