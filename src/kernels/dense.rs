@@ -89,7 +89,7 @@ impl Dense {
     }
 }
 
-fn cpu<'a>(t: &'a Storage) -> Result<&'a CpuStorage> {
+fn cpu(t: &Storage) -> Result<&CpuStorage> {
     match t {
         Storage::Cpu(s) => Ok(s),
         _ => candle_core::bail!("dense layer: CPU tensors only"),

@@ -16,7 +16,7 @@ fn exp(x: f32) -> f32 {
     let n = shifted - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
-    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.500_000_0] {
+    for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
         p = p * r + c;
     }
     // n sits in the low mantissa bits of `shifted`: 2^n built with integer ops that vectorize.
