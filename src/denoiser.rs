@@ -17,6 +17,18 @@ pub trait Denoiser {
 
     /// Predicted noise for `x` (shape `[B, …]`), timestep `t[b]` and label `labels[b]` per row.
     fn eps(&self, x: &Tensor, t: &[usize], labels: &Labels) -> Result<Tensor>;
+
+    /// Classifier-free guided prediction `ε_u + w (ε_c − ε_u)` (Ho & Salimans 2022), ε_u the
+    /// null-label prediction. By default one call on `[x; x]` with labels `[c; ∅]`; a network
+    /// may share work between the halves.
+    fn eps_guided(&self, x: &Tensor, t: &[usize], labels: &Labels, w: f64) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let x2 = Tensor::cat(&[x, x], 0)?;
+        let labels2: Vec<Option<u32>> = labels.iter().copied().chain(std::iter::repeat_n(None, b)).collect();
+        let e = self.eps(&x2, &[t, t].concat(), &labels2)?;
+        let (ec, eu) = (e.narrow(0, 0, b)?, e.narrow(0, b, b)?);
+        Ok((&eu + ((ec - &eu)? * w)?)?)
+    }
 }
 
 /// A tensor of shape `[B, 1, …, 1]` holding `values[b]` per row, ready to broadcast against `like`.

@@ -29,13 +29,6 @@ impl Denoiser for Guided<'_> {
         if self.w == 1.0 || !conditional {
             return self.inner.eps(x, t, labels);
         }
-        // One call on [x; x] with [c; ∅] labels: a network does one batched forward.
-        let b = x.dim(0)?;
-        let x2 = Tensor::cat(&[x, x], 0)?;
-        let t2 = [t, t].concat();
-        let labels2: Vec<Option<u32>> = labels.iter().copied().chain(std::iter::repeat_n(None, b)).collect();
-        let e = self.inner.eps(&x2, &t2, &labels2)?;
-        let (ec, eu) = (e.narrow(0, 0, b)?, e.narrow(0, b, b)?);
-        Ok((&eu + ((ec - &eu)? * self.w)?)?)
+        self.inner.eps_guided(x, t, labels, self.w)
     }
 }

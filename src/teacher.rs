@@ -219,4 +219,7 @@ impl Denoiser for Teacher {
     fn eps(&self, x: &Tensor, t: &[usize], labels: &Labels) -> Result<Tensor> {
         self.as_denoiser().eps(x, t, labels)
     }
+    fn eps_guided(&self, x: &Tensor, t: &[usize], labels: &Labels, w: f64) -> Result<Tensor> {
+        self.as_denoiser().eps_guided(x, t, labels, w)
+    }
 }

@@ -1,9 +1,10 @@
 //! The dense layer of the ε-MLP as one candle op with its own backward:
-//! `y = [x +] act(x) Wᵀ + b`, `act` = SiLU or identity — one pass over the activations
-//! and one matrix product instead of candle's separate SiLU, matmul, bias and residual
-//! passes (docs/PERFORMANCE.md). CPU only; other devices use candle's ops.
+//! `y = [x +] act(x) Wᵀ + b`, `act` = SiLU or identity. Each thread takes a block of rows
+//! through activation, residual, bias and product in one go, instead of candle's separate
+//! single-threaded SiLU, bias and residual passes around a matmul (docs/PERFORMANCE.md).
+//! CPU only; other devices use candle's ops.
 
-use super::gemm::{gemm, View};
+use super::gemm::{for_row_chunks, gemm, product, View};
 use super::silu::{silu, silu_backward};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
@@ -20,65 +21,20 @@ impl Dense {
     pub fn forward(self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
         x.apply_op3_arc(w, b, std::sync::Arc::new(Box::new(self)))
     }
-}
 
-/// A 2-D f32 CPU operand as a strided view.
-fn view<'a>(s: &'a CpuStorage, l: &Layout) -> Result<View<'a>> {
-    let data = s.as_slice::<f32>()?;
-    let (&[rows, cols], &[rs, cs]) = (l.dims(), l.stride()) else {
-        candle_core::bail!("dense layer: expected a matrix, got shape {:?}", l.dims())
-    };
-    Ok(View {
-        data: &data[l.start_offset()..],
-        rows,
-        cols,
-        rs,
-        cs,
-    })
-}
-
-/// The values of a 1-D or 2-D operand in row-major order.
-fn contiguous(v: View) -> Vec<f32> {
-    if v.cs == 1 && v.rs == v.cols {
-        return v.data[..v.rows * v.cols].to_vec();
-    }
-    (0..v.rows)
-        .flat_map(|i| (0..v.cols).map(move |j| v.data[i * v.rs + j * v.cs]))
-        .collect()
-}
-
-fn vector<'a>(s: &'a CpuStorage, l: &Layout, len: usize) -> Result<std::borrow::Cow<'a, [f32]>> {
-    let data = s.as_slice::<f32>()?;
-    match (l.dims(), l.contiguous_offsets()) {
-        (&[n], Some((start, end))) if n == len => Ok(std::borrow::Cow::Borrowed(&data[start..end])),
-        (&[n], None) if n == len => Ok(contiguous(View {
-            data: &data[l.start_offset()..],
-            rows: 1,
-            cols: n,
-            rs: 0,
-            cs: l.stride()[0],
-        })
-        .into()),
-        (dims, _) => candle_core::bail!("dense layer: bias of shape {dims:?}, expected [{len}]"),
-    }
-}
-
-impl Dense {
-    /// `act(x)` as a view, computing SiLU into `buf` when needed.
-    fn activation<'a>(self, x: View<'a>, buf: &'a mut Vec<f32>) -> View<'a> {
-        if !self.silu {
-            return x;
+    /// `act(x)` for a block of rows, row-major.
+    fn activation(self, x: View) -> Vec<f32> {
+        let mut a = row_major(x);
+        if self.silu {
+            silu(&mut a);
         }
-        let raw = contiguous(x);
-        buf.resize(raw.len(), 0.0);
-        silu(&raw, buf);
-        View::row_major(buf, x.rows, x.cols)
+        a
     }
 
-    fn check(self, x: View, w: View) -> Result<()> {
-        if x.cols != w.cols || (self.residual && w.rows != w.cols) {
+    fn check(self, x: View, w: View, bias_len: usize) -> Result<()> {
+        if x.cols != w.cols || bias_len != w.rows || (self.residual && w.rows != w.cols) {
             candle_core::bail!(
-                "dense layer: input [{}, {}] does not fit weight [{}, {}]",
+                "dense layer: input [{}, {}], weight [{}, {}] and bias [{bias_len}] do not fit",
                 x.rows,
                 x.cols,
                 w.rows,
@@ -89,11 +45,38 @@ impl Dense {
     }
 }
 
-fn cpu(t: &Storage) -> Result<&CpuStorage> {
-    match t {
-        Storage::Cpu(s) => Ok(s),
+/// A 1-D (as one row) or 2-D f32 CPU operand as a strided view.
+fn view<'a>(s: &'a CpuStorage, l: &Layout) -> Result<View<'a>> {
+    let data = &s.as_slice::<f32>()?[l.start_offset()..];
+    let (rows, cols, rs, cs) = match (l.dims(), l.stride()) {
+        (&[cols], &[cs]) => (1, cols, 0, cs),
+        (&[rows, cols], &[rs, cs]) => (rows, cols, rs, cs),
+        (dims, _) => candle_core::bail!("dense layer: expected a vector or matrix, got shape {dims:?}"),
+    };
+    Ok(View {
+        data,
+        rows,
+        cols,
+        rs,
+        cs,
+    })
+}
+
+fn tensor_view<'a>(s: &'a Storage, l: &Layout) -> Result<View<'a>> {
+    match s {
+        Storage::Cpu(s) => view(s, l),
         _ => candle_core::bail!("dense layer: CPU tensors only"),
     }
+}
+
+/// The values of a view in row-major order.
+fn row_major(v: View) -> Vec<f32> {
+    if v.cs == 1 && v.rs == v.cols {
+        return v.data[..v.rows * v.cols].to_vec();
+    }
+    (0..v.rows)
+        .flat_map(|i| (0..v.cols).map(move |j| v.data[i * v.rs + j * v.cs]))
+        .collect()
 }
 
 impl CustomOp3 for Dense {
@@ -110,22 +93,27 @@ impl CustomOp3 for Dense {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w) = (view(sx, lx)?, view(sw, lw)?);
-        self.check(x, w)?;
-        let bias = vector(sb, lb, w.rows)?;
-        let mut out = if self.residual {
-            contiguous(x)
-        } else {
-            vec![0f32; x.rows * w.rows]
-        };
-        let mut buf = Vec::new();
-        gemm(
-            self.activation(x, &mut buf),
-            w.t(),
-            &mut out,
-            Some(&bias),
-            self.residual,
-        );
+        let (x, w, b) = (view(sx, lx)?, view(sw, lw)?, view(sb, lb)?);
+        if lb.dims().len() != 1 {
+            candle_core::bail!("dense layer: bias of shape {:?}, expected a vector", lb.dims())
+        }
+        self.check(x, w, b.cols)?;
+        let bias = row_major(b);
+        let mut out = vec![0f32; x.rows * w.rows];
+        for_row_chunks(&mut out, w.rows, x.cols, |i0, out| {
+            let xs = x.rows(i0, out.len() / w.rows);
+            let a = self.activation(xs);
+            if self.residual {
+                out.copy_from_slice(&row_major(xs));
+            }
+            product(
+                View::row_major(&a, xs.rows, xs.cols),
+                w.t(),
+                out,
+                Some(&bias),
+                self.residual,
+            );
+        });
         Ok((CpuStorage::F32(out), Shape::from((x.rows, w.rows))))
     }
 
@@ -138,33 +126,35 @@ impl CustomOp3 for Dense {
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (gx, gw, gb) = {
-            let (sx, lx) = x.storage_and_layout();
-            let (sw, lw) = w.storage_and_layout();
-            let (sg, lg) = grad.storage_and_layout();
-            let (x, w, g) = (view(cpu(&sx)?, lx)?, view(cpu(&sw)?, lw)?, view(cpu(&sg)?, lg)?);
-            let mut buf = Vec::new();
-            let a = self.activation(x, &mut buf);
-            // dW = gᵀ act(x), db = Σ_rows g, d act = g W.
+            let ((sx, lx), (sw, lw), (sg, lg)) = (
+                x.storage_and_layout(),
+                w.storage_and_layout(),
+                grad.storage_and_layout(),
+            );
+            let (x, w, g) = (tensor_view(&sx, lx)?, tensor_view(&sw, lw)?, tensor_view(&sg, lg)?);
+            // dx = [g +] (g W) ⊙ act'(x), row block by row block.
+            let mut gx = vec![0f32; x.rows * x.cols];
+            for_row_chunks(&mut gx, x.cols, w.rows, |i0, gx| {
+                let rows = gx.len() / x.cols;
+                product(g.rows(i0, rows), w, gx, None, false);
+                if self.silu {
+                    silu_backward(&row_major(x.rows(i0, rows)), gx);
+                }
+                if self.residual {
+                    gx.iter_mut()
+                        .zip(row_major(g.rows(i0, rows)))
+                        .for_each(|(d, g)| *d += g);
+                }
+            });
+            // dW = gᵀ act(x), db = Σ_rows g.
+            let a = self.activation(x);
             let mut gw = vec![0f32; w.rows * w.cols];
-            gemm(g.t(), a, &mut gw, None, false);
+            gemm(g.t(), View::row_major(&a, x.rows, x.cols), &mut gw, None, false);
             let mut gb = vec![0f32; w.rows];
             for i in 0..g.rows {
                 for (s, j) in gb.iter_mut().zip(0..g.cols) {
                     *s += g.data[i * g.rs + j * g.cs];
                 }
-            }
-            let mut gx = if self.residual {
-                contiguous(g)
-            } else {
-                vec![0f32; x.rows * x.cols]
-            };
-            if self.silu {
-                let mut ga = vec![0f32; x.rows * x.cols];
-                gemm(g, w, &mut ga, None, false);
-                silu_backward(&contiguous(x), &mut ga);
-                gx.iter_mut().zip(&ga).for_each(|(d, a)| *d += a);
-            } else {
-                gemm(g, w, &mut gx, None, self.residual);
             }
             (gx, gw, gb)
         };
@@ -176,7 +166,6 @@ impl CustomOp3 for Dense {
         ))
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;

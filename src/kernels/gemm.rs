@@ -50,7 +50,7 @@ impl<'a> View<'a> {
     }
 
     /// The first `rows` rows from row `i0` on.
-    fn rows(self, i0: usize, rows: usize) -> Self {
+    pub fn rows(self, i0: usize, rows: usize) -> Self {
         Self {
             data: &self.data[i0 * self.rs..],
             rows,
@@ -67,31 +67,42 @@ impl<'a> View<'a> {
 /// `c ← a·b + bias`, or `c ← c + a·b + bias` when `accumulate`; `c` is row-major
 /// `a.rows × b.cols`, `bias` (one value per column) is optional.
 pub fn gemm(a: View, b: View, c: &mut [f32], bias: Option<&[f32]>, accumulate: bool) {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(b.rows == k && c.len() == m * n && bias.is_none_or(|v| v.len() == n));
-    assert!(a.in_bounds() && b.in_bounds(), "matrix view outside its data");
-    if m == 0 || n == 0 {
+    let n = b.cols;
+    for_row_chunks(c, n, a.cols, |i0, c| {
+        product(a.rows(i0, c.len() / n), b, c, bias, accumulate)
+    });
+}
+
+/// Runs `f(first_row, rows)` over the rows of the row-major `c` (`n` columns), split into one
+/// contiguous chunk per thread when each output needs `depth` multiply-adds and the whole
+/// is worth more than one thread.
+pub fn for_row_chunks(c: &mut [f32], n: usize, depth: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if n == 0 || c.is_empty() {
         return;
     }
-    let threads = if m * n * k < PARALLEL_WORK {
+    let m = c.len() / n;
+    let threads = if m * n * depth < PARALLEL_WORK {
         1
     } else {
         rayon::current_num_threads().min(m / MIN_ROWS).max(1)
     };
-    let rows_per_thread = m.div_ceil(threads);
-    let run = |t: usize, c: &mut [f32]| product(a.rows(t * rows_per_thread, c.len() / n), b, c, bias, accumulate);
     if threads == 1 {
-        run(0, c);
-    } else {
-        c.par_chunks_mut(rows_per_thread * n)
-            .enumerate()
-            .for_each(|(t, c)| run(t, c));
+        return f(0, c);
     }
+    let rows_per_thread = m.div_ceil(threads);
+    c.par_chunks_mut(rows_per_thread * n)
+        .enumerate()
+        .for_each(|(t, c)| f(t * rows_per_thread, c));
 }
 
-/// One thread's rows: the bias written (or added) first, then gemm accumulates into them.
-fn product(a: View, b: View, c: &mut [f32], bias: Option<&[f32]>, accumulate: bool) {
+/// `gemm` on the calling thread: the bias written (or added) first, then gemm accumulates.
+pub fn product(a: View, b: View, c: &mut [f32], bias: Option<&[f32]>, accumulate: bool) {
     let n = b.cols;
+    assert!(b.rows == a.cols && c.len() == a.rows * n && bias.is_none_or(|v| v.len() == n));
+    assert!(a.in_bounds() && b.in_bounds(), "matrix view outside its data");
+    if n == 0 || a.rows == 0 {
+        return;
+    }
     match (bias, accumulate) {
         (Some(bias), true) => c
             .chunks_mut(n)

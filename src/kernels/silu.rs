@@ -2,6 +2,8 @@
 //! slices, with a branch-free `exp` the compiler vectorizes (libm's `expf` runs one
 //! value at a time).
 
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
 /// `e^x` to about 2 ulp: `2^n · p(r)`, `x = n ln2 + r`, `|r| ≤ ln2/2`, `p` Cephes' degree-7
 /// polynomial; inputs clamped to the finite range, NaN kept.
 #[inline(always)]
@@ -29,11 +31,11 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-/// `out[i] = silu(x[i])`.
-pub fn silu(x: &[f32], out: &mut [f32]) {
+/// `x[i] ← silu(x[i])`.
+pub fn silu(x: &mut [f32]) {
     vectorized(|| {
-        for (o, &v) in out.iter_mut().zip(x) {
-            *o = v * sigmoid(v);
+        for v in x.iter_mut() {
+            *v *= sigmoid(*v);
         }
     })
 }
@@ -46,6 +48,57 @@ pub fn silu_backward(x: &[f32], grad: &mut [f32]) {
             *g *= s * (1.0 + v * (1.0 - s));
         }
     })
+}
+
+/// SiLU as a candle op (CPU) with this module's vectorized forward and backward.
+pub struct Silu;
+
+impl Silu {
+    pub fn forward(x: &Tensor) -> Result<Tensor> {
+        x.apply_op1_arc(std::sync::Arc::new(Box::new(Silu)))
+    }
+}
+
+impl CustomOp1 for Silu {
+    fn name(&self) -> &'static str {
+        "silu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut v = contiguous_values(s, l)?;
+        silu(&mut v);
+        Ok((CpuStorage::F32(v), l.shape().clone()))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let x = x.flatten_all()?.to_vec1::<f32>()?;
+        let mut g = grad.flatten_all()?.to_vec1::<f32>()?;
+        silu_backward(&x, &mut g);
+        Ok(Some(Tensor::from_vec(g, grad.shape(), grad.device())?))
+    }
+}
+
+/// The f32 values of a CPU operand in row-major order.
+fn contiguous_values(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
+    let data = s.as_slice::<f32>()?;
+    if let Some((start, end)) = l.contiguous_offsets() {
+        return Ok(data[start..end].to_vec());
+    }
+    // Walk the multi-index in row-major order, last axis fastest.
+    let (dims, stride) = (l.dims(), l.stride());
+    let mut index = vec![0usize; dims.len()];
+    let mut out = Vec::with_capacity(l.shape().elem_count());
+    for _ in 0..l.shape().elem_count() {
+        out.push(data[l.start_offset() + index.iter().zip(stride).map(|(i, s)| i * s).sum::<usize>()]);
+        for (i, &d) in index.iter_mut().zip(dims).rev() {
+            *i += 1;
+            if *i < d {
+                break;
+            }
+            *i = 0;
+        }
+    }
+    Ok(out)
 }
 
 /// Runs `f` compiled for AVX2/FMA where the CPU has them, so its loops vectorize 8-wide.
@@ -89,8 +142,8 @@ mod tests {
             .map(|i| -40.0 + 0.02 * i as f32)
             .chain([f32::NAN, -1e30, 1e30])
             .collect();
-        let mut y = vec![0f32; x.len()];
-        silu(&x, &mut y);
+        let mut y = x.clone();
+        silu(&mut y);
         let mut g = vec![1f32; x.len()];
         silu_backward(&x, &mut g);
         for ((&v, &yv), &gv) in x.iter().zip(&y).zip(&g).take(4001) {
@@ -103,6 +156,8 @@ mod tests {
             assert!((gv as f64 - want_g).abs() <= 1e-6, "silu'({v}) = {gv}, want {want_g}");
         }
         assert!(y[4001].is_nan() && g[4001].is_nan());
+        let op = Silu::forward(&Tensor::new(&x[..4001], &candle_core::Device::Cpu).unwrap()).unwrap();
+        assert_eq!(op.to_vec1::<f32>().unwrap(), y[..4001]);
         assert!(y[4002].abs() < 1e-8 && g[4002].abs() < 1e-8, "silu at −∞ must vanish");
         assert_eq!((y[4003], g[4003]), (1e30, 1.0));
     }
