@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
 # Runs `dcm bench` and the PyTorch-eager reference on this machine with the same
-# thread count and sizes, and prints the ratio table. The last line is
+# thread count and sizes, alternating ROUNDS times (default 3) so that a burst of load
+# from other tenants hits both, and prints the ratio table from the median round of each.
+# The last line is
 #   min speedup vs PyTorch: X.XX
 # (dcm throughput / PyTorch throughput on the worst workload).
-# Usage: bench/compare.sh [extra flags for both, e.g. --batch 128]; THREADS=2 by default.
+# Usage: bench/compare.sh [extra flags for both, e.g. --batch 128]; THREADS=2, ROUNDS=3 by default.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
+ROUNDS=${ROUNDS:-3}
 cargo build --release --quiet
 out=$(mktemp -d)
-RAYON_NUM_THREADS=$THREADS ./target/release/dcm bench --json "$@" > "$out/dcm.json"
-python3 bench/torch_reference.py --threads "$THREADS" "$@" > "$out/torch.json"
-python3 - "$out/dcm.json" "$out/torch.json" <<'PY'
-import json, sys
-d, t = (json.load(open(p)) for p in sys.argv[1:3])
-assert d["parameters"] == t["parameters"], f"parameter counts differ: dcm {d['parameters']} vs torch {t['parameters']}"
-print(f"{d['parameters']} parameters, batch {d['batch']}, N = {d['intervals']}, torch {t['torch']}, {t['threads']} threads")
+for r in $(seq "$ROUNDS"); do
+  RAYON_NUM_THREADS=$THREADS ./target/release/dcm bench --json "$@" > "$out/dcm.$r.json"
+  python3 bench/torch_reference.py --threads "$THREADS" "$@" > "$out/torch.$r.json"
+done
+python3 - "$out" "$ROUNDS" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+load = lambda who: [json.load(open(f"{out}/{who}.{r}.json")) for r in range(1, rounds + 1)]
+d, t = load("dcm"), load("torch")
+assert d[0]["parameters"] == t[0]["parameters"], f"parameter counts differ: dcm {d[0]['parameters']} vs torch {t[0]['parameters']}"
+print(f"{d[0]['parameters']} parameters, batch {d[0]['batch']}, N = {d[0]['intervals']}, torch {t[0]['torch']}, {t[0]['threads']} threads, {rounds} alternating rounds")
 print("| workload | dcm ms | PyTorch ms | dcm / PyTorch throughput |")
 print("|---|---|---|---|")
 ratios = []
-for a, b in zip(d["workloads"], t["workloads"]):
-    assert a["name"] == b["name"], (a["name"], b["name"])
-    r = a["samples_per_second"] / b["samples_per_second"]
-    ratios.append(r)
-    print(f"| {a['name']} | {1e3 * a['seconds']:.2f} | {1e3 * b['seconds']:.2f} | {r:.2f}x |")
-print(f"Direct targets: {d['direct_evaluation_ratio']:.2f}x fewer teacher evaluations than the whole batch; dcm peak memory {d['peak_memory_mib']:.0f} MiB")
+for i, w in enumerate(d[0]["workloads"]):
+    assert w["name"] == t[0]["workloads"][i]["name"], (w["name"], t[0]["workloads"][i]["name"])
+    ds = statistics.median(run["workloads"][i]["seconds"] for run in d)
+    ts = statistics.median(run["workloads"][i]["seconds"] for run in t)
+    ratios.append(ts / ds)
+    print(f"| {w['name']} | {1e3 * ds:.2f} | {1e3 * ts:.2f} | {ts / ds:.2f}x |")
+print(f"Direct targets: {d[0]['direct_evaluation_ratio']:.2f}x fewer teacher evaluations than the whole batch; dcm peak memory {max(r['peak_memory_mib'] for r in d):.0f} MiB")
 print(f"min speedup vs PyTorch: {min(ratios):.2f}")
 PY

@@ -811,6 +811,12 @@ fn parse_args() -> Result<Cli, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // candle's element-wise pool spins for its next job after each op, taking a core from
+    // the matrix products that carry the work (dcm's own kernels and gemm run on rayon);
+    // the remaining candle ops are small enough for one thread (docs/PERFORMANCE.md).
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     let cli = match parse_args() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -818,7 +824,13 @@ fn main() -> ExitCode {
     if let Err(e) = dcm::signals::install() {
         eprintln!("warning: cannot install signal handlers: {e}");
     }
-    let result = match cli.command {
+    // The command runs on a worker of rayon's pool, so the parallel kernels it calls split
+    // work with the other workers directly instead of handing it over from outside the pool.
+    exit_code(rayon::scope(|_| run(cli.command)))
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Sample(a) => sample(a),
         Command::Distill(a) => distill_cmd(a),
         Command::Eval(a) => eval(a),
@@ -827,7 +839,10 @@ fn main() -> ExitCode {
         Command::TrainFeatnet(a) => train_featnet_cmd(a),
         Command::Reproduce(a) => reproduce_cmd(a),
         Command::Bench(a) => bench_cmd(a),
-    };
+    }
+}
+
+fn exit_code(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

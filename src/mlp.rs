@@ -8,7 +8,7 @@ use crate::kernels::dense::Dense;
 use crate::kernels::silu::Silu;
 use crate::layers::{param, Init, Params};
 use crate::noise::Rng;
-use crate::schedule::{Schedule, ScheduleKind};
+use crate::schedule::{Schedule, ScheduleKind, T};
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -71,6 +71,8 @@ pub struct Mlp {
     /// (weight `[out, in]`, bias `[out]`) per layer, in `MlpConfig::layers` order.
     layers: Vec<Layer>,
     class_emb: Tensor,
+    /// `timestep_embedding` of every timestep 0..=T, computed once.
+    sinusoids: Tensor,
     /// Run the layers as `Dense` ops on CPU (false: candle's generic ops everywhere).
     fused: bool,
 }
@@ -87,7 +89,9 @@ impl Mlp {
             })
             .collect::<Result<_>>()?;
         let class_emb = param(params, "class_emb", &[cfg.num_classes + 1, cfg.time_dim])?;
+        let all: Vec<usize> = (0..=T).collect();
         Ok(Self {
+            sinusoids: timestep_embedding(&all, cfg.time_dim, class_emb.device())?,
             schedule: Schedule::new(cfg.schedule),
             cfg,
             layers,
@@ -179,7 +183,13 @@ impl Mlp {
         let index: Vec<u32> = t.iter().zip(ids).map(|(&t, &c)| row((t, c))).collect();
         let (ut, uc): (Vec<usize>, Vec<u32>) = pairs.iter().copied().unzip();
         let cemb = self.class_emb.index_select(&Tensor::new(uc, device)?, 0)?;
-        let emb = Tensor::cat(&[&timestep_embedding(&ut, self.cfg.time_dim, device)?, &cemb], 1)?;
+        let temb = if ut.iter().all(|&t| t <= T) {
+            let rows: Vec<u32> = ut.iter().map(|&t| t as u32).collect();
+            self.sinusoids.index_select(&Tensor::new(rows, device)?, 0)?
+        } else {
+            timestep_embedding(&ut, self.cfg.time_dim, device)?
+        };
+        let emb = Tensor::cat(&[&temb, &cemb], 1)?;
         let (_, embed, ..) = self.parts()?;
         Ok(self
             .dense(embed, &emb, false, false)?

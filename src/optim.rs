@@ -1,8 +1,8 @@
 //! AdamW (Loshchilov & Hutter 2019, PyTorch's ordering: decoupled decay, then the
 //! bias-corrected Adam step) and global gradient-norm clipping.
 
-use anyhow::Result;
-use candle_core::{backprop::GradStore, Tensor, Var};
+use anyhow::{bail, Context, Result};
+use candle_core::{backprop::GradStore, Layout, Storage, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -74,48 +74,139 @@ impl AdamW {
     }
 
     /// One update of every var at learning rate `lr`; a var without a gradient has gradient 0.
-    pub fn step(&mut self, vars: &[Var], grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update with every gradient multiplied by `grad_scale` (the clipping factor).
+    pub fn step(&mut self, vars: &[Var], grads: &GradStore, lr: f64, grad_scale: f64) -> Result<()> {
         self.step += 1;
-        let (b1, b2) = (self.beta1, self.beta2);
-        let (c1, c2) = (1.0 - b1.powi(self.step), 1.0 - b2.powi(self.step));
+        let h = Hyper {
+            b1: self.beta1 as f32,
+            b2: self.beta2 as f32,
+            a1: (1.0 - self.beta1) as f32,
+            a2: (1.0 - self.beta2) as f32,
+            c1: (1.0 - self.beta1.powi(self.step)) as f32,
+            c2: (1.0 - self.beta2.powi(self.step)) as f32,
+            eps: self.eps as f32,
+            lr: lr as f32,
+            keep: (1.0 - lr * self.cfg.weight_decay) as f32,
+            scale: grad_scale as f32,
+        };
         for (i, var) in vars.iter().enumerate() {
             let g = match grads.get(var) {
-                Some(g) => g.clone(),
+                Some(g) => g.contiguous()?,
                 None => var.zeros_like()?,
             };
-            // Detached: gradients carry a graph, and the moments must not chain every past step.
-            self.m[i] = ((&self.m[i] * b1)? + (&g * (1.0 - b1))?)?.detach();
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?.detach();
-            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + self.eps)?)?;
-            let decayed = (var.as_tensor() * (1.0 - lr * self.cfg.weight_decay))?;
-            var.set(&(decayed - (update * lr)?)?)?;
+            let (p, m, v) = if var.device().is_cpu() {
+                fused_update(var.as_tensor(), &g, &self.m[i], &self.v[i], &h)?
+            } else {
+                generic_update(var.as_tensor(), &g, &self.m[i], &self.v[i], &h)?
+            };
+            var.set(&p)?;
+            (self.m[i], self.v[i]) = (m, v);
         }
         Ok(())
     }
 }
 
-/// Scales all gradients so their global L2 norm is at most `max_norm`; returns the norm before clipping.
-pub fn clip_grad_norm(vars: &[Var], grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+/// One step's constants, in f32 as the arithmetic runs.
+struct Hyper {
+    b1: f32,
+    b2: f32,
+    /// 1 − β, rounded from f64 (1 − β₁ in f32 is off by 2e-7 relative).
+    a1: f32,
+    a2: f32,
+    /// Bias corrections 1 − β^step.
+    c1: f32,
+    c2: f32,
+    eps: f32,
+    lr: f32,
+    /// Decoupled weight decay factor 1 − lr·λ.
+    keep: f32,
+    scale: f32,
+}
+
+impl Hyper {
+    /// `m ← β₁m + (1−β₁)g`, `v ← β₂v + (1−β₂)g²`, `p ← p(1 − lrλ) − lr m̂/(√v̂ + ε)`.
+    #[inline(always)]
+    fn apply(&self, p: f32, g: f32, m: f32, v: f32) -> (f32, f32, f32) {
+        let g = g * self.scale;
+        let m = m * self.b1 + g * self.a1;
+        let v = v * self.b2 + g * g * self.a2;
+        let update = (m / self.c1) / ((v / self.c2).sqrt() + self.eps);
+        (p * self.keep - update * self.lr, m, v)
+    }
+}
+
+/// The update as one pass over (p, g, m, v), split across threads (CPU tensors).
+fn fused_update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &Hyper) -> Result<(Tensor, Tensor, Tensor)> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    let n = p.elem_count();
+    let (mut p1, mut m1, mut v1) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+    {
+        let guards = [p, g, m, v].map(|t| t.storage_and_layout());
+        let [p0, g0, m0, v0] = [0, 1, 2, 3].map(|i| cpu_slice(&guards[i].0, guards[i].1));
+        let (p0, g0, m0, v0) = (p0?, g0?, m0?, v0?);
+        p1.par_chunks_mut(CHUNK)
+            .zip(m1.par_chunks_mut(CHUNK))
+            .zip(v1.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(c, ((p1, m1), v1))| {
+                let r = c * CHUNK..c * CHUNK + p1.len();
+                let inputs = p0[r.clone()].iter().zip(&g0[r.clone()]).zip(&m0[r.clone()]).zip(&v0[r]);
+                for ((((&p, &g), &m), &v), ((po, mo), vo)) in inputs.zip(p1.iter_mut().zip(m1.iter_mut()).zip(v1)) {
+                    (*po, *mo, *vo) = h.apply(p, g, m, v);
+                }
+            });
+    }
+    let t = |data| Tensor::from_vec(data, p.shape(), p.device());
+    Ok((t(p1)?, t(m1)?, t(v1)?))
+}
+
+/// The same update from candle's tensor ops (any device).
+fn generic_update(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: &Hyper) -> Result<(Tensor, Tensor, Tensor)> {
+    let g = (g * h.scale as f64)?;
+    // Detached: gradients carry a graph, and the moments must not chain every past step.
+    let m = ((m * h.b1 as f64)? + (&g * h.a1 as f64)?)?.detach();
+    let v = ((v * h.b2 as f64)? + (g.sqr()? * h.a2 as f64)?)?.detach();
+    let update = ((&m / h.c1 as f64)? / ((&v / h.c2 as f64)?.sqrt()? + h.eps as f64)?)?;
+    let p = ((p * h.keep as f64)? - (update * h.lr as f64)?)?.detach();
+    Ok((p, m, v))
+}
+
+/// The values of a contiguous f32 CPU tensor.
+fn cpu_slice<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
+    let Storage::Cpu(s) = storage else {
+        bail!("expected a CPU tensor")
+    };
+    let (start, end) = layout.contiguous_offsets().context("expected a contiguous tensor")?;
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// The global L2 norm of all gradients.
+pub fn grad_norm(vars: &[Var], grads: &GradStore) -> Result<f64> {
     let mut total = 0f64;
-    for var in vars {
-        if let Some(g) = grads.get(var) {
-            total += g
+    for g in vars.iter().filter_map(|v| grads.get(v)) {
+        let g = g.contiguous()?;
+        let (storage, layout) = g.storage_and_layout();
+        total += match cpu_slice(&storage, layout) {
+            Ok(values) => values.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>(),
+            Err(_) => g
                 .sqr()?
                 .sum_all()?
                 .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-        }
+                .to_scalar::<f64>()?,
+        };
     }
-    let norm = total.sqrt();
+    Ok(total.sqrt())
+}
+
+/// The factor that brings a gradient of norm `norm` within `max_norm` (1 when it already
+/// is, or when clipping is off: `max_norm` ≤ 0), as PyTorch's `clip_grad_norm_`.
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm > max_norm {
-        let scale = max_norm / (norm + 1e-6);
-        for var in vars {
-            if let Some(g) = grads.remove(var) {
-                grads.insert(var, (g * scale)?);
-            }
-        }
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
     }
-    Ok(norm)
 }
 
 #[cfg(test)]
@@ -138,7 +229,7 @@ mod tests {
         let (mut m, mut v) = ([0f64; 2], [0f64; 2]);
         for step in 1..=2 {
             let loss = (var.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap();
-            opt.step(std::slice::from_ref(&var), &loss.backward().unwrap(), cfg.lr)
+            opt.step(std::slice::from_ref(&var), &loss.backward().unwrap(), cfg.lr, 1.0)
                 .unwrap();
             for i in 0..2 {
                 let g = theta[i];
@@ -167,12 +258,46 @@ mod tests {
             .unwrap()
             .sum_all()
             .unwrap();
-        let vars = [a.clone(), b.clone()];
-        let mut grads = loss.backward().unwrap();
-        let norm = clip_grad_norm(&vars, &mut grads, 1.0).unwrap();
+        let grads = loss.backward().unwrap();
+        let norm = grad_norm(&[a, b], &grads).unwrap();
         assert!((norm - 5.0).abs() < 1e-6);
-        let ga = grads.get(&a).unwrap().to_vec1::<f32>().unwrap()[0];
-        let gb = grads.get(&b).unwrap().to_vec1::<f32>().unwrap()[0];
-        assert!(((ga * ga + gb * gb).sqrt() - 1.0).abs() < 1e-5 && (ga / gb - 0.75).abs() < 1e-5);
+        assert!((clip_scale(norm, 1.0) * norm - 1.0).abs() < 1e-6);
+        assert_eq!((clip_scale(norm, 10.0), clip_scale(norm, 0.0)), (1.0, 1.0));
+    }
+
+    /// The one-pass CPU update equals the tensor-op update (used on GPUs), across chunk
+    /// boundaries and with a clipping factor.
+    #[test]
+    fn fused_update_matches_tensor_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let n = 100_003;
+        let (mut p, mut m, mut v) = (
+            Tensor::randn(0f32, 1.0, n, &dev)?,
+            Tensor::zeros(n, candle_core::DType::F32, &dev)?,
+            Tensor::zeros(n, candle_core::DType::F32, &dev)?,
+        );
+        let (mut pg, mut mg, mut vg) = (p.clone(), m.clone(), v.clone());
+        for step in 1..=3 {
+            let g = Tensor::randn(0f32, 1.0, n, &dev)?;
+            let h = Hyper {
+                b1: 0.9,
+                b2: 0.999,
+                a1: 0.1,
+                a2: 0.001,
+                c1: 1.0 - 0.9f32.powi(step),
+                c2: 1.0 - 0.999f32.powi(step),
+                eps: 1e-8,
+                lr: 1e-3,
+                keep: 1.0 - 1e-5,
+                scale: 0.5,
+            };
+            (p, m, v) = fused_update(&p, &g, &m, &v, &h)?;
+            (pg, mg, vg) = generic_update(&pg, &g, &mg, &vg, &h)?;
+        }
+        for (a, b) in [(&p, &pg), (&m, &mg), (&v, &vg)] {
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            assert!(diff < 1e-6, "fused and tensor-op updates differ by {diff}");
+        }
+        Ok(())
     }
 }

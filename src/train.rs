@@ -6,7 +6,7 @@ use crate::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
 use crate::ema::Ema;
 use crate::layers::Params;
 use crate::noise::{seeded, Rng};
-use crate::optim::{clip_grad_norm, AdamW, OptimConfig};
+use crate::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
 use crate::signals::{requested, Interrupted};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor, Var};
@@ -152,10 +152,10 @@ impl Trainer {
             self.bar.abandon();
             bail!("loss is {value} at step {step}; stopped without saving (the last checkpoint is kept)");
         }
-        let mut grads = loss.backward()?;
-        clip_grad_norm(&self.vars, &mut grads, self.cfg.max_grad_norm)?;
+        let grads = loss.backward()?;
+        let scale = clip_scale(grad_norm(&self.vars, &grads)?, self.cfg.max_grad_norm);
         self.opt
-            .step(&self.vars, &grads, self.cfg.lr_at(step - 1, self.total))?;
+            .step(&self.vars, &grads, self.cfg.lr_at(step - 1, self.total), scale)?;
         if let Some(e) = &self.ema {
             e.update(&self.vars)?;
         }
