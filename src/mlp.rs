@@ -12,6 +12,7 @@ use crate::schedule::{Schedule, ScheduleKind, T};
 use anyhow::{ensure, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,9 +90,8 @@ impl Mlp {
             })
             .collect::<Result<_>>()?;
         let class_emb = param(params, "class_emb", &[cfg.num_classes + 1, cfg.time_dim])?;
-        let all: Vec<usize> = (0..=T).collect();
         Ok(Self {
-            sinusoids: timestep_embedding(&all, cfg.time_dim, class_emb.device())?,
+            sinusoids: sinusoid_table(cfg.time_dim, class_emb.device())?,
             schedule: Schedule::new(cfg.schedule),
             cfg,
             layers,
@@ -118,6 +118,22 @@ pub fn timestep_embedding(t: &[usize], dim: usize, device: &Device) -> Result<Te
         v.extend(freqs.iter().map(|f| (ti as f64 * f).cos() as f32));
     }
     Ok(Tensor::from_vec(v, (t.len(), dim), device)?)
+}
+
+/// `timestep_embedding` of every timestep 0..=T, computed once per width for the whole
+/// process (a distillation run builds several networks; 64k sines and cosines each).
+fn sinusoid_table(dim: usize, device: &Device) -> Result<Tensor> {
+    static TABLES: std::sync::Mutex<BTreeMap<usize, Tensor>> = std::sync::Mutex::new(BTreeMap::new());
+    let mut tables = TABLES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let table = match tables.get(&dim) {
+        Some(t) => t.clone(),
+        None => {
+            let t = timestep_embedding(&(0..=T).collect::<Vec<_>>(), dim, &Device::Cpu)?;
+            tables.insert(dim, t.clone());
+            t
+        }
+    };
+    Ok(table.to_device(device)?)
 }
 
 impl Denoiser for Mlp {
