@@ -21,7 +21,8 @@ import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
 load = lambda who: [json.load(open(f"{out}/{who}.{r}.json")) for r in range(1, rounds + 1)]
 d, t = load("dcm"), load("torch")
-assert d[0]["parameters"] == t[0]["parameters"], f"parameter counts differ: dcm {d[0]['parameters']} vs torch {t[0]['parameters']}"
+for key in ("parameters", "conv_parameters"):
+    assert d[0][key] == t[0][key], f"{key} differ: dcm {d[0][key]} vs torch {t[0][key]}"
 print(f"{d[0]['parameters']} parameters, batch {d[0]['batch']}, N = {d[0]['intervals']}, torch {t[0]['torch']}, {t[0]['threads']} threads, {rounds} alternating rounds")
 print("| workload | dcm ms | PyTorch ms | dcm / PyTorch throughput |")
 print("|---|---|---|---|")

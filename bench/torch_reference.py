@@ -38,6 +38,37 @@ class Mlp(nn.Module):
         return self.out(F.silu(h))
 
 
+class Decoder(nn.Module):
+    """The autoencoder's decoder at the shipped sizes (dec.0-3 of src/autoencoder.rs)."""
+
+    def __init__(self, latent=4, w=16):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(latent, 2 * w, 3, padding=1), nn.Conv2d(2 * w, 2 * w, 3, padding=1),
+                                    nn.Conv2d(2 * w, w, 3, padding=1), nn.Conv2d(w, 1, 3, padding=1)])
+
+    def forward(self, z):
+        c = self.convs
+        h = F.silu(c[1](F.silu(c[0](z))))
+        h = F.silu(c[2](F.interpolate(h, scale_factor=2, mode="nearest")))
+        return torch.sigmoid(c[3](F.interpolate(h, scale_factor=2, mode="nearest")))
+
+
+class Featnet(nn.Module):
+    """The feature network at the shipped sizes (src/featnet.rs), up to the 128-d features."""
+
+    def __init__(self, w=32, features=128, classes=10):
+        super().__init__()
+        self.convs = nn.ModuleList([nn.Conv2d(1, w, 3, 2, 1), nn.Conv2d(w, 2 * w, 3, 2, 1), nn.Conv2d(2 * w, 2 * w, 3, 1, 1)])
+        self.fc = nn.Linear(2 * w * 49, features)
+        self.head = nn.Linear(features, classes)
+
+    def forward(self, x):
+        h = 2 * x - 1
+        for c in self.convs:
+            h = F.silu(c(h))
+        return F.silu(self.fc(h.flatten(1)))
+
+
 def schedule():
     betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, T, dtype=torch.float64) ** 2
     ab = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - betas, 0)])
@@ -140,6 +171,17 @@ def main():
         with torch.no_grad():
             teacher(x, t, labels)
 
+    decoder, featnet = Decoder().requires_grad_(False), Featnet().requires_grad_(False)
+    z, images = torch.randn(a.batch, 4, 7, 7), torch.rand(a.batch, 1, 28, 28)
+
+    def decode():
+        with torch.no_grad():
+            decoder(z)
+
+    def features():
+        with torch.no_grad():
+            featnet(images)
+
     b = a.batch
     work = []
     for name, warm, reps, f in [
@@ -147,11 +189,14 @@ def main():
         (f"teacher {a.intervals}-interval guided DDIM sampling", 1, -(-a.repeats // 4), sample),
         ("one CM distillation step", 2, a.repeats, lambda: distill_step("cm", teacher, student, opt, x, labels, a.intervals, a.guidance)),
         ("one Direct distillation step", 2, a.repeats, lambda: distill_step("direct", teacher, student, opt, x, labels, a.intervals, a.guidance)),
+        ("autoencoder decode", 3, a.repeats, decode),
+        ("feature network forward", 3, a.repeats, features),
     ]:
         s = timed(warm, reps, f)
         work.append({"name": name, "seconds": s, "samples_per_second": b / s})
     params = sum(p.numel() for p in teacher.parameters())
-    print(json.dumps({"parameters": params, "threads": a.threads, "torch": torch.__version__, "workloads": work}, indent=2))
+    conv_params = [sum(p.numel() for p in m.parameters()) for m in (decoder, featnet)]
+    print(json.dumps({"parameters": params, "conv_parameters": conv_params, "threads": a.threads, "torch": torch.__version__, "workloads": work}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 //! warm-up, with teacher-evaluation counts and peak memory — the figures compared
 //! against PyTorch eager by `bench/compare.sh`.
 
+use crate::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::data::Dataset;
+use crate::featnet::{Featnet, FeatnetConfig};
 use crate::denoiser::Denoiser;
 use crate::discretization::Discretization;
 use crate::distill::{distill, DistillConfig, Method};
@@ -37,6 +39,8 @@ pub struct BenchReport {
     pub intervals: usize,
     pub threads: usize,
     pub workloads: Vec<Workload>,
+    /// Parameters of the shipped-size autoencoder and feature network the conv workloads use.
+    pub conv_parameters: [usize; 2],
     /// Direct targets: teacher evaluations of the whole-batch reference over the active set's.
     pub direct_evaluation_ratio: f64,
     pub peak_memory_mib: f64,
@@ -153,7 +157,10 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
             teacher_evaluations: Some(evals),
         });
     }
+    let (conv, conv_parameters) = conv_workloads(s)?;
+    workloads.extend(conv);
     Ok(BenchReport {
+        conv_parameters,
         parameters: s.params.values().map(|p| p.elem_count()).sum(),
         net: s.net.clone(),
         batch: s.batch,
@@ -163,6 +170,42 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
         workloads,
         peak_memory_mib: peak_memory_mib(),
     })
+}
+
+/// The image networks at the shipped sizes (fresh weights): decoding a batch of latents to
+/// images (what evaluation does per sample) and the feature network's forward (the metrics).
+fn conv_workloads(s: &BenchSetup) -> Result<(Vec<Workload>, [usize; 2])> {
+    let mut rng = seeded(1);
+    let ae_cfg = AutoencoderConfig {
+        latent_channels: 4,
+        width: 16,
+        scale: 1.0,
+    };
+    let ae_params = ae_cfg.init(&mut rng)?;
+    let ae = Autoencoder::new(ae_cfg, &ae_params)?;
+    let fn_cfg = FeatnetConfig {
+        width: 32,
+        features: 128,
+        classes: 10,
+    };
+    let fn_params = fn_cfg.init(&mut rng)?;
+    let featnet = Featnet::new(fn_cfg, &fn_params)?;
+    let z = standard_normal(&mut rng, (s.batch, 4, 7, 7), &Device::Cpu)?;
+    let images = candle_core::Tensor::rand(0f32, 1.0, (s.batch, 1, 28, 28), &Device::Cpu)?;
+    let decode = time(3, s.repeats, || ae.decode(&z).map(|_| ()))?;
+    let features = time(3, s.repeats, || featnet.features(&images).map(|_| ()))?;
+    let workload = |name: &str, seconds: f64| Workload {
+        name: name.into(),
+        seconds,
+        samples_per_second: s.batch as f64 / seconds,
+        teacher_evaluations: None,
+    };
+    // Only the decoder's weights take part in decoding.
+    let decoder = ae_params.iter().filter(|(k, _)| k.starts_with("dec.")).map(|(_, p)| p.elem_count()).sum();
+    Ok((
+        vec![workload("autoencoder decode", decode), workload("feature network forward", features)],
+        [decoder, fn_params.values().map(|p| p.elem_count()).sum()],
+    ))
 }
 
 /// Teacher evaluations of the whole-batch Direct targets over the active set's, with start
