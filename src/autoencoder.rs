@@ -2,10 +2,10 @@
 //! SDXL's VAE hosts the paper's: 1×28×28 images ↔ C×7×7 latents. Latents are
 //! multiplied by `scale` (fitted to unit variance, SD's 0.18215 in spirit).
 
-use crate::layers::{conv, upsample2x, Init, Params};
+use crate::layers::{conv, conv_act, upsample2x, Init, Params};
 use crate::noise::Rng;
 use anyhow::{ensure, Result};
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::Conv2d;
 use serde::{Deserialize, Serialize};
 
@@ -82,10 +82,7 @@ impl Autoencoder {
         );
         let mut h = x.affine(2.0, -1.0)?;
         for (i, layer) in self.enc.iter().enumerate() {
-            h = layer.forward(&h)?;
-            if i + 1 < self.enc.len() {
-                h = h.silu()?;
-            }
+            h = conv_act(layer, &h, i + 1 < self.enc.len())?;
         }
         Ok((h * self.cfg.scale)?)
     }
@@ -93,9 +90,13 @@ impl Autoencoder {
     /// Scaled latents → images in [0, 1].
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
         let h = (z / self.cfg.scale)?;
-        let h = self.dec[0].forward(&h)?.silu()?;
-        let h = self.dec[1].forward(&h)?.silu()?;
-        let h = self.dec[2].forward(&upsample2x(&h)?)?.silu()?;
-        Ok(candle_nn::ops::sigmoid(&self.dec[3].forward(&upsample2x(&h)?)?)?)
+        let h = conv_act(&self.dec[0], &h, true)?;
+        let h = conv_act(&self.dec[1], &h, true)?;
+        let h = conv_act(&self.dec[2], &upsample2x(&h)?, true)?;
+        Ok(candle_nn::ops::sigmoid(&conv_act(
+            &self.dec[3],
+            &upsample2x(&h)?,
+            false,
+        )?)?)
     }
 }

@@ -4,10 +4,10 @@
 
 use crate::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::data::Dataset;
-use crate::featnet::{Featnet, FeatnetConfig};
 use crate::denoiser::Denoiser;
 use crate::discretization::Discretization;
 use crate::distill::{distill, DistillConfig, Method};
+use crate::featnet::{Featnet, FeatnetConfig};
 use crate::guidance::Guided;
 use crate::layers::Params;
 use crate::loss::Loss;
@@ -201,9 +201,16 @@ fn conv_workloads(s: &BenchSetup) -> Result<(Vec<Workload>, [usize; 2])> {
         teacher_evaluations: None,
     };
     // Only the decoder's weights take part in decoding.
-    let decoder = ae_params.iter().filter(|(k, _)| k.starts_with("dec.")).map(|(_, p)| p.elem_count()).sum();
+    let decoder = ae_params
+        .iter()
+        .filter(|(k, _)| k.starts_with("dec."))
+        .map(|(_, p)| p.elem_count())
+        .sum();
     Ok((
-        vec![workload("autoencoder decode", decode), workload("feature network forward", features)],
+        vec![
+            workload("autoencoder decode", decode),
+            workload("feature network forward", features),
+        ],
         [decoder, fn_params.values().map(|p| p.elem_count()).sum()],
     ))
 }

@@ -2,7 +2,7 @@
 //! penultimate layer gives the features for FD, KD and precision/recall, and whose
 //! logits give class accuracy (the analogue of the paper's CLIP score).
 
-use crate::layers::{conv, linear, map_chunks, Init, Params};
+use crate::layers::{conv, conv_act, linear, map_chunks, Init, Params};
 use crate::noise::Rng;
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
@@ -65,7 +65,7 @@ impl Featnet {
         );
         let mut h = x.affine(2.0, -1.0)?;
         for c in &self.convs {
-            h = c.forward(&h)?.silu()?;
+            h = conv_act(c, &h, true)?;
         }
         Ok(self.fc.forward(&h.flatten_from(1)?)?.silu()?)
     }

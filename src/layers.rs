@@ -2,8 +2,10 @@
 //! weights are looked up by name with their shape and dtype checked, so a
 //! mismatched file is an error, never a panic.
 
+use crate::kernels::conv::Conv;
 use crate::noise::Rng;
 use anyhow::{ensure, Context, Result};
+use candle_core::Module;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear};
 use rand::Rng as _;
@@ -47,6 +49,23 @@ pub fn conv(params: &Params, name: &str, cout: usize, cin: usize, k: usize, stri
             ..Default::default()
         },
     ))
+}
+
+/// `act(conv(x))`, act = SiLU or identity. Frozen networks on CPU (nothing records a
+/// gradient) take the fused im2col kernel; training and other devices use candle's conv.
+pub fn conv_act(conv: &Conv2d, x: &Tensor, silu: bool) -> Result<Tensor> {
+    let cfg = conv.config();
+    let frozen = !x.track_op() && !conv.weight().track_op() && !conv.bias().is_some_and(Tensor::track_op);
+    if let (true, true, Some(b), 1, 1) = (frozen, x.device().is_cpu(), conv.bias(), cfg.dilation, cfg.groups) {
+        let fused = Conv {
+            stride: cfg.stride,
+            padding: cfg.padding,
+            silu,
+        };
+        return Ok(fused.forward(x, conv.weight(), b)?);
+    }
+    let y = conv.forward(x)?;
+    Ok(if silu { y.silu()? } else { y })
 }
 
 /// Draws fresh weights: uniform(±gain/√fan_in), as PyTorch's default initialisation.

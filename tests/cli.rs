@@ -389,9 +389,13 @@ fn bench_reports_every_workload_and_the_direct_saving() {
             "teacher forward",
             "teacher 50-interval guided DDIM sampling",
             "one CM distillation step",
-            "one Direct distillation step"
+            "one Direct distillation step",
+            "autoencoder decode",
+            "feature network forward"
         ]
     );
+    // The conv workloads run the shipped sizes; bench/compare.sh asserts these against PyTorch.
+    assert_eq!(r["conv_parameters"], serde_json::json!([15201, 458570]));
     assert!(r["workloads"]
         .as_array()
         .unwrap()
