@@ -188,7 +188,11 @@ pub fn grad_norm(vars: &[Var], grads: &GradStore) -> Result<f64> {
         let g = g.contiguous()?;
         let (storage, layout) = g.storage_and_layout();
         total += match cpu_slice(&storage, layout) {
-            Ok(values) => values.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>(),
+            // f32 sums of short chunks vectorize; their f64 total keeps the precision.
+            Ok(values) => values
+                .chunks(256)
+                .map(|c| c.iter().map(|x| x * x).sum::<f32>() as f64)
+                .sum::<f64>(),
             Err(_) => g
                 .sqr()?
                 .sum_all()?

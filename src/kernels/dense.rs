@@ -2,11 +2,14 @@
 //! `y = [x +] act(x) Wᵀ + b`, `act` = SiLU or identity. Each thread takes a block of rows
 //! through activation, residual, bias and product in one go, instead of candle's separate
 //! single-threaded SiLU, bias and residual passes around a matmul (docs/PERFORMANCE.md).
-//! CPU only; other devices use candle's ops.
+//! The forward keeps `act(x)` for the backward's `dW = gᵀ act(x)`. CPU only; other devices
+//! use candle's ops.
 
 use super::gemm::{for_row_chunks, gemm, product, View};
-use super::silu::{silu, silu_backward};
+use super::silu::{silu_backward, silu_into};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Copy, Debug)]
 pub struct Dense {
@@ -19,16 +22,24 @@ pub struct Dense {
 impl Dense {
     /// `y = [x +] act(x) Wᵀ + b` for `x: [B, in]`, `w: [out, in]`, `b: [out]`.
     pub fn forward(self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        x.apply_op3_arc(w, b, std::sync::Arc::new(Box::new(self)))
+        let op = DenseOp {
+            layer: self,
+            activation: Mutex::new(None),
+        };
+        x.apply_op3_arc(w, b, Arc::new(Box::new(op)))
     }
 
-    /// `act(x)` for a block of rows, row-major.
-    fn activation(self, x: View) -> Vec<f32> {
-        let mut a = row_major(x);
-        if self.silu {
-            silu(&mut a);
+    /// `act(x)` for a block of rows, row-major (borrowed when there is nothing to compute).
+    fn activation(self, x: View<'_>) -> Cow<'_, [f32]> {
+        let values = row_major(x);
+        if !self.silu {
+            return values;
         }
-        a
+        let mut a = vec![0f32; values.len()];
+        for_row_chunks(&mut a, x.cols, 1 << 6, |i0, a| {
+            silu_into(&values[i0 * x.cols..i0 * x.cols + a.len()], a)
+        });
+        Cow::Owned(a)
     }
 
     fn check(self, x: View, w: View, bias_len: usize) -> Result<()> {
@@ -43,6 +54,13 @@ impl Dense {
         }
         Ok(())
     }
+}
+
+/// One application of a `Dense` layer, holding `act(x)` between forward and backward
+/// (a frozen network's op is dropped right after its forward, and the values with it).
+struct DenseOp {
+    layer: Dense,
+    activation: Mutex<Option<Vec<f32>>>,
 }
 
 /// A 1-D (as one row) or 2-D f32 CPU operand as a strided view.
@@ -69,17 +87,17 @@ fn tensor_view<'a>(s: &'a Storage, l: &Layout) -> Result<View<'a>> {
     }
 }
 
-/// The values of a view in row-major order.
-fn row_major(v: View) -> Vec<f32> {
-    if v.cs == 1 && v.rs == v.cols {
-        return v.data[..v.rows * v.cols].to_vec();
+/// The values of a view in row-major order, borrowed when they already are.
+fn row_major(v: View<'_>) -> Cow<'_, [f32]> {
+    if v.cs == 1 && (v.rs == v.cols || v.rows == 1) {
+        return Cow::Borrowed(&v.data[..v.rows * v.cols]);
     }
     (0..v.rows)
         .flat_map(|i| (0..v.cols).map(move |j| v.data[i * v.rs + j * v.cs]))
         .collect()
 }
 
-impl CustomOp3 for Dense {
+impl CustomOp3 for DenseOp {
     fn name(&self) -> &'static str {
         "dense"
     }
@@ -93,27 +111,29 @@ impl CustomOp3 for Dense {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
+        let layer = self.layer;
         let (x, w, b) = (view(sx, lx)?, view(sw, lw)?, view(sb, lb)?);
         if lb.dims().len() != 1 {
             candle_core::bail!("dense layer: bias of shape {:?}, expected a vector", lb.dims())
         }
-        self.check(x, w, b.cols)?;
+        layer.check(x, w, b.cols)?;
         let bias = row_major(b);
+        let activation = layer.activation(x);
+        let a = View::row_major(&activation, x.rows, x.cols);
         let mut out = vec![0f32; x.rows * w.rows];
         for_row_chunks(&mut out, w.rows, x.cols, |i0, out| {
-            let xs = x.rows(i0, out.len() / w.rows);
-            let a = self.activation(xs);
-            if self.residual {
-                out.copy_from_slice(&row_major(xs));
+            let rows = out.len() / w.rows;
+            if layer.residual {
+                out.copy_from_slice(&row_major(x.rows(i0, rows)));
             }
-            product(
-                View::row_major(&a, xs.rows, xs.cols),
-                w.t(),
-                out,
-                Some(&bias),
-                self.residual,
-            );
+            product(a.rows(i0, rows), w.t(), out, Some(&bias), layer.residual);
         });
+        if layer.silu {
+            *self
+                .activation
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(activation.into_owned());
+        }
         Ok((CpuStorage::F32(out), Shape::from((x.rows, w.rows))))
     }
 
@@ -125,6 +145,8 @@ impl CustomOp3 for Dense {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let layer = self.layer;
+        let needs_grad = x.is_variable() || x.track_op();
         let (gx, gw, gb) = {
             let ((sx, lx), (sw, lw), (sg, lg)) = (
                 x.storage_and_layout(),
@@ -132,40 +154,48 @@ impl CustomOp3 for Dense {
                 grad.storage_and_layout(),
             );
             let (x, w, g) = (tensor_view(&sx, lx)?, tensor_view(&sw, lw)?, tensor_view(&sg, lg)?);
-            // dx = [g +] (g W) ⊙ act'(x), row block by row block.
-            let mut gx = vec![0f32; x.rows * x.cols];
+            // dx = [g +] (g W) ⊙ act'(x), row block by row block — unless x is data
+            // that no gradient reaches (the input layer's samples).
+            let mut gx = vec![0f32; if needs_grad { x.rows * x.cols } else { 0 }];
             for_row_chunks(&mut gx, x.cols, w.rows, |i0, gx| {
                 let rows = gx.len() / x.cols;
                 product(g.rows(i0, rows), w, gx, None, false);
-                if self.silu {
+                if layer.silu {
                     silu_backward(&row_major(x.rows(i0, rows)), gx);
                 }
-                if self.residual {
+                if layer.residual {
                     gx.iter_mut()
-                        .zip(row_major(g.rows(i0, rows)))
+                        .zip(row_major(g.rows(i0, rows)).iter())
                         .for_each(|(d, g)| *d += g);
                 }
             });
             // dW = gᵀ act(x), db = Σ_rows g.
-            let a = self.activation(x);
+            let cached = self
+                .activation
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            let a = match cached {
+                Some(a) => Cow::Owned(a),
+                None => layer.activation(x),
+            };
             let mut gw = vec![0f32; w.rows * w.cols];
             gemm(g.t(), View::row_major(&a, x.rows, x.cols), &mut gw, None, false);
             let mut gb = vec![0f32; w.rows];
-            for i in 0..g.rows {
-                for (s, j) in gb.iter_mut().zip(0..g.cols) {
-                    *s += g.data[i * g.rs + j * g.cs];
-                }
+            for row in row_major(g).chunks_exact(g.cols) {
+                gb.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             }
             (gx, gw, gb)
         };
         let dev = x.device();
         Ok((
-            Some(Tensor::from_vec(gx, x.shape(), dev)?),
+            needs_grad.then(|| Tensor::from_vec(gx, x.shape(), dev)).transpose()?,
             Some(Tensor::from_vec(gw, w.shape(), dev)?),
             Some(Tensor::from_vec(gb, w.dim(0)?, dev)?),
         ))
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;

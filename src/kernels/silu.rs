@@ -40,6 +40,15 @@ pub fn silu(x: &mut [f32]) {
     })
 }
 
+/// `out[i] = silu(x[i])`.
+pub fn silu_into(x: &[f32], out: &mut [f32]) {
+    vectorized(|| {
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = v * sigmoid(v);
+        }
+    })
+}
+
 /// `grad[i] *= silu'(x[i])`.
 pub fn silu_backward(x: &[f32], grad: &mut [f32]) {
     vectorized(|| {
