@@ -5,25 +5,37 @@
 # The last line is
 #   min speedup vs PyTorch: X.XX
 # (dcm throughput / PyTorch throughput on the worst workload).
-# Usage: bench/compare.sh [extra flags for both, e.g. --batch 128]; THREADS=2, ROUNDS=3 by default.
+# Usage: bench/compare.sh [extra flags for both, e.g. --batch 128 or --device cuda];
+# THREADS=2, ROUNDS=3 by default. DCM="cmd…" runs that instead of building target/release/dcm
+# (on a GPU machine: DCM="../shared/cuda/run_on_gpu.sh target-cuda/release/dcm").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
+PYTHON=${PYTHON:-python3}
 ROUNDS=${ROUNDS:-3}
-cargo build --release --quiet
+if [[ -z "${DCM:-}" ]]; then
+  cargo build --release --quiet
+  DCM=./target/release/dcm
+fi
 out=$(mktemp -d)
 for r in $(seq "$ROUNDS"); do
-  RAYON_NUM_THREADS=$THREADS ./target/release/dcm bench --json "$@" > "$out/dcm.$r.json"
-  python3 bench/torch_reference.py --threads "$THREADS" "$@" > "$out/torch.$r.json"
+  # shellcheck disable=SC2086 # DCM may be a command with arguments
+  RAYON_NUM_THREADS=$THREADS $DCM bench --json "$@" > "$out/dcm.$r.json"
+  "$PYTHON" bench/torch_reference.py --threads "$THREADS" "$@" > "$out/torch.$r.json"
 done
 python3 - "$out" "$ROUNDS" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
-load = lambda who: [json.load(open(f"{out}/{who}.{r}.json")) for r in range(1, rounds + 1)]
+def report(path):
+    text = open(path).read()
+    return json.loads(text[text.index("{"):])  # a GPU wrapper may print a line first
+
+
+load = lambda who: [report(f"{out}/{who}.{r}.json") for r in range(1, rounds + 1)]
 d, t = load("dcm"), load("torch")
 for key in ("parameters", "conv_parameters"):
     assert d[0][key] == t[0][key], f"{key} differ: dcm {d[0][key]} vs torch {t[0][key]}"
-print(f"{d[0]['parameters']} parameters, batch {d[0]['batch']}, N = {d[0]['intervals']}, torch {t[0]['torch']}, {t[0]['threads']} threads, {rounds} alternating rounds")
+print(f"{d[0]['parameters']} parameters, batch {d[0]['batch']}, N = {d[0]['intervals']}, torch {t[0]['torch']}, {t[0]['threads']} threads, device {d[0]['device']} / {t[0]['device']}, {rounds} alternating rounds")
 print("| workload | dcm ms | PyTorch ms | dcm / PyTorch throughput |")
 print("|---|---|---|---|")
 ratios = []

@@ -126,13 +126,20 @@ def distill_step(method, teacher, student, opt, x0, labels, n_intervals, w):
     opt.step()
 
 
+def sync():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(warmup, repeats, f):
     for _ in range(warmup):
         f()
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         f()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -149,8 +156,13 @@ def main():
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N], as dcm bench --device")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    # Every tensor and module below is created on the device; the schedule moves there too.
+    torch.set_default_device(a.device)
+    global ALPHA, SIGMA
+    ALPHA, SIGMA = ALPHA.to(a.device), SIGMA.to(a.device)
     torch.manual_seed(0)
     teacher = Mlp(a.dim, a.hidden, a.depth, a.time_dim, a.classes).requires_grad_(False)
     student = Mlp(a.dim, a.hidden, a.depth, a.time_dim, a.classes)
@@ -196,7 +208,7 @@ def main():
         work.append({"name": name, "seconds": s, "samples_per_second": b / s})
     params = sum(p.numel() for p in teacher.parameters())
     conv_params = [sum(p.numel() for p in m.parameters()) for m in (decoder, featnet)]
-    print(json.dumps({"parameters": params, "conv_parameters": conv_params, "threads": a.threads, "torch": torch.__version__, "workloads": work}, indent=2))
+    print(json.dumps({"parameters": params, "conv_parameters": conv_params, "threads": a.threads, "device": a.device, "torch": torch.__version__, "workloads": work}, indent=2))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ pub struct BenchReport {
     pub batch: usize,
     pub intervals: usize,
     pub threads: usize,
+    /// Where the workloads ran: `Cpu` or `Cuda(N)`.
+    pub device: String,
     pub workloads: Vec<Workload>,
     /// Parameters of the shipped-size autoencoder and feature network the conv workloads use.
     pub conv_parameters: [usize; 2],
@@ -51,15 +53,18 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Median seconds of `f` over `repeats` runs after `warmup` runs.
-fn time(warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Median seconds of `f` over `repeats` runs after `warmup` runs, each waiting for
+/// `device` to finish (GPU work is queued asynchronously).
+fn time(device: &Device, warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     for _ in 0..warmup {
         f()?;
     }
+    device.synchronize()?;
     let mut times = Vec::with_capacity(repeats);
     for _ in 0..repeats {
         let start = Instant::now();
         f()?;
+        device.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
     Ok(median(times))
@@ -84,14 +89,25 @@ pub struct BenchSetup {
     pub intervals: usize,
     pub guidance: f64,
     pub repeats: usize,
+    pub device: Device,
+}
+
+/// `params` moved to `device`.
+fn on_device(params: &Params, device: &Device) -> Result<Params> {
+    params
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), v.to_device(device)?)))
+        .collect()
 }
 
 pub fn run(s: &BenchSetup) -> Result<BenchReport> {
-    let teacher = Mlp::new(s.net.clone(), &s.params)?;
+    let dev = &s.device;
+    let params = on_device(&s.params, dev)?;
+    let teacher = Mlp::new(s.net.clone(), &params)?;
     let mut shape = vec![s.batch];
     shape.extend(&s.net.sample_shape);
     let mut rng = seeded(0);
-    let x = standard_normal(&mut rng, shape.clone(), &Device::Cpu)?;
+    let x = standard_normal(&mut rng, shape.clone(), &Device::Cpu)?.to_device(dev)?;
     let classes = s.net.num_classes.max(1) as u32;
     let labels: Vec<Option<u32>> = (0..s.batch as u32)
         .map(|i| (s.net.num_classes > 0).then_some(i % classes))
@@ -101,14 +117,14 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
     let guided = Guided::new(&teacher, s.guidance);
     let per_sec = |secs: f64| s.batch as f64 / secs;
     let mut workloads = Vec::new();
-    let fwd = time(3, s.repeats, || teacher.eps(&x, &t, &labels).map(|_| ()))?;
+    let fwd = time(dev, 3, s.repeats, || teacher.eps(&x, &t, &labels).map(|_| ()))?;
     workloads.push(Workload {
         name: "teacher forward".into(),
         seconds: fwd,
         samples_per_second: per_sec(fwd),
         teacher_evaluations: None,
     });
-    let sampling = time(1, s.repeats.div_ceil(4), || {
+    let sampling = time(dev, 1, s.repeats.div_ceil(4), || {
         solve(Solver::Ddim, &guided, &x, grid, T, &labels).map(|_| ())
     })?;
     let name = format!("teacher {}-interval guided DDIM sampling", s.intervals);
@@ -119,7 +135,7 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
         teacher_evaluations: None,
     });
     let data = Dataset::new(
-        standard_normal(&mut rng, shape, &Device::Cpu)?,
+        standard_normal(&mut rng, shape, &Device::Cpu)?.to_device(dev)?,
         labels.clone(),
         s.net.num_classes,
     )?;
@@ -142,8 +158,8 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
             seed: 0,
         };
         let mut evals = 0;
-        let secs = time(2, s.repeats, || {
-            evals = distill(&teacher, &s.net, &s.params, &data, &cfg, Default::default())?.teacher_evaluations;
+        let secs = time(dev, 2, s.repeats, || {
+            evals = distill(&teacher, &s.net, &params, &data, &cfg, Default::default())?.teacher_evaluations;
             Ok(())
         })?;
         let name = format!(
@@ -166,6 +182,7 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
         batch: s.batch,
         intervals: s.intervals,
         threads: candle_core::utils::get_num_threads(),
+        device: format!("{:?}", s.device.location()),
         direct_evaluation_ratio: direct_evaluation_ratio(&guided, &x, grid, &labels)?,
         workloads,
         peak_memory_mib: peak_memory_mib(),
@@ -182,18 +199,18 @@ fn conv_workloads(s: &BenchSetup) -> Result<(Vec<Workload>, [usize; 2])> {
         scale: 1.0,
     };
     let ae_params = ae_cfg.init(&mut rng)?;
-    let ae = Autoencoder::new(ae_cfg, &ae_params)?;
+    let ae = Autoencoder::new(ae_cfg, &on_device(&ae_params, &s.device)?)?;
     let fn_cfg = FeatnetConfig {
         width: 32,
         features: 128,
         classes: 10,
     };
     let fn_params = fn_cfg.init(&mut rng)?;
-    let featnet = Featnet::new(fn_cfg, &fn_params)?;
-    let z = standard_normal(&mut rng, (s.batch, 4, 7, 7), &Device::Cpu)?;
-    let images = candle_core::Tensor::rand(0f32, 1.0, (s.batch, 1, 28, 28), &Device::Cpu)?;
-    let decode = time(3, s.repeats, || ae.decode(&z).map(|_| ()))?;
-    let features = time(3, s.repeats, || featnet.features(&images).map(|_| ()))?;
+    let featnet = Featnet::new(fn_cfg, &on_device(&fn_params, &s.device)?)?;
+    let z = standard_normal(&mut rng, (s.batch, 4, 7, 7), &Device::Cpu)?.to_device(&s.device)?;
+    let images = candle_core::Tensor::rand(0f32, 1.0, (s.batch, 1, 28, 28), &s.device)?;
+    let decode = time(&s.device, 3, s.repeats, || ae.decode(&z).map(|_| ()))?;
+    let features = time(&s.device, 3, s.repeats, || featnet.features(&images).map(|_| ()))?;
     let workload = |name: &str, seconds: f64| Workload {
         name: name.into(),
         seconds,

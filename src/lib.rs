@@ -11,6 +11,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod denoiser;
+pub mod device;
 pub mod discretization;
 pub mod distill;
 pub mod ema;

@@ -95,6 +95,9 @@ struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Where to run: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature)
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -765,6 +768,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         intervals: a.intervals,
         guidance: a.guidance,
         repeats: a.repeats,
+        device: dcm::device::parse(&a.device)?,
     };
     let r = dcm::bench::run(&setup)?;
     if a.json {
@@ -772,8 +776,8 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "MLP {:?} hidden {}×{}, {} parameters, batch {}, {} threads",
-        r.net.sample_shape, r.net.hidden, r.net.depth, r.parameters, r.batch, r.threads
+        "MLP {:?} hidden {}×{}, {} parameters, batch {}, {} threads, device {}",
+        r.net.sample_shape, r.net.hidden, r.net.depth, r.parameters, r.batch, r.threads, r.device
     );
     println!("| workload | median ms | samples/s | teacher evaluations |\n|---|---|---|---|");
     for w in &r.workloads {

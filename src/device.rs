@@ -1,0 +1,42 @@
+//! `--device cpu|cuda|cuda:N`: where a command's tensors live. CUDA needs a binary built
+//! with the `cuda` cargo feature (scripts/build-cuda.sh); on it the networks run candle's
+//! generic ops, while the fused kernels of `kernels` serve the CPU.
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::Device;
+
+pub fn parse(spec: &str) -> Result<Device> {
+    let ordinal = match spec {
+        "cpu" => return Ok(Device::Cpu),
+        "cuda" => 0,
+        _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => n,
+            _ => bail!("--device {spec}: expected cpu, cuda or cuda:N"),
+        },
+    };
+    ensure!(
+        candle_core::utils::cuda_is_available(),
+        "--device {spec}: this dcm was built without the `cuda` feature (scripts/build-cuda.sh builds one)"
+    );
+    Device::new_cuda(ordinal).with_context(|| format!("--device {spec}: no usable CUDA device"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_are_parsed_or_refused_with_the_flag_named() {
+        assert!(parse("cpu").unwrap().is_cpu());
+        for bad in ["gpu", "cuda:", "cuda:x", "CPU"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("--device {bad}:")), "{e}");
+        }
+        if !candle_core::utils::cuda_is_available() {
+            assert!(parse("cuda:1")
+                .unwrap_err()
+                .to_string()
+                .contains("without the `cuda` feature"));
+        }
+    }
+}
