@@ -2,7 +2,7 @@
 //! with the `cuda` cargo feature (scripts/build-cuda.sh); on it the networks run candle's
 //! generic ops, while the fused kernels of `kernels` serve the CPU.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use candle_core::Device;
 
 pub fn parse(spec: &str) -> Result<Device> {
@@ -18,7 +18,14 @@ pub fn parse(spec: &str) -> Result<Device> {
         candle_core::utils::cuda_is_available(),
         "--device {spec}: this dcm was built without the `cuda` feature (scripts/build-cuda.sh builds one)"
     );
-    Device::new_cuda(ordinal).with_context(|| format!("--device {spec}: no usable CUDA device"))
+    // candle appends a backtrace to CUDA errors; the first line says what went wrong.
+    Device::new_cuda(ordinal).map_err(|e| {
+        let cause = e.to_string();
+        anyhow!(
+            "--device {spec}: no usable CUDA device ({})",
+            cause.lines().next().unwrap_or_default()
+        )
+    })
 }
 
 #[cfg(test)]
