@@ -5,7 +5,7 @@
 //! The forward keeps `act(x)` for the backward's `dW = gᵀ act(x)`. CPU only; other devices
 //! use candle's ops.
 
-use super::gemm::{for_row_chunks, gemm, product, View};
+use super::gemm::{for_row_chunks, gemm, View};
 use super::silu::{silu_backward, silu_into};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use std::borrow::Cow;
@@ -120,14 +120,12 @@ impl CustomOp3 for DenseOp {
         let bias = row_major(b);
         let activation = layer.activation(x);
         let a = View::row_major(&activation, x.rows, x.cols);
-        let mut out = vec![0f32; x.rows * w.rows];
-        for_row_chunks(&mut out, w.rows, x.cols, |i0, out| {
-            let rows = out.len() / w.rows;
-            if layer.residual {
-                out.copy_from_slice(&row_major(x.rows(i0, rows)));
-            }
-            product(a.rows(i0, rows), w.t(), out, Some(&bias), layer.residual);
-        });
+        let mut out = if layer.residual {
+            row_major(x).into_owned()
+        } else {
+            vec![0f32; x.rows * w.rows]
+        };
+        gemm(a, w.t(), &mut out, Some(&bias), layer.residual);
         if layer.silu {
             *self
                 .activation
@@ -157,18 +155,22 @@ impl CustomOp3 for DenseOp {
             // dx = [g +] (g W) ⊙ act'(x), row block by row block — unless x is data
             // that no gradient reaches (the input layer's samples).
             let mut gx = vec![0f32; if needs_grad { x.rows * x.cols } else { 0 }];
-            for_row_chunks(&mut gx, x.cols, w.rows, |i0, gx| {
-                let rows = gx.len() / x.cols;
-                product(g.rows(i0, rows), w, gx, None, false);
-                if layer.silu {
-                    silu_backward(&row_major(x.rows(i0, rows)), gx);
-                }
-                if layer.residual {
-                    gx.iter_mut()
-                        .zip(row_major(g.rows(i0, rows)).iter())
-                        .for_each(|(d, g)| *d += g);
-                }
-            });
+            if needs_grad {
+                gemm(g, w, &mut gx, None, false);
+            }
+            if layer.silu || layer.residual {
+                for_row_chunks(&mut gx, x.cols, 16, |i0, gx| {
+                    let rows = gx.len() / x.cols;
+                    if layer.silu {
+                        silu_backward(&row_major(x.rows(i0, rows)), gx);
+                    }
+                    if layer.residual {
+                        gx.iter_mut()
+                            .zip(row_major(g.rows(i0, rows)).iter())
+                            .for_each(|(d, g)| *d += g);
+                    }
+                });
+            }
             // dW = gᵀ act(x), db = Σ_rows g.
             let cached = self
                 .activation

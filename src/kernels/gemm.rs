@@ -1,9 +1,9 @@
 //! Single-precision matrix product `C ← A·B + bias (+ C)` for the networks' dense layers,
-//! on the `gemm` crate's packed AVX2/AVX-512 kernels. Rows are split across threads here,
+//! on the `gemm` crate's packed AVX2/AVX-512 kernels. Work is split across threads here,
 //! each running gemm single-threaded: at the MLP's sizes (a few hundred rows) that scales
 //! to two cores where gemm's own threading does not (docs/PERFORMANCE.md). Every output
-//! element is computed by one thread in one fixed order, so results do not depend on the
-//! thread count.
+//! element is computed by one thread over the whole depth in gemm's fixed order, so
+//! results do not depend on the thread count.
 
 use rayon::prelude::*;
 
@@ -11,6 +11,8 @@ use rayon::prelude::*;
 const PARALLEL_WORK: usize = 1 << 18;
 /// Rows per thread, at least.
 const MIN_ROWS: usize = 16;
+/// Columns per thread, at least.
+const MIN_COLS: usize = 32;
 
 /// A read-only strided matrix: element (i, j) is `data[i·rs + j·cs]`.
 #[derive(Clone, Copy, Debug)]
@@ -65,16 +67,55 @@ impl<'a> View<'a> {
 }
 
 /// `c ← a·b + bias`, or `c ← c + a·b + bias` when `accumulate`; `c` is row-major
-/// `a.rows × b.cols`, `bias` (one value per column) is optional.
+/// `a.rows × b.cols`, `bias` (one value per column) is optional. Large products split
+/// `c`'s columns across threads: each thread then packs only its part of `b` (the
+/// weights), which beats splitting rows at a few hundred rows (docs/PERFORMANCE.md).
 pub fn gemm(a: View, b: View, c: &mut [f32], bias: Option<&[f32]>, accumulate: bool) {
+    check(a, b, c, bias);
     let n = b.cols;
-    for_row_chunks(c, n, a.cols, |i0, c| {
-        product(a.rows(i0, c.len() / n), b, c, bias, accumulate)
+    let threads = if a.rows * n * a.cols < PARALLEL_WORK {
+        1
+    } else {
+        rayon::current_num_threads().min(n / MIN_COLS).max(1)
+    };
+    if threads == 1 {
+        return product(a, b, c, bias, accumulate);
+    }
+    // Column blocks in whole 16-wide micro-panels where possible.
+    let width = n.div_ceil(threads).next_multiple_of(16).min(n);
+    let dst = SharedDst(c.as_mut_ptr());
+    (0..n.div_ceil(width)).into_par_iter().for_each(|t| {
+        let (j0, j1) = (t * width, ((t + 1) * width).min(n));
+        let block = View {
+            data: &b.data[j0 * b.cs..],
+            cols: j1 - j0,
+            ..b
+        };
+        // SAFETY: columns j0..j1 of every row of c are written by this thread only, and
+        // lie inside c (checked above).
+        unsafe { block_product(a, block, dst.at(j0), n, bias.map(|v| &v[j0..j1]), accumulate) }
     });
 }
 
+/// `c`'s base pointer, shared by threads that write disjoint column blocks.
+struct SharedDst(*mut f32);
+// SAFETY: only `gemm` shares it, and its threads write disjoint columns.
+unsafe impl Sync for SharedDst {}
+
+impl SharedDst {
+    fn at(&self, column: usize) -> *mut f32 {
+        self.0.wrapping_add(column)
+    }
+}
+
+fn check(a: View, b: View, c: &[f32], bias: Option<&[f32]>) {
+    let n = b.cols;
+    assert!(b.rows == a.cols && c.len() == a.rows * n && bias.is_none_or(|v| v.len() == n));
+    assert!(a.in_bounds() && b.in_bounds(), "matrix view outside its data");
+}
+
 /// Runs `f(first_row, rows)` over the rows of the row-major `c` (`n` columns), split into one
-/// contiguous chunk per thread when each output needs `depth` multiply-adds and the whole
+/// contiguous chunk per thread when each output needs `depth` operations and the whole
 /// is worth more than one thread.
 pub fn for_row_chunks(c: &mut [f32], n: usize, depth: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
     if n == 0 || c.is_empty() {
@@ -95,47 +136,55 @@ pub fn for_row_chunks(c: &mut [f32], n: usize, depth: usize, f: impl Fn(usize, &
         .for_each(|(t, c)| f(t * rows_per_thread, c));
 }
 
-/// `gemm` on the calling thread: the bias written (or added) first, then gemm accumulates.
+/// `gemm` on the calling thread.
 pub fn product(a: View, b: View, c: &mut [f32], bias: Option<&[f32]>, accumulate: bool) {
+    check(a, b, c, bias);
+    // SAFETY: c holds a.rows × b.cols values in rows of b.cols (checked above).
+    unsafe { block_product(a, b, c.as_mut_ptr(), b.cols, bias, accumulate) }
+}
+
+/// The product into the `a.rows × b.cols` block at `c` with row stride `ldc`: the bias
+/// written (or added) first, then gemm accumulates onto it.
+///
+/// # Safety
+/// The block must be valid for writes and not accessed by anyone else meanwhile; `a` and
+/// `b` must be in bounds with `b.rows == a.cols`.
+unsafe fn block_product(a: View, b: View, c: *mut f32, ldc: usize, bias: Option<&[f32]>, accumulate: bool) {
     let n = b.cols;
-    assert!(b.rows == a.cols && c.len() == a.rows * n && bias.is_none_or(|v| v.len() == n));
-    assert!(a.in_bounds() && b.in_bounds(), "matrix view outside its data");
     if n == 0 || a.rows == 0 {
         return;
     }
-    match (bias, accumulate) {
-        (Some(bias), true) => c
-            .chunks_mut(n)
-            .for_each(|row| row.iter_mut().zip(bias).for_each(|(v, b)| *v += b)),
-        (Some(bias), false) => c.chunks_mut(n).for_each(|row| row.copy_from_slice(bias)),
-        (None, _) => {}
+    if let Some(bias) = bias {
+        for i in 0..a.rows {
+            let row = std::slice::from_raw_parts_mut(c.add(i * ldc), n);
+            if accumulate {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+            } else {
+                row.copy_from_slice(bias);
+            }
+        }
     }
-    let read_dst = accumulate || bias.is_some();
-    // SAFETY: every index the product touches lies inside the views (checked in `gemm`) and
-    // `c` holds a.rows × n values; gemm reads a and b and writes only c.
-    unsafe {
-        gemm::gemm(
-            a.rows,
-            n,
-            a.cols,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            read_dst,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    gemm::gemm(
+        a.rows,
+        n,
+        a.cols,
+        c,
+        1,
+        ldc as isize,
+        accumulate || bias.is_some(),
+        a.data.as_ptr(),
+        a.cs as isize,
+        a.rs as isize,
+        b.data.as_ptr(),
+        b.cs as isize,
+        b.rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::None,
+    )
 }
 
 #[cfg(test)]
@@ -155,9 +204,9 @@ mod tests {
         c
     }
 
-    /// Every shape class (edge panels in both directions, several KC blocks, several NC
-    /// blocks, one and two threads), both operand layouts, with and without bias and
-    /// accumulation, matches a float64 product to f32 rounding.
+    /// Every shape class (edge panels, deep and wide products, one thread and column
+    /// blocks split across threads, narrow last block), both operand layouts, with and
+    /// without bias and accumulation, matches a float64 product to f32 rounding.
     #[test]
     fn matches_float64_product() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
@@ -170,6 +219,8 @@ mod tests {
             (300, 2100, 5),
             (3, 5, 2100),
             (64, 9, 700),
+            (40, 64, 200),
+            (7, 1100, 90),
         ];
         for &(m, k, n) in &shapes {
             for (ta, tb, with_bias, accumulate) in [
