@@ -7,9 +7,6 @@ use super::silu::silu;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// Output positions per matrix product, at least (several images when maps are small).
-const COLUMNS: usize = 512;
-
 #[derive(Clone, Copy, Debug)]
 pub struct Conv {
     pub stride: usize,
@@ -37,9 +34,7 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// `cols[(c·k + ky)·k + kx][oy·wo + ox] = x[c][oy·s + ky − p][ox·s + kx − p]`, zero outside;
-/// `cols` rows are `ld` apart (several images side by side share one product).
-#[allow(clippy::too_many_arguments)]
+/// `cols[(c·k + ky)·k + kx][oy·wo + ox] = x[c][oy·s + ky − p][ox·s + kx − p]`, zero outside.
 fn im2col(
     x: &[f32],
     (c, h, w): (usize, usize, usize),
@@ -47,13 +42,11 @@ fn im2col(
     conv: Conv,
     (ho, wo): (usize, usize),
     cols: &mut [f32],
-    ld: usize,
 ) {
     let (s, p) = (conv.stride, conv.padding as isize);
-    for row in 0..c * k * k {
+    for (row, out) in cols.chunks_exact_mut(ho * wo).enumerate().take(c * k * k) {
         let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
         let plane = &x[ci * h * w..(ci + 1) * h * w];
-        let out = &mut cols[row * ld..row * ld + ho * wo];
         for (oy, line) in out.chunks_exact_mut(wo).enumerate() {
             let iy = (oy * s) as isize + ky as isize - p;
             if iy < 0 || iy >= h as isize {
@@ -103,37 +96,29 @@ impl CustomOp3 for Conv {
             )
         }
         let (ckk, hw) = (c * k * k, ho * wo);
-        // Images per product: small feature maps are batched so each product is wide enough
-        // to run at full speed; the result is scattered back to [image, channel, position].
-        let group = (COLUMNS / hw).max(1);
         let mut out = vec![0f32; n * o * hw];
-        out.par_chunks_mut(group * o * hw).enumerate().for_each(|(gi, y)| {
-            let images = y.len() / (o * hw);
-            let width = images * hw;
-            let mut cols = vec![0f32; ckk * width];
-            let mut prod = vec![0f32; o * width];
-            for j in 0..images {
-                let i = gi * group + j;
-                let image = &x[i * c * h * wd..(i + 1) * c * h * wd];
-                im2col(image, (c, h, wd), k, *self, (ho, wo), &mut cols[j * hw..], width);
-            }
-            for (row, &bias) in prod.chunks_exact_mut(width).zip(b) {
+        out.par_chunks_mut(o * hw).enumerate().for_each(|(i, y)| {
+            let mut cols = vec![0f32; ckk * hw];
+            im2col(
+                &x[i * c * h * wd..(i + 1) * c * h * wd],
+                (c, h, wd),
+                k,
+                *self,
+                (ho, wo),
+                &mut cols,
+            );
+            for (row, &bias) in y.chunks_exact_mut(hw).zip(b) {
                 row.fill(bias);
             }
             product(
                 View::row_major(w, o, ckk),
-                View::row_major(&cols, ckk, width),
-                &mut prod,
+                View::row_major(&cols, ckk, hw),
+                y,
                 None,
                 true,
             );
-            for (j, dst) in y.chunks_exact_mut(o * hw).enumerate() {
-                for (ch, d) in dst.chunks_exact_mut(hw).enumerate() {
-                    d.copy_from_slice(&prod[ch * width + j * hw..ch * width + (j + 1) * hw]);
-                }
-                if self.silu {
-                    silu(dst);
-                }
+            if self.silu {
+                silu(y);
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((n, o, ho, wo))))
