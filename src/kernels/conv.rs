@@ -47,20 +47,27 @@ fn im2col(
     for (row, out) in cols.chunks_exact_mut(ho * wo).enumerate().take(c * k * k) {
         let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
         let plane = &x[ci * h * w..(ci + 1) * h * w];
+        // Output columns lo..hi read inside the input row (ox·s + kx − p in 0..w); the same
+        // for every output row, so worked out once (feature maps here are 7–28 wide).
+        let shift = kx as isize - p;
+        let lo = ((-shift).max(0) as usize).div_ceil(s).min(wo);
+        let hi = (((w as isize - 1 - shift) / s as isize + 1).max(0) as usize).clamp(lo, wo);
+        let first = (lo * s) as isize + shift;
         for (oy, line) in out.chunks_exact_mut(wo).enumerate() {
             let iy = (oy * s) as isize + ky as isize - p;
-            if iy < 0 || iy >= h as isize {
+            if iy < 0 || iy >= h as isize || lo == hi {
                 line.fill(0.0);
                 continue;
             }
-            let src = &plane[iy as usize * w..(iy as usize + 1) * w];
-            for (ox, v) in line.iter_mut().enumerate() {
-                let ix = (ox * s) as isize + kx as isize - p;
-                *v = if ix < 0 || ix >= w as isize {
-                    0.0
-                } else {
-                    src[ix as usize]
-                };
+            line[..lo].fill(0.0);
+            line[hi..].fill(0.0);
+            let src = &plane[iy as usize * w + first as usize..(iy as usize + 1) * w];
+            if s == 1 {
+                line[lo..hi].copy_from_slice(&src[..hi - lo]);
+            } else {
+                for (v, &x) in line[lo..hi].iter_mut().zip(src.iter().step_by(s)) {
+                    *v = x;
+                }
             }
         }
     }
@@ -131,8 +138,8 @@ mod tests {
     use candle_core::{Device, Module};
     use candle_nn::{Conv2d, Conv2dConfig};
 
-    /// Every kernel size, stride and padding the image networks use (and an odd size)
-    /// matches candle's convolution, with and without SiLU.
+    /// Every kernel size, stride and padding the image networks use (and odd sizes,
+    /// kernels wider than the image) matches candle's convolution, with and without SiLU.
     #[test]
     fn matches_candle_conv2d() -> Result<()> {
         let dev = Device::Cpu;
@@ -143,6 +150,8 @@ mod tests {
             (16, 4, 1, 1, 7),
             (3, 5, 3, 1, 9),
             (2, 3, 5, 3, 11),
+            (2, 2, 7, 1, 2),
+            (1, 2, 5, 2, 3),
         ] {
             let x = Tensor::randn(0f32, 1.0, (3, c, size, size), &dev)?;
             let w = Tensor::randn(0f32, 0.3, (o, c, k, k), &dev)?;
