@@ -170,4 +170,18 @@ mod tests {
         assert!(y[4002].abs() < 1e-8 && g[4002].abs() < 1e-8, "silu at −∞ must vanish");
         assert_eq!((y[4003], g[4003]), (1e30, 1.0));
     }
+
+    /// The op's gradient equals candle's SiLU gradient, for a strided (transposed) input.
+    #[test]
+    fn op_gradient_matches_candle() -> candle_core::Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let v = candle_core::Var::from_tensor(&Tensor::randn(0f32, 3.0, (5, 7), &dev)?)?;
+        let w = Tensor::randn(0f32, 1.0, (7, 5), &dev)?;
+        let x = v.as_tensor().t()?;
+        let g = (Silu::forward(&x)? * &w)?.sum_all()?.backward()?;
+        let want = (x.silu()? * &w)?.sum_all()?.backward()?;
+        let diff = (g.get(&v).unwrap() - want.get(&v).unwrap())?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "gradient differs by {diff}");
+        Ok(())
+    }
 }
