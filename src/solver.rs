@@ -1,7 +1,7 @@
 //! Teacher ODE solvers over the N-interval grid (DESIGN.md, "DDIM step",
 //! "Euler / Heun"). Each row of a batch may sit at its own timestep.
 
-use crate::denoiser::{per_row_of, Denoiser, Labels};
+use crate::denoiser::{per_row, per_row_of, Denoiser, Labels};
 use crate::discretization::Discretization;
 use crate::schedule::{Schedule, T};
 use anyhow::{bail, ensure, Result};
@@ -59,9 +59,16 @@ impl Solver {
         let eps = teacher.eps(x, t, labels)?;
         match self {
             Self::Ddim => {
-                let x0 = crate::denoiser::predict_x0(s, x, &eps, t)?;
-                let (an, sn) = (per_row_of(&to, |t| s.alpha(t), x)?, per_row_of(&to, |t| s.sigma(t), x)?);
-                Ok((x0.broadcast_mul(&an)? + eps.broadcast_mul(&sn)?)?)
+                // α' x̂₀ + σ' ε with x̂₀ = (x − σ ε)/α, as two per-row products whose
+                // coefficients are combined in f64: α'/α on x, σ' − α'σ/α on ε.
+                let pairs: Vec<(usize, usize)> = t.iter().copied().zip(to.iter().copied()).collect();
+                let ratio = |(t, n): (usize, usize)| s.alpha(n) / s.alpha(t);
+                let on_x: Vec<f64> = pairs.iter().map(|&p| ratio(p)).collect();
+                let on_eps: Vec<f64> = pairs
+                    .iter()
+                    .map(|&(t, n)| s.sigma(n) - ratio((t, n)) * s.sigma(t))
+                    .collect();
+                Ok((x.broadcast_mul(&per_row(&on_x, x)?)? + eps.broadcast_mul(&per_row(&on_eps, x)?)?)?)
             }
             Self::Euler => euler_update(s, x, x, &eps, t, k),
             Self::Heun => {

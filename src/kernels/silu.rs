@@ -180,7 +180,10 @@ mod tests {
         let x = v.as_tensor().t()?;
         let g = (Silu::forward(&x)? * &w)?.sum_all()?.backward()?;
         let want = (x.silu()? * &w)?.sum_all()?.backward()?;
-        let diff = (g.get(&v).unwrap() - want.get(&v).unwrap())?.abs()?.max_all()?.to_scalar::<f32>()?;
+        let diff = (g.get(&v).unwrap() - want.get(&v).unwrap())?
+            .abs()?
+            .max_all()?
+            .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "gradient differs by {diff}");
         Ok(())
     }
