@@ -7,6 +7,9 @@ use super::silu::silu;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+/// Output positions per matrix product, at least.
+const COLUMNS: usize = 512;
+
 #[derive(Clone, Copy, Debug)]
 pub struct Conv {
     pub stride: usize,
@@ -34,7 +37,8 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-/// `cols[(c·k + ky)·k + kx][oy·wo + ox] = x[c][oy·s + ky − p][ox·s + kx − p]`, zero outside.
+/// `cols[(c·k + ky)·k + kx][oy·wo + ox] = x[c][oy·s + ky − p][ox·s + kx − p]`, zero outside;
+/// rows of `cols` are `ld` apart.
 fn im2col(
     x: &[f32],
     (c, h, w): (usize, usize, usize),
@@ -42,9 +46,11 @@ fn im2col(
     conv: Conv,
     (ho, wo): (usize, usize),
     cols: &mut [f32],
+    ld: usize,
 ) {
     let (s, p) = (conv.stride, conv.padding as isize);
-    for (row, out) in cols.chunks_exact_mut(ho * wo).enumerate().take(c * k * k) {
+    for row in 0..c * k * k {
+        let out = &mut cols[row * ld..row * ld + ho * wo];
         let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
         let plane = &x[ci * h * w..(ci + 1) * h * w];
         // Output columns lo..hi read inside the input row (ox·s + kx − p in 0..w); the same
@@ -103,29 +109,40 @@ impl CustomOp3 for Conv {
             )
         }
         let (ckk, hw) = (c * k * k, ho * wo);
+        // Small feature maps: several images side by side in one product, wide enough to
+        // run at full speed. Every product has the same width (a short last group is
+        // zero-padded) because gemm blocks by width: so an image's values never depend on
+        // which images share its batch.
+        let group = (COLUMNS / hw).max(1);
+        let width = group * hw;
         let mut out = vec![0f32; n * o * hw];
-        out.par_chunks_mut(o * hw).enumerate().for_each(|(i, y)| {
-            let mut cols = vec![0f32; ckk * hw];
-            im2col(
-                &x[i * c * h * wd..(i + 1) * c * h * wd],
-                (c, h, wd),
-                k,
-                *self,
-                (ho, wo),
-                &mut cols,
-            );
-            for (row, &bias) in y.chunks_exact_mut(hw).zip(b) {
+        out.par_chunks_mut(group * o * hw).enumerate().for_each(|(g, y)| {
+            let mut cols = vec![0f32; ckk * width];
+            for (j, image) in x[g * group * c * h * wd..]
+                .chunks(c * h * wd)
+                .take(y.len() / (o * hw))
+                .enumerate()
+            {
+                im2col(image, (c, h, wd), k, *self, (ho, wo), &mut cols[j * hw..], width);
+            }
+            let mut prod = vec![0f32; o * width];
+            for (row, &bias) in prod.chunks_exact_mut(width).zip(b) {
                 row.fill(bias);
             }
             product(
                 View::row_major(w, o, ckk),
-                View::row_major(&cols, ckk, hw),
-                y,
+                View::row_major(&cols, ckk, width),
+                &mut prod,
                 None,
                 true,
             );
-            if self.silu {
-                silu(y);
+            for (j, image) in y.chunks_exact_mut(o * hw).enumerate() {
+                for (channel, dst) in image.chunks_exact_mut(hw).enumerate() {
+                    dst.copy_from_slice(&prod[channel * width + j * hw..][..hw]);
+                }
+                if self.silu {
+                    silu(image);
+                }
             }
         });
         Ok((CpuStorage::F32(out), Shape::from((n, o, ho, wo))))
@@ -139,7 +156,8 @@ mod tests {
     use candle_nn::{Conv2d, Conv2dConfig};
 
     /// Every kernel size, stride and padding the image networks use (and odd sizes,
-    /// kernels wider than the image) matches candle's convolution, with and without SiLU.
+    /// kernels wider than the image) matches candle's convolution, with and without SiLU,
+    /// and an image's values do not depend on the rest of its batch.
     #[test]
     fn matches_candle_conv2d() -> Result<()> {
         let dev = Device::Cpu;
@@ -174,6 +192,22 @@ mod tests {
                 let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
                 assert!(diff < 1e-4, "c={c} o={o} k={k} s={stride}: differs by {diff}");
             }
+            // The middle image alone gives bit-identical values (batching never changes them).
+            let conv = Conv {
+                stride,
+                padding: k / 2,
+                silu: true,
+            };
+            let batch = conv
+                .forward(&x, &w, &b)?
+                .narrow(0, 1, 1)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let alone = conv
+                .forward(&x.narrow(0, 1, 1)?, &w, &b)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            assert_eq!(batch, alone, "c={c} o={o} k={k} s={stride}: depends on the batch");
         }
         Ok(())
     }
