@@ -2,29 +2,33 @@
 
 use anyhow::{ensure, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use dcm::autoencoder::{Autoencoder, AutoencoderConfig};
+use dcm::consistency::distance::Distance;
+use dcm::consistency::objective::Method;
+use dcm::consistency::sampler::multistep_sample;
+use dcm::data::npy;
 use dcm::data::Dataset;
-use dcm::denoiser::Denoiser;
-use dcm::discretization::Discretization;
-use dcm::distill::{distill, DistillConfig, Method};
-use dcm::evaluate::{ode_errors, EvalSetup};
-use dcm::featnet::{Featnet, FeatnetConfig};
-use dcm::guidance::Guided;
-use dcm::loss::Loss;
-use dcm::mlp::MlpConfig;
-use dcm::noise::{seeded, standard_normal};
-use dcm::optim::OptimConfig;
-use dcm::report::run::write_run;
-use dcm::reproduce::{Models, ReproduceConfig};
-use dcm::schedule::{ScheduleKind, T};
-use dcm::solver::{solve, Solver};
-use dcm::student::{portable_spec, Student, StudentConfig};
-use dcm::teacher::{NetworkTeacherConfig, Teacher, SPEC_HELP};
-use dcm::train::{Checkpointing, ImageTraining};
-use dcm::train_autoencoder::{decode_all, encode_all, reconstruction_mse, train_autoencoder};
-use dcm::train_featnet::{accuracy, train_featnet};
-use dcm::train_teacher::{train_teacher, TeacherTraining};
-use dcm::{data::npy, model_dir, sampler::multistep_sample};
+use dcm::diffusion::condition::Condition;
+use dcm::diffusion::denoiser::Denoiser;
+use dcm::diffusion::discretization::Discretization;
+use dcm::diffusion::guidance::Guided;
+use dcm::diffusion::schedule::{ScheduleKind, T};
+use dcm::diffusion::solver::{solve, Solver};
+use dcm::eval::evaluate::{ode_errors, EvalSetup};
+use dcm::experiments::report::run::write_run;
+use dcm::experiments::reproduce::{Models, ReproduceConfig};
+use dcm::models::model_dir;
+use dcm::models::student::{portable_spec, Student, StudentConfig};
+use dcm::models::teacher::{NetworkTeacherConfig, Teacher, SPEC_HELP};
+use dcm::nets::autoencoder::{Autoencoder, AutoencoderConfig};
+use dcm::nets::featnet::{Featnet, FeatnetConfig};
+use dcm::nets::mlp::MlpConfig;
+use dcm::runtime::noise::{seeded, standard_normal};
+use dcm::train::autoencoder::{decode_all, encode_all, reconstruction_mse, train_autoencoder};
+use dcm::train::distill::{distill, DistillConfig};
+use dcm::train::featnet::{accuracy, train_featnet};
+use dcm::train::optim::OptimConfig;
+use dcm::train::score_matching::{train_teacher, TeacherTraining};
+use dcm::train::trainer::{Checkpointing, ImageTraining};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -140,7 +144,7 @@ struct ReproduceArgs {
     per_class: Option<usize>,
     /// Override the preset's distance: l2, huber or huber:C.
     #[arg(long)]
-    loss: Option<Loss>,
+    loss: Option<Distance>,
     /// Use an EMA target network with this decay for CM.
     #[arg(long)]
     ema_decay: Option<f64>,
@@ -309,7 +313,7 @@ struct DistillArgs {
     constant_lr: bool,
     /// Distance: l2, huber (c = 0.001) or huber:C.
     #[arg(long, default_value = "l2")]
-    loss: Loss,
+    loss: Distance,
     /// Use an EMA of the student with this decay as the CM target network (default: the student itself, stop-gradient).
     #[arg(long)]
     ema_decay: Option<f64>,
@@ -390,7 +394,7 @@ fn sample(a: SampleArgs) -> Result<()> {
         a.noise.display(),
         noise.dims()
     );
-    let labels = vec![a.class; noise.dim(0)?];
+    let labels = Condition::repeat(a.class, noise.dim(0)?);
     let (out, teacher_spec) = if let Some(dir) = &a.student {
         let student = Student::load(dir)?;
         let grid = Discretization::new(student.config.distill.intervals)?;
@@ -500,13 +504,18 @@ fn distill_cmd(a: DistillArgs) -> Result<()> {
     Ok(())
 }
 
-fn save_run(dir: &Path, config: &impl serde::Serialize, params: &dcm::layers::Params, losses: &[f32]) -> Result<()> {
+fn save_run(
+    dir: &Path,
+    config: &impl serde::Serialize,
+    params: &dcm::nets::layers::Params,
+    losses: &[f32],
+) -> Result<()> {
     model_dir::save(dir, config, params)?;
     let mut log = String::from("step,loss\n");
     for (i, l) in losses.iter().enumerate() {
         log.push_str(&format!("{},{l}\n", i + 1));
     }
-    dcm::checkpoint::write_atomic(&dir.join("train_log.csv"), log.as_bytes())
+    dcm::train::checkpoint::write_atomic(&dir.join("train_log.csv"), log.as_bytes())
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -520,9 +529,11 @@ fn eval(a: EvalArgs) -> Result<()> {
     let noise = standard_normal(&mut seeded(a.seed), shape, &candle_core::Device::Cpu)?;
     let classes = teacher.num_classes() as u32;
     let conditional = student.config.conditional && classes > 0;
-    let labels: Vec<Option<u32>> = (0..a.samples as u32)
-        .map(|i| conditional.then(|| i % classes))
-        .collect();
+    let labels = Condition::Labels(
+        (0..a.samples as u32)
+            .map(|i| conditional.then(|| i % classes))
+            .collect(),
+    );
     for &k in &a.steps {
         ensure!(
             k >= 1 && k <= grid.intervals() && T.is_multiple_of(k),
@@ -712,13 +723,16 @@ fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
     cfg.ema_decay = a.ema_decay.or(cfg.ema_decay);
     cfg.cosine_decay &= !a.constant_lr;
     cfg.validate()?;
-    let models_dir = a.models.clone().unwrap_or_else(|| dcm::assets::home().join("models"));
+    let models_dir = a
+        .models
+        .clone()
+        .unwrap_or_else(|| dcm::runtime::assets::home().join("models"));
     let teacher_dir = models_dir.join("teacher");
     let teacher_cfg: NetworkTeacherConfig = model_dir::load_config(&teacher_dir)?;
     let teacher_params = model_dir::load_params(&teacher_dir)?;
     let models = Models {
         autoencoder: model_dir::load_autoencoder(&models_dir.join("autoencoder"))?,
-        teacher: dcm::mlp::Mlp::new(teacher_cfg.net, &teacher_params)
+        teacher: dcm::nets::mlp::Mlp::new(teacher_cfg.net, &teacher_params)
             .with_context(|| format!("{}: weights do not match config.json", teacher_dir.display()))?,
         teacher_params,
         featnet: model_dir::load_featnet(&models_dir.join("featnet"))?,
@@ -729,7 +743,7 @@ fn reproduce_cmd(a: ReproduceArgs) -> Result<()> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", cfg.preset)));
     let start = std::time::Instant::now();
-    let outcome = dcm::reproduce::run(&cfg, &models)?;
+    let outcome = dcm::experiments::reproduce::run(&cfg, &models)?;
     let table = write_run(&out_dir, &cfg, &outcome, start.elapsed().as_secs_f64())?;
     println!("{table}");
     eprintln!(
@@ -761,16 +775,16 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             (net, params)
         }
     };
-    let setup = dcm::bench::BenchSetup {
+    let setup = dcm::experiments::bench::BenchSetup {
         net,
         params,
         batch: a.batch,
         intervals: a.intervals,
         guidance: a.guidance,
         repeats: a.repeats,
-        device: dcm::device::parse(&a.device)?,
+        device: dcm::runtime::device::parse(&a.device)?,
     };
-    let r = dcm::bench::run(&setup)?;
+    let r = dcm::experiments::bench::run(&setup)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
@@ -825,7 +839,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    if let Err(e) = dcm::signals::install() {
+    if let Err(e) = dcm::runtime::signals::install() {
         eprintln!("warning: cannot install signal handlers: {e}");
     }
     // The command runs on a worker of rayon's pool, so the parallel kernels it calls split
@@ -850,7 +864,7 @@ fn exit_code(result: Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            if let Some(stop) = e.downcast_ref::<dcm::signals::Interrupted>() {
+            if let Some(stop) = e.downcast_ref::<dcm::runtime::signals::Interrupted>() {
                 eprintln!("{stop}");
                 return ExitCode::from(128 + stop.signal as u8);
             }

@@ -19,8 +19,12 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn write_noise(path: &Path, rows: usize, dim: usize) {
-    let noise =
-        dcm::noise::standard_normal(&mut dcm::noise::seeded(11), (rows, dim), &candle_core::Device::Cpu).unwrap();
+    let noise = dcm::runtime::noise::standard_normal(
+        &mut dcm::runtime::noise::seeded(11),
+        (rows, dim),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     npy::write(path, &noise).unwrap();
 }
 
@@ -57,14 +61,14 @@ fn teacher_sample_matches_the_exact_gaussian_solution() {
     let x = npy::read(&noise).unwrap();
     let y = npy::read(&out).unwrap();
     assert_eq!(y.dims(), &[64, 3]);
-    let g = dcm::analytic::Gaussian {
+    let g = dcm::diffusion::analytic::Gaussian {
         mean: 1.0,
         std: 0.5,
         dim: None,
         schedule: Default::default(),
     };
     let exact = g.exact_solution(&x, &[1000; 64]).unwrap();
-    let mse = dcm::ode_error::ode_error(&y, &exact).unwrap();
+    let mse = dcm::eval::ode_error::ode_error(&y, &exact).unwrap();
     assert!(mse < 1e-5, "Heun N=100 MSE to the exact solution {mse}");
 }
 

@@ -1,16 +1,17 @@
 //! Guidance, the consistency boundary condition and Direct's active-set targets.
 
 use candle_core::{Device, Tensor};
-use dcm::analytic::GaussianMixture;
-use dcm::denoiser::{Counted, Denoiser};
-use dcm::discretization::Discretization;
-use dcm::distill::direct::{direct_targets, direct_targets_whole_batch};
-use dcm::guidance::Guided;
-use dcm::mlp::{Mlp, MlpConfig};
-use dcm::noise::{seeded, standard_normal};
-use dcm::parameterization::{c_out, c_skip, consistency};
-use dcm::schedule::Schedule;
-use dcm::solver::Solver;
+use dcm::consistency::direct::{direct_targets, direct_targets_whole_batch};
+use dcm::consistency::parameterization::{c_out, c_skip, consistency};
+use dcm::diffusion::analytic::GaussianMixture;
+use dcm::diffusion::condition::Condition;
+use dcm::diffusion::denoiser::{Counted, Denoiser};
+use dcm::diffusion::discretization::Discretization;
+use dcm::diffusion::guidance::Guided;
+use dcm::diffusion::schedule::Schedule;
+use dcm::diffusion::solver::Solver;
+use dcm::nets::mlp::{Mlp, MlpConfig};
+use dcm::runtime::noise::{seeded, standard_normal};
 use rand::Rng;
 
 fn mixture() -> GaussianMixture {
@@ -54,9 +55,9 @@ fn guidance_interpolates_conditional_and_unconditional() {
     let teacher = mixture();
     let x = standard_normal(&mut seeded(1), (6, 2), &Device::Cpu).unwrap();
     let t = [1000, 800, 500, 300, 100, 20];
-    let c: Vec<Option<u32>> = vec![Some(0), Some(1), Some(0), Some(1), Some(0), Some(1)];
+    let c = Condition::Labels(vec![Some(0), Some(1), Some(0), Some(1), Some(0), Some(1)]);
     let ec = teacher.eps(&x, &t, &c).unwrap();
-    let eu = teacher.eps(&x, &t, &[None; 6]).unwrap();
+    let eu = teacher.eps(&x, &t, &Condition::unconditional(6)).unwrap();
     assert!(
         max_diff(&ec, &eu) > 1e-2,
         "conditional and unconditional must differ for the test to mean anything"
@@ -67,7 +68,10 @@ fn guidance_interpolates_conditional_and_unconditional() {
     assert!(max_diff(&Guided::new(&teacher, 3.0).eps(&x, &t, &c).unwrap(), &w3) < 1e-5);
     // The network path batches [x; x] with [c; ∅] in one call: it must agree with two calls.
     let net = small_mlp(2);
-    let (nc, nu) = (net.eps(&x, &t, &c).unwrap(), net.eps(&x, &t, &[None; 6]).unwrap());
+    let (nc, nu) = (
+        net.eps(&x, &t, &c).unwrap(),
+        net.eps(&x, &t, &Condition::unconditional(6)).unwrap(),
+    );
     let want = (&nu + ((&nc - &nu).unwrap() * 2.5).unwrap()).unwrap();
     assert!(max_diff(&Guided::new(&net, 2.5).eps(&x, &t, &c).unwrap(), &want) < 1e-5);
 }
@@ -83,18 +87,18 @@ fn consistency_function_meets_the_boundary_condition() {
     }
     let net = small_mlp(0);
     let x = standard_normal(&mut seeded(2), (5, 2), &Device::Cpu).unwrap();
-    let f0 = consistency(&net, &x, &[0; 5], &[None; 5]).unwrap();
+    let f0 = consistency(&net, &x, &[0; 5], &Condition::unconditional(5)).unwrap();
     assert_eq!(
         f0.to_vec2::<f32>().unwrap(),
         x.to_vec2::<f32>().unwrap(),
         "f(x, 0) must be exactly x"
     );
     // Near the boundary f departs from x by c_out(1)·|x̂₀ − x| + …, which is small.
-    let f1 = consistency(&net, &x, &[1; 5], &[None; 5]).unwrap();
+    let f1 = consistency(&net, &x, &[1; 5], &Condition::unconditional(5)).unwrap();
     assert!(max_diff(&f1, &x) < 0.1);
 }
 
-fn active_set_case(teacher: &dyn Denoiser, solver: Solver, labels: &[Option<u32>]) {
+fn active_set_case(teacher: &dyn Denoiser, solver: Solver, labels: &Condition) {
     let b = labels.len();
     let grid = Discretization::new(20).unwrap();
     let mut rng = seeded(4);
@@ -116,7 +120,7 @@ fn active_set_case(teacher: &dyn Denoiser, solver: Solver, labels: &[Option<u32>
 
 #[test]
 fn active_set_direct_targets_equal_whole_batch_targets() {
-    let labels: Vec<Option<u32>> = (0..256).map(|i| if i % 3 == 0 { None } else { Some(i % 2) }).collect();
+    let labels = Condition::Labels((0..256).map(|i| if i % 3 == 0 { None } else { Some(i % 2) }).collect());
     for solver in [Solver::Ddim, Solver::Euler, Solver::Heun] {
         active_set_case(&mixture(), solver, &labels);
         active_set_case(&Guided::new(&small_mlp(2), 2.0), solver, &labels);

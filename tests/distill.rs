@@ -3,17 +3,19 @@
 //! and Direct's active-set targets must equal the reference's whole-batch targets.
 
 use candle_core::Device;
-use dcm::analytic::GaussianMixture;
+use dcm::consistency::distance::Distance;
+use dcm::consistency::objective::Method;
 use dcm::data::Dataset;
-use dcm::discretization::Discretization;
-use dcm::distill::{distill, DistillConfig, Method};
-use dcm::evaluate::{ode_errors, EvalSetup};
-use dcm::loss::Loss;
-use dcm::mlp::{Mlp, MlpConfig};
-use dcm::noise::{seeded, standard_normal};
-use dcm::optim::OptimConfig;
-use dcm::schedule::Schedule;
-use dcm::solver::Solver;
+use dcm::diffusion::analytic::GaussianMixture;
+use dcm::diffusion::condition::Condition;
+use dcm::diffusion::discretization::Discretization;
+use dcm::diffusion::schedule::Schedule;
+use dcm::diffusion::solver::Solver;
+use dcm::eval::evaluate::{ode_errors, EvalSetup};
+use dcm::nets::mlp::{Mlp, MlpConfig};
+use dcm::runtime::noise::{seeded, standard_normal};
+use dcm::train::distill::{distill, DistillConfig};
+use dcm::train::optim::OptimConfig;
 
 fn two_moons_mixture() -> GaussianMixture {
     GaussianMixture::new(
@@ -47,7 +49,7 @@ fn config(method: Method) -> DistillConfig {
             max_grad_norm: 1.0,
             cosine_decay: true,
         },
-        loss: Loss::L2,
+        loss: Distance::L2,
         ema_decay: None,
         seed: 0,
     }
@@ -67,9 +69,9 @@ fn distilled_students_beat_one_interval_ddim() {
     };
     let init = net.init(&mut seeded(2)).unwrap();
     let noise = standard_normal(&mut seeded(3), (2000, 2), &Device::Cpu).unwrap();
-    let labels = vec![None; 2000];
+    let labels = Condition::unconditional(2000);
     let mut results = Vec::new();
-    for method in [Method::Cm, Method::Direct] {
+    for method in Method::all() {
         let cfg = config(method);
         let out = distill(&teacher, &net, &init, &data, &cfg, Default::default()).unwrap();
         let student = Mlp::new(net.clone(), &out.params).unwrap();

@@ -5,7 +5,7 @@
 
 use candle_core::{Device, Tensor};
 use dcm::data::{idx, npy};
-use dcm::mlp::{Mlp, MlpConfig};
+use dcm::nets::mlp::{Mlp, MlpConfig};
 use proptest::prelude::*;
 use std::io::Write;
 
@@ -79,7 +79,7 @@ fn mlp_config() -> MlpConfig {
 }
 
 fn safetensors_bytes() -> Vec<u8> {
-    let params = mlp_config().init(&mut dcm::noise::seeded(0)).unwrap();
+    let params = mlp_config().init(&mut dcm::runtime::noise::seeded(0)).unwrap();
     safetensors::serialize(params, None).unwrap()
 }
 
@@ -126,7 +126,7 @@ proptest! {
         let dir = std::env::temp_dir().join(format!("dcm-prop-st-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("model.safetensors"), &bytes).unwrap();
-        if let Ok(params) = dcm::model_dir::load_params(&dir) {
+        if let Ok(params) = dcm::models::model_dir::load_params(&dir) {
             let _ = Mlp::new(mlp_config(), &params);
         }
     }
@@ -144,7 +144,7 @@ proptest! {
         let dir = std::env::temp_dir().join(format!("dcm-prop-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.json"), &bytes).unwrap();
-        if let Ok(cfg) = dcm::model_dir::load_config::<dcm::teacher::NetworkTeacherConfig>(&dir) {
+        if let Ok(cfg) = dcm::models::model_dir::load_config::<dcm::models::teacher::NetworkTeacherConfig>(&dir) {
             let _ = cfg.net.validate();
         }
     }

@@ -64,10 +64,14 @@ fn shipped_teacher_samples_are_digits_of_the_requested_class() {
     let home = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::temp_dir().join(format!("dcm-decode-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let noise =
-        dcm::noise::standard_normal(&mut dcm::noise::seeded(5), (40, 4, 7, 7), &candle_core::Device::Cpu).unwrap();
+    let noise = dcm::runtime::noise::standard_normal(
+        &mut dcm::runtime::noise::seeded(5),
+        (40, 4, 7, 7),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     dcm::data::npy::write(&dir.join("n.npy"), &noise).unwrap();
-    let featnet = dcm::model_dir::load_featnet(&home.join("models/featnet")).unwrap();
+    let featnet = dcm::models::model_dir::load_featnet(&home.join("models/featnet")).unwrap();
     for class in ["3", "7"] {
         let out = dir.join(format!("digits{class}.npy"));
         let o = Command::new(env!("CARGO_BIN_EXE_dcm"))

@@ -2,11 +2,12 @@
 //! against the Gaussian's exact ODE solution, and their convergence orders.
 
 use candle_core::{Device, Tensor};
-use dcm::analytic::Gaussian;
-use dcm::discretization::Discretization;
-use dcm::noise::{seeded, standard_normal};
-use dcm::schedule::{Schedule, ScheduleKind, T};
-use dcm::solver::{solve, Solver};
+use dcm::diffusion::analytic::Gaussian;
+use dcm::diffusion::condition::Condition;
+use dcm::diffusion::discretization::Discretization;
+use dcm::diffusion::schedule::{Schedule, ScheduleKind, T};
+use dcm::diffusion::solver::{solve, Solver};
+use dcm::runtime::noise::{seeded, standard_normal};
 
 /// Independent reference: DESIGN.md's formulas on plain f64, for a Gaussian N(m, s²) teacher.
 fn reference_solve(solver: Solver, sch: &Schedule, m: f64, s: f64, x: f64, n: usize) -> f64 {
@@ -87,7 +88,17 @@ fn solvers_match_independent_f64_formulas() {
         let x = noise(16);
         for solver in [Solver::Ddim, Solver::Euler, Solver::Heun] {
             for n in [1, 10, 50, 1000] {
-                let got = values(&solve(solver, &g, &x, Discretization::new(n).unwrap(), T, &[None; 16]).unwrap());
+                let got = values(
+                    &solve(
+                        solver,
+                        &g,
+                        &x,
+                        Discretization::new(n).unwrap(),
+                        T,
+                        &Condition::unconditional(16),
+                    )
+                    .unwrap(),
+                );
                 let want: Vec<f64> = values(&x)
                     .iter()
                     .map(|&x| reference_solve(solver, &g.schedule, g.mean, g.std, x, n))
@@ -107,7 +118,17 @@ fn fine_solves_approach_the_exact_solution() {
     let x = noise(64);
     let exact = values(&g.exact_solution(&x, &[T; 64]).unwrap());
     for solver in [Solver::Ddim, Solver::Euler, Solver::Heun] {
-        let got = values(&solve(solver, &g, &x, Discretization::new(1000).unwrap(), T, &[None; 64]).unwrap());
+        let got = values(
+            &solve(
+                solver,
+                &g,
+                &x,
+                Discretization::new(1000).unwrap(),
+                T,
+                &Condition::unconditional(64),
+            )
+            .unwrap(),
+        );
         let err = mse(&got, &exact);
         println!("{solver:?} N=1000 MSE to exact: {err:.3e}");
         assert!(err < 1e-4, "{solver:?}: {err}");
@@ -117,12 +138,32 @@ fn fine_solves_approach_the_exact_solution() {
 fn self_convergence_ratios(solver: Solver) -> Vec<f64> {
     let g = gaussian(ScheduleKind::ScaledLinear);
     let x = noise(64);
-    let fine = values(&solve(solver, &g, &x, Discretization::new(1000).unwrap(), T, &[None; 64]).unwrap());
+    let fine = values(
+        &solve(
+            solver,
+            &g,
+            &x,
+            Discretization::new(1000).unwrap(),
+            T,
+            &Condition::unconditional(64),
+        )
+        .unwrap(),
+    );
     let errs: Vec<f64> = [10, 20, 40]
         .iter()
         .map(|&n| {
             mse(
-                &values(&solve(solver, &g, &x, Discretization::new(n).unwrap(), T, &[None; 64]).unwrap()),
+                &values(
+                    &solve(
+                        solver,
+                        &g,
+                        &x,
+                        Discretization::new(n).unwrap(),
+                        T,
+                        &Condition::unconditional(64),
+                    )
+                    .unwrap(),
+                ),
                 &fine,
             )
             .sqrt()

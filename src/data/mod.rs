@@ -5,7 +5,7 @@ pub mod image_folder;
 pub mod npy;
 pub mod toy;
 
-use crate::noise::Rng;
+use crate::runtime::noise::Rng;
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 use rand::Rng as _;
@@ -63,7 +63,7 @@ impl Dataset {
             return toy::Toy::parse(name)?.dataset(toy::DEFAULT_SIZE, seed);
         }
         let path = if spec == "mnist" {
-            crate::assets::mnist_dir()
+            crate::runtime::assets::mnist_dir()
         } else {
             Path::new(spec).to_path_buf()
         };
@@ -122,7 +122,7 @@ impl Dataset {
 
     /// Seeded stratified split: `held_out` of each class (rounded) goes to the second set.
     pub fn split(&self, held_out: f64, seed: u64) -> Result<(Self, Self)> {
-        let mut rng = crate::noise::seeded(seed);
+        let mut rng = crate::runtime::noise::seeded(seed);
         let mut by_class: std::collections::BTreeMap<Option<u32>, Vec<usize>> = Default::default();
         for (i, l) in self.labels.iter().enumerate() {
             by_class.entry(*l).or_default().push(i);

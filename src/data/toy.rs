@@ -2,10 +2,8 @@
 //! `ring` and `grid` are Gaussian mixtures, so an exact analytic teacher exists for them.
 
 use super::Dataset;
-use crate::analytic::GaussianMixture;
-use crate::noise::{seeded, Rng};
-use crate::schedule::Schedule;
-use anyhow::{bail, Result};
+use crate::runtime::noise::{seeded, Rng};
+use anyhow::{bail, ensure, Result};
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
 use rand_distr::{Distribution, StandardNormal};
@@ -43,7 +41,7 @@ impl Toy {
     }
 
     /// The exact mixture behind `ring` and `grid`; `None` for the others.
-    pub fn mixture(self, schedule: Schedule) -> Option<GaussianMixture> {
+    pub fn components(self) -> Option<Components> {
         let (means, std): (Vec<Vec<f64>>, f64) = match self {
             Self::Ring => (
                 (0..8)
@@ -63,54 +61,125 @@ impl Toy {
             _ => return None,
         };
         let n = means.len();
-        Some(GaussianMixture::new(means, vec![std; n], vec![1.0; n], schedule).expect("valid built-in mixture"))
+        Some(Components::new(means, vec![std; n], vec![1.0; n]).expect("valid built-in mixture"))
     }
 
     pub fn dataset(self, n: usize, seed: u64) -> Result<Dataset> {
         let mut rng = seeded(seed);
-        if let Some(m) = self.mixture(Schedule::default()) {
-            return m.sample(n, &mut rng);
-        }
+        let draw: fn(&mut Rng) -> ([f64; 2], Option<u32>) = match self {
+            Self::Ring | Self::Grid => {
+                return self
+                    .components()
+                    .expect("ring and grid are mixtures")
+                    .sample(n, &mut rng)
+            }
+            Self::Checkerboard => checkerboard,
+            Self::Moons => moons,
+            Self::Spiral => spiral,
+        };
         let mut xs = Vec::with_capacity(2 * n);
         let mut labels = Vec::with_capacity(n);
         for _ in 0..n {
-            let (p, label) = self.point(&mut rng);
+            let (p, label) = draw(&mut rng);
             xs.extend(p.map(|v| v as f32));
             labels.push(label);
         }
         let classes = if self == Self::Moons { 2 } else { 0 };
         Dataset::new(Tensor::from_vec(xs, (n, 2), &Device::Cpu)?, labels, classes)
     }
+}
 
-    fn point(self, rng: &mut Rng) -> ([f64; 2], Option<u32>) {
-        let mut z = || -> f64 { StandardNormal.sample(rng) };
-        match self {
-            Self::Checkerboard => loop {
-                let (x, y) = (rng.random_range(-1.5..1.5f64), rng.random_range(-1.5..1.5f64));
-                let (i, j) = (((x + 1.5) / 0.75) as i64, ((y + 1.5) / 0.75) as i64);
-                if (i + j) % 2 == 0 {
-                    return ([x, y], None);
-                }
-            },
-            Self::Moons => {
-                let upper = rng.random_bool(0.5);
-                let a = rng.random_range(0.0..PI);
-                let (x, y) = if upper {
-                    (a.cos(), a.sin())
-                } else {
-                    (1.0 - a.cos(), 0.5 - a.sin())
-                };
-                let mut z = || -> f64 { StandardNormal.sample(rng) };
-                ([x - 0.5 + 0.05 * z(), y - 0.25 + 0.05 * z()], Some(upper as u32))
-            }
-            Self::Spiral => {
-                let s: f64 = rng.random_range(0.0..1.0f64).sqrt();
-                let a = 4.0 * PI * s;
-                let mut z = || -> f64 { StandardNormal.sample(rng) };
-                ([1.5 * s * a.cos() + 0.04 * z(), 1.5 * s * a.sin() + 0.04 * z()], None)
-            }
-            Self::Ring | Self::Grid => ([z(), z()], None),
+/// Uniform on the dark squares of a 4×4 board over [−1.5, 1.5]² (rejection sampling).
+fn checkerboard(rng: &mut Rng) -> ([f64; 2], Option<u32>) {
+    loop {
+        let (x, y) = (rng.random_range(-1.5..1.5f64), rng.random_range(-1.5..1.5f64));
+        let (i, j) = (((x + 1.5) / 0.75) as i64, ((y + 1.5) / 0.75) as i64);
+        if (i + j) % 2 == 0 {
+            return ([x, y], None);
         }
+    }
+}
+
+fn moons(rng: &mut Rng) -> ([f64; 2], Option<u32>) {
+    let upper = rng.random_bool(0.5);
+    let a = rng.random_range(0.0..PI);
+    let (x, y) = if upper {
+        (a.cos(), a.sin())
+    } else {
+        (1.0 - a.cos(), 0.5 - a.sin())
+    };
+    let mut z = || -> f64 { StandardNormal.sample(rng) };
+    ([x - 0.5 + 0.05 * z(), y - 0.25 + 0.05 * z()], Some(upper as u32))
+}
+
+fn spiral(rng: &mut Rng) -> ([f64; 2], Option<u32>) {
+    let s: f64 = rng.random_range(0.0..1.0f64).sqrt();
+    let a = 4.0 * PI * s;
+    let mut z = || -> f64 { StandardNormal.sample(rng) };
+    ([1.5 * s * a.cos() + 0.04 * z(), 1.5 * s * a.sin() + 0.04 * z()], None)
+}
+
+/// A mixture of isotropic Gaussians `Σ_k w_k N(μ_k, s_k² I)` as data: component k is class k.
+#[derive(Clone, Debug)]
+pub struct Components {
+    pub means: Vec<Vec<f64>>,
+    pub stds: Vec<f64>,
+    /// Normalised to sum to 1.
+    pub weights: Vec<f64>,
+}
+
+impl Components {
+    pub fn new(means: Vec<Vec<f64>>, stds: Vec<f64>, weights: Vec<f64>) -> Result<Self> {
+        ensure!(!means.is_empty(), "a mixture needs at least one component");
+        let d = means[0].len();
+        ensure!(d > 0, "mixture means must have at least one coordinate");
+        ensure!(
+            means.iter().all(|m| m.len() == d),
+            "all mixture means must have the same dimension ({d})"
+        );
+        ensure!(
+            stds.len() == means.len() && weights.len() == means.len(),
+            "mixture needs one std and one weight per component"
+        );
+        ensure!(
+            stds.iter().all(|&s| s > 0.0 && s.is_finite()),
+            "mixture stds must be positive"
+        );
+        ensure!(
+            weights.iter().all(|&w| w > 0.0 && w.is_finite()),
+            "mixture weights must be positive"
+        );
+        let total: f64 = weights.iter().sum();
+        let weights = weights.iter().map(|w| w / total).collect();
+        Ok(Self { means, stds, weights })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.means[0].len()
+    }
+
+    /// Draws `n` points with their component as class label.
+    pub fn sample(&self, n: usize, rng: &mut Rng) -> Result<Dataset> {
+        let d = self.dim();
+        let mut xs = Vec::with_capacity(n * d);
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let mut u: f64 = rng.random();
+            let k = self
+                .weights
+                .iter()
+                .position(|&w| {
+                    u -= w;
+                    u < 0.0
+                })
+                .unwrap_or(self.weights.len() - 1);
+            for &m in &self.means[k] {
+                let z: f64 = StandardNormal.sample(rng);
+                xs.push((m + self.stds[k] * z) as f32);
+            }
+            labels.push(Some(k as u32));
+        }
+        Dataset::new(Tensor::from_vec(xs, (n, d), &Device::Cpu)?, labels, self.means.len())
     }
 }
 

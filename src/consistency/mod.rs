@@ -1,0 +1,9 @@
+//! Consistency models: the boundary-condition parameterization, the multistep
+//! sampler, and the distillation objectives (CM and Direct CM) with their distances.
+
+pub mod cm;
+pub mod direct;
+pub mod distance;
+pub mod objective;
+pub mod parameterization;
+pub mod sampler;

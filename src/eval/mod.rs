@@ -1,0 +1,6 @@
+//! Judging students: ODE-solving error against the teacher's solve and the
+//! sample-quality metrics.
+
+pub mod evaluate;
+pub mod metrics;
+pub mod ode_error;

@@ -1,0 +1,149 @@
+//! Writes a reproduce run folder: report.md, report.json, results.csv, config.json,
+//! sample grids, the ODE-error-against-FD chart and the training-loss curves.
+
+use super::chart::{write_chart, Series};
+use super::grid::write_grid;
+use super::table::{csv, markdown, summarise, Summary};
+use crate::experiments::reproduce::{Outcome, ReproduceConfig};
+use crate::train::checkpoint::write_atomic;
+use anyhow::{Context, Result};
+use std::path::Path;
+
+/// Machine facts for the report header.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    format!("{cpu}, {threads} threads, {}", std::env::consts::OS)
+}
+
+/// Moving average over `w` steps, as (step, loss) points.
+fn smoothed(losses: &[f32], w: usize) -> Vec<(f64, f64, String)> {
+    losses
+        .windows(w.min(losses.len()).max(1))
+        .enumerate()
+        .map(|(i, win)| {
+            (
+                (i + win.len()) as f64,
+                win.iter().map(|&l| l as f64).sum::<f64>() / win.len() as f64,
+                String::new(),
+            )
+        })
+        .collect()
+}
+
+fn finding(summary: &[Summary]) -> String {
+    let at = |m: &str| summary.iter().find(|s| s.method == m && s.steps == 1);
+    let (Some(cm), Some(direct)) = (at("CM"), at("Direct")) else {
+        return String::new();
+    };
+    let (oc, od) = (cm.mean("ODE error (latent)"), direct.mean("ODE error (latent)"));
+    let (fc, fdd) = (cm.mean("FD vs data"), direct.mean("FD vs data"));
+    let cmp = |a: f64, b: f64| if a < b { "lower" } else { "higher" };
+    format!(
+        "At 1 step, Direct CM has {} ODE error than CM ({od:.4} vs {oc:.4}) and {} FD to the data ({fdd:.2} vs {fc:.2}). \
+         The paper reports lower ODE error but higher (worse) FID for Direct CMs.\n",
+        cmp(od, oc),
+        cmp(fdd, fc)
+    )
+}
+
+pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64) -> Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let summary = summarise(&out.rows);
+    let table = markdown(&summary);
+    for (method, steps, images) in &out.grids {
+        let name = format!("samples_{}_{steps}.png", method.to_lowercase().replace(' ', "_"));
+        write_grid(&dir.join(name), images, out.classes, cfg.grid_columns)?;
+    }
+    let methods = ["teacher DDIM", "CM", "Direct"];
+    let scatter: Vec<Series> = methods
+        .iter()
+        .map(|m| Series {
+            name: m.to_string(),
+            points: summary
+                .iter()
+                .filter(|s| s.method == *m)
+                .map(|s| {
+                    (
+                        s.mean("FD vs data"),
+                        s.mean("ODE error (latent)"),
+                        format!("{}", s.steps),
+                    )
+                })
+                .collect(),
+        })
+        .collect();
+    write_chart(
+        &dir.join("ode_error_vs_fd.svg"),
+        "ODE error against FD (labels: steps)",
+        "FD vs data (lower is better)",
+        "ODE error, latent MSE",
+        &scatter,
+        false,
+        true,
+    )?;
+    let curves: Vec<Series> = out
+        .training
+        .iter()
+        .filter(|t| t.seed == 0)
+        .map(|t| Series {
+            name: t.method.clone(),
+            points: smoothed(&t.losses, 20),
+        })
+        .collect();
+    write_chart(
+        &dir.join("loss_curves.svg"),
+        "Distillation loss (moving average of 20 steps)",
+        "step",
+        "loss",
+        &curves,
+        true,
+        true,
+    )?;
+    let training: String = out
+        .training
+        .iter()
+        .map(|t| {
+            format!(
+                "| {} | {} | {:.0} | {} | {:.3e} |\n",
+                t.method,
+                t.seed,
+                t.seconds,
+                t.teacher_evaluations,
+                t.losses.last().copied().unwrap_or(f32::NAN)
+            )
+        })
+        .collect();
+    let report = format!(
+        "# dcm reproduce — preset `{}`\n\nMachine: {}. Wall time: {seconds:.0} s. Seeds: {}. {} samples ({} per class), teacher {:?} with N = {} intervals, guidance w = {}.\n\n{table}\n{}\n\
+         ## Training\n\n| method | seed | seconds | teacher evaluations (per sample) | final loss |\n|---|---|---|---|---|\n{training}\n\
+         ## Figures\n\n![ODE error against FD](ode_error_vs_fd.svg)\n\n![loss curves](loss_curves.svg)\n\nSample grids (one row per class, same noise for every model): {}.\n",
+        cfg.preset,
+        machine(),
+        cfg.seeds,
+        cfg.per_class * out.classes,
+        cfg.per_class,
+        cfg.solver,
+        cfg.intervals,
+        cfg.guidance,
+        finding(&summary),
+        out.grids.iter().map(|(m, k, _)| format!("`samples_{}_{k}.png`", m.to_lowercase().replace(' ', "_"))).collect::<Vec<_>>().join(", ")
+    );
+    write_atomic(&dir.join("report.md"), report.as_bytes())?;
+    write_atomic(&dir.join("results.csv"), csv(&out.rows).as_bytes())?;
+    write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+    let json = serde_json::json!({"config": cfg, "seconds": seconds, "machine": machine(), "summary": summary, "rows": out.rows, "training": out.training});
+    write_atomic(
+        &dir.join("report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    Ok(table)
+}

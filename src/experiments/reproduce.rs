@@ -1,0 +1,331 @@
+//! `dcm reproduce`: the paper's comparison end to end on the shipped MNIST latent
+//! setting — teacher reference samples, CM and Direct CM distilled with identical
+//! hyper-parameters, every model judged at 1, 2, 4, 8 steps on the same noise.
+
+use crate::consistency::distance::Distance;
+use crate::consistency::objective::Method;
+use crate::consistency::sampler::multistep_sample;
+use crate::data::Dataset;
+use crate::diffusion::condition::Condition;
+use crate::diffusion::denoiser::Denoiser;
+use crate::diffusion::discretization::Discretization;
+use crate::diffusion::guidance::Guided;
+use crate::diffusion::schedule::T;
+use crate::diffusion::solver::{solve, Solver};
+use crate::eval::metrics::{fd::frechet_distance, kd::kernel_distance, prdc::prdc, to_matrix};
+use crate::eval::ode_error::ode_error;
+use crate::nets::autoencoder::Autoencoder;
+use crate::nets::featnet::Featnet;
+use crate::nets::layers::{map_chunks, Params};
+use crate::nets::mlp::Mlp;
+use crate::runtime::noise::{seeded, standard_normal};
+use crate::train::autoencoder::{decode_all, encode_all};
+use crate::train::distill::{distill, DistillConfig};
+use crate::train::optim::OptimConfig;
+use anyhow::{bail, ensure, Result};
+use candle_core::Tensor;
+use nalgebra::DMatrix;
+use serde::{Deserialize, Serialize};
+
+/// Everything a run depends on; written beside the report as `config.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReproduceConfig {
+    pub preset: String,
+    /// Evaluation samples per class (the noise is shared by every model).
+    pub per_class: usize,
+    pub solver: Solver,
+    pub intervals: usize,
+    pub guidance: f64,
+    pub distill_steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    /// Cosine decay of the learning rate to 0 (otherwise constant).
+    pub cosine_decay: bool,
+    pub weight_decay: f64,
+    pub loss: Distance,
+    pub ema_decay: Option<f64>,
+    /// Sampler step counts evaluated.
+    pub steps: Vec<usize>,
+    pub seeds: usize,
+    /// Images per class row in the PNG grids.
+    pub grid_columns: usize,
+}
+
+impl ReproduceConfig {
+    pub fn preset(name: &str) -> Result<Self> {
+        let base = Self {
+            preset: name.to_string(),
+            per_class: 100,
+            solver: Solver::Ddim,
+            intervals: 50,
+            guidance: 2.0,
+            distill_steps: 2000,
+            batch: 128,
+            lr: 1e-4,
+            cosine_decay: true,
+            weight_decay: 1e-2,
+            loss: Distance::L2,
+            ema_decay: None,
+            steps: vec![1, 2, 4, 8],
+            seeds: 1,
+            grid_columns: 8,
+        };
+        Ok(match name {
+            "default" => base,
+            "smoke" => Self {
+                per_class: 20,
+                intervals: 10,
+                distill_steps: 20,
+                batch: 32,
+                grid_columns: 4,
+                ..base
+            },
+            "paper" => Self {
+                per_class: 500,
+                intervals: 100,
+                distill_steps: 6000,
+                batch: 256,
+                loss: Distance::PseudoHuber { c: 0.001 },
+                ..base
+            },
+            _ => bail!("unknown preset '{name}' (expected smoke, default or paper)"),
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let grid = Discretization::new(self.intervals)?;
+        ensure!(
+            self.per_class > 5,
+            "--per-class must exceed 5 (precision/recall use k = 5)"
+        );
+        ensure!(
+            self.seeds > 0 && self.distill_steps > 0 && self.batch > 0,
+            "--seeds, --distill-steps and --batch must be positive"
+        );
+        ensure!(
+            self.grid_columns > 0 && self.grid_columns <= self.per_class,
+            "--grid-columns must be between 1 and --per-class"
+        );
+        for &k in &self.steps {
+            ensure!(
+                k >= 1 && k <= grid.intervals() && T.is_multiple_of(k),
+                "--steps {k} must divide 1000 and be at most N = {}",
+                self.intervals
+            );
+        }
+        Ok(())
+    }
+
+    fn distill_config(&self, method: Method, seed: u64) -> DistillConfig {
+        DistillConfig {
+            method,
+            solver: self.solver,
+            intervals: self.intervals,
+            guidance: self.guidance,
+            steps: self.distill_steps,
+            batch: self.batch,
+            optim: OptimConfig {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                max_grad_norm: 1.0,
+                cosine_decay: self.cosine_decay,
+            },
+            loss: self.loss,
+            ema_decay: self.ema_decay,
+            seed,
+        }
+    }
+}
+
+/// The shipped networks and data a run uses.
+pub struct Models {
+    pub autoencoder: Autoencoder,
+    pub teacher: Mlp,
+    pub teacher_params: Params,
+    pub featnet: Featnet,
+    pub data: Dataset,
+}
+
+/// Every number of one (model, steps, seed) row of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Metrics {
+    pub ode_error_latent: f64,
+    pub ode_error_pixel: f64,
+    pub fd_teacher: f64,
+    pub fd_data: f64,
+    pub kd_data: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub density: f64,
+    pub coverage: f64,
+    pub class_accuracy: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub method: String,
+    pub steps: usize,
+    pub seed: u64,
+    pub metrics: Metrics,
+}
+
+/// A distilled student's record: its loss curve and the work its targets cost.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainingRecord {
+    pub method: String,
+    pub seed: u64,
+    pub losses: Vec<f32>,
+    pub teacher_evaluations: u64,
+    pub seconds: f64,
+}
+
+pub struct Outcome {
+    pub classes: usize,
+    pub rows: Vec<Row>,
+    pub training: Vec<TrainingRecord>,
+    /// Decoded images per (method, steps) for seed 0, for the sample grids.
+    pub grids: Vec<(String, usize, Tensor)>,
+}
+
+/// Judges decoded samples against the teacher's reference and the held-out data.
+struct Judge<'a> {
+    models: &'a Models,
+    labels: Vec<u32>,
+    ref_latents: Tensor,
+    ref_images: Tensor,
+    ref_features: DMatrix<f64>,
+    real_features: DMatrix<f64>,
+}
+
+fn features(net: &Featnet, images: &Tensor) -> Result<Tensor> {
+    map_chunks(images, 500, |c| net.features(c))
+}
+
+impl Judge<'_> {
+    fn judge(&self, latents: &Tensor) -> Result<(Metrics, Tensor)> {
+        let images = decode_all(&self.models.autoencoder, latents)?;
+        let feats = features(&self.models.featnet, &images)?;
+        let predicted = self.models.featnet.logits(&feats)?.argmax(1)?.to_vec1::<u32>()?;
+        let hits = predicted.iter().zip(&self.labels).filter(|(p, l)| p == l).count();
+        let f = to_matrix(&feats)?;
+        let p = prdc(&self.real_features, &f, 5)?;
+        let metrics = Metrics {
+            ode_error_latent: ode_error(latents, &self.ref_latents)?,
+            ode_error_pixel: ode_error(&images, &self.ref_images)?,
+            fd_teacher: frechet_distance(&f, &self.ref_features)?,
+            fd_data: frechet_distance(&f, &self.real_features)?,
+            kd_data: kernel_distance(&f, &self.real_features)?,
+            precision: p.precision,
+            recall: p.recall,
+            density: p.density,
+            coverage: p.coverage,
+            class_accuracy: hits as f64 / self.labels.len() as f64,
+        };
+        Ok((metrics, images))
+    }
+}
+
+/// The first `cols` samples of every class, class by class (rows of a grid).
+fn grid_images(images: &Tensor, classes: usize, cols: usize) -> Result<Tensor> {
+    let idx: Vec<u32> = (0..classes)
+        .flat_map(|c| (0..cols).map(move |j| (j * classes + c) as u32))
+        .collect();
+    Ok(images.index_select(&Tensor::from_vec(idx.clone(), idx.len(), images.device())?, 0)?)
+}
+
+pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
+    cfg.validate()?;
+    let classes = models.teacher.num_classes();
+    ensure!(
+        classes > 0,
+        "the teacher is unconditional; reproduce needs a class-conditional teacher"
+    );
+    let (train, held_out) = models.data.standard_split()?;
+    let train_latents = Dataset::new(
+        encode_all(&models.autoencoder, &train.x)?,
+        train.labels.clone(),
+        train.num_classes,
+    )?;
+    let real_features = to_matrix(&features(&models.featnet, &held_out.x)?)?;
+    let grid = Discretization::new(cfg.intervals)?;
+    let n = cfg.per_class * classes;
+    let labels: Vec<u32> = (0..n as u32).map(|i| i % classes as u32).collect();
+    let cond = Condition::Labels(labels.iter().map(|&c| Some(c)).collect());
+    let mut shape = vec![n];
+    shape.extend(&models.teacher.config().sample_shape);
+    let mut out = Outcome {
+        classes,
+        rows: Vec::new(),
+        training: Vec::new(),
+        grids: Vec::new(),
+    };
+    let guided = Guided::new(&models.teacher, cfg.guidance);
+    for seed in 0..cfg.seeds as u64 {
+        let noise = standard_normal(&mut seeded(1000 + seed), shape.clone(), &candle_core::Device::Cpu)?;
+        let ref_latents = solve(cfg.solver, &guided, &noise, grid, T, &cond)?;
+        let ref_images = decode_all(&models.autoencoder, &ref_latents)?;
+        let ref_features = to_matrix(&features(&models.featnet, &ref_images)?)?;
+        let judge = Judge {
+            models,
+            labels: labels.clone(),
+            ref_latents: ref_latents.clone(),
+            ref_images,
+            ref_features,
+            real_features: real_features.clone(),
+        };
+        let mut record = |method: &str, steps: usize, latents: &Tensor| -> Result<()> {
+            let (metrics, images) = judge.judge(latents)?;
+            if seed == 0 {
+                out.grids.push((
+                    method.to_string(),
+                    steps,
+                    grid_images(&images, classes, cfg.grid_columns)?,
+                ));
+            }
+            out.rows.push(Row {
+                method: method.to_string(),
+                steps,
+                seed,
+                metrics,
+            });
+            Ok(())
+        };
+        record("teacher", cfg.intervals, &ref_latents)?;
+        for &k in &cfg.steps {
+            record(
+                "teacher DDIM",
+                k,
+                &solve(Solver::Ddim, &guided, &noise, Discretization::new(k)?, T, &cond)?,
+            )?;
+        }
+        for method in Method::all() {
+            let name = method.title();
+            let start = std::time::Instant::now();
+            let d = distill(
+                &models.teacher,
+                models.teacher.config(),
+                &models.teacher_params,
+                &train_latents,
+                &cfg.distill_config(method, seed),
+                Default::default(),
+            )?;
+            out.training.push(TrainingRecord {
+                method: name.into(),
+                seed,
+                losses: d.losses,
+                teacher_evaluations: d.teacher_evaluations,
+                seconds: start.elapsed().as_secs_f64(),
+            });
+            let student = Mlp::new(models.teacher.config().clone(), &d.params)?;
+            for &k in &cfg.steps {
+                record(
+                    name,
+                    k,
+                    &multistep_sample(&student, &noise, grid, k, &cond, &mut seeded(2000 + seed))?,
+                )?;
+            }
+        }
+    }
+    Ok(out)
+}

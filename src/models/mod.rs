@@ -1,0 +1,6 @@
+//! Model folders on disk: teacher specifications, distilled students, and the
+//! config-plus-safetensors layout they share.
+
+pub mod model_dir;
+pub mod student;
+pub mod teacher;

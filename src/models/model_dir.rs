@@ -1,0 +1,63 @@
+//! A model folder: `config.json` beside `model.safetensors`, both written atomically.
+
+use crate::nets::layers::Params;
+use crate::train::checkpoint::write_atomic;
+use anyhow::{Context, Result};
+use candle_core::Device;
+use serde::{de::DeserializeOwned, Serialize};
+use std::path::Path;
+
+pub const CONFIG: &str = "config.json";
+pub const WEIGHTS: &str = "model.safetensors";
+
+pub fn save(dir: &Path, config: &impl Serialize, params: &Params) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    write_atomic(&dir.join(CONFIG), serde_json::to_string_pretty(config)?.as_bytes())?;
+    let bytes = safetensors::serialize(params.iter().map(|(k, v)| (k.clone(), v.clone())), None)
+        .context("cannot serialise weights")?;
+    write_atomic(&dir.join(WEIGHTS), &bytes)
+}
+
+pub fn load_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
+    let path = dir.join(CONFIG);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
+}
+
+pub fn load_params(dir: &Path) -> Result<Params> {
+    let path = dir.join(WEIGHTS);
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .with_context(|| format!("{}: malformed safetensors", path.display()))?;
+    Ok(map.into_iter().collect())
+}
+
+/// Reads just the `net` field of a folder's config (the architecture), ignoring the training record.
+pub fn load_net_config<C: DeserializeOwned>(dir: &Path) -> Result<C> {
+    #[derive(serde::Deserialize)]
+    struct NetOnly<C> {
+        net: C,
+    }
+    Ok(load_config::<NetOnly<C>>(dir)?.net)
+}
+
+pub fn load_autoencoder(dir: &Path) -> Result<crate::nets::autoencoder::Autoencoder> {
+    let net = crate::nets::autoencoder::Autoencoder::new(load_net_config(dir)?, &load_params(dir)?);
+    net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
+}
+
+pub fn load_featnet(dir: &Path) -> Result<crate::nets::featnet::Featnet> {
+    let net = crate::nets::featnet::Featnet::new(load_net_config(dir)?, &load_params(dir)?);
+    net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
+}
+
+/// `target` as a path relative to the folder `base` (both must exist), so that
+/// model folders that refer to each other can be moved together.
+pub fn relative_path(target: &Path, base: &Path) -> Result<std::path::PathBuf> {
+    let canon = |p: &Path| std::fs::canonicalize(p).with_context(|| format!("{}: not found", p.display()));
+    let (t, b) = (canon(target)?, canon(base)?);
+    let common = t.components().zip(b.components()).take_while(|(x, y)| x == y).count();
+    let mut rel: std::path::PathBuf = b.components().skip(common).map(|_| "..").collect();
+    rel.extend(t.components().skip(common));
+    Ok(rel)
+}

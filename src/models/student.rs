@@ -1,0 +1,60 @@
+//! A distilled student folder: its network, the teacher it was distilled from and
+//! every hyper-parameter (config.json), weights (model.safetensors), loss log.
+
+use crate::models::model_dir;
+use crate::models::teacher::Teacher;
+use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::train::distill::DistillConfig;
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudentConfig {
+    /// Teacher SPEC (network paths stored absolute).
+    pub teacher: String,
+    /// Where the training data came from.
+    pub data: String,
+    /// Trained with class labels (sampled and evaluated per class) or with the null label only.
+    pub conditional: bool,
+    pub net: MlpConfig,
+    pub distill: DistillConfig,
+    pub teacher_evaluations: u64,
+    pub train_seconds: f64,
+}
+
+pub struct Student {
+    pub config: StudentConfig,
+    pub net: Mlp,
+}
+
+impl Student {
+    pub fn load(dir: &Path) -> Result<Self> {
+        ensure!(dir.is_dir(), "--student {}: not a folder", dir.display());
+        let config: StudentConfig = model_dir::load_config(dir)?;
+        let params = model_dir::load_params(dir)?;
+        let net = Mlp::new(config.net.clone(), &params)
+            .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
+        Ok(Self { config, net })
+    }
+
+    pub fn teacher(&self) -> Result<Teacher> {
+        let teacher = Teacher::parse(&self.config.teacher)?;
+        ensure!(
+            teacher.sample_shape().is_none_or(|s| s == self.config.net.sample_shape),
+            "teacher '{}' no longer matches the student's sample shape {:?}",
+            self.config.teacher,
+            self.config.net.sample_shape
+        );
+        Ok(teacher)
+    }
+}
+
+/// A network teacher's path made absolute so the student folder works from any directory.
+pub fn portable_spec(spec: &str) -> String {
+    match std::fs::canonicalize(spec) {
+        Ok(p) if p.is_dir() => p.to_string_lossy().into_owned(),
+        _ => spec.to_string(),
+    }
+}

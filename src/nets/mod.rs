@@ -1,0 +1,8 @@
+//! Networks: named-parameter layers (with LoRA adapters), the fused CPU kernels, and
+//! the ε-prediction MLP, autoencoder and feature network built from them.
+
+pub mod autoencoder;
+pub mod featnet;
+pub mod kernels;
+pub mod layers;
+pub mod mlp;

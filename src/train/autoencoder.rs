@@ -1,0 +1,68 @@
+//! Training of the latent autoencoder: pixel MSE of reconstructions on the train
+//! split; afterwards the latent scale is fitted so encoded latents have unit variance.
+
+use crate::data::Dataset;
+use crate::nets::autoencoder::{Autoencoder, AutoencoderConfig};
+use crate::nets::layers::{map_chunks, Params};
+use crate::runtime::noise::init_rng;
+use crate::train::trainer::{Checkpointing, ImageTraining, Trainer, TrainerOptions};
+use anyhow::Result;
+use candle_core::{DType, Tensor};
+
+/// Trains with `scale = 1`, then returns the config with the fitted scale.
+pub fn train_autoencoder(
+    train: &Dataset,
+    cfg_net: &AutoencoderConfig,
+    cfg: &ImageTraining,
+    checkpointing: Checkpointing,
+) -> Result<(AutoencoderConfig, Params, Vec<f32>)> {
+    let unscaled = AutoencoderConfig {
+        scale: 1.0,
+        ..cfg_net.clone()
+    };
+    let init = unscaled.init(&mut init_rng(cfg.seed))?;
+    let mut trainer = Trainer::new(
+        &init,
+        TrainerOptions {
+            what: "autoencoder",
+            steps: cfg.steps,
+            optim: cfg.optim,
+            seed: cfg.seed,
+            ema_decay: None,
+            checkpointing,
+            run_config: serde_json::json!({"net": unscaled, "training": cfg}),
+        },
+    )?;
+    let ae = Autoencoder::new(unscaled.clone(), &trainer.params())?;
+    while !trainer.finished() {
+        let (x, _) = train.batch(trainer.rng(), cfg.batch)?;
+        let loss = ae.decode(&ae.encode(&x)?)?.sub(&x)?.sqr()?.mean_all()?;
+        trainer.step(&loss)?;
+    }
+    trainer.finish();
+    let params = trainer.frozen_params();
+    let frozen = Autoencoder::new(unscaled.clone(), &params)?;
+    let z = encode_all(&frozen, &train.x)?.to_dtype(DType::F64)?;
+    let var: f64 = z.sqr()?.mean_all()?.to_scalar::<f64>()? - z.mean_all()?.to_scalar::<f64>()?.powi(2);
+    Ok((
+        AutoencoderConfig {
+            scale: 1.0 / var.sqrt(),
+            ..unscaled
+        },
+        params,
+        trainer.losses,
+    ))
+}
+
+pub fn encode_all(ae: &Autoencoder, x: &Tensor) -> Result<Tensor> {
+    map_chunks(x, 500, |c| ae.encode(c))
+}
+
+pub fn decode_all(ae: &Autoencoder, z: &Tensor) -> Result<Tensor> {
+    map_chunks(z, 500, |c| ae.decode(c))
+}
+
+/// Mean squared pixel error of reconstructions.
+pub fn reconstruction_mse(ae: &Autoencoder, x: &Tensor) -> Result<f64> {
+    crate::eval::ode_error::ode_error(&decode_all(ae, &encode_all(ae, x)?)?, x)
+}

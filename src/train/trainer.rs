@@ -1,0 +1,299 @@
+//! The shared optimisation loop of every training command: trainable vars,
+//! AdamW with clipping, optional EMA, the run's random generator, NaN/Inf guard,
+//! loss log, progress bar, and crash-safe checkpoints with exact resume.
+
+use crate::nets::layers::Params;
+use crate::runtime::noise::{seeded, Rng};
+use crate::runtime::signals::{requested, Interrupted};
+use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
+use crate::train::ema::Ema;
+use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{Device, Tensor, Var};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// Where and how often a run saves its full state.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpointing {
+    /// The run's output folder (the checkpoint is `DIR/checkpoint.safetensors`); none: no checkpoints.
+    pub dir: Option<PathBuf>,
+    /// Save every this many steps (0: only when stopped by a signal).
+    pub every: usize,
+    /// Continue from the checkpoint in `dir`.
+    pub resume: bool,
+    /// What the caller knows defines the run beyond the training config (data, teacher).
+    pub context: Value,
+}
+
+/// The schedule of a plain supervised training run (feature network, autoencoder).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageTraining {
+    pub steps: usize,
+    pub batch: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+}
+
+/// What a training loop needs besides its initial weights.
+pub struct TrainerOptions<'a> {
+    pub what: &'a str,
+    pub steps: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+    pub ema_decay: Option<f64>,
+    pub checkpointing: Checkpointing,
+    /// Everything that defines the run; a resume must match it exactly.
+    pub run_config: Value,
+}
+
+pub struct Trainer {
+    names: Vec<String>,
+    vars: Vec<Var>,
+    opt: AdamW,
+    ema: Option<Ema>,
+    cfg: OptimConfig,
+    total: usize,
+    rng: Rng,
+    pub losses: Vec<f32>,
+    /// A count the loop keeps across resumes (distillation: teacher evaluations so far).
+    pub counter: u64,
+    bar: ProgressBar,
+    checkpointing: Checkpointing,
+    run_config: Value,
+}
+
+fn progress(steps: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
+impl Trainer {
+    /// Trainable copies of `init` (sorted by name, so updates are deterministic), or the
+    /// state of the checkpoint being resumed.
+    pub fn new(init: &Params, o: TrainerOptions) -> Result<Self> {
+        let names: Vec<String> = init.keys().cloned().collect();
+        let vars = init
+            .values()
+            .map(|t| Var::from_tensor(&t.copy()?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let ema = o.ema_decay.map(|d| Ema::new(d, &vars)).transpose()?;
+        let mut t = Self {
+            opt: AdamW::new(o.optim, &vars)?,
+            names,
+            vars,
+            ema,
+            cfg: o.optim,
+            total: o.steps,
+            rng: seeded(o.seed),
+            losses: Vec::new(),
+            counter: 0,
+            bar: progress(o.steps, o.what),
+            run_config: json!({"run": o.run_config, "context": o.checkpointing.context}),
+            checkpointing: o.checkpointing,
+        };
+        if t.checkpointing.resume {
+            t.restore()?;
+        }
+        Ok(t)
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The run's random generator (part of the checkpointed state).
+    pub fn rng(&mut self) -> &mut Rng {
+        &mut self.rng
+    }
+
+    pub fn finished(&self) -> bool {
+        self.losses.len() >= self.total
+    }
+
+    /// The trainable tensors (gradients flow into them).
+    pub fn params(&self) -> Params {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.vars.iter().map(|v| v.as_tensor().clone()))
+            .collect()
+    }
+
+    /// The current weights as plain tensors: no graph, updated in place by each step.
+    pub fn frozen_params(&self) -> Params {
+        self.names
+            .iter()
+            .cloned()
+            .zip(self.vars.iter().map(|v| v.as_tensor().detach()))
+            .collect()
+    }
+
+    /// The EMA weights (updated in place), if the run keeps an EMA.
+    pub fn ema_params(&self) -> Option<Params> {
+        self.ema.as_ref().map(|e| e.params(&self.names))
+    }
+
+    /// Backward, clip, update, EMA; refuses a non-finite loss before touching the weights
+    /// (the last checkpoint stays as it was); checkpoints on schedule or on a stop signal.
+    pub fn step(&mut self, loss: &Tensor) -> Result<f32> {
+        let value: f32 = loss.to_scalar()?;
+        let step = self.losses.len() + 1;
+        if !value.is_finite() {
+            self.bar.abandon();
+            bail!("loss is {value} at step {step}; stopped without saving (the last checkpoint is kept)");
+        }
+        let grads = loss.backward()?;
+        let scale = clip_scale(grad_norm(&self.vars, &grads)?, self.cfg.max_grad_norm);
+        self.opt
+            .step(&self.vars, &grads, self.cfg.lr_at(step - 1, self.total), scale)?;
+        if let Some(e) = &self.ema {
+            e.update(&self.vars)?;
+        }
+        self.losses.push(value);
+        if step.is_multiple_of(10) {
+            let recent = &self.losses[self.losses.len().saturating_sub(50)..];
+            self.bar
+                .set_message(format!("loss {:.4e}", recent.iter().sum::<f32>() / recent.len() as f32));
+        }
+        self.bar.inc(1);
+        self.log_when_not_a_terminal(step);
+        if let Some(signal) = requested() {
+            let dir = self
+                .checkpointing
+                .dir
+                .clone()
+                .context("stopped by a signal, and this run has no output folder to checkpoint into")?;
+            self.save()?;
+            self.bar.abandon();
+            return Err(Interrupted { signal, step, dir }.into());
+        }
+        if self.checkpointing.every > 0 && step.is_multiple_of(self.checkpointing.every) {
+            self.save()?;
+        }
+        Ok(value)
+    }
+
+    /// Without a terminal the bar is hidden; print a line every 10% instead, so logs show progress.
+    fn log_when_not_a_terminal(&self, step: usize) {
+        if self.bar.is_hidden() && self.total >= 100 && step.is_multiple_of(self.total / 10) {
+            let recent = &self.losses[self.losses.len().saturating_sub(50)..];
+            let loss = recent.iter().sum::<f32>() / recent.len() as f32;
+            eprintln!(
+                "{} step {step}/{}: loss {loss:.4e}, {:.1} it/s",
+                self.bar.prefix(),
+                self.total,
+                self.bar.per_sec()
+            );
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn save(&self) -> Result<()> {
+        let Some(dir) = &self.checkpointing.dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        let (adam_step, m, v) = self.opt.state();
+        let mut tensors = Params::new();
+        for (i, name) in self.names.iter().enumerate() {
+            tensors.insert(format!("param/{name}"), self.vars[i].as_tensor().detach());
+            tensors.insert(format!("adam_m/{name}"), m[i].clone());
+            tensors.insert(format!("adam_v/{name}"), v[i].clone());
+            if let Some(e) = &self.ema {
+                tensors.insert(format!("ema/{name}"), e.shadow()[i].as_tensor().detach());
+            }
+        }
+        tensors.insert("losses".into(), Tensor::new(self.losses.as_slice(), &Device::Cpu)?);
+        let rng = json!({"seed": self.rng.get_seed().iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "stream": self.rng.get_stream(), "word_pos": self.rng.get_word_pos().to_string()});
+        let state = json!({"adam_step": adam_step, "rng": rng, "counter": self.counter, "config": self.run_config});
+        save_checkpoint(&dir.join(CHECKPOINT), &tensors, &state)
+    }
+
+    fn restore(&mut self) -> Result<()> {
+        let dir = self
+            .checkpointing
+            .dir
+            .clone()
+            .context("--resume needs the run's folder")?;
+        let path = dir.join(CHECKPOINT);
+        ensure!(
+            path.is_file(),
+            "--resume {}: no {CHECKPOINT} in that folder",
+            dir.display()
+        );
+        let (mut t, state) = load_checkpoint(&path)?;
+        let bad = |what: &str| format!("{}: checkpoint {what}", path.display());
+        if state["config"] != self.run_config {
+            let (a, b) = (&state["config"], &self.run_config);
+            let keys: Vec<&String> = b
+                .as_object()
+                .map(|o| o.keys().filter(|k| a.get(*k) != b.get(*k)).collect())
+                .unwrap_or_default();
+            bail!(
+                "--resume {}: the checkpoint was made with different settings (differs in: {keys:?})",
+                dir.display()
+            );
+        }
+        let mut take = |kind: &str, name: &str| {
+            t.remove(&format!("{kind}/{name}"))
+                .with_context(|| bad(&format!("lacks {kind}/{name}")))
+        };
+        let (mut m, mut v) = (Vec::new(), Vec::new());
+        for (i, name) in self.names.clone().iter().enumerate() {
+            self.vars[i]
+                .set(&take("param", name)?)
+                .with_context(|| bad(&format!("tensor param/{name} does not fit")))?;
+            m.push(take("adam_m", name)?);
+            v.push(take("adam_v", name)?);
+            if let Some(e) = &self.ema {
+                e.shadow()[i]
+                    .set(&take("ema", name)?)
+                    .with_context(|| bad(&format!("tensor ema/{name} does not fit")))?;
+            }
+        }
+        let adam_step = state["adam_step"].as_i64().with_context(|| bad("lacks adam_step"))? as i32;
+        self.opt
+            .restore(adam_step, m, v)
+            .with_context(|| bad("optimizer state does not fit"))?;
+        self.losses = t
+            .remove("losses")
+            .with_context(|| bad("lacks losses"))?
+            .to_vec1::<f32>()?;
+        ensure!(
+            self.losses.len() <= self.total,
+            "{}",
+            bad("is past the requested number of steps")
+        );
+        self.rng = restore_rng(&state["rng"]).with_context(|| bad("has a malformed generator state"))?;
+        self.counter = state["counter"].as_u64().with_context(|| bad("lacks counter"))?;
+        self.bar.set_position(self.losses.len() as u64);
+        Ok(())
+    }
+}
+
+fn restore_rng(v: &Value) -> Result<Rng> {
+    let hex = v["seed"].as_str().context("seed")?;
+    ensure!(hex.len() == 64, "seed must be 64 hex digits");
+    let mut seed = [0u8; 32];
+    for (i, b) in seed.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    let mut rng = Rng::from_seed(seed);
+    rng.set_stream(v["stream"].as_u64().context("stream")?);
+    rng.set_word_pos(v["word_pos"].as_str().context("word_pos")?.parse()?);
+    Ok(rng)
+}
