@@ -71,7 +71,7 @@ fn shipped_teacher_samples_are_digits_of_the_requested_class() {
     )
     .unwrap();
     dcm::data::npy::write(&dir.join("n.npy"), &noise).unwrap();
-    let featnet = dcm::models::model_dir::load_featnet(&home.join("models/featnet")).unwrap();
+    let featnet = dcm::models::model_dir::load_featnet(&home.join("models/featnet"), &Default::default()).unwrap();
     for class in ["3", "7"] {
         let out = dir.join(format!("digits{class}.npy"));
         let o = Command::new(env!("CARGO_BIN_EXE_dcm"))

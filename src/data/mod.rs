@@ -7,7 +7,7 @@ pub mod toy;
 
 use crate::runtime::noise::Rng;
 use anyhow::{ensure, Context, Result};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rand::Rng as _;
 use std::path::Path;
 
@@ -48,12 +48,12 @@ impl Dataset {
         self.x.dims()[1..].to_vec()
     }
 
-    /// A batch of `size` rows drawn uniformly with replacement.
-    pub fn batch(&self, rng: &mut Rng, size: usize) -> Result<(Tensor, Vec<Option<u32>>)> {
+    /// A batch of `size` rows drawn uniformly with replacement, moved to `device`.
+    pub fn batch(&self, rng: &mut Rng, size: usize, device: &Device) -> Result<(Tensor, Vec<Option<u32>>)> {
         let idx: Vec<u32> = (0..size).map(|_| rng.random_range(0..self.len() as u32)).collect();
         let labels = idx.iter().map(|&i| self.labels[i as usize]).collect();
         let ids = Tensor::from_vec(idx, size, self.x.device())?;
-        Ok((self.x.index_select(&ids, 0)?, labels))
+        Ok((self.x.index_select(&ids, 0)?.to_device(device)?, labels))
     }
 
     /// Loads `toy:NAME` (seeded), `mnist` (the shipped digits), a folder of IDX files

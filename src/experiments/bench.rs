@@ -2,6 +2,7 @@
 //! warm-up, with teacher-evaluation counts and peak memory — the figures compared
 //! against PyTorch eager by `bench/compare.sh`.
 
+use super::args::RuntimeArgs;
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::data::Dataset;
@@ -9,18 +10,23 @@ use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::discretization::Discretization;
 use crate::diffusion::guidance::Guided;
+use crate::diffusion::schedule::ScheduleKind;
 use crate::diffusion::schedule::T;
 use crate::diffusion::solver::{solve, Solver};
+use crate::models::model_dir;
 use crate::nets::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::nets::featnet::{Featnet, FeatnetConfig};
 use crate::nets::layers::Params;
 use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::runtime::device::Runtime;
 use crate::runtime::noise::{seeded, standard_normal};
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
-use anyhow::Result;
+use anyhow::{ensure, Result};
 use candle_core::Device;
+use clap::Args;
 use serde::Serialize;
+use std::path::PathBuf;
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
@@ -91,20 +97,101 @@ pub struct BenchSetup {
     pub intervals: usize,
     pub guidance: f64,
     pub repeats: usize,
-    pub device: Device,
+    pub runtime: Runtime,
 }
 
-/// `params` moved to `device`.
-fn on_device(params: &Params, device: &Device) -> Result<Params> {
-    params
-        .iter()
-        .map(|(k, v)| Ok((k.clone(), v.to_device(device)?)))
-        .collect()
+#[derive(Args)]
+pub struct BenchArgs {
+    /// A network teacher folder to benchmark [default: a fresh MLP of the sizes below].
+    #[arg(long)]
+    pub teacher: Option<PathBuf>,
+    /// Values per sample of the fresh MLP.
+    #[arg(long, default_value_t = 196)]
+    pub dim: usize,
+    #[arg(long, default_value_t = 512)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 64)]
+    pub time_dim: usize,
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// Solver intervals N for the sampling and Direct workloads.
+    #[arg(long, default_value_t = 50)]
+    pub intervals: usize,
+    #[arg(long, default_value_t = 2.0)]
+    pub guidance: f64,
+    /// Timed repeats per workload (after warm-up).
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+pub fn command(a: BenchArgs) -> Result<()> {
+    ensure!(a.repeats > 0 && a.batch > 0, "--repeats and --batch must be positive");
+    let (net, params) = match &a.teacher {
+        Some(dir) => (
+            model_dir::load_net_config::<MlpConfig>(dir)?,
+            model_dir::load_params(dir)?,
+        ),
+        None => {
+            let net = MlpConfig {
+                sample_shape: vec![a.dim],
+                hidden: a.hidden,
+                depth: a.depth,
+                time_dim: a.time_dim,
+                num_classes: a.classes,
+                schedule: ScheduleKind::ScaledLinear,
+            };
+            net.validate()?;
+            let params = net.init(&mut seeded(0))?;
+            (net, params)
+        }
+    };
+    let setup = BenchSetup {
+        net,
+        params,
+        batch: a.batch,
+        intervals: a.intervals,
+        guidance: a.guidance,
+        repeats: a.repeats,
+        runtime: a.runtime.runtime()?,
+    };
+    let r = run(&setup)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(());
+    }
+    println!(
+        "MLP {:?} hidden {}×{}, {} parameters, batch {}, {} threads, device {}",
+        r.net.sample_shape, r.net.hidden, r.net.depth, r.parameters, r.batch, r.threads, r.device
+    );
+    println!("| workload | median ms | samples/s | teacher evaluations |\n|---|---|---|---|");
+    for w in &r.workloads {
+        println!(
+            "| {} | {:.2} | {:.0} | {} |",
+            w.name,
+            1e3 * w.seconds,
+            w.samples_per_second,
+            w.teacher_evaluations.map_or("–".into(), |e| e.to_string())
+        );
+    }
+    println!(
+        "Direct targets: {:.2}× fewer teacher evaluations than the whole-batch reference; peak memory {:.0} MiB",
+        r.direct_evaluation_ratio, r.peak_memory_mib
+    );
+    Ok(())
 }
 
 pub fn run(s: &BenchSetup) -> Result<BenchReport> {
-    let dev = &s.device;
-    let params = on_device(&s.params, dev)?;
+    let dev = &s.runtime.device;
+    let params = s.runtime.frozen(&s.params)?;
     let teacher = Mlp::new(s.net.clone(), &params)?;
     let mut shape = vec![s.batch];
     shape.extend(&s.net.sample_shape);
@@ -137,8 +224,9 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
         samples_per_second: per_sec(sampling),
         teacher_evaluations: None,
     });
+    let student_init = s.runtime.trainable(&s.params)?;
     let data = Dataset::new(
-        standard_normal(&mut rng, shape, &Device::Cpu)?.to_device(dev)?,
+        standard_normal(&mut rng, shape, &Device::Cpu)?,
         labels.clone(),
         s.net.num_classes,
     )?;
@@ -162,7 +250,7 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
         };
         let mut evals = 0;
         let secs = time(dev, 2, s.repeats, || {
-            evals = distill(&teacher, &s.net, &params, &data, &cfg, Default::default())?.teacher_evaluations;
+            evals = distill(&teacher, &s.net, &student_init, &data, &cfg, Default::default())?.teacher_evaluations;
             Ok(())
         })?;
         let name = format!("one {} distillation step", method.title());
@@ -182,7 +270,7 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
         batch: s.batch,
         intervals: s.intervals,
         threads: candle_core::utils::get_num_threads(),
-        device: format!("{:?}", s.device.location()),
+        device: format!("{:?}", s.runtime.device.location()),
         direct_evaluation_ratio: direct_evaluation_ratio(&guided, &x, grid, &cond)?,
         workloads,
         peak_memory_mib: peak_memory_mib(),
@@ -199,18 +287,20 @@ fn conv_workloads(s: &BenchSetup) -> Result<(Vec<Workload>, [usize; 2])> {
         scale: 1.0,
     };
     let ae_params = ae_cfg.init(&mut rng)?;
-    let ae = Autoencoder::new(ae_cfg, &on_device(&ae_params, &s.device)?)?;
+    let ae = Autoencoder::new(ae_cfg, &s.runtime.frozen(&ae_params)?)?;
     let fn_cfg = FeatnetConfig {
         width: 32,
         features: 128,
         classes: 10,
     };
     let fn_params = fn_cfg.init(&mut rng)?;
-    let featnet = Featnet::new(fn_cfg, &on_device(&fn_params, &s.device)?)?;
-    let z = standard_normal(&mut rng, (s.batch, 4, 7, 7), &Device::Cpu)?.to_device(&s.device)?;
-    let images = candle_core::Tensor::rand(0f32, 1.0, (s.batch, 1, 28, 28), &s.device)?;
-    let decode = time(&s.device, 3, s.repeats, || ae.decode(&z).map(|_| ()))?;
-    let features = time(&s.device, 3, s.repeats, || featnet.features(&images).map(|_| ()))?;
+    let featnet = Featnet::new(fn_cfg, &s.runtime.frozen(&fn_params)?)?;
+    let z = standard_normal(&mut rng, (s.batch, 4, 7, 7), &Device::Cpu)?.to_device(&s.runtime.device)?;
+    let images = candle_core::Tensor::rand(0f32, 1.0, (s.batch, 1, 28, 28), &s.runtime.device)?;
+    let decode = time(&s.runtime.device, 3, s.repeats, || ae.decode(&z).map(|_| ()))?;
+    let features = time(&s.runtime.device, 3, s.repeats, || {
+        featnet.features(&images).map(|_| ())
+    })?;
     let workload = |name: &str, seconds: f64| Workload {
         name: name.into(),
         seconds,

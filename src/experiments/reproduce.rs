@@ -2,6 +2,8 @@
 //! setting — teacher reference samples, CM and Direct CM distilled with identical
 //! hyper-parameters, every model judged at 1, 2, 4, 8 steps on the same noise.
 
+use super::args::RuntimeArgs;
+use super::report::run::write_run;
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::multistep_sample;
@@ -14,18 +16,24 @@ use crate::diffusion::schedule::T;
 use crate::diffusion::solver::{solve, Solver};
 use crate::eval::metrics::{fd::frechet_distance, kd::kernel_distance, prdc::prdc, to_matrix};
 use crate::eval::ode_error::ode_error;
+use crate::models::model_dir;
+use crate::models::teacher::Teacher;
 use crate::nets::autoencoder::Autoencoder;
 use crate::nets::featnet::Featnet;
 use crate::nets::layers::{map_chunks, Params};
 use crate::nets::mlp::Mlp;
+use crate::runtime::assets;
+use crate::runtime::device::Runtime;
 use crate::runtime::noise::{seeded, standard_normal};
 use crate::train::autoencoder::{decode_all, encode_all};
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
+use clap::Args;
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
 
 /// Everything a run depends on; written beside the report as `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,9 +150,29 @@ impl ReproduceConfig {
 pub struct Models {
     pub autoencoder: Autoencoder,
     pub teacher: Mlp,
+    /// The teacher's weights in f32 on the run's device: where both students start.
     pub teacher_params: Params,
     pub featnet: Featnet,
     pub data: Dataset,
+    pub runtime: Runtime,
+}
+
+impl Models {
+    /// `autoencoder/`, `teacher/` and `featnet/` of `dir`, frozen on `rt`.
+    pub fn load(dir: &Path, data: Dataset, rt: &Runtime) -> Result<Self> {
+        let teacher_dir = dir.join("teacher");
+        let Teacher::Network { net: teacher, .. } = Teacher::parse(&teacher_dir.to_string_lossy(), rt)? else {
+            bail!("{}: not a network teacher folder", teacher_dir.display());
+        };
+        Ok(Self {
+            autoencoder: model_dir::load_autoencoder(&dir.join("autoencoder"), rt)?,
+            teacher,
+            teacher_params: rt.trainable(&model_dir::load_params(&teacher_dir)?)?,
+            featnet: model_dir::load_featnet(&dir.join("featnet"), rt)?,
+            data,
+            runtime: rt.clone(),
+        })
+    }
 }
 
 /// Every number of one (model, steps, seed) row of the table.
@@ -186,6 +214,91 @@ pub struct Outcome {
     pub training: Vec<TrainingRecord>,
     /// Decoded images per (method, steps) for seed 0, for the sample grids.
     pub grids: Vec<(String, usize, Tensor)>,
+}
+
+#[derive(Args)]
+pub struct ReproduceArgs {
+    /// smoke (≤ 60 s), default (≤ 15 min on 2 cores) or paper (N = 100, for a GPU).
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// Repeat with this many seeds and report mean ± std.
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// Run folder [default: runs/reproduce-PRESET].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Folder holding autoencoder/, teacher/ and featnet/ [default: the shipped models].
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Images the held-out split comes from [default: the shipped MNIST digits].
+    #[arg(long, default_value = "mnist")]
+    pub data: String,
+    /// Override the preset's teacher solver (ddim, euler or heun).
+    #[arg(long)]
+    pub solver: Option<Solver>,
+    /// Override the preset's number of teacher solver intervals N.
+    #[arg(long)]
+    pub intervals: Option<usize>,
+    /// Override the preset's guidance scale w.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Override the preset's distillation steps (per student).
+    #[arg(long)]
+    pub distill_steps: Option<usize>,
+    /// Override the preset's distillation batch size.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Override the preset's learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Override the preset's evaluation samples per class.
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    /// Override the preset's distance: l2, huber or huber:C.
+    #[arg(long)]
+    pub loss: Option<Distance>,
+    /// Use an EMA target network with this decay for CM.
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Keep the learning rate constant instead of the preset's cosine decay.
+    #[arg(long)]
+    pub constant_lr: bool,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+pub fn command(a: ReproduceArgs) -> Result<()> {
+    let mut cfg = ReproduceConfig::preset(&a.preset).context("--preset")?;
+    cfg.seeds = a.seeds.unwrap_or(cfg.seeds);
+    cfg.intervals = a.intervals.unwrap_or(cfg.intervals);
+    cfg.solver = a.solver.unwrap_or(cfg.solver);
+    cfg.guidance = a.guidance.unwrap_or(cfg.guidance);
+    cfg.distill_steps = a.distill_steps.unwrap_or(cfg.distill_steps);
+    cfg.batch = a.batch.unwrap_or(cfg.batch);
+    cfg.lr = a.lr.unwrap_or(cfg.lr);
+    cfg.per_class = a.per_class.unwrap_or(cfg.per_class);
+    cfg.loss = a.loss.unwrap_or(cfg.loss);
+    cfg.ema_decay = a.ema_decay.or(cfg.ema_decay);
+    cfg.cosine_decay &= !a.constant_lr;
+    cfg.validate()?;
+    let rt = a.runtime.runtime()?;
+    let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
+    let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
+    let models = Models::load(&models_dir, data, &rt)?;
+    let out_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", cfg.preset)));
+    let start = std::time::Instant::now();
+    let outcome = run(&cfg, &models)?;
+    let table = write_run(&out_dir, &cfg, &outcome, start.elapsed().as_secs_f64())?;
+    println!("{table}");
+    eprintln!(
+        "finished in {:.0} s; report in {}",
+        start.elapsed().as_secs_f64(),
+        out_dir.join("report.md").display()
+    );
+    Ok(())
 }
 
 /// Judges decoded samples against the teacher's reference and the held-out data.
@@ -262,7 +375,7 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
     };
     let guided = Guided::new(&models.teacher, cfg.guidance);
     for seed in 0..cfg.seeds as u64 {
-        let noise = standard_normal(&mut seeded(1000 + seed), shape.clone(), &candle_core::Device::Cpu)?;
+        let noise = standard_normal(&mut seeded(1000 + seed), shape.clone(), &models.runtime.device)?;
         let ref_latents = solve(cfg.solver, &guided, &noise, grid, T, &cond)?;
         let ref_images = decode_all(&models.autoencoder, &ref_latents)?;
         let ref_features = to_matrix(&features(&models.featnet, &ref_images)?)?;

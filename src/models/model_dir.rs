@@ -1,6 +1,7 @@
 //! A model folder: `config.json` beside `model.safetensors`, both written atomically.
 
 use crate::nets::layers::Params;
+use crate::runtime::device::Runtime;
 use crate::train::checkpoint::write_atomic;
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -13,9 +14,20 @@ pub const WEIGHTS: &str = "model.safetensors";
 pub fn save(dir: &Path, config: &impl Serialize, params: &Params) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
     write_atomic(&dir.join(CONFIG), serde_json::to_string_pretty(config)?.as_bytes())?;
-    let bytes = safetensors::serialize(params.iter().map(|(k, v)| (k.clone(), v.clone())), None)
+    let cpu = Runtime::default().trainable(params)?;
+    let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v.clone())), None)
         .context("cannot serialise weights")?;
     write_atomic(&dir.join(WEIGHTS), &bytes)
+}
+
+/// A trained run's folder: `save` plus `train_log.csv` (the loss of every step).
+pub fn save_run(dir: &Path, config: &impl Serialize, params: &Params, losses: &[f32]) -> Result<()> {
+    save(dir, config, params)?;
+    let mut log = String::from("step,loss\n");
+    for (i, l) in losses.iter().enumerate() {
+        log.push_str(&format!("{},{l}\n", i + 1));
+    }
+    write_atomic(&dir.join("train_log.csv"), log.as_bytes())
 }
 
 pub fn load_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
@@ -41,13 +53,15 @@ pub fn load_net_config<C: DeserializeOwned>(dir: &Path) -> Result<C> {
     Ok(load_config::<NetOnly<C>>(dir)?.net)
 }
 
-pub fn load_autoencoder(dir: &Path) -> Result<crate::nets::autoencoder::Autoencoder> {
-    let net = crate::nets::autoencoder::Autoencoder::new(load_net_config(dir)?, &load_params(dir)?);
+/// A frozen autoencoder folder, on `rt`'s device in its precision.
+pub fn load_autoencoder(dir: &Path, rt: &Runtime) -> Result<crate::nets::autoencoder::Autoencoder> {
+    let net = crate::nets::autoencoder::Autoencoder::new(load_net_config(dir)?, &rt.frozen(&load_params(dir)?)?);
     net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
 }
 
-pub fn load_featnet(dir: &Path) -> Result<crate::nets::featnet::Featnet> {
-    let net = crate::nets::featnet::Featnet::new(load_net_config(dir)?, &load_params(dir)?);
+/// A frozen feature-network folder, on `rt`'s device in its precision.
+pub fn load_featnet(dir: &Path, rt: &Runtime) -> Result<crate::nets::featnet::Featnet> {
+    let net = crate::nets::featnet::Featnet::new(load_net_config(dir)?, &rt.frozen(&load_params(dir)?)?);
     net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
 }
 

@@ -4,6 +4,7 @@
 use crate::models::model_dir;
 use crate::models::teacher::Teacher;
 use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::runtime::device::Runtime;
 use crate::train::distill::DistillConfig;
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -30,17 +31,18 @@ pub struct Student {
 }
 
 impl Student {
-    pub fn load(dir: &Path) -> Result<Self> {
+    /// The student, frozen on `rt` (for sampling and evaluation).
+    pub fn load(dir: &Path, rt: &Runtime) -> Result<Self> {
         ensure!(dir.is_dir(), "--student {}: not a folder", dir.display());
         let config: StudentConfig = model_dir::load_config(dir)?;
-        let params = model_dir::load_params(dir)?;
+        let params = rt.frozen(&model_dir::load_params(dir)?)?;
         let net = Mlp::new(config.net.clone(), &params)
             .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
         Ok(Self { config, net })
     }
 
-    pub fn teacher(&self) -> Result<Teacher> {
-        let teacher = Teacher::parse(&self.config.teacher)?;
+    pub fn teacher(&self, rt: &Runtime) -> Result<Teacher> {
+        let teacher = Teacher::parse(&self.config.teacher, rt)?;
         ensure!(
             teacher.sample_shape().is_none_or(|s| s == self.config.net.sample_shape),
             "teacher '{}' no longer matches the student's sample shape {:?}",

@@ -9,6 +9,7 @@ use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::{Schedule, ScheduleKind};
 use crate::models::model_dir;
 use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::runtime::device::Runtime;
 use crate::runtime::noise::Rng;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
@@ -87,11 +88,12 @@ fn schedule_of(map: &BTreeMap<String, String>) -> Result<Schedule> {
 }
 
 impl Teacher {
-    pub fn parse(spec: &str) -> Result<Self> {
-        Self::parse_inner(spec).with_context(|| format!("--teacher '{spec}'"))
+    /// The teacher `spec` names, frozen on `rt`.
+    pub fn parse(spec: &str, rt: &Runtime) -> Result<Self> {
+        Self::parse_inner(spec, rt).with_context(|| format!("--teacher '{spec}'"))
     }
 
-    fn parse_inner(spec: &str) -> Result<Self> {
+    fn parse_inner(spec: &str, rt: &Runtime) -> Result<Self> {
         if let Some(body) = spec.strip_prefix("gaussian:") {
             let map = parse_keys(body, &["mean", "std", "dim", "schedule"])?;
             let std = number(&map, "std")?.context("gaussian needs std=S")?;
@@ -122,7 +124,7 @@ impl Teacher {
             "not gaussian:…, mixture:… nor an existing model folder (see `dcm sample --help`)"
         );
         let cfg: NetworkTeacherConfig = model_dir::load_config(dir)?;
-        let params = model_dir::load_params(dir)?;
+        let params = rt.frozen(&model_dir::load_params(dir)?)?;
         let net = Mlp::new(cfg.net, &params)
             .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
         Ok(Self::Network {
@@ -185,13 +187,13 @@ impl Teacher {
     }
 
     /// The autoencoder of a latent-space network teacher (its path is stored relative to the teacher folder).
-    pub fn autoencoder(&self) -> Result<Option<crate::nets::autoencoder::Autoencoder>> {
+    pub fn autoencoder(&self, rt: &Runtime) -> Result<Option<crate::nets::autoencoder::Autoencoder>> {
         let Self::Network { dir, .. } = self else {
             return Ok(None);
         };
         let cfg: NetworkTeacherConfig = model_dir::load_config(dir)?;
         cfg.autoencoder
-            .map(|p| model_dir::load_autoencoder(&dir.join(p)))
+            .map(|p| model_dir::load_autoencoder(&dir.join(p), rt))
             .transpose()
     }
 

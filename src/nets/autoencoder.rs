@@ -2,7 +2,7 @@
 //! SDXL's VAE hosts the paper's: 1×28×28 images ↔ C×7×7 latents. Latents are
 //! multiplied by `scale` (fitted to unit variance, SD's 0.18215 in spirit).
 
-use crate::nets::layers::{conv, conv_act, upsample2x, Init, Params};
+use crate::nets::layers::{as_input, as_weights, conv, conv_act, upsample2x, Init, Params};
 use crate::runtime::noise::Rng;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -80,23 +80,20 @@ impl Autoencoder {
             "the autoencoder takes 1×28×28 images, got {:?}",
             &x.dims()[1..]
         );
-        let mut h = x.affine(2.0, -1.0)?;
+        let mut h = as_weights(x, self.enc[0].weight())?.affine(2.0, -1.0)?;
         for (i, layer) in self.enc.iter().enumerate() {
             h = conv_act(layer, &h, i + 1 < self.enc.len())?;
         }
-        Ok((h * self.cfg.scale)?)
+        as_input((h * self.cfg.scale)?, x)
     }
 
     /// Scaled latents → images in [0, 1].
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        let h = (z / self.cfg.scale)?;
+        let h = (as_weights(z, self.dec[0].weight())? / self.cfg.scale)?;
         let h = conv_act(&self.dec[0], &h, true)?;
         let h = conv_act(&self.dec[1], &h, true)?;
         let h = conv_act(&self.dec[2], &upsample2x(&h)?, true)?;
-        Ok(candle_nn::ops::sigmoid(&conv_act(
-            &self.dec[3],
-            &upsample2x(&h)?,
-            false,
-        )?)?)
+        let out = conv_act(&self.dec[3], &upsample2x(&h)?, false)?;
+        as_input(candle_nn::ops::sigmoid(&out)?, z)
     }
 }

@@ -2,7 +2,7 @@
 //! penultimate layer gives the features for FD, KD and precision/recall, and whose
 //! logits give class accuracy (the analogue of the paper's CLIP score).
 
-use crate::nets::layers::{conv, conv_act, linear, map_chunks, Init, Params};
+use crate::nets::layers::{as_input, as_weights, conv, conv_act, linear, map_chunks, Init, Params};
 use crate::runtime::noise::Rng;
 use anyhow::{ensure, Result};
 use candle_core::{Module, Tensor};
@@ -63,16 +63,17 @@ impl Featnet {
             "the feature network takes 1×28×28 images, got {:?}",
             &x.dims()[1..]
         );
-        let mut h = x.affine(2.0, -1.0)?;
+        let mut h = as_weights(x, self.fc.weight())?.affine(2.0, -1.0)?;
         for c in &self.convs {
             h = conv_act(c, &h, true)?;
         }
-        Ok(self.fc.forward(&h.flatten_from(1)?)?.silu()?)
+        as_input(self.fc.forward(&h.flatten_from(1)?)?.silu()?, x)
     }
 
     /// Class logits from features.
     pub fn logits(&self, features: &Tensor) -> Result<Tensor> {
-        Ok(self.head.forward(features)?)
+        let f = as_weights(features, self.head.weight())?;
+        as_input(self.head.forward(&f)?, features)
     }
 
     /// Predicted class of each image, evaluated in chunks to bound memory.

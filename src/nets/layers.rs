@@ -2,11 +2,11 @@
 //! weights are looked up by name with their shape and dtype checked, so a
 //! mismatched file is an error, never a panic.
 
-use crate::nets::kernels::conv::Conv;
+use crate::nets::kernels::{self, conv::Conv};
 use crate::runtime::noise::Rng;
 use anyhow::{ensure, Context, Result};
 use candle_core::Module;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear};
 use rand::Rng as _;
 use std::collections::BTreeMap;
@@ -22,8 +22,8 @@ pub fn param(params: &Params, name: &str, shape: &[usize]) -> Result<Tensor> {
         t.dims()
     );
     ensure!(
-        t.dtype() == DType::F32,
-        "tensor '{name}' has dtype {:?}, expected f32",
+        t.dtype().is_float(),
+        "tensor '{name}' has dtype {:?}, expected floating point",
         t.dtype()
     );
     Ok(t.clone())
@@ -51,12 +51,13 @@ pub fn conv(params: &Params, name: &str, cout: usize, cin: usize, k: usize, stri
     ))
 }
 
-/// `act(conv(x))`, act = SiLU or identity. Frozen networks on CPU (nothing records a
-/// gradient) take the fused im2col kernel; training and other devices use candle's conv.
+/// `act(conv(x))`, act = SiLU or identity. Frozen networks (nothing records a gradient)
+/// take the fused im2col kernel where it serves; training and other devices use candle's conv.
 pub fn conv_act(conv: &Conv2d, x: &Tensor, silu: bool) -> Result<Tensor> {
     let cfg = conv.config();
     let frozen = !x.track_op() && !conv.weight().track_op() && !conv.bias().is_some_and(Tensor::track_op);
-    if let (true, true, Some(b), 1, 1) = (frozen, x.device().is_cpu(), conv.bias(), cfg.dilation, cfg.groups) {
+    let served = kernels::serve(x) && kernels::serve(conv.weight());
+    if let (true, true, Some(b), 1, 1) = (frozen, served, conv.bias(), cfg.dilation, cfg.groups) {
         let fused = Conv {
             stride: cfg.stride,
             padding: cfg.padding,
@@ -66,6 +67,16 @@ pub fn conv_act(conv: &Conv2d, x: &Tensor, silu: bool) -> Result<Tensor> {
     }
     let y = conv.forward(x)?;
     Ok(if silu { y.silu()? } else { y })
+}
+
+/// `x` on the device and in the dtype of the weights `w` (a network takes inputs from anywhere).
+pub fn as_weights(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    Ok(x.to_device(w.device())?.to_dtype(w.dtype())?)
+}
+
+/// `y` back on the device and in the dtype of the caller's input `x`.
+pub fn as_input(y: Tensor, x: &Tensor) -> Result<Tensor> {
+    Ok(y.to_device(x.device())?.to_dtype(x.dtype())?)
 }
 
 /// Draws fresh weights: uniform(±gain/√fan_in), as PyTorch's default initialisation.

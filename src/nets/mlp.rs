@@ -6,8 +6,8 @@
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::{Schedule, ScheduleKind, T};
-use crate::nets::kernels::dense::Dense;
 use crate::nets::kernels::silu::Silu;
+use crate::nets::kernels::{self, dense::Dense};
 use crate::nets::layers::{param, Init, Params};
 use crate::runtime::noise::Rng;
 use anyhow::{ensure, Result};
@@ -73,10 +73,8 @@ pub struct Mlp {
     /// (weight `[out, in]`, bias `[out]`) per layer, in `MlpConfig::layers` order.
     layers: Vec<Layer>,
     class_emb: Tensor,
-    /// `timestep_embedding` of every timestep 0..=T, computed once.
+    /// `timestep_embedding` of every timestep 0..=T, computed once, in the weights' dtype.
     sinusoids: Tensor,
-    /// Run the layers as `Dense` ops on CPU (false: candle's generic ops everywhere).
-    fused: bool,
 }
 
 impl Mlp {
@@ -92,12 +90,11 @@ impl Mlp {
             .collect::<Result<_>>()?;
         let class_emb = param(params, "class_emb", &[cfg.num_classes + 1, cfg.time_dim])?;
         Ok(Self {
-            sinusoids: sinusoid_table(cfg.time_dim, class_emb.device())?,
+            sinusoids: sinusoid_table(cfg.time_dim, class_emb.device())?.to_dtype(class_emb.dtype())?,
             schedule: Schedule::new(cfg.schedule),
             cfg,
             layers,
             class_emb,
-            fused: true,
         })
     }
 
@@ -148,7 +145,8 @@ impl Denoiser for Mlp {
         let ids = self.class_ids(x, cond.labels()?)?;
         let h = (self.input(x)? + self.embedding(t, &ids, x.device())?)?;
         let (_, _, _, out) = self.parts()?;
-        Ok(self.dense(out, &self.blocks(h)?, true, false)?.reshape(x.shape())?)
+        let e = self.dense(out, &self.blocks(h)?, true, false)?;
+        Ok(e.reshape(x.shape())?.to_dtype(x.dtype())?)
     }
 
     /// Both halves share `W_in x`, and the output layer, being affine, is applied once to
@@ -162,7 +160,8 @@ impl Denoiser for Mlp {
         let a = self.silu(&self.blocks((Tensor::cat(&[&hx, &hx], 0)? + e)?)?)?;
         let mixed = ((a.narrow(0, 0, b)? * w)? + (a.narrow(0, b, b)? * (1.0 - w))?)?;
         let (_, _, _, out) = self.parts()?;
-        Ok(self.dense(out, &mixed, false, false)?.reshape(x.shape())?)
+        let e = self.dense(out, &mixed, false, false)?;
+        Ok(e.reshape(x.shape())?.to_dtype(x.dtype())?)
     }
 }
 
@@ -187,7 +186,8 @@ impl Mlp {
 
     fn input(&self, x: &Tensor) -> Result<Tensor> {
         let (input, ..) = self.parts()?;
-        self.dense(input, &x.flatten_from(1)?, false, false)
+        let x = x.flatten_from(1)?.to_dtype(self.class_emb.dtype())?;
+        self.dense(input, &x, false, false)
     }
 
     /// `W_emb [emb(t), emb(c)] + b_emb` per row, computed once per distinct (t, c) pair
@@ -204,7 +204,7 @@ impl Mlp {
             let rows: Vec<u32> = ut.iter().map(|&t| t as u32).collect();
             self.sinusoids.index_select(&Tensor::new(rows, device)?, 0)?
         } else {
-            timestep_embedding(&ut, self.cfg.time_dim, device)?
+            timestep_embedding(&ut, self.cfg.time_dim, device)?.to_dtype(self.class_emb.dtype())?
         };
         let emb = Tensor::cat(&[&temb, &cemb], 1)?;
         let (_, embed, ..) = self.parts()?;
@@ -221,9 +221,9 @@ impl Mlp {
         Ok(h)
     }
 
-    /// `[h +] act(h) Wᵀ + b`: one `Dense` op on CPU, candle's generic ops elsewhere.
+    /// `[h +] act(h) Wᵀ + b`: one `Dense` op where the fused kernels serve, candle's generic ops elsewhere.
     fn dense(&self, (w, b): &Layer, h: &Tensor, silu: bool, residual: bool) -> Result<Tensor> {
-        if self.fused && h.device().is_cpu() {
+        if kernels::serve(h) {
             return Ok(Dense { silu, residual }.forward(h, w, b)?);
         }
         let a = if silu { h.silu()? } else { h.clone() };
@@ -232,7 +232,7 @@ impl Mlp {
     }
 
     fn silu(&self, h: &Tensor) -> Result<Tensor> {
-        Ok(if self.fused && h.device().is_cpu() {
+        Ok(if kernels::serve(h) {
             Silu::forward(h)?
         } else {
             h.silu()?
@@ -252,7 +252,7 @@ mod tests {
     use super::*;
     use crate::diffusion::guidance::Guided;
 
-    fn small_net(fused: bool) -> Result<Mlp> {
+    fn small_net() -> Result<Mlp> {
         let cfg = MlpConfig {
             sample_shape: vec![3, 5],
             hidden: 64,
@@ -261,9 +261,7 @@ mod tests {
             num_classes: 4,
             schedule: ScheduleKind::ScaledLinear,
         };
-        let mut net = Mlp::new(cfg.clone(), &cfg.init(&mut crate::runtime::noise::seeded(3))?)?;
-        net.fused = fused;
-        Ok(net)
+        Mlp::new(cfg.clone(), &cfg.init(&mut crate::runtime::noise::seeded(3))?)
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
@@ -274,12 +272,13 @@ mod tests {
     /// and a batch with repeated (t, c) pairs equals its rows evaluated one by one.
     #[test]
     fn fused_forward_matches_generic_and_row_by_row() -> Result<()> {
-        let (fused, generic) = (small_net(true)?, small_net(false)?);
+        let fused = small_net()?;
         let x = Tensor::randn(0f32, 1.0, (7, 3, 5), &Device::Cpu)?;
         let t = [5, 5, 900, 5, 900, 1, 1000];
         let labels = Condition::Labels(vec![Some(1), Some(1), None, Some(3), None, Some(1), Some(0)]);
         let y = fused.eps(&x, &t, &labels)?;
-        assert!(max_diff(&y, &generic.eps(&x, &t, &labels)?)? < 1e-5);
+        let generic = kernels::with_generic_ops(|| fused.eps(&x, &t, &labels))?;
+        assert!(max_diff(&y, &generic)? < 1e-5);
         for i in 0..7 {
             let row = fused.eps(&x.narrow(0, i, 1)?, &t[i..=i], &labels.narrow(i, 1)?)?;
             assert!(max_diff(&row, &y.narrow(0, i, 1)?)? < 1e-5, "row {i}");
@@ -290,14 +289,45 @@ mod tests {
     /// The shared-input guided forward equals `ε_u + w (ε_c − ε_u)` from two plain forwards.
     #[test]
     fn guided_forward_equals_two_forwards() -> Result<()> {
-        for net in [small_net(true)?, small_net(false)?] {
-            let x = Tensor::randn(0f32, 1.0, (6, 3, 5), &Device::Cpu)?;
-            let t = [300, 300, 300, 20, 20, 999];
-            let labels = Condition::Labels(vec![Some(0), Some(2), Some(3), Some(2), Some(0), Some(1)]);
+        let net = small_net()?;
+        let x = Tensor::randn(0f32, 1.0, (6, 3, 5), &Device::Cpu)?;
+        let t = [300, 300, 300, 20, 20, 999];
+        let labels = Condition::Labels(vec![Some(0), Some(2), Some(3), Some(2), Some(0), Some(1)]);
+        let check = || -> Result<()> {
             let (ec, eu) = (net.eps(&x, &t, &labels)?, net.eps(&x, &t, &labels.null())?);
             let want = (&eu + ((ec - &eu)? * 2.5)?)?;
             assert!(max_diff(&Guided::new(&net, 2.5).eps(&x, &t, &labels)?, &want)? < 1e-5);
-        }
+            Ok(())
+        };
+        check()?;
+        kernels::with_generic_ops(check)?;
+        Ok(())
+    }
+
+    /// In half precision the network computes what it computes in f32, to half's rounding,
+    /// and hands back the caller's dtype.
+    #[test]
+    fn half_precision_tracks_f32() -> Result<()> {
+        let cfg = small_net()?.cfg;
+        let params = cfg.init(&mut crate::runtime::noise::seeded(3))?;
+        let half: Params = params
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), v.to_dtype(candle_core::DType::BF16)?)))
+            .collect::<Result<_>>()?;
+        let (full, half) = (Mlp::new(cfg.clone(), &params)?, Mlp::new(cfg, &half)?);
+        let x = Tensor::randn(0f32, 1.0, (4, 3, 5), &Device::Cpu)?;
+        let (t, c) = (
+            [1000, 500, 20, 1],
+            Condition::Labels(vec![Some(0), None, Some(3), Some(1)]),
+        );
+        let (a, b) = (full.eps(&x, &t, &c)?, half.eps(&x, &t, &c)?);
+        assert_eq!(b.dtype(), candle_core::DType::F32);
+        let scale = a.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(
+            max_diff(&a, &b)? < 0.05 * scale,
+            "bf16 differs by {}",
+            max_diff(&a, &b)?
+        );
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use crate::nets::layers::{map_chunks, Params};
 use crate::runtime::noise::init_rng;
 use crate::train::trainer::{Checkpointing, ImageTraining, Trainer, TrainerOptions};
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// Trains with `scale = 1`, then returns the config with the fitted scale.
 pub fn train_autoencoder(
@@ -15,6 +15,7 @@ pub fn train_autoencoder(
     cfg_net: &AutoencoderConfig,
     cfg: &ImageTraining,
     checkpointing: Checkpointing,
+    device: &Device,
 ) -> Result<(AutoencoderConfig, Params, Vec<f32>)> {
     let unscaled = AutoencoderConfig {
         scale: 1.0,
@@ -30,12 +31,13 @@ pub fn train_autoencoder(
             seed: cfg.seed,
             ema_decay: None,
             checkpointing,
+            device: device.clone(),
             run_config: serde_json::json!({"net": unscaled, "training": cfg}),
         },
     )?;
     let ae = Autoencoder::new(unscaled.clone(), &trainer.params())?;
     while !trainer.finished() {
-        let (x, _) = train.batch(trainer.rng(), cfg.batch)?;
+        let (x, _) = train.batch(trainer.rng(), cfg.batch, device)?;
         let loss = ae.decode(&ae.encode(&x)?)?.sub(&x)?.sqr()?.mean_all()?;
         trainer.step(&loss)?;
     }

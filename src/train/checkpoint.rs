@@ -37,8 +37,12 @@ pub const CHECKPOINT: &str = "checkpoint.safetensors";
 /// Writes tensors plus a JSON state (in the safetensors metadata) as one file, atomically.
 pub fn save_checkpoint(path: &Path, tensors: &crate::nets::layers::Params, state: &serde_json::Value) -> Result<()> {
     let meta = std::collections::HashMap::from([("dcm_state".to_string(), state.to_string())]);
-    let bytes = safetensors::serialize(tensors.iter().map(|(k, v)| (k.clone(), v.clone())), Some(meta))
-        .context("cannot serialise checkpoint")?;
+    let on_cpu = |t: &candle_core::Tensor| t.to_device(&candle_core::Device::Cpu);
+    let tensors = tensors
+        .iter()
+        .map(|(k, v)| Ok((k.clone(), on_cpu(v)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(tensors, Some(meta)).context("cannot serialise checkpoint")?;
     write_atomic(path, &bytes)
 }
 

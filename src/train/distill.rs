@@ -84,6 +84,10 @@ pub fn distill(
         seed: cfg.seed,
         ema_decay: cfg.ema_decay,
         checkpointing,
+        device: init
+            .values()
+            .next()
+            .map_or(candle_core::Device::Cpu, |t| t.device().clone()),
         run_config: serde_json::json!({"distill": cfg, "net": net}),
     };
     let mut trainer = Trainer::new(init, options)?;
@@ -92,8 +96,9 @@ pub fn distill(
     let target_net = Mlp::new(net.clone(), &target_params)?;
     let resumed_evaluations = trainer.counter;
     while !trainer.finished() {
+        let device = trainer.device();
         let rng = trainer.rng();
-        let (x0, labels) = data.batch(rng, cfg.batch)?;
+        let (x0, labels) = data.batch(rng, cfg.batch, &device)?;
         let t: Vec<usize> = (0..cfg.batch)
             .map(|_| grid.start(rng.random_range(0..grid.intervals())))
             .collect();

@@ -7,7 +7,7 @@ use crate::nets::layers::Params;
 use crate::runtime::noise::{init_rng, Rng};
 use crate::train::trainer::{Checkpointing, ImageTraining, Trainer, TrainerOptions};
 use anyhow::{Context, Result};
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rand::Rng as _;
 
 /// Shifts each image by a random offset in [−2, 2]² (zero fill).
@@ -41,6 +41,7 @@ pub fn train_featnet(
     cfg_net: &FeatnetConfig,
     cfg: &ImageTraining,
     checkpointing: Checkpointing,
+    device: &Device,
 ) -> Result<(Params, Vec<f32>)> {
     let init = cfg_net.init(&mut init_rng(cfg.seed))?;
     let mut trainer = Trainer::new(
@@ -52,13 +53,15 @@ pub fn train_featnet(
             seed: cfg.seed,
             ema_decay: None,
             checkpointing,
+            device: device.clone(),
             run_config: serde_json::json!({"net": cfg_net, "training": cfg}),
         },
     )?;
     let net = Featnet::new(cfg_net.clone(), &trainer.params())?;
     while !trainer.finished() {
+        let device = trainer.device();
         let rng = trainer.rng();
-        let (x, labels) = train.batch(rng, cfg.batch)?;
+        let (x, labels) = train.batch(rng, cfg.batch, &device)?;
         let y: Vec<u32> = labels
             .iter()
             .map(|l| l.context("the feature network needs labelled data"))

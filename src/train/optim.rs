@@ -94,7 +94,7 @@ impl AdamW {
                 Some(g) => g.contiguous()?,
                 None => var.zeros_like()?,
             };
-            let (p, m, v) = if var.device().is_cpu() {
+            let (p, m, v) = if crate::nets::kernels::serve(var.as_tensor()) {
                 fused_update(var.as_tensor(), &g, &self.m[i], &self.v[i], &h)?
             } else {
                 generic_update(var.as_tensor(), &g, &self.m[i], &self.v[i], &h)?

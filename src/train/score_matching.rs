@@ -12,6 +12,7 @@ use crate::runtime::noise::{init_rng, standard_normal};
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::{ensure, Result};
+use candle_core::Device;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +35,7 @@ pub fn train_teacher(
     net: &MlpConfig,
     cfg: &TeacherTraining,
     checkpointing: Checkpointing,
+    device: &Device,
 ) -> Result<Trained> {
     ensure!(cfg.steps > 0 && cfg.batch > 0, "--steps and --batch must be positive");
     ensure!(
@@ -56,13 +58,15 @@ pub fn train_teacher(
             seed: cfg.seed,
             ema_decay: None,
             checkpointing,
+            device: device.clone(),
             run_config: serde_json::json!({"net": net, "training": cfg}),
         },
     )?;
     let model = Mlp::new(net.clone(), &trainer.params())?;
     while !trainer.finished() {
+        let device = trainer.device();
         let rng = trainer.rng();
-        let (x0, labels) = data.batch(rng, cfg.batch)?;
+        let (x0, labels) = data.batch(rng, cfg.batch, &device)?;
         let labels: Vec<Option<u32>> = labels
             .into_iter()
             .map(|l| l.filter(|_| !rng.random_bool(cfg.label_dropout)))

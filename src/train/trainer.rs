@@ -46,6 +46,8 @@ pub struct TrainerOptions<'a> {
     pub seed: u64,
     pub ema_decay: Option<f64>,
     pub checkpointing: Checkpointing,
+    /// Where the weights train.
+    pub device: Device,
     /// Everything that defines the run; a resume must match it exactly.
     pub run_config: Value,
 }
@@ -84,7 +86,7 @@ impl Trainer {
         let names: Vec<String> = init.keys().cloned().collect();
         let vars = init
             .values()
-            .map(|t| Var::from_tensor(&t.copy()?))
+            .map(|t| Var::from_tensor(&t.to_device(&o.device)?.copy()?))
             .collect::<candle_core::Result<Vec<_>>>()?;
         let ema = o.ema_decay.map(|d| Ema::new(d, &vars)).transpose()?;
         let mut t = Self {
@@ -107,8 +109,9 @@ impl Trainer {
         Ok(t)
     }
 
-    pub fn names(&self) -> &[String] {
-        &self.names
+    /// Where the trained weights live.
+    pub fn device(&self) -> Device {
+        self.vars.first().map_or(Device::Cpu, |v| v.device().clone())
     }
 
     /// The run's random generator (part of the checkpointed state).
@@ -254,14 +257,16 @@ impl Trainer {
         };
         let (mut m, mut v) = (Vec::new(), Vec::new());
         for (i, name) in self.names.clone().iter().enumerate() {
+            let device = self.vars[i].device().clone();
+            let mut take = |kind: &str| take(kind, name).and_then(|t| Ok(t.to_device(&device)?));
             self.vars[i]
-                .set(&take("param", name)?)
+                .set(&take("param")?)
                 .with_context(|| bad(&format!("tensor param/{name} does not fit")))?;
-            m.push(take("adam_m", name)?);
-            v.push(take("adam_v", name)?);
+            m.push(take("adam_m")?);
+            v.push(take("adam_v")?);
             if let Some(e) = &self.ema {
                 e.shadow()[i]
-                    .set(&take("ema", name)?)
+                    .set(&take("ema")?)
                     .with_context(|| bad(&format!("tensor ema/{name} does not fit")))?;
             }
         }

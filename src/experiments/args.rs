@@ -1,0 +1,79 @@
+//! Flags shared by several commands: the teacher's ODE, the run folder, and where to compute.
+
+use crate::diffusion::solver::Solver;
+use crate::runtime::device::Runtime;
+use crate::train::trainer::Checkpointing;
+use anyhow::{ensure, Result};
+use clap::Args;
+use std::path::PathBuf;
+
+/// The teacher's probability-flow ODE: solver, grid and guidance.
+#[derive(Args)]
+pub struct OdeArgs {
+    /// Teacher ODE solver: ddim, euler or heun.
+    #[arg(long, default_value = "ddim")]
+    pub solver: Solver,
+    /// Number of solver intervals N (must divide T = 1000).
+    #[arg(long, default_value_t = 50)]
+    pub intervals: usize,
+    /// Classifier-free guidance scale w of the teacher (1: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub guidance: f64,
+}
+
+/// Output folder, checkpoints and resume: shared by every training command.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Output folder: config.json, model.safetensors, train_log.csv (and checkpoint.safetensors).
+    #[arg(long, required_unless_present = "resume")]
+    pub out: Option<PathBuf>,
+    /// Save the full training state to OUT/checkpoint.safetensors every K steps (0: only on SIGINT/SIGTERM).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Continue the run in this folder from its checkpoint (the other flags must match the original run).
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+}
+
+impl RunArgs {
+    /// The output folder and checkpoint settings; `context` records what else identifies the run.
+    pub fn checkpointing(&self, context: serde_json::Value) -> Result<(PathBuf, Checkpointing)> {
+        let dir = match (&self.out, &self.resume) {
+            (Some(o), Some(r)) => {
+                ensure!(
+                    o == r,
+                    "--out {} and --resume {} name different folders",
+                    o.display(),
+                    r.display()
+                );
+                o.clone()
+            }
+            (Some(d), None) | (None, Some(d)) => d.clone(),
+            (None, None) => anyhow::bail!("give --out DIR or --resume DIR"),
+        };
+        let ckpt = Checkpointing {
+            dir: Some(dir.clone()),
+            every: self.checkpoint_every,
+            resume: self.resume.is_some(),
+            context,
+        };
+        Ok((dir, ckpt))
+    }
+}
+
+/// Where to compute and in which precision frozen networks run: every computing command takes these.
+#[derive(Args, Clone, Debug)]
+pub struct RuntimeArgs {
+    /// Where to compute: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Precision of frozen networks (teacher, autoencoder, feature network, sampled student): f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+impl RuntimeArgs {
+    pub fn runtime(&self) -> Result<Runtime> {
+        Runtime::parse(&self.device, &self.dtype)
+    }
+}

@@ -1,0 +1,146 @@
+//! `dcm distill`: a consistency student (CM or Direct CM) from a teacher.
+
+use super::args::{OdeArgs, RunArgs, RuntimeArgs};
+use crate::consistency::distance::Distance;
+use crate::consistency::objective::Method;
+use crate::data::toy::DEFAULT_SIZE;
+use crate::data::Dataset;
+use crate::diffusion::denoiser::Denoiser;
+use crate::models::model_dir::{self, save_run};
+use crate::models::student::{portable_spec, StudentConfig};
+use crate::models::teacher::Teacher;
+use crate::nets::mlp::MlpConfig;
+use crate::runtime::noise::seeded;
+use crate::train::distill::{distill, DistillConfig};
+use crate::train::optim::OptimConfig;
+use anyhow::{ensure, Context, Result};
+use clap::Args;
+
+#[derive(Args)]
+pub struct DistillArgs {
+    /// Objective: `cm` (one teacher step + self target) or `direct` (full teacher solve as target).
+    #[arg(long)]
+    pub method: Method,
+    /// Teacher SPEC (see below).
+    #[arg(long)]
+    pub teacher: String,
+    /// Training data: `toy:NAME` or an .npy file [n, …]; default: the analytic teacher's own distribution.
+    #[arg(long)]
+    pub data: Option<String>,
+    #[command(flatten)]
+    pub ode: OdeArgs,
+    /// Training steps.
+    #[arg(long, default_value_t = 3000)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch: usize,
+    /// AdamW learning rate [default: 1e-3 for a fresh student, 1e-4 when starting from a network teacher].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, default_value_t = 1e-2)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Keep the learning rate constant (default: cosine decay to 0).
+    #[arg(long)]
+    pub constant_lr: bool,
+    /// Distance: l2, huber (c = 0.001) or huber:C.
+    #[arg(long, default_value = "l2")]
+    pub loss: Distance,
+    /// Use an EMA of the student with this decay as the CM target network (default: the student itself, stop-gradient).
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Ignore class labels: distill the teacher's unconditional ODE.
+    #[arg(long)]
+    pub unconditional: bool,
+    /// Hidden width of a fresh student MLP (analytic teachers).
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    /// Hidden layers of a fresh student MLP (analytic teachers).
+    #[arg(long, default_value_t = 3)]
+    pub depth: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+pub fn command(a: DistillArgs) -> Result<()> {
+    let rt = a.runtime.runtime()?;
+    let teacher = Teacher::parse(&a.teacher, &rt)?;
+    let mut data = match &a.data {
+        Some(spec) => Dataset::load(spec, a.seed).with_context(|| format!("--data {spec}"))?,
+        None => teacher.sample_data(DEFAULT_SIZE, &mut seeded(a.seed ^ 0x5eed))?,
+    };
+    if a.unconditional || teacher.num_classes() == 0 {
+        data.labels.iter_mut().for_each(|l| *l = None);
+    }
+    let conditional = data.labels.iter().any(Option::is_some);
+    if let Some(shape) = teacher.sample_shape() {
+        ensure!(
+            shape == data.sample_shape(),
+            "--data samples have shape {:?} but the teacher expects {:?}",
+            data.sample_shape(),
+            shape
+        );
+    }
+    let (net, init, default_lr) = match &teacher {
+        Teacher::Network { net, dir } => (net.config().clone(), rt.trainable(&model_dir::load_params(dir)?)?, 1e-4),
+        _ => {
+            let net = MlpConfig {
+                sample_shape: data.sample_shape(),
+                hidden: a.hidden,
+                depth: a.depth,
+                time_dim: 32,
+                num_classes: teacher.num_classes(),
+                schedule: teacher.schedule_kind(),
+            };
+            net.validate()?;
+            let init = rt.trainable(&net.init(&mut seeded(a.seed.wrapping_add(1)))?)?;
+            (net, init, 1e-3)
+        }
+    };
+    let cfg = DistillConfig {
+        method: a.method,
+        solver: a.ode.solver,
+        intervals: a.ode.intervals,
+        guidance: a.ode.guidance,
+        steps: a.steps,
+        batch: a.batch,
+        optim: OptimConfig {
+            lr: a.lr.unwrap_or(default_lr),
+            weight_decay: a.weight_decay,
+            max_grad_norm: a.max_grad_norm,
+            cosine_decay: !a.constant_lr,
+        },
+        loss: a.loss,
+        ema_decay: a.ema_decay,
+        seed: a.seed,
+    };
+    let (out_dir, ckpt) = a
+        .run
+        .checkpointing(serde_json::json!({"teacher": a.teacher, "data": a.data, "unconditional": a.unconditional}))?;
+    let start = std::time::Instant::now();
+    let out = distill(&teacher, &net, &init, &data, &cfg, ckpt)?;
+    let config = StudentConfig {
+        teacher: portable_spec(&a.teacher),
+        data: a.data.clone().unwrap_or_else(|| "teacher distribution".into()),
+        conditional,
+        net,
+        distill: cfg,
+        teacher_evaluations: out.teacher_evaluations,
+        train_seconds: start.elapsed().as_secs_f64(),
+    };
+    save_run(&out_dir, &config, &out.params, &out.losses)?;
+    eprintln!(
+        "distilled in {:.1} s ({} per-sample teacher evaluations); final loss {:.3e}; wrote {}",
+        config.train_seconds,
+        out.teacher_evaluations,
+        out.losses.last().copied().unwrap_or(f32::NAN),
+        out_dir.display()
+    );
+    Ok(())
+}
