@@ -3,6 +3,8 @@
 
 pub mod autoencoder;
 pub mod featnet;
+pub mod gradcheck;
 pub mod kernels;
 pub mod layers;
+pub mod lora;
 pub mod mlp;
