@@ -3,15 +3,15 @@
 //! against sample quality (Vouitsis et al. 2024, arXiv 2411.08954).
 //!
 //! Data flows one way, and each module imports only from those listed before it
-//! (`tests/layout.rs` checks this):
+//! (`tests/layout.rs` checks this; `rustfmt.toml` keeps the order):
 //! runtime → data → diffusion → nets → consistency → train → models → eval → experiments.
 
-pub mod consistency;
+pub mod runtime;
 pub mod data;
 pub mod diffusion;
+pub mod nets;
+pub mod consistency;
+pub mod train;
+pub mod models;
 pub mod eval;
 pub mod experiments;
-pub mod models;
-pub mod nets;
-pub mod runtime;
-pub mod train;

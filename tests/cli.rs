@@ -412,3 +412,106 @@ fn bench_reports_every_workload_and_the_direct_saving() {
     let expected = (8 * 32 + 32) + (128 * 32 + 32) + (32 * 32 + 32) + (32 * 8 + 8) + 11 * 64;
     assert_eq!(r["parameters"].as_u64().unwrap(), expected);
 }
+
+/// Every computing command takes `--device` and `--dtype`; a CPU build refuses CUDA on one line.
+#[test]
+fn every_command_takes_a_device_and_a_dtype() {
+    if candle_core::utils::cuda_is_available() {
+        return;
+    }
+    let (noise, out, dir) = (tmp("dn.npy"), tmp("do.npy"), tmp("dev-run"));
+    write_noise(&noise, 4, 2);
+    let (n, o, d) = (noise.to_str().unwrap(), out.to_str().unwrap(), dir.to_str().unwrap());
+    let commands: [&[&str]; 8] = [
+        &["sample", "--teacher", "mixture:ring", "--noise", n, "--out", o],
+        &["distill", "--method", "cm", "--teacher", "mixture:ring", "--out", d],
+        &["eval", "--student", d],
+        &["train-teacher", "--data", "toy:ring", "--out", d],
+        &["train-autoencoder", "--out", d],
+        &["train-featnet", "--out", d],
+        &["reproduce", "--preset", "smoke", "--out", d],
+        &["bench"],
+    ];
+    for args in commands {
+        let with = |extra: &[&'static str]| [args, extra].concat();
+        assert_clean_failure(&with(&["--device", "cuda"]), "without the `cuda` feature");
+        assert_clean_failure(&with(&["--dtype", "f64"]), "--dtype f64: expected f32, f16 or bf16");
+    }
+}
+
+/// A LoRA student of a network teacher from the command line: the folder holds the merged
+/// weights and the adapters alone, and samples like any student.
+#[test]
+fn lora_students_train_save_and_sample() {
+    let home = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let teacher = home.join("models/teacher");
+    let (latents, noise, out, dir) = (tmp("lat.npy"), tmp("ln.npy"), tmp("lo.npy"), tmp("lora-student"));
+    let z = dcm::runtime::noise::standard_normal(
+        &mut dcm::runtime::noise::seeded(2),
+        (64, 4, 7, 7),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    npy::write(&latents, &z).unwrap();
+    npy::write(&noise, &z.narrow(0, 0, 8).unwrap()).unwrap();
+    let d = dir.to_str().unwrap();
+    let t = teacher.to_str().unwrap();
+    let base = [
+        "distill",
+        "--method",
+        "cm",
+        "--teacher",
+        t,
+        "--data",
+        latents.to_str().unwrap(),
+    ];
+    assert_clean_failure(&[&base[..], &["--lora-alpha", "4", "--out", d]].concat(), "--lora-rank");
+    assert_clean_failure(
+        &[&base[..], &["--lora-rank", "0", "--out", d]].concat(),
+        "--lora-rank must be at least 1",
+    );
+    let o = dcm(&[
+        &base[..],
+        &[
+            "--lora-rank",
+            "4",
+            "--intervals",
+            "10",
+            "--steps",
+            "5",
+            "--batch",
+            "8",
+            "--out",
+            d,
+        ],
+    ]
+    .concat());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let adapters = candle_core::safetensors::load(dir.join("adapters.safetensors"), &candle_core::Device::Cpu).unwrap();
+    assert!(
+        !adapters.is_empty()
+            && adapters
+                .keys()
+                .all(|k| k.contains(".lora_A.") || k.contains(".lora_B."))
+    );
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    assert!(
+        config.contains("\"lora\"") && config.contains("\"rank\": 4"),
+        "{config}"
+    );
+    let o = dcm(&[
+        "sample",
+        "--student",
+        d,
+        "--steps",
+        "2",
+        "--class",
+        "3",
+        "--noise",
+        noise.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(npy::read(&out).unwrap().dims(), &[8, 4, 7, 7]);
+}

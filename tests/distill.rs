@@ -13,6 +13,7 @@ use dcm::diffusion::schedule::Schedule;
 use dcm::diffusion::solver::Solver;
 use dcm::eval::evaluate::{ode_errors, EvalSetup};
 use dcm::nets::mlp::{Mlp, MlpConfig};
+use dcm::nets::network::NetConfig;
 use dcm::runtime::noise::{seeded, standard_normal};
 use dcm::train::distill::{distill, DistillConfig};
 use dcm::train::optim::OptimConfig;
@@ -51,6 +52,7 @@ fn config(method: Method) -> DistillConfig {
         },
         loss: Distance::L2,
         ema_decay: None,
+        lora: None,
         seed: 0,
     }
 }
@@ -73,7 +75,15 @@ fn distilled_students_beat_one_interval_ddim() {
     let mut results = Vec::new();
     for method in Method::all() {
         let cfg = config(method);
-        let out = distill(&teacher, &net, &init, &data, &cfg, Default::default()).unwrap();
+        let out = distill(
+            Some(&teacher),
+            &NetConfig::Mlp(net.clone()),
+            &init,
+            &data,
+            &cfg,
+            Default::default(),
+        )
+        .unwrap();
         let student = Mlp::new(net.clone(), &out.params).unwrap();
         let setup = EvalSetup {
             teacher: &teacher,

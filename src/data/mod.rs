@@ -115,7 +115,7 @@ impl Dataset {
         )
     }
 
-    /// The project's fixed split: 10% of each class held out, seed 0 (9,000 / 1,000 for the shipped digits).
+    /// The project's fixed split: 10% of each class held out, seed 0 (9,001 / 999 for the shipped digits).
     pub fn standard_split(&self) -> Result<(Self, Self)> {
         self.split(0.1, 0)
     }

@@ -135,7 +135,7 @@ pub fn encode(t: &Tensor) -> Result<Vec<u8>> {
 
 /// Writes a tensor as float32 `.npy`, atomically.
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
-    crate::train::checkpoint::write_atomic(path, &encode(t)?)
+    crate::runtime::files::write_atomic(path, &encode(t)?)
 }
 
 #[cfg(test)]

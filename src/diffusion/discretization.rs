@@ -31,9 +31,4 @@ impl Discretization {
     pub fn start(&self, n: usize) -> usize {
         T - n * self.k()
     }
-
-    /// All start timesteps in descending order.
-    pub fn starts(&self) -> Vec<usize> {
-        (0..self.intervals).map(|n| self.start(n)).collect()
-    }
 }

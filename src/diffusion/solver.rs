@@ -40,15 +40,6 @@ fn euler_update(s: &Schedule, x: &Tensor, slope_x: &Tensor, eps: &Tensor, t: &[u
 }
 
 impl Solver {
-    /// Teacher calls per step (per sample).
-    pub fn stages(self) -> usize {
-        if self == Self::Heun {
-            2
-        } else {
-            1
-        }
-    }
-
     /// One step of every row from `t[b]` to `t[b] − k`.
     pub fn step(self, teacher: &dyn Denoiser, x: &Tensor, t: &[usize], k: usize, cond: &Condition) -> Result<Tensor> {
         ensure!(

@@ -1,6 +1,7 @@
 //! Flags shared by several commands: the teacher's ODE, the run folder, and where to compute.
 
 use crate::diffusion::solver::Solver;
+use crate::nets::lora::LoraConfig;
 use crate::runtime::device::Runtime;
 use crate::train::trainer::Checkpointing;
 use anyhow::{ensure, Result};
@@ -58,6 +59,31 @@ impl RunArgs {
             context,
         };
         Ok((dir, ckpt))
+    }
+}
+
+/// LoRA students: `--lora-rank R [--lora-alpha A]` (none: full fine-tuning).
+#[derive(Args, Clone, Debug)]
+pub struct LoraArgs {
+    /// Train rank-R LoRA adapters on every linear layer instead of every weight (the paper's reference uses 64).
+    #[arg(long)]
+    pub lora_rank: Option<usize>,
+    /// LoRA strength α (the update is scaled by α/R) [default: R].
+    #[arg(long, requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
+}
+
+impl LoraArgs {
+    pub fn lora(&self) -> Result<Option<LoraConfig>> {
+        let Some(rank) = self.lora_rank else {
+            return Ok(None);
+        };
+        let cfg = LoraConfig {
+            rank,
+            alpha: self.lora_alpha.unwrap_or(rank as f64),
+        };
+        cfg.validate()?;
+        Ok(Some(cfg))
     }
 }
 

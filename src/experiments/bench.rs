@@ -18,6 +18,7 @@ use crate::nets::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::nets::featnet::{Featnet, FeatnetConfig};
 use crate::nets::layers::Params;
 use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::nets::network::NetConfig;
 use crate::runtime::device::Runtime;
 use crate::runtime::noise::{seeded, standard_normal};
 use crate::train::distill::{distill, DistillConfig};
@@ -246,11 +247,13 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
             },
             loss: Distance::L2,
             ema_decay: None,
+            lora: None,
             seed: 0,
         };
         let mut evals = 0;
         let secs = time(dev, 2, s.repeats, || {
-            evals = distill(&teacher, &s.net, &student_init, &data, &cfg, Default::default())?.teacher_evaluations;
+            let net = NetConfig::Mlp(s.net.clone());
+            evals = distill(Some(&teacher), &net, &student_init, &data, &cfg, Default::default())?.teacher_evaluations;
             Ok(())
         })?;
         let name = format!("one {} distillation step", method.title());

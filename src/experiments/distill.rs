@@ -1,6 +1,6 @@
 //! `dcm distill`: a consistency student (CM or Direct CM) from a teacher.
 
-use super::args::{OdeArgs, RunArgs, RuntimeArgs};
+use super::args::{LoraArgs, OdeArgs, RunArgs, RuntimeArgs};
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::data::toy::DEFAULT_SIZE;
@@ -10,6 +10,7 @@ use crate::models::model_dir::{self, save_run};
 use crate::models::student::{portable_spec, StudentConfig};
 use crate::models::teacher::Teacher;
 use crate::nets::mlp::MlpConfig;
+use crate::nets::network::NetConfig;
 use crate::runtime::noise::seeded;
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
@@ -63,6 +64,8 @@ pub struct DistillArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
+    pub lora: LoraArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -88,7 +91,11 @@ pub fn command(a: DistillArgs) -> Result<()> {
         );
     }
     let (net, init, default_lr) = match &teacher {
-        Teacher::Network { net, dir } => (net.config().clone(), rt.trainable(&model_dir::load_params(dir)?)?, 1e-4),
+        Teacher::Network { net, dir } => (
+            NetConfig::Mlp(net.config().clone()),
+            rt.trainable(&model_dir::load_params(dir)?)?,
+            1e-4,
+        ),
         _ => {
             let net = MlpConfig {
                 sample_shape: data.sample_shape(),
@@ -100,7 +107,7 @@ pub fn command(a: DistillArgs) -> Result<()> {
             };
             net.validate()?;
             let init = rt.trainable(&net.init(&mut seeded(a.seed.wrapping_add(1)))?)?;
-            (net, init, 1e-3)
+            (NetConfig::Mlp(net), init, 1e-3)
         }
     };
     let cfg = DistillConfig {
@@ -118,13 +125,18 @@ pub fn command(a: DistillArgs) -> Result<()> {
         },
         loss: a.loss,
         ema_decay: a.ema_decay,
+        lora: a.lora.lora()?,
         seed: a.seed,
     };
+    // A LoRA student of a network teacher starts from the teacher's own weights, so the
+    // teacher is the student with its adapters off.
+    let shares_weights = cfg.lora.is_some() && matches!(teacher, Teacher::Network { .. });
+    let target_source = (!shares_weights).then_some(&teacher as &dyn Denoiser);
     let (out_dir, ckpt) = a
         .run
         .checkpointing(serde_json::json!({"teacher": a.teacher, "data": a.data, "unconditional": a.unconditional}))?;
     let start = std::time::Instant::now();
-    let out = distill(&teacher, &net, &init, &data, &cfg, ckpt)?;
+    let out = distill(target_source, &net, &init, &data, &cfg, ckpt)?;
     let config = StudentConfig {
         teacher: portable_spec(&a.teacher),
         data: a.data.clone().unwrap_or_else(|| "teacher distribution".into()),
@@ -135,6 +147,9 @@ pub fn command(a: DistillArgs) -> Result<()> {
         train_seconds: start.elapsed().as_secs_f64(),
     };
     save_run(&out_dir, &config, &out.params, &out.losses)?;
+    if let Some(adapters) = &out.adapters {
+        model_dir::save_tensors(&out_dir.join(model_dir::ADAPTERS), adapters)?;
+    }
     eprintln!(
         "distilled in {:.1} s ({} per-sample teacher evaluations); final loss {:.3e}; wrote {}",
         config.train_seconds,

@@ -36,7 +36,7 @@ pub fn command(a: EvalArgs) -> Result<()> {
     let d = &student.config.distill;
     let grid = Discretization::new(d.intervals)?;
     let mut shape = vec![a.samples];
-    shape.extend(&student.config.net.sample_shape);
+    shape.extend(student.config.net.sample_shape());
     let noise = standard_normal(&mut seeded(a.seed), shape, &rt.device)?;
     let classes = teacher.num_classes() as u32;
     let conditional = student.config.conditional && classes > 0;
@@ -58,7 +58,7 @@ pub fn command(a: EvalArgs) -> Result<()> {
         grid,
         guidance: d.guidance,
     };
-    let rows = ode_errors(&setup, &student.net, &noise, &labels, &a.steps, a.seed)?;
+    let rows = ode_errors(&setup, &*student.net, &noise, &labels, &a.steps, a.seed)?;
     let cond = if conditional {
         "classes in turn"
     } else {

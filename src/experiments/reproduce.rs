@@ -2,7 +2,7 @@
 //! setting — teacher reference samples, CM and Direct CM distilled with identical
 //! hyper-parameters, every model judged at 1, 2, 4, 8 steps on the same noise.
 
-use super::args::RuntimeArgs;
+use super::args::{LoraArgs, RuntimeArgs};
 use super::report::run::write_run;
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
@@ -19,13 +19,15 @@ use crate::eval::ode_error::ode_error;
 use crate::models::model_dir;
 use crate::models::teacher::Teacher;
 use crate::nets::autoencoder::Autoencoder;
+use crate::nets::autoencoder::{decode_all, encode_all};
 use crate::nets::featnet::Featnet;
 use crate::nets::layers::{map_chunks, Params};
+use crate::nets::lora::LoraConfig;
 use crate::nets::mlp::Mlp;
+use crate::nets::network::NetConfig;
 use crate::runtime::assets;
 use crate::runtime::device::Runtime;
 use crate::runtime::noise::{seeded, standard_normal};
-use crate::train::autoencoder::{decode_all, encode_all};
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
 use anyhow::{bail, ensure, Context, Result};
@@ -53,6 +55,9 @@ pub struct ReproduceConfig {
     pub weight_decay: f64,
     pub loss: Distance,
     pub ema_decay: Option<f64>,
+    /// LoRA students instead of full fine-tuning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     /// Sampler step counts evaluated.
     pub steps: Vec<usize>,
     pub seeds: usize,
@@ -75,6 +80,7 @@ impl ReproduceConfig {
             weight_decay: 1e-2,
             loss: Distance::L2,
             ema_decay: None,
+            lora: None,
             steps: vec![1, 2, 4, 8],
             seeds: 1,
             grid_columns: 8,
@@ -141,6 +147,7 @@ impl ReproduceConfig {
             },
             loss: self.loss,
             ema_decay: self.ema_decay,
+            lora: self.lora,
             seed,
         }
     }
@@ -264,6 +271,8 @@ pub struct ReproduceArgs {
     #[arg(long)]
     pub constant_lr: bool,
     #[command(flatten)]
+    pub lora: LoraArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
@@ -279,6 +288,7 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     cfg.per_class = a.per_class.unwrap_or(cfg.per_class);
     cfg.loss = a.loss.unwrap_or(cfg.loss);
     cfg.ema_decay = a.ema_decay.or(cfg.ema_decay);
+    cfg.lora = a.lora.lora()?.or(cfg.lora);
     cfg.cosine_decay &= !a.constant_lr;
     cfg.validate()?;
     let rt = a.runtime.runtime()?;
@@ -415,9 +425,12 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
         for method in Method::all() {
             let name = method.title();
             let start = std::time::Instant::now();
+            let net = NetConfig::Mlp(models.teacher.config().clone());
+            // A LoRA student's teacher is itself with its adapters off (the same weights).
+            let teacher = cfg.lora.is_none().then_some(&models.teacher as &dyn Denoiser);
             let d = distill(
-                &models.teacher,
-                models.teacher.config(),
+                teacher,
+                &net,
                 &models.teacher_params,
                 &train_latents,
                 &cfg.distill_config(method, seed),
@@ -430,12 +443,12 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
                 teacher_evaluations: d.teacher_evaluations,
                 seconds: start.elapsed().as_secs_f64(),
             });
-            let student = Mlp::new(models.teacher.config().clone(), &d.params)?;
+            let student = net.build(&models.runtime.frozen(&d.params)?, None)?;
             for &k in &cfg.steps {
                 record(
                     name,
                     k,
-                    &multistep_sample(&student, &noise, grid, k, &cond, &mut seeded(2000 + seed))?,
+                    &multistep_sample(&*student, &noise, grid, k, &cond, &mut seeded(2000 + seed))?,
                 )?;
             }
         }

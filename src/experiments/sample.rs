@@ -10,8 +10,8 @@ use crate::diffusion::schedule::T;
 use crate::diffusion::solver::solve;
 use crate::models::student::Student;
 use crate::models::teacher::Teacher;
+use crate::nets::autoencoder::decode_all;
 use crate::runtime::noise::seeded;
-use crate::train::autoencoder::decode_all;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -61,7 +61,7 @@ pub fn command(a: SampleArgs) -> Result<()> {
     let (out, teacher_spec) = if let Some(dir) = &a.student {
         let student = Student::load(dir, &rt)?;
         let grid = Discretization::new(student.config.distill.intervals)?;
-        let out = multistep_sample(&student.net, &noise, grid, a.steps, &labels, &mut seeded(a.seed))?;
+        let out = multistep_sample(&*student.net, &noise, grid, a.steps, &labels, &mut seeded(a.seed))?;
         (out, student.config.teacher)
     } else {
         let spec = a.teacher.clone().context("give --teacher SPEC or --student DIR")?;

@@ -3,12 +3,14 @@
 use super::args::{RunArgs, RuntimeArgs};
 use crate::data::Dataset;
 use crate::diffusion::schedule::ScheduleKind;
+use crate::eval::ode_error::ode_error;
 use crate::models::model_dir::{self, save_run};
 use crate::models::teacher::NetworkTeacherConfig;
+use crate::nets::autoencoder::{decode_all, encode_all};
 use crate::nets::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::nets::featnet::{Featnet, FeatnetConfig};
 use crate::nets::mlp::MlpConfig;
-use crate::train::autoencoder::{decode_all, encode_all, reconstruction_mse, train_autoencoder};
+use crate::train::autoencoder::train_autoencoder;
 use crate::train::featnet::{accuracy, train_featnet};
 use crate::train::optim::OptimConfig;
 use crate::train::score_matching::{train_teacher, TeacherTraining};
@@ -226,7 +228,7 @@ pub fn autoencoder_command(a: TrainAutoencoderArgs) -> Result<()> {
     let rt = c.runtime.runtime()?;
     let (net, params, losses) = train_autoencoder(&train, &net, &cfg, ckpt, &rt.device)?;
     let ae = Autoencoder::new(net.clone(), &params)?;
-    let mse = reconstruction_mse(&ae, &test.x)?;
+    let mse = ode_error(&decode_all(&ae, &encode_all(&ae, &test.x)?)?, &test.x)?;
     let featnet_acc = match &a.featnet {
         Some(dir) => {
             let recon = Dataset::new(

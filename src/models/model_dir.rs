@@ -2,7 +2,7 @@
 
 use crate::nets::layers::Params;
 use crate::runtime::device::Runtime;
-use crate::train::checkpoint::write_atomic;
+use crate::runtime::files::write_atomic;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{de::DeserializeOwned, Serialize};
@@ -10,14 +10,21 @@ use std::path::Path;
 
 pub const CONFIG: &str = "config.json";
 pub const WEIGHTS: &str = "model.safetensors";
+/// A LoRA student's trained adapters alone (`model.safetensors` holds them merged).
+pub const ADAPTERS: &str = "adapters.safetensors";
 
 pub fn save(dir: &Path, config: &impl Serialize, params: &Params) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
     write_atomic(&dir.join(CONFIG), serde_json::to_string_pretty(config)?.as_bytes())?;
+    save_tensors(&dir.join(WEIGHTS), params)
+}
+
+/// `params` as one safetensors file (f32, from any device), written atomically.
+pub fn save_tensors(path: &Path, params: &Params) -> Result<()> {
     let cpu = Runtime::default().trainable(params)?;
     let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v.clone())), None)
         .context("cannot serialise weights")?;
-    write_atomic(&dir.join(WEIGHTS), &bytes)
+    write_atomic(path, &bytes)
 }
 
 /// A trained run's folder: `save` plus `train_log.csv` (the loss of every step).

@@ -3,7 +3,7 @@
 
 use crate::models::model_dir;
 use crate::models::teacher::Teacher;
-use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::nets::network::{NetConfig, Network};
 use crate::runtime::device::Runtime;
 use crate::train::distill::DistillConfig;
 use anyhow::{ensure, Context, Result};
@@ -19,7 +19,7 @@ pub struct StudentConfig {
     pub data: String,
     /// Trained with class labels (sampled and evaluated per class) or with the null label only.
     pub conditional: bool,
-    pub net: MlpConfig,
+    pub net: NetConfig,
     pub distill: DistillConfig,
     pub teacher_evaluations: u64,
     pub train_seconds: f64,
@@ -27,7 +27,7 @@ pub struct StudentConfig {
 
 pub struct Student {
     pub config: StudentConfig,
-    pub net: Mlp,
+    pub net: Box<dyn Network>,
 }
 
 impl Student {
@@ -36,7 +36,9 @@ impl Student {
         ensure!(dir.is_dir(), "--student {}: not a folder", dir.display());
         let config: StudentConfig = model_dir::load_config(dir)?;
         let params = rt.frozen(&model_dir::load_params(dir)?)?;
-        let net = Mlp::new(config.net.clone(), &params)
+        let net = config
+            .net
+            .build(&params, None)
             .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
         Ok(Self { config, net })
     }
@@ -44,10 +46,12 @@ impl Student {
     pub fn teacher(&self, rt: &Runtime) -> Result<Teacher> {
         let teacher = Teacher::parse(&self.config.teacher, rt)?;
         ensure!(
-            teacher.sample_shape().is_none_or(|s| s == self.config.net.sample_shape),
+            teacher
+                .sample_shape()
+                .is_none_or(|s| s == self.config.net.sample_shape()),
             "teacher '{}' no longer matches the student's sample shape {:?}",
             self.config.teacher,
-            self.config.net.sample_shape
+            self.config.net.sample_shape()
         );
         Ok(teacher)
     }

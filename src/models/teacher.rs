@@ -32,7 +32,7 @@ K is scaled_linear (default), linear or cosine.";
 pub struct NetworkTeacherConfig {
     pub net: MlpConfig,
     pub data: String,
-    /// The autoencoder whose latent space the teacher lives in (absolute path), if any.
+    /// The autoencoder whose latent space the teacher lives in (relative to this folder), if any.
     pub autoencoder: Option<String>,
     pub steps: usize,
     pub seed: u64,

@@ -2,7 +2,7 @@
 //! SDXL's VAE hosts the paper's: 1×28×28 images ↔ C×7×7 latents. Latents are
 //! multiplied by `scale` (fitted to unit variance, SD's 0.18215 in spirit).
 
-use crate::nets::layers::{as_input, as_weights, conv, conv_act, upsample2x, Init, Params};
+use crate::nets::layers::{as_input, as_weights, conv, conv_act, map_chunks, upsample2x, Init, Params};
 use crate::runtime::noise::Rng;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
@@ -33,10 +33,6 @@ impl AutoencoderConfig {
             ("dec.2", w, 2 * w, 3, 1),
             ("dec.3", 1, w, 3, 1),
         ]
-    }
-
-    pub fn latent_shape(&self) -> Vec<usize> {
-        vec![self.latent_channels, 7, 7]
     }
 
     pub fn init(&self, rng: &mut Rng) -> Result<Params> {
@@ -96,4 +92,14 @@ impl Autoencoder {
         let out = conv_act(&self.dec[3], &upsample2x(&h)?, false)?;
         as_input(candle_nn::ops::sigmoid(&out)?, z)
     }
+}
+
+/// `ae.encode` over a large set, 500 rows at a time (bounds memory).
+pub fn encode_all(ae: &Autoencoder, x: &Tensor) -> Result<Tensor> {
+    map_chunks(x, 500, |c| ae.encode(c))
+}
+
+/// `ae.decode` over a large set, 500 rows at a time.
+pub fn decode_all(ae: &Autoencoder, z: &Tensor) -> Result<Tensor> {
+    map_chunks(z, 500, |c| ae.decode(c))
 }

@@ -9,8 +9,9 @@ use crate::diffusion::schedule::{Schedule, ScheduleKind, T};
 use crate::nets::kernels::silu::Silu;
 use crate::nets::kernels::{self, dense::Dense};
 use crate::nets::layers::{param, Init, Params};
+use crate::nets::lora::{LoraConfig, LoraLinear, Switch};
 use crate::runtime::noise::Rng;
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -43,8 +44,9 @@ impl MlpConfig {
         Ok(())
     }
 
-    /// (name, [out, in]) of every linear layer, in order: input, embedding, residual blocks, output.
-    fn layers(&self) -> Vec<(String, usize, usize)> {
+    /// (name, [out, in]) of every linear layer, in order: input, embedding, residual blocks,
+    /// output. These are the layers LoRA adapts.
+    pub fn layers(&self) -> Vec<(String, usize, usize)> {
         let mut v = vec![
             ("in".to_string(), self.hidden, self.dim()),
             ("emb".to_string(), self.hidden, 2 * self.time_dim),
@@ -65,13 +67,15 @@ impl MlpConfig {
     }
 }
 
-type Layer = (Tensor, Tensor);
+type Layer = LoraLinear;
 
 pub struct Mlp {
     cfg: MlpConfig,
     schedule: Schedule,
-    /// (weight `[out, in]`, bias `[out]`) per layer, in `MlpConfig::layers` order.
+    /// Every linear layer (with its adapter under LoRA), in `MlpConfig::layers` order.
     layers: Vec<Layer>,
+    /// Turns all adapters on or off at once.
+    switch: Switch,
     class_emb: Tensor,
     /// `timestep_embedding` of every timestep 0..=T, computed once, in the weights' dtype.
     sinusoids: Tensor,
@@ -79,13 +83,21 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(cfg: MlpConfig, params: &Params) -> Result<Self> {
+        Self::with_lora(cfg, params, None)
+    }
+
+    /// The network with a LoRA adapter on every linear layer when `lora` is set
+    /// (`params` then holds each layer's `lora_A`/`lora_B` beside its weights).
+    pub fn with_lora(cfg: MlpConfig, params: &Params, lora: Option<LoraConfig>) -> Result<Self> {
         cfg.validate()?;
+        let switch = Switch::default();
         let layers = cfg
             .layers()
             .iter()
             .map(|(name, out, inp)| {
-                let w = param(params, &format!("{name}.weight"), &[*out, *inp])?;
-                Ok((w, param(params, &format!("{name}.bias"), &[*out])?))
+                let layer = LoraLinear::load(params, name, *out, *inp, lora, switch.clone())?;
+                ensure!(layer.bias().is_some(), "missing tensor '{name}.bias'");
+                Ok(layer)
             })
             .collect::<Result<_>>()?;
         let class_emb = param(params, "class_emb", &[cfg.num_classes + 1, cfg.time_dim])?;
@@ -94,12 +106,31 @@ impl Mlp {
             schedule: Schedule::new(cfg.schedule),
             cfg,
             layers,
+            switch,
             class_emb,
         })
     }
 
     pub fn config(&self) -> &MlpConfig {
         &self.cfg
+    }
+
+    /// The switch of every adapter (off: the base network).
+    pub fn adapters(&self) -> &Switch {
+        &self.switch
+    }
+
+    /// The weights of the equivalent plain network, adapters merged into their layers
+    /// (`W + (α/r) B A`), detached.
+    pub fn merged_params(&self) -> Result<Params> {
+        let mut params = Params::new();
+        for ((name, ..), layer) in self.cfg.layers().iter().zip(&self.layers) {
+            let (w, b) = layer.merged()?;
+            params.insert(format!("{name}.weight"), w.detach());
+            params.extend(b.map(|b| (format!("{name}.bias"), b.detach())));
+        }
+        params.insert("class_emb".into(), self.class_emb.detach());
+        Ok(params)
     }
 }
 
@@ -221,8 +252,15 @@ impl Mlp {
         Ok(h)
     }
 
-    /// `[h +] act(h) Wᵀ + b`: one `Dense` op where the fused kernels serve, candle's generic ops elsewhere.
-    fn dense(&self, (w, b): &Layer, h: &Tensor, silu: bool, residual: bool) -> Result<Tensor> {
+    /// `[h +] act(h) W'ᵀ + b`, `W'` the layer's weight with its adapter merged in while the
+    /// adapters are on (the update stays differentiable in A and B): one `Dense` op where the
+    /// fused kernels serve, candle's generic ops elsewhere.
+    fn dense(&self, layer: &Layer, h: &Tensor, silu: bool, residual: bool) -> Result<Tensor> {
+        let w = match (layer.adapter(), self.switch.is_on()) {
+            (Some(_), true) => layer.merged()?.0,
+            _ => layer.weight().clone(),
+        };
+        let (w, b) = (&w, layer.bias().context("linear layer without bias")?);
         if kernels::serve(h) {
             return Ok(Dense { silu, residual }.forward(h, w, b)?);
         }

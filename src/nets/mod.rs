@@ -8,3 +8,4 @@ pub mod kernels;
 pub mod layers;
 pub mod lora;
 pub mod mlp;
+pub mod network;

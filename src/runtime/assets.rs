@@ -13,8 +13,3 @@ pub fn home() -> PathBuf {
 pub fn mnist_dir() -> PathBuf {
     home().join("data").join("mnist")
 }
-
-/// A shipped model folder: `autoencoder`, `teacher` or `featnet`.
-pub fn model_dir(name: &str) -> PathBuf {
-    home().join("models").join(name)
-}

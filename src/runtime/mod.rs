@@ -1,7 +1,8 @@
-//! What every stage runs on: the device, seeded random streams, stop signals and the
-//! shipped assets' location.
+//! What every stage runs on: the device, seeded random streams, stop signals, crash-safe
+//! file output and the shipped assets' location.
 
 pub mod assets;
 pub mod device;
+pub mod files;
 pub mod noise;
 pub mod signals;

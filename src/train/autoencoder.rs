@@ -2,12 +2,12 @@
 //! split; afterwards the latent scale is fitted so encoded latents have unit variance.
 
 use crate::data::Dataset;
-use crate::nets::autoencoder::{Autoencoder, AutoencoderConfig};
-use crate::nets::layers::{map_chunks, Params};
+use crate::nets::autoencoder::{encode_all, Autoencoder, AutoencoderConfig};
+use crate::nets::layers::Params;
 use crate::runtime::noise::init_rng;
 use crate::train::trainer::{Checkpointing, ImageTraining, Trainer, TrainerOptions};
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 
 /// Trains with `scale = 1`, then returns the config with the fitted scale.
 pub fn train_autoencoder(
@@ -54,17 +54,4 @@ pub fn train_autoencoder(
         params,
         trainer.losses,
     ))
-}
-
-pub fn encode_all(ae: &Autoencoder, x: &Tensor) -> Result<Tensor> {
-    map_chunks(x, 500, |c| ae.encode(c))
-}
-
-pub fn decode_all(ae: &Autoencoder, z: &Tensor) -> Result<Tensor> {
-    map_chunks(z, 500, |c| ae.decode(c))
-}
-
-/// Mean squared pixel error of reconstructions.
-pub fn reconstruction_mse(ae: &Autoencoder, x: &Tensor) -> Result<f64> {
-    crate::eval::ode_error::ode_error(&decode_all(ae, &encode_all(ae, x)?)?, x)
 }

@@ -10,11 +10,13 @@ use crate::diffusion::discretization::Discretization;
 use crate::diffusion::guidance::Guided;
 use crate::diffusion::solver::Solver;
 use crate::nets::layers::Params;
-use crate::nets::mlp::{Mlp, MlpConfig};
-use crate::runtime::noise::standard_normal;
+use crate::nets::lora::LoraConfig;
+use crate::nets::network::{AdaptersOff, NetConfig};
+use crate::runtime::noise::{init_rng, standard_normal};
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::{ensure, Result};
+use candle_core::Device;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +33,9 @@ pub struct DistillConfig {
     pub loss: Distance,
     /// θ⁻ as an EMA of θ with this decay; `None`: θ itself under stop-gradient (reference).
     pub ema_decay: Option<f64>,
+    /// Train LoRA adapters on the frozen start weights instead of every weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lora: Option<LoraConfig>,
     pub seed: u64,
 }
 
@@ -47,36 +52,48 @@ impl DistillConfig {
         if let Some(d) = self.ema_decay {
             ensure!((0.0..1.0).contains(&d), "--ema-decay must be in [0, 1)");
         }
-        Ok(())
+        self.lora.as_ref().map_or(Ok(()), LoraConfig::validate)
     }
 }
 
 pub struct Distilled {
+    /// The student's weights, adapters merged in.
     pub params: Params,
+    /// The trained adapters alone (LoRA students).
+    pub adapters: Option<Params>,
     pub losses: Vec<f32>,
     /// Per-sample guided teacher evaluations spent on targets.
     pub teacher_evaluations: u64,
 }
 
-/// Trains a student network (config `net`, initial weights `init`) on `data`.
+/// Trains a student of architecture `net` starting from the weights `start` on `data`.
+/// `teacher` gives the targets; `None` takes them from the student with its adapters
+/// off — the start weights themselves, as the paper's reference does with LoRA.
 pub fn distill(
-    teacher: &dyn Denoiser,
-    net: &MlpConfig,
-    init: &Params,
+    teacher: Option<&dyn Denoiser>,
+    net: &NetConfig,
+    start: &Params,
     data: &Dataset,
     cfg: &DistillConfig,
     checkpointing: Checkpointing,
 ) -> Result<Distilled> {
     cfg.validate()?;
     ensure!(
-        data.sample_shape() == net.sample_shape,
+        data.sample_shape() == net.sample_shape(),
         "data samples have shape {:?} but the student expects {:?}",
         data.sample_shape(),
-        net.sample_shape
+        net.sample_shape()
     );
+    ensure!(
+        teacher.is_some() || cfg.lora.is_some(),
+        "a fully fine-tuned student needs a separate teacher"
+    );
+    let device = start.values().next().map_or(Device::Cpu, |t| t.device().clone());
+    let init = match cfg.lora {
+        Some(lora) => net.init_adapters(lora, &mut init_rng(cfg.seed))?,
+        None => start.clone(),
+    };
     let grid = Discretization::new(cfg.intervals)?;
-    let guided = Guided::new(teacher, cfg.guidance);
-    let counted = Counted::new(&guided);
     let options = TrainerOptions {
         what: cfg.method.name(),
         steps: cfg.steps,
@@ -84,16 +101,23 @@ pub fn distill(
         seed: cfg.seed,
         ema_decay: cfg.ema_decay,
         checkpointing,
-        device: init
-            .values()
-            .next()
-            .map_or(candle_core::Device::Cpu, |t| t.device().clone()),
+        device,
         run_config: serde_json::json!({"distill": cfg, "net": net}),
     };
-    let mut trainer = Trainer::new(init, options)?;
-    let student = Mlp::new(net.clone(), &trainer.params())?;
+    let mut trainer = Trainer::new(&init, options)?;
+    // Under LoRA the trained tensors are the adapters, added to the frozen start weights.
+    let with_start = |trained: Params| -> Params {
+        match cfg.lora {
+            Some(_) => start.clone().into_iter().chain(trained).collect(),
+            None => trained,
+        }
+    };
+    let student = net.build(&with_start(trainer.params()), cfg.lora)?;
     let target_params = trainer.ema_params().unwrap_or_else(|| trainer.frozen_params());
-    let target_net = Mlp::new(net.clone(), &target_params)?;
+    let target_net = net.build(&with_start(target_params), cfg.lora)?;
+    let base = AdaptersOff(&*student);
+    let guided = Guided::new(teacher.unwrap_or(&base), cfg.guidance);
+    let counted = Counted::new(&guided);
     let resumed_evaluations = trainer.counter;
     while !trainer.finished() {
         let device = trainer.device();
@@ -103,12 +127,12 @@ pub fn distill(
             .map(|_| grid.start(rng.random_range(0..grid.intervals())))
             .collect();
         let eps = standard_normal(rng, x0.shape(), x0.device())?;
-        let xt = diffuse(teacher.schedule(), &x0, &eps, &t)?;
+        let xt = diffuse(student.schedule(), &x0, &eps, &t)?;
         let cond = Condition::Labels(labels);
         let batch = Batch {
             teacher: &counted,
-            student: &student,
-            target_net: &target_net,
+            student: &*student,
+            target_net: &*target_net,
             solver: cfg.solver,
             grid,
             distance: cfg.loss,
@@ -121,8 +145,13 @@ pub fn distill(
         trainer.step(&loss)?;
     }
     trainer.finish();
+    let (params, adapters) = match cfg.lora {
+        Some(_) => (student.merged_params()?, Some(trainer.frozen_params())),
+        None => (trainer.frozen_params(), None),
+    };
     Ok(Distilled {
-        params: trainer.frozen_params(),
+        params,
+        adapters,
         losses: trainer.losses,
         teacher_evaluations: trainer.counter,
     })

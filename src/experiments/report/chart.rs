@@ -112,7 +112,7 @@ pub fn write_chart(
         }
         root.present().map_err(|e| anyhow!("{e:?}"))?;
     }
-    crate::train::checkpoint::write_atomic(path, svg.as_bytes())
+    crate::runtime::files::write_atomic(path, svg.as_bytes())
 }
 
 #[cfg(test)]

@@ -29,5 +29,5 @@ pub fn write_grid(path: &Path, images: &Tensor, rows: usize, cols: usize) -> Res
     }
     let mut bytes = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)?;
-    crate::train::checkpoint::write_atomic(path, &bytes)
+    crate::runtime::files::write_atomic(path, &bytes)
 }

@@ -5,7 +5,7 @@ use super::chart::{write_chart, Series};
 use super::grid::write_grid;
 use super::table::{csv, markdown, summarise, Summary};
 use crate::experiments::reproduce::{Outcome, ReproduceConfig};
-use crate::train::checkpoint::write_atomic;
+use crate::runtime::files::write_atomic;
 use anyhow::{Context, Result};
 use std::path::Path;
 

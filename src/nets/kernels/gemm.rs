@@ -68,8 +68,7 @@ impl<'a> View<'a> {
 
 /// `c ← a·b + bias`, or `c ← c + a·b + bias` when `accumulate`; `c` is row-major
 /// `a.rows × b.cols`, `bias` (one value per column) is optional. Large products split
-/// `c`'s columns across threads: each thread then packs only its part of `b` (the
-/// weights), which beats splitting rows at a few hundred rows (docs/PERFORMANCE.md).
+/// `c`'s columns across threads, so each thread packs only its part of `b` (the weights).
 pub fn gemm(a: View, b: View, c: &mut [f32], bias: Option<&[f32]>, accumulate: bool) {
     check(a, b, c, bias);
     let n = b.cols;

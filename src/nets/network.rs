@@ -1,0 +1,93 @@
+//! Which network a teacher or student is — configuration, not code. Distillation,
+//! sampling and evaluation build students through `NetConfig` and use them as
+//! `Network`s: denoisers whose LoRA adapters can be switched off.
+
+use crate::diffusion::condition::Condition;
+use crate::diffusion::denoiser::Denoiser;
+use crate::nets::layers::Params;
+use crate::nets::lora::{init_adapters, LoraConfig, Switch};
+use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::runtime::noise::Rng;
+use anyhow::Result;
+use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// A network architecture and its sizes. Stored untagged: a config file holds just the
+/// architecture's own fields, which tell the architectures apart.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NetConfig {
+    Mlp(MlpConfig),
+}
+
+/// A denoiser built from named weights, with a switch for its adapters.
+pub trait Network: Denoiser {
+    /// Off: the network computes its base model, as if it had no adapters.
+    fn adapters(&self) -> &Switch;
+    /// The weights of the equivalent plain network (adapters merged in), detached.
+    fn merged_params(&self) -> Result<Params>;
+}
+
+impl NetConfig {
+    /// Per-sample shape of x.
+    pub fn sample_shape(&self) -> &[usize] {
+        match self {
+            Self::Mlp(c) => &c.sample_shape,
+        }
+    }
+
+    /// The network on `params` (base weights, plus every adapter when `lora` is set).
+    pub fn build(&self, params: &Params, lora: Option<LoraConfig>) -> Result<Box<dyn Network>> {
+        Ok(match self {
+            Self::Mlp(c) => Box::new(Mlp::with_lora(c.clone(), params, lora)?),
+        })
+    }
+
+    /// Fresh weights.
+    pub fn init(&self, rng: &mut Rng) -> Result<Params> {
+        match self {
+            Self::Mlp(c) => c.init(rng),
+        }
+    }
+
+    /// Fresh adapters (A random, B = 0) for every layer LoRA adapts.
+    pub fn init_adapters(&self, lora: LoraConfig, rng: &mut Rng) -> Result<Params> {
+        let mut params = Params::new();
+        match self {
+            Self::Mlp(c) => {
+                for (name, out, inp) in c.layers() {
+                    init_adapters(&mut params, &name, &[out, inp], lora, rng)?;
+                }
+            }
+        }
+        Ok(params)
+    }
+}
+
+impl Network for Mlp {
+    fn adapters(&self) -> &Switch {
+        Mlp::adapters(self)
+    }
+    fn merged_params(&self) -> Result<Params> {
+        Mlp::merged_params(self)
+    }
+}
+
+/// A network seen with its adapters off: the base model. With LoRA students of a network
+/// teacher this *is* the teacher (the reference's `disable_adapters()`), sharing its weights.
+pub struct AdaptersOff<'a>(pub &'a dyn Network);
+
+impl Denoiser for AdaptersOff<'_> {
+    fn schedule(&self) -> &crate::diffusion::schedule::Schedule {
+        self.0.schedule()
+    }
+    fn num_classes(&self) -> usize {
+        self.0.num_classes()
+    }
+    fn eps(&self, x: &Tensor, t: &[usize], cond: &Condition) -> Result<Tensor> {
+        self.0.adapters().while_off(|| self.0.eps(x, t, cond))
+    }
+    fn eps_guided(&self, x: &Tensor, t: &[usize], cond: &Condition, w: f64) -> Result<Tensor> {
+        self.0.adapters().while_off(|| self.0.eps_guided(x, t, cond, w))
+    }
+}
