@@ -17,7 +17,7 @@ use crate::models::model_dir;
 use crate::nets::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::nets::featnet::{Featnet, FeatnetConfig};
 use crate::nets::layers::Params;
-use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::nets::mlp::MlpConfig;
 use crate::nets::network::NetConfig;
 use crate::runtime::device::Runtime;
 use crate::runtime::noise::{seeded, standard_normal};
@@ -42,7 +42,7 @@ pub struct Workload {
 
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
-    pub net: MlpConfig,
+    pub net: NetConfig,
     pub parameters: usize,
     pub batch: usize,
     pub intervals: usize,
@@ -92,7 +92,7 @@ pub fn peak_memory_mib() -> f64 {
 }
 
 pub struct BenchSetup {
-    pub net: MlpConfig,
+    pub net: NetConfig,
     pub params: Params,
     pub batch: usize,
     pub intervals: usize,
@@ -138,7 +138,7 @@ pub fn command(a: BenchArgs) -> Result<()> {
     ensure!(a.repeats > 0 && a.batch > 0, "--repeats and --batch must be positive");
     let (net, params) = match &a.teacher {
         Some(dir) => (
-            model_dir::load_net_config::<MlpConfig>(dir)?,
+            model_dir::load_net_config::<NetConfig>(dir)?,
             model_dir::load_params(dir)?,
         ),
         None => {
@@ -152,7 +152,7 @@ pub fn command(a: BenchArgs) -> Result<()> {
             };
             net.validate()?;
             let params = net.init(&mut seeded(0))?;
-            (net, params)
+            (NetConfig::Mlp(net), params)
         }
     };
     let setup = BenchSetup {
@@ -170,8 +170,12 @@ pub fn command(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "MLP {:?} hidden {}×{}, {} parameters, batch {}, {} threads, device {}",
-        r.net.sample_shape, r.net.hidden, r.net.depth, r.parameters, r.batch, r.threads, r.device
+        "network {}, {} parameters, batch {}, {} threads, device {}",
+        serde_json::to_string(&r.net)?,
+        r.parameters,
+        r.batch,
+        r.threads,
+        r.device
     );
     println!("| workload | median ms | samples/s | teacher evaluations |\n|---|---|---|---|");
     for w in &r.workloads {
@@ -193,19 +197,20 @@ pub fn command(a: BenchArgs) -> Result<()> {
 pub fn run(s: &BenchSetup) -> Result<BenchReport> {
     let dev = &s.runtime.device;
     let params = s.runtime.frozen(&s.params)?;
-    let teacher = Mlp::new(s.net.clone(), &params)?;
+    let teacher = s.net.build(&params, None)?;
+    let teacher = &*teacher;
     let mut shape = vec![s.batch];
-    shape.extend(&s.net.sample_shape);
+    shape.extend(s.net.sample_shape());
     let mut rng = seeded(0);
     let x = standard_normal(&mut rng, shape.clone(), &Device::Cpu)?.to_device(dev)?;
-    let classes = s.net.num_classes.max(1) as u32;
+    let classes = teacher.num_classes().max(1) as u32;
     let labels: Vec<Option<u32>> = (0..s.batch as u32)
-        .map(|i| (s.net.num_classes > 0).then_some(i % classes))
+        .map(|i| (teacher.num_classes() > 0).then_some(i % classes))
         .collect();
     let cond = Condition::Labels(labels.clone());
     let t: Vec<usize> = (0..s.batch).map(|i| 1 + (i * 997) % T).collect();
     let grid = Discretization::new(s.intervals)?;
-    let guided = Guided::new(&teacher, s.guidance);
+    let guided = Guided::new(teacher, s.guidance);
     let per_sec = |secs: f64| s.batch as f64 / secs;
     let mut workloads = Vec::new();
     let fwd = time(dev, 3, s.repeats, || teacher.eps(&x, &t, &cond).map(|_| ()))?;
@@ -229,7 +234,7 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
     let data = Dataset::new(
         standard_normal(&mut rng, shape, &Device::Cpu)?,
         labels.clone(),
-        s.net.num_classes,
+        teacher.num_classes(),
     )?;
     for method in Method::all() {
         let cfg = DistillConfig {
@@ -252,8 +257,7 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
         };
         let mut evals = 0;
         let secs = time(dev, 2, s.repeats, || {
-            let net = NetConfig::Mlp(s.net.clone());
-            evals = distill(Some(&teacher), &net, &student_init, &data, &cfg, Default::default())?.teacher_evaluations;
+            evals = distill(Some(teacher), &s.net, &student_init, &data, &cfg, Default::default())?.teacher_evaluations;
             Ok(())
         })?;
         let name = format!("one {} distillation step", method.title());

@@ -91,11 +91,7 @@ pub fn command(a: DistillArgs) -> Result<()> {
         );
     }
     let (net, init, default_lr) = match &teacher {
-        Teacher::Network { net, dir } => (
-            NetConfig::Mlp(net.config().clone()),
-            rt.trainable(&model_dir::load_params(dir)?)?,
-            1e-4,
-        ),
+        Teacher::Network { config, dir, .. } => (config.clone(), rt.trainable(&model_dir::load_params(dir)?)?, 1e-4),
         _ => {
             let net = MlpConfig {
                 sample_shape: data.sample_shape(),

@@ -23,8 +23,7 @@ use crate::nets::autoencoder::{decode_all, encode_all};
 use crate::nets::featnet::Featnet;
 use crate::nets::layers::{map_chunks, Params};
 use crate::nets::lora::LoraConfig;
-use crate::nets::mlp::Mlp;
-use crate::nets::network::NetConfig;
+use crate::nets::network::{NetConfig, Network};
 use crate::runtime::assets;
 use crate::runtime::device::Runtime;
 use crate::runtime::noise::{seeded, standard_normal};
@@ -156,7 +155,9 @@ impl ReproduceConfig {
 /// The shipped networks and data a run uses.
 pub struct Models {
     pub autoencoder: Autoencoder,
-    pub teacher: Mlp,
+    pub teacher: Box<dyn Network>,
+    /// The teacher's architecture, which the students share.
+    pub teacher_net: NetConfig,
     /// The teacher's weights in f32 on the run's device: where both students start.
     pub teacher_params: Params,
     pub featnet: Featnet,
@@ -168,12 +169,18 @@ impl Models {
     /// `autoencoder/`, `teacher/` and `featnet/` of `dir`, frozen on `rt`.
     pub fn load(dir: &Path, data: Dataset, rt: &Runtime) -> Result<Self> {
         let teacher_dir = dir.join("teacher");
-        let Teacher::Network { net: teacher, .. } = Teacher::parse(&teacher_dir.to_string_lossy(), rt)? else {
+        let Teacher::Network {
+            net: teacher,
+            config: teacher_net,
+            ..
+        } = Teacher::parse(&teacher_dir.to_string_lossy(), rt)?
+        else {
             bail!("{}: not a network teacher folder", teacher_dir.display());
         };
         Ok(Self {
             autoencoder: model_dir::load_autoencoder(&dir.join("autoencoder"), rt)?,
             teacher,
+            teacher_net,
             teacher_params: rt.trainable(&model_dir::load_params(&teacher_dir)?)?,
             featnet: model_dir::load_featnet(&dir.join("featnet"), rt)?,
             data,
@@ -376,14 +383,14 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
     let labels: Vec<u32> = (0..n as u32).map(|i| i % classes as u32).collect();
     let cond = Condition::Labels(labels.iter().map(|&c| Some(c)).collect());
     let mut shape = vec![n];
-    shape.extend(&models.teacher.config().sample_shape);
+    shape.extend(models.teacher_net.sample_shape());
     let mut out = Outcome {
         classes,
         rows: Vec::new(),
         training: Vec::new(),
         grids: Vec::new(),
     };
-    let guided = Guided::new(&models.teacher, cfg.guidance);
+    let guided = Guided::new(&*models.teacher, cfg.guidance);
     for seed in 0..cfg.seeds as u64 {
         let noise = standard_normal(&mut seeded(1000 + seed), shape.clone(), &models.runtime.device)?;
         let ref_latents = solve(cfg.solver, &guided, &noise, grid, T, &cond)?;
@@ -425,12 +432,11 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
         for method in Method::all() {
             let name = method.title();
             let start = std::time::Instant::now();
-            let net = NetConfig::Mlp(models.teacher.config().clone());
             // A LoRA student's teacher is itself with its adapters off (the same weights).
-            let teacher = cfg.lora.is_none().then_some(&models.teacher as &dyn Denoiser);
+            let teacher = cfg.lora.is_none().then_some(&*models.teacher as &dyn Denoiser);
             let d = distill(
                 teacher,
-                &net,
+                &models.teacher_net,
                 &models.teacher_params,
                 &train_latents,
                 &cfg.distill_config(method, seed),
@@ -443,7 +449,7 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
                 teacher_evaluations: d.teacher_evaluations,
                 seconds: start.elapsed().as_secs_f64(),
             });
-            let student = net.build(&models.runtime.frozen(&d.params)?, None)?;
+            let student = models.teacher_net.build(&models.runtime.frozen(&d.params)?, None)?;
             for &k in &cfg.steps {
                 record(
                     name,

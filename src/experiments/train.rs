@@ -10,6 +10,7 @@ use crate::nets::autoencoder::{decode_all, encode_all};
 use crate::nets::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::nets::featnet::{Featnet, FeatnetConfig};
 use crate::nets::mlp::MlpConfig;
+use crate::nets::network::NetConfig;
 use crate::train::autoencoder::train_autoencoder;
 use crate::train::featnet::{accuracy, train_featnet};
 use crate::train::optim::OptimConfig;
@@ -144,7 +145,7 @@ pub fn teacher_command(a: TrainTeacherArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let out = train_teacher(&data, &net, &cfg, ckpt, &rt.device)?;
     let config = NetworkTeacherConfig {
-        net,
+        net: NetConfig::Mlp(net),
         data: a.data.clone(),
         autoencoder: a
             .autoencoder

@@ -8,7 +8,7 @@ use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::{Schedule, ScheduleKind};
 use crate::models::model_dir;
-use crate::nets::mlp::{Mlp, MlpConfig};
+use crate::nets::network::{NetConfig, Network};
 use crate::runtime::device::Runtime;
 use crate::runtime::noise::Rng;
 use anyhow::{bail, ensure, Context, Result};
@@ -30,7 +30,7 @@ K is scaled_linear (default), linear or cosine.";
 /// What a trained network folder's `config.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct NetworkTeacherConfig {
-    pub net: MlpConfig,
+    pub net: NetConfig,
     pub data: String,
     /// The autoencoder whose latent space the teacher lives in (relative to this folder), if any.
     pub autoencoder: Option<String>,
@@ -41,7 +41,11 @@ pub struct NetworkTeacherConfig {
 pub enum Teacher {
     Gaussian(Gaussian),
     Mixture(GaussianMixture),
-    Network { net: Mlp, dir: std::path::PathBuf },
+    Network {
+        net: Box<dyn Network>,
+        config: NetConfig,
+        dir: std::path::PathBuf,
+    },
 }
 
 fn parse_keys(body: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>> {
@@ -125,10 +129,13 @@ impl Teacher {
         );
         let cfg: NetworkTeacherConfig = model_dir::load_config(dir)?;
         let params = rt.frozen(&model_dir::load_params(dir)?)?;
-        let net = Mlp::new(cfg.net, &params)
+        let net = cfg
+            .net
+            .build(&params, None)
             .with_context(|| format!("{}: weights do not match config.json", dir.display()))?;
         Ok(Self::Network {
             net,
+            config: cfg.net,
             dir: dir.to_path_buf(),
         })
     }
@@ -173,7 +180,7 @@ impl Teacher {
         match self {
             Self::Gaussian(g) => g,
             Self::Mixture(m) => m,
-            Self::Network { net, .. } => net,
+            Self::Network { net, .. } => &**net,
         }
     }
 
@@ -182,7 +189,7 @@ impl Teacher {
         match self {
             Self::Gaussian(g) => g.dim.map(|d| vec![d]),
             Self::Mixture(m) => Some(vec![m.dim()]),
-            Self::Network { net, .. } => Some(net.config().sample_shape.clone()),
+            Self::Network { config, .. } => Some(config.sample_shape().to_vec()),
         }
     }
 

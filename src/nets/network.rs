@@ -36,6 +36,12 @@ impl NetConfig {
         }
     }
 
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::Mlp(c) => c.validate(),
+        }
+    }
+
     /// The network on `params` (base weights, plus every adapter when `lora` is set).
     pub fn build(&self, params: &Params, lora: Option<LoraConfig>) -> Result<Box<dyn Network>> {
         Ok(match self {
