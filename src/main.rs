@@ -102,6 +102,10 @@ fn exit_code(result: Result<()>) -> ExitCode {
                 eprintln!("{stop}");
                 return ExitCode::from(128 + stop.signal as u8);
             }
+            if let Some(stop) = e.downcast_ref::<dcm::runtime::signals::Stopped>() {
+                eprintln!("{stop}");
+                return ExitCode::from(128 + stop.signal as u8);
+            }
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
             ExitCode::from(2)
         }

@@ -7,6 +7,7 @@ use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::{per_row, Denoiser};
 use crate::diffusion::discretization::Discretization;
 use crate::runtime::noise::{standard_normal, Rng};
+use crate::runtime::signals;
 use anyhow::{ensure, Result};
 use candle_core::Tensor;
 
@@ -40,6 +41,7 @@ pub fn multistep_sample(
     let mut x = noise.clone();
     let mut x0 = noise.clone();
     for (i, &t) in ts.iter().enumerate() {
+        signals::check()?;
         x0 = consistency(student, &x, &vec![t; b], cond)?.detach();
         if let Some(&next) = ts.get(i + 1) {
             let z = standard_normal(rng, x.shape(), x.device())?;

@@ -25,6 +25,7 @@ pub fn read(dir: &Path) -> Result<(Tensor, Vec<u32>, usize)> {
             .collect();
         files.sort();
         for f in files {
+            crate::runtime::signals::check()?;
             let img = image::open(&f)
                 .with_context(|| format!("{}: cannot decode image", f.display()))?
                 .to_luma8();

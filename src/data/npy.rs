@@ -2,6 +2,7 @@
 //! C order in; float32 out. Every malformed file is an error naming the problem;
 //! the declared shape is checked against the file length before anything is allocated.
 
+use crate::runtime::finite::ensure_finite;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use std::path::Path;
@@ -108,7 +109,10 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor> {
 /// Reads a `.npy` file as float32; errors name the file.
 pub fn read(path: &Path) -> Result<Tensor> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    decode(&bytes).with_context(|| format!("{}: malformed .npy", path.display()))
+    let t = decode(&bytes).with_context(|| format!("{}: malformed .npy", path.display()))?;
+    // float64 values beyond float32's range become infinite here, and are refused too.
+    ensure_finite(&t, &path.display().to_string())?;
+    Ok(t)
 }
 
 /// Encodes a tensor as a float32 `.npy` (v1.0, header padded to 64 bytes).
@@ -134,7 +138,9 @@ pub fn encode(t: &Tensor) -> Result<Vec<u8>> {
 }
 
 /// Writes a tensor as float32 `.npy`, atomically.
+/// Writes `t`, refusing a non-finite result rather than reporting success with it.
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
+    ensure_finite(t, &format!("the result for {}", path.display()))?;
     crate::runtime::files::write_atomic(path, &encode(t)?)
 }
 

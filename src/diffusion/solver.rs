@@ -5,6 +5,7 @@ use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::{per_row, per_row_of, Denoiser};
 use crate::diffusion::discretization::Discretization;
 use crate::diffusion::schedule::{Schedule, T};
+use crate::runtime::signals;
 use anyhow::{bail, ensure, Result};
 use candle_core::Tensor;
 
@@ -95,6 +96,7 @@ pub fn solve(
     let b = x.dim(0)?;
     let mut x = x.clone();
     for t in (1..=t_start / k).rev().map(|i| i * k) {
+        signals::check()?;
         x = solver.step(teacher, &x, &vec![t; b], k, cond)?;
     }
     Ok(x)

@@ -1,8 +1,9 @@
 //! A model folder: `config.json` beside `model.safetensors`, both written atomically.
 
-use crate::nets::layers::Params;
+use crate::nets::layers::{build_strict, Params};
 use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
+use crate::runtime::finite::ensure_finite_weights;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use serde::{de::DeserializeOwned, Serialize};
@@ -48,7 +49,9 @@ pub fn load_params(dir: &Path) -> Result<Params> {
     let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .with_context(|| format!("{}: malformed safetensors", path.display()))?;
-    Ok(map.into_iter().collect())
+    let params: Params = map.into_iter().collect();
+    ensure_finite_weights(&params, &path.display().to_string())?;
+    Ok(params)
 }
 
 /// Reads just the `net` field of a folder's config (the architecture), ignoring the training record.
@@ -62,13 +65,19 @@ pub fn load_net_config<C: DeserializeOwned>(dir: &Path) -> Result<C> {
 
 /// A frozen autoencoder folder, on `rt`'s device in its precision.
 pub fn load_autoencoder(dir: &Path, rt: &Runtime) -> Result<crate::nets::autoencoder::Autoencoder> {
-    let net = crate::nets::autoencoder::Autoencoder::new(load_net_config(dir)?, &rt.frozen(&load_params(dir)?)?);
+    let params = rt.frozen(&load_params(dir)?)?;
+    let net = build_strict(&params, || {
+        crate::nets::autoencoder::Autoencoder::new(load_net_config(dir)?, &params)
+    });
     net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
 }
 
 /// A frozen feature-network folder, on `rt`'s device in its precision.
 pub fn load_featnet(dir: &Path, rt: &Runtime) -> Result<crate::nets::featnet::Featnet> {
-    let net = crate::nets::featnet::Featnet::new(load_net_config(dir)?, &rt.frozen(&load_params(dir)?)?);
+    let params = rt.frozen(&load_params(dir)?)?;
+    let net = build_strict(&params, || {
+        crate::nets::featnet::Featnet::new(load_net_config(dir)?, &params)
+    });
     net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
 }
 

@@ -4,17 +4,24 @@
 
 use crate::nets::kernels::{self, conv::Conv};
 use crate::runtime::noise::Rng;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Module;
 use candle_core::{Device, Tensor};
 use candle_nn::{Conv2d, Conv2dConfig, Linear};
 use rand::Rng as _;
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Named parameter tensors, as stored in safetensors.
 pub type Params = BTreeMap<String, Tensor>;
 
+thread_local! {
+    /// Names looked up by `param` while `build_strict` runs on this thread.
+    static USED: RefCell<Option<BTreeSet<String>>> = const { RefCell::new(None) };
+}
+
 pub fn param(params: &Params, name: &str, shape: &[usize]) -> Result<Tensor> {
+    USED.with_borrow_mut(|used| used.as_mut().map(|u| u.insert(name.to_string())));
     let t = params.get(name).with_context(|| format!("missing tensor '{name}'"))?;
     ensure!(
         t.dims() == shape,
@@ -27,6 +34,22 @@ pub fn param(params: &Params, name: &str, shape: &[usize]) -> Result<Tensor> {
         t.dtype()
     );
     Ok(t.clone())
+}
+
+/// Runs `build` (a network constructor reading `params` through `param`) and requires that
+/// it used every tensor: weights the configuration does not describe (a block too many, a
+/// stray adapter) would otherwise be dropped silently and the model differ from its file.
+pub fn build_strict<T>(params: &Params, build: impl FnOnce() -> Result<T>) -> Result<T> {
+    let outer = USED.replace(Some(BTreeSet::new()));
+    let built = build();
+    let used = USED.replace(outer).unwrap_or_default();
+    // A build nested in another counts for the outer one too.
+    USED.with_borrow_mut(|outer| outer.as_mut().map(|o| o.extend(used.iter().cloned())));
+    let built = built?;
+    if let Some(unused) = params.keys().find(|k| !used.contains(*k)) {
+        bail!("tensor '{unused}' is not part of the network its configuration describes");
+    }
+    Ok(built)
 }
 
 pub fn linear(params: &Params, name: &str, out: usize, inp: usize) -> Result<Linear> {
@@ -94,6 +117,14 @@ impl<'a> Init<'a> {
     }
 
     pub fn uniform(&mut self, name: &str, shape: &[usize], bound: f64) -> Result<()> {
+        ensure!(
+            shape.iter().all(|&d| d > 0),
+            "tensor '{name}' would have shape {shape:?}: every size must be positive"
+        );
+        ensure!(
+            bound.is_finite() && bound > 0.0,
+            "tensor '{name}': no valid initialisation range"
+        );
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(-bound..bound) as f32).collect();
         self.params
@@ -129,7 +160,10 @@ pub fn map_chunks(x: &Tensor, size: usize, f: impl Fn(&Tensor) -> Result<Tensor>
     let n = x.dim(0)?;
     let parts = (0..n)
         .step_by(size)
-        .map(|i| f(&x.narrow(0, i, size.min(n - i))?))
+        .map(|i| {
+            crate::runtime::signals::check()?;
+            f(&x.narrow(0, i, size.min(n - i))?)
+        })
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0)?)
 }

@@ -4,7 +4,7 @@
 
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
-use crate::nets::layers::Params;
+use crate::nets::layers::{build_strict, Params};
 use crate::nets::lora::{init_adapters, LoraConfig, Switch};
 use crate::nets::mlp::{Mlp, MlpConfig};
 use crate::runtime::noise::Rng;
@@ -42,10 +42,13 @@ impl NetConfig {
         }
     }
 
-    /// The network on `params` (base weights, plus every adapter when `lora` is set).
+    /// The network on `params` (base weights, plus every adapter when `lora` is set);
+    /// every tensor must belong to it.
     pub fn build(&self, params: &Params, lora: Option<LoraConfig>) -> Result<Box<dyn Network>> {
-        Ok(match self {
-            Self::Mlp(c) => Box::new(Mlp::with_lora(c.clone(), params, lora)?),
+        build_strict(params, || {
+            Ok(match self {
+                Self::Mlp(c) => Box::new(Mlp::with_lora(c.clone(), params, lora)?) as Box<dyn Network>,
+            })
         })
     }
 

@@ -1,11 +1,59 @@
 //! Crash-safe file output: write a temporary file in the same folder, fsync it,
 //! then rename over the destination, so a reader sees the old or the new file, never half of one.
+//! Only regular files are ever written or replaced, and a command checks where it will
+//! write before it starts work, so no run is lost to an unwritable folder.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// Errors unless `path` is absent or a regular file (not a symlink, device, FIFO or folder).
+fn ensure_replaceable(path: &Path, what: &str) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Err(_) => Ok(()),
+        Ok(m) if m.file_type().is_file() => Ok(()),
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("{what} {}: is a symbolic link; give a regular file", path.display())
+        }
+        Ok(m) if m.is_dir() => bail!("{what} {}: is a folder; give a file path", path.display()),
+        Ok(_) => bail!(
+            "{what} {}: is not a regular file (a device or pipe); dcm writes only regular files",
+            path.display()
+        ),
+    }
+}
+
+/// Checks, before any work, that `path` can be written as a regular file by `flag`:
+/// its folder exists (or is created) and takes a new file, and `path` itself is absent
+/// or a regular file.
+pub fn check_output_file(path: &Path, flag: &str) -> Result<()> {
+    ensure_replaceable(path, flag)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    check_writable(dir, flag)
+}
+
+/// Checks, before any work, that the folder `dir` named by `flag` exists or can be
+/// created, and takes new files.
+pub fn check_output_dir(dir: &Path, flag: &str) -> Result<()> {
+    if let Ok(m) = std::fs::symlink_metadata(dir) {
+        ensure!(m.is_dir(), "{flag} {}: exists and is not a folder", dir.display());
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("{flag} {}: cannot create folder", dir.display()))?;
+    check_writable(dir, flag)
+}
+
+fn check_writable(dir: &Path, flag: &str) -> Result<()> {
+    let probe = dir.join(format!(".dcm-write-test.{}", std::process::id()));
+    std::fs::File::create(&probe).with_context(|| format!("{flag}: cannot write in {}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    ensure_replaceable(path, "output")?;
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -42,6 +90,34 @@ mod tests {
         super::write_atomic(&p, b"new").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A symlink, a folder or a FIFO is never replaced; an unwritable folder is found before work.
+    #[test]
+    fn only_regular_files_are_written() {
+        let dir = std::env::temp_dir().join(format!("dcm-outputs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("target.bin");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.join("link.bin");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        for bad in [&link, &dir, &fifo] {
+            assert!(super::write_atomic(bad, b"new").is_err(), "{}", bad.display());
+            assert!(super::check_output_file(bad, "--out").is_err(), "{}", bad.display());
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+        let e = super::check_output_file(&std::path::PathBuf::from("/dev/full"), "--out").unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
+        assert!(super::check_output_dir(&target, "--out").is_err());
+        assert!(super::check_output_file(&dir.join("new.npy"), "--out").is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,8 +1,10 @@
 //! What every stage runs on: the device, seeded random streams, stop signals, crash-safe
-//! file output and the shipped assets' location.
+//! file output, finiteness and memory checks at the edges, and the shipped assets' location.
 
 pub mod assets;
 pub mod device;
 pub mod files;
+pub mod finite;
+pub mod memory;
 pub mod noise;
 pub mod signals;

@@ -1,5 +1,7 @@
 //! Graceful stop: SIGINT / SIGTERM set a flag that training loops check after
-//! each step, so they can save a checkpoint and exit instead of dying mid-write.
+//! each step, so they can save a checkpoint and exit instead of dying mid-write, and
+//! that long work outside training (data preparation, sampling, evaluation) checks
+//! between its steps, so a stop is honoured within one step.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -37,7 +39,7 @@ pub struct Interrupted {
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        let name = if self.signal == SIGINT { "SIGINT" } else { "SIGTERM" };
+        let name = signal_name(self.signal);
         write!(
             f,
             "stopped by {name} after step {}; checkpoint saved, continue with --resume {}",
@@ -48,3 +50,33 @@ impl std::fmt::Display for Interrupted {
 }
 
 impl std::error::Error for Interrupted {}
+
+fn signal_name(signal: usize) -> &'static str {
+    if signal == SIGINT {
+        "SIGINT"
+    } else {
+        "SIGTERM"
+    }
+}
+
+/// Work stopped by a signal with nothing to save; the binary exits with 128 + signal.
+#[derive(Debug)]
+pub struct Stopped {
+    pub signal: usize,
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "stopped by {}", signal_name(self.signal))
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// `Err(Stopped)` once SIGINT or SIGTERM has arrived: called between the steps of long work.
+pub fn check() -> anyhow::Result<()> {
+    match requested() {
+        Some(signal) => Err(Stopped { signal }.into()),
+        None => Ok(()),
+    }
+}

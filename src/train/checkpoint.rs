@@ -2,6 +2,7 @@
 //! safetensors file written atomically.
 
 use crate::runtime::files::write_atomic;
+use crate::runtime::finite::ensure_finite_weights;
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -31,5 +32,7 @@ pub fn load_checkpoint(path: &Path) -> Result<(crate::nets::layers::Params, serd
         .with_context(bad)?;
     let state = serde_json::from_str(state).with_context(bad)?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, &candle_core::Device::Cpu).with_context(bad)?;
-    Ok((tensors.into_iter().collect(), state))
+    let tensors = tensors.into_iter().collect();
+    ensure_finite_weights(&tensors, &path.display().to_string())?;
+    Ok((tensors, state))
 }

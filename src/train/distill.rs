@@ -12,6 +12,7 @@ use crate::diffusion::solver::Solver;
 use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
 use crate::nets::network::{AdaptersOff, NetConfig};
+use crate::runtime::finite::finite_flag;
 use crate::runtime::noise::{init_rng, standard_normal};
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::{Checkpointing, Trainer, TrainerOptions};
@@ -19,6 +20,10 @@ use anyhow::{ensure, Result};
 use candle_core::Device;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
+
+/// The largest guidance scale accepted: far beyond any useful value, small enough that
+/// `w·(ε_c − ε_u)` stays within f32.
+pub const MAX_GUIDANCE: f64 = 1e4;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,11 +49,8 @@ impl DistillConfig {
         Discretization::new(self.intervals)?;
         ensure!(self.steps > 0, "--steps must be positive");
         ensure!(self.batch > 0, "--batch must be positive");
-        ensure!(self.guidance.is_finite(), "--guidance must be a finite number");
-        ensure!(
-            self.optim.lr > 0.0 && self.optim.lr.is_finite(),
-            "--lr must be positive"
-        );
+        finite_flag(self.guidance, "--guidance", MAX_GUIDANCE)?;
+        self.optim.validate()?;
         if let Some(d) = self.ema_decay {
             ensure!((0.0..1.0).contains(&d), "--ema-decay must be in [0, 1)");
         }

@@ -1,7 +1,7 @@
 //! AdamW (Loshchilov & Hutter 2019, PyTorch's ordering: decoupled decay, then the
 //! bias-corrected Adam step) and global gradient-norm clipping.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{backprop::GradStore, Layout, Storage, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +17,26 @@ pub struct OptimConfig {
 }
 
 impl OptimConfig {
+    /// Every training command's optimizer flags, checked before any work.
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            self.lr.is_finite() && self.lr > 0.0,
+            "--lr {}: must be a positive finite number",
+            self.lr
+        );
+        ensure!(
+            self.weight_decay.is_finite() && self.weight_decay >= 0.0,
+            "--weight-decay {}: must be a finite number ≥ 0",
+            self.weight_decay
+        );
+        ensure!(
+            self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0,
+            "--max-grad-norm {}: must be a finite number ≥ 0 (0: no clipping)",
+            self.max_grad_norm
+        );
+        Ok(())
+    }
+
     /// Learning rate at `step` (0-based) of `total`.
     pub fn lr_at(&self, step: usize, total: usize) -> f64 {
         if self.cosine_decay {

@@ -4,7 +4,7 @@
 
 use crate::nets::layers::Params;
 use crate::runtime::noise::{seeded, Rng};
-use crate::runtime::signals::{requested, Interrupted};
+use crate::runtime::signals::{requested, Interrupted, Stopped};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
 use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
@@ -83,6 +83,8 @@ impl Trainer {
     /// Trainable copies of `init` (sorted by name, so updates are deterministic), or the
     /// state of the checkpoint being resumed.
     pub fn new(init: &Params, o: TrainerOptions) -> Result<Self> {
+        ensure!(o.steps > 0, "--steps {}: must be at least 1", o.steps);
+        o.optim.validate()?;
         let names: Vec<String> = init.keys().cloned().collect();
         let vars = init
             .values()
@@ -171,11 +173,10 @@ impl Trainer {
         self.bar.inc(1);
         self.log_when_not_a_terminal(step);
         if let Some(signal) = requested() {
-            let dir = self
-                .checkpointing
-                .dir
-                .clone()
-                .context("stopped by a signal, and this run has no output folder to checkpoint into")?;
+            let Some(dir) = self.checkpointing.dir.clone() else {
+                self.bar.abandon();
+                return Err(Stopped { signal }.into());
+            };
             self.save()?;
             self.bar.abandon();
             return Err(Interrupted { signal, step, dir }.into());

@@ -1,0 +1,59 @@
+//! Memory estimates checked before allocation: a size that cannot fit is refused in
+//! one line instead of growing until the out-of-memory killer ends the process.
+
+use anyhow::{ensure, Result};
+
+/// Memory this process may still take: the system's `MemAvailable` (Linux), if known.
+pub fn available_bytes() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// Refuses work whose estimated need, `bytes`, exceeds the memory available; `what`
+/// names the flag or input that sets the size.
+pub fn ensure_fits(bytes: f64, what: &str) -> Result<()> {
+    if let Some(free) = available_bytes() {
+        ensure!(
+            bytes <= free,
+            "{what}: needs about {} but only {} is available",
+            human(bytes),
+            human(free)
+        );
+    }
+    Ok(())
+}
+
+/// Bytes of `elements` f32 values, as f64 so huge products do not overflow.
+pub fn f32_bytes(elements: &[usize]) -> f64 {
+    4.0 * elements.iter().map(|&e| e as f64).product::<f64>()
+}
+
+pub fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn impossible_sizes_are_refused_and_small_ones_pass() {
+        assert!(ensure_fits(f32_bytes(&[1000, 1000]), "--batch").is_ok());
+        let e = ensure_fits(f32_bytes(&[100_000_000_000, 196]), "--samples 100000000000").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--samples 100000000000: needs about 71.3 TiB"),
+            "{e}"
+        );
+        assert_eq!(human(1536.0), "1.5 KiB");
+    }
+}
