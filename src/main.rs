@@ -15,6 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(
     name = "dcm",
     version,
+    arg_required_else_help = true,
     about = "Distill diffusion models into few-step consistency models (CM and Direct CM) and measure ODE error against sample quality"
 )]
 struct Cli {

@@ -144,7 +144,7 @@ proptest! {
         let dir = std::env::temp_dir().join(format!("dcm-prop-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.json"), &bytes).unwrap();
-        if let Ok(cfg) = dcm::models::model_dir::load_config::<dcm::models::teacher::NetworkTeacherConfig>(&dir) {
+        if let Ok(cfg) = dcm::models::model_dir::load_config::<dcm::models::teacher::NetworkTeacherConfig>(&dir, dcm::models::model_dir::Kind::Teacher) {
             let _ = cfg.net.validate();
         }
     }

@@ -185,7 +185,10 @@ fn resume_refuses_different_settings_and_nan_keeps_the_checkpoint() {
     );
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2));
-    assert!(err.contains("different settings") && err.contains("context"), "{err}");
+    assert!(
+        err.contains("different settings") && err.contains("data: \"toy:moons\" → \"toy:spiral\""),
+        "the error names each differing setting with its old and new value: {err}"
+    );
     let e = dir("nan2");
     let o = run(
         &[

@@ -35,6 +35,12 @@ impl Dataset {
         Ok(Self { x, labels, num_classes })
     }
 
+    /// The same samples with every label replaced by the null label.
+    pub fn without_labels(mut self) -> Self {
+        self.labels.iter_mut().for_each(|l| *l = None);
+        self
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }

@@ -3,23 +3,73 @@
 use crate::diffusion::solver::Solver;
 use crate::nets::lora::LoraConfig;
 use crate::runtime::device::Runtime;
+use crate::runtime::files::check_output_dir;
+use crate::runtime::finite::finite_flag;
+use crate::train::distill::MAX_GUIDANCE;
 use crate::train::trainer::Checkpointing;
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use clap::Args;
 use std::path::PathBuf;
 
-/// The teacher's probability-flow ODE: solver, grid and guidance.
+/// The teacher's probability-flow ODE: solver, grid and guidance. The flags stay unset
+/// unless given, so a mode they mean nothing in can refuse them.
 #[derive(Args)]
 pub struct OdeArgs {
-    /// Teacher ODE solver: ddim, euler or heun.
-    #[arg(long, default_value = "ddim")]
-    pub solver: Solver,
-    /// Number of solver intervals N (must divide T = 1000).
-    #[arg(long, default_value_t = 50)]
-    pub intervals: usize,
-    /// Classifier-free guidance scale w of the teacher (1: none).
-    #[arg(long, default_value_t = 1.0)]
-    pub guidance: f64,
+    /// Teacher ODE solver: ddim, euler or heun [default: ddim].
+    #[arg(long)]
+    pub solver: Option<Solver>,
+    /// Number of solver intervals N (must divide T = 1000) [default: 50].
+    #[arg(long)]
+    pub intervals: Option<usize>,
+    /// Classifier-free guidance scale w of the teacher (1: none) [default: 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
+}
+
+impl OdeArgs {
+    pub fn solver(&self) -> Solver {
+        self.solver.unwrap_or(Solver::Ddim)
+    }
+
+    pub fn intervals(&self) -> usize {
+        self.intervals.unwrap_or(50)
+    }
+
+    /// The guidance scale, finite and within `MAX_GUIDANCE`.
+    pub fn guidance(&self) -> Result<f64> {
+        finite_flag(self.guidance.unwrap_or(1.0), "--guidance", MAX_GUIDANCE)
+    }
+
+    /// The flags given, by name (for refusing them where they mean nothing).
+    pub fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            ("--solver", self.solver.is_some()),
+            ("--intervals", self.intervals.is_some()),
+            ("--guidance", self.guidance.is_some()),
+        ];
+        flags
+            .iter()
+            .filter(|(_, given)| *given)
+            .map(|(name, _)| *name)
+            .collect()
+    }
+}
+
+/// Errors on the first size flag that is 0, naming it.
+pub fn positive(sizes: &[(&str, usize)]) -> Result<()> {
+    match sizes.iter().find(|(_, v)| *v == 0) {
+        Some((flag, _)) => bail!("{flag} 0: must be at least 1"),
+        None => Ok(()),
+    }
+}
+
+/// Refuses `flags` (those given) with the reason they mean nothing here.
+pub fn refuse(flags: &[&str], why: &str) -> Result<()> {
+    match flags {
+        [] => Ok(()),
+        [one] => bail!("{one} {why}"),
+        many => bail!("{} {why}", many.join(", ")),
+    }
 }
 
 /// Output folder, checkpoints and resume: shared by every training command.
@@ -52,6 +102,7 @@ impl RunArgs {
             (Some(d), None) | (None, Some(d)) => d.clone(),
             (None, None) => anyhow::bail!("give --out DIR or --resume DIR"),
         };
+        check_output_dir(&dir, if self.resume.is_some() { "--resume" } else { "--out" })?;
         let ckpt = Checkpointing {
             dir: Some(dir.clone()),
             every: self.checkpoint_every,

@@ -138,7 +138,7 @@ pub fn command(a: BenchArgs) -> Result<()> {
     ensure!(a.repeats > 0 && a.batch > 0, "--repeats and --batch must be positive");
     let (net, params) = match &a.teacher {
         Some(dir) => (
-            model_dir::load_net_config::<NetConfig>(dir)?,
+            model_dir::load_net_config::<NetConfig>(dir, model_dir::Kind::Teacher)?,
             model_dir::load_params(dir)?,
         ),
         None => {

@@ -9,12 +9,15 @@ use crate::diffusion::denoiser::Denoiser;
 use crate::models::model_dir::{self, save_run};
 use crate::models::student::{portable_spec, StudentConfig};
 use crate::models::teacher::Teacher;
+use crate::nets::autoencoder::encode_all;
 use crate::nets::mlp::MlpConfig;
 use crate::nets::network::NetConfig;
+use crate::runtime::device::Runtime;
+use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::seeded;
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
 
 #[derive(Args)]
@@ -71,25 +74,20 @@ pub struct DistillArgs {
     pub runtime: RuntimeArgs,
 }
 
+/// Working copies of a batch one distillation step holds (x₀, noise, x_t, targets, the
+/// student's activations and their gradients).
+const WORKING_COPIES: usize = 32;
+
 pub fn command(a: DistillArgs) -> Result<()> {
     let rt = a.runtime.runtime()?;
     let teacher = Teacher::parse(&a.teacher, &rt)?;
-    let mut data = match &a.data {
-        Some(spec) => Dataset::load(spec, a.seed).with_context(|| format!("--data {spec}"))?,
-        None => teacher.sample_data(DEFAULT_SIZE, &mut seeded(a.seed ^ 0x5eed))?,
-    };
-    if a.unconditional || teacher.num_classes() == 0 {
-        data.labels.iter_mut().for_each(|l| *l = None);
+    let unconditional = a.unconditional || teacher.num_classes() == 0;
+    if unconditional && a.ode.guidance.is_some_and(|w| w != 1.0) {
+        bail!("--guidance: the distilled ODE is unconditional (the teacher has no classes, or --unconditional), so guidance would change nothing");
     }
-    let conditional = data.labels.iter().any(Option::is_some);
-    if let Some(shape) = teacher.sample_shape() {
-        ensure!(
-            shape == data.sample_shape(),
-            "--data samples have shape {:?} but the teacher expects {:?}",
-            data.sample_shape(),
-            shape
-        );
-    }
+    let data = training_data(&a, &teacher, &rt)?;
+    let conditional = !unconditional && data.labels.iter().any(Option::is_some);
+    let data = if conditional { data } else { data.without_labels() };
     let (net, init, default_lr) = match &teacher {
         Teacher::Network { config, dir, .. } => (config.clone(), rt.trainable(&model_dir::load_params(dir)?)?, 1e-4),
         _ => {
@@ -108,9 +106,9 @@ pub fn command(a: DistillArgs) -> Result<()> {
     };
     let cfg = DistillConfig {
         method: a.method,
-        solver: a.ode.solver,
-        intervals: a.ode.intervals,
-        guidance: a.ode.guidance,
+        solver: a.ode.solver(),
+        intervals: a.ode.intervals(),
+        guidance: a.ode.guidance()?,
         steps: a.steps,
         batch: a.batch,
         optim: OptimConfig {
@@ -128,9 +126,12 @@ pub fn command(a: DistillArgs) -> Result<()> {
     // teacher is the student with its adapters off.
     let shares_weights = cfg.lora.is_some() && matches!(teacher, Teacher::Network { .. });
     let target_source = (!shares_weights).then_some(&teacher as &dyn Denoiser);
+    cfg.validate()?;
     let (out_dir, ckpt) = a
         .run
         .checkpointing(serde_json::json!({"teacher": a.teacher, "data": a.data, "unconditional": a.unconditional}))?;
+    let per_step = f32_bytes(&[a.batch, data.x.elem_count() / data.len()]) * WORKING_COPIES as f64;
+    ensure_fits(per_step, &format!("--batch {}", a.batch))?;
     let start = std::time::Instant::now();
     let out = distill(target_source, &net, &init, &data, &cfg, ckpt)?;
     let config = StudentConfig {
@@ -154,4 +155,29 @@ pub fn command(a: DistillArgs) -> Result<()> {
         out_dir.display()
     );
     Ok(())
+}
+
+/// `--data` (images are encoded with a latent teacher's autoencoder, its train split),
+/// or an analytic teacher's own distribution.
+fn training_data(a: &DistillArgs, teacher: &Teacher, rt: &Runtime) -> Result<Dataset> {
+    let Some(spec) = &a.data else {
+        return teacher.sample_data(DEFAULT_SIZE, &mut seeded(a.seed ^ 0x5eed));
+    };
+    let data = Dataset::load(spec, a.seed).with_context(|| format!("--data {spec}"))?;
+    let data = match teacher.autoencoder(rt)? {
+        Some(ae) if data.sample_shape() == ae.image_shape() => {
+            let (train, _) = data.standard_split()?;
+            Dataset::new(encode_all(&ae, &train.x)?, train.labels, train.num_classes)?
+        }
+        _ => data,
+    };
+    if let Some(shape) = teacher.sample_shape() {
+        ensure!(
+            shape == data.sample_shape(),
+            "--data {spec}: samples have shape {:?} but the teacher expects {:?}",
+            data.sample_shape(),
+            shape
+        );
+    }
+    Ok(data)
 }

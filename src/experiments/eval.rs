@@ -7,6 +7,7 @@ use crate::diffusion::discretization::Discretization;
 use crate::diffusion::schedule::T;
 use crate::eval::evaluate::{ode_errors, EvalSetup};
 use crate::models::student::Student;
+use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::{seeded, standard_normal};
 use anyhow::{ensure, Result};
 use clap::Args;
@@ -37,6 +38,8 @@ pub fn command(a: EvalArgs) -> Result<()> {
     let grid = Discretization::new(d.intervals)?;
     let mut shape = vec![a.samples];
     shape.extend(student.config.net.sample_shape());
+    // The reference solve, the sampler and the coarse solve each hold several copies.
+    ensure_fits(f32_bytes(&shape) * 16.0, &format!("--samples {}", a.samples))?;
     let noise = standard_normal(&mut seeded(a.seed), shape, &rt.device)?;
     let classes = teacher.num_classes() as u32;
     let conditional = student.config.conditional && classes > 0;

@@ -26,6 +26,7 @@ use crate::nets::lora::LoraConfig;
 use crate::nets::network::{NetConfig, Network};
 use crate::runtime::assets;
 use crate::runtime::device::Runtime;
+use crate::runtime::files::check_output_dir;
 use crate::runtime::noise::{seeded, standard_normal};
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
@@ -300,12 +301,13 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     cfg.validate()?;
     let rt = a.runtime.runtime()?;
     let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
-    let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
-    let models = Models::load(&models_dir, data, &rt)?;
     let out_dir = a
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", cfg.preset)));
+    check_output_dir(&out_dir, "--out")?;
+    let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
+    let models = Models::load(&models_dir, data, &rt)?;
     let start = std::time::Instant::now();
     let outcome = run(&cfg, &models)?;
     let table = write_run(&out_dir, &cfg, &outcome, start.elapsed().as_secs_f64())?;

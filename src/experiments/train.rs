@@ -1,6 +1,6 @@
 //! `dcm train-teacher`, `train-autoencoder`, `train-featnet`: the networks a study starts from.
 
-use super::args::{RunArgs, RuntimeArgs};
+use super::args::{positive, RunArgs, RuntimeArgs};
 use crate::data::Dataset;
 use crate::diffusion::schedule::ScheduleKind;
 use crate::eval::ode_error::ode_error;
@@ -11,6 +11,7 @@ use crate::nets::autoencoder::{Autoencoder, AutoencoderConfig};
 use crate::nets::featnet::{Featnet, FeatnetConfig};
 use crate::nets::mlp::MlpConfig;
 use crate::nets::network::NetConfig;
+use crate::runtime::finite::finite_flag;
 use crate::train::autoencoder::train_autoencoder;
 use crate::train::featnet::{accuracy, train_featnet};
 use crate::train::optim::OptimConfig;
@@ -110,6 +111,18 @@ pub struct TrainTeacherArgs {
 }
 
 pub fn teacher_command(a: TrainTeacherArgs) -> Result<()> {
+    positive(&[
+        ("--hidden", a.hidden),
+        ("--depth", a.depth),
+        ("--time-dim", a.time_dim),
+        ("--batch", a.batch),
+    ])?;
+    finite_flag(a.label_dropout, "--label-dropout", 1.0)?;
+    ensure!(
+        a.label_dropout >= 0.0,
+        "--label-dropout {}: must be in [0, 1]",
+        a.label_dropout
+    );
     let rt = a.runtime.runtime()?;
     let mut data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
     if let Some(dir) = &a.autoencoder {
@@ -166,6 +179,7 @@ pub fn teacher_command(a: TrainTeacherArgs) -> Result<()> {
 }
 
 pub fn image_training(a: &ImageTrainArgs) -> Result<(Dataset, Dataset, ImageTraining)> {
+    positive(&[("--batch", a.batch), ("--steps", a.steps)])?;
     let data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
     ensure!(
         data.num_classes > 0,
@@ -192,6 +206,7 @@ pub fn image_training(a: &ImageTrainArgs) -> Result<(Dataset, Dataset, ImageTrai
 }
 
 pub fn featnet_command(a: TrainFeatnetArgs) -> Result<()> {
+    positive(&[("--width", a.width), ("--features", a.features)])?;
     let (train, test, cfg) = image_training(&a.common)?;
     let c = &a.common;
     let net = FeatnetConfig {
@@ -217,6 +232,7 @@ pub fn featnet_command(a: TrainFeatnetArgs) -> Result<()> {
 }
 
 pub fn autoencoder_command(a: TrainAutoencoderArgs) -> Result<()> {
+    positive(&[("--width", a.width), ("--latent-channels", a.latent_channels)])?;
     let (train, test, cfg) = image_training(&a.common)?;
     let c = &a.common;
     let net = AutoencoderConfig {

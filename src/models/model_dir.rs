@@ -4,7 +4,7 @@ use crate::nets::layers::{build_strict, Params};
 use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
 use crate::runtime::finite::ensure_finite_weights;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use serde::{de::DeserializeOwned, Serialize};
 use std::path::Path;
@@ -38,9 +38,59 @@ pub fn save_run(dir: &Path, config: &impl Serialize, params: &Params, losses: &[
     write_atomic(&dir.join("train_log.csv"), log.as_bytes())
 }
 
-pub fn load_config<T: DeserializeOwned>(dir: &Path) -> Result<T> {
+/// The kinds of model folder dcm writes, recognised by the fields of their `config.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Student,
+    Teacher,
+    Autoencoder,
+    Featnet,
+    Run,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Student => "a student folder (written by dcm distill)",
+            Self::Teacher => "a teacher folder (written by dcm train-teacher)",
+            Self::Autoencoder => "an autoencoder folder (written by dcm train-autoencoder)",
+            Self::Featnet => "a feature-network folder (written by dcm train-featnet)",
+            Self::Run => "a reproduce run folder (written by dcm reproduce)",
+        }
+    }
+
+    fn of(config: &serde_json::Value) -> Option<Self> {
+        let has = |key: &str| config.get(key).is_some();
+        Some(if has("distill") {
+            Self::Student
+        } else if has("held_out_accuracy") {
+            Self::Featnet
+        } else if has("held_out_reconstruction_mse") {
+            Self::Autoencoder
+        } else if has("net") && has("autoencoder") {
+            Self::Teacher
+        } else if has("preset") {
+            Self::Run
+        } else {
+            return None;
+        })
+    }
+}
+
+/// A folder's `config.json`, which must be of the `expected` kind: another kind of
+/// folder is named as such rather than reported as a field serde cannot place.
+pub fn load_config<T: DeserializeOwned>(dir: &Path, expected: Kind) -> Result<T> {
     let path = dir.join(CONFIG);
     let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let kind = serde_json::from_str(&text).ok().and_then(|v| Kind::of(&v));
+    if let Some(kind) = kind.filter(|&k| k != expected) {
+        bail!(
+            "{}: this is {}, but {} is expected here",
+            dir.display(),
+            kind.describe(),
+            expected.describe()
+        );
+    }
     serde_json::from_str(&text).with_context(|| format!("{}: invalid configuration", path.display()))
 }
 
@@ -55,19 +105,19 @@ pub fn load_params(dir: &Path) -> Result<Params> {
 }
 
 /// Reads just the `net` field of a folder's config (the architecture), ignoring the training record.
-pub fn load_net_config<C: DeserializeOwned>(dir: &Path) -> Result<C> {
+pub fn load_net_config<C: DeserializeOwned>(dir: &Path, expected: Kind) -> Result<C> {
     #[derive(serde::Deserialize)]
     struct NetOnly<C> {
         net: C,
     }
-    Ok(load_config::<NetOnly<C>>(dir)?.net)
+    Ok(load_config::<NetOnly<C>>(dir, expected)?.net)
 }
 
 /// A frozen autoencoder folder, on `rt`'s device in its precision.
 pub fn load_autoencoder(dir: &Path, rt: &Runtime) -> Result<crate::nets::autoencoder::Autoencoder> {
     let params = rt.frozen(&load_params(dir)?)?;
     let net = build_strict(&params, || {
-        crate::nets::autoencoder::Autoencoder::new(load_net_config(dir)?, &params)
+        crate::nets::autoencoder::Autoencoder::new(load_net_config(dir, Kind::Autoencoder)?, &params)
     });
     net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
 }
@@ -76,7 +126,7 @@ pub fn load_autoencoder(dir: &Path, rt: &Runtime) -> Result<crate::nets::autoenc
 pub fn load_featnet(dir: &Path, rt: &Runtime) -> Result<crate::nets::featnet::Featnet> {
     let params = rt.frozen(&load_params(dir)?)?;
     let net = build_strict(&params, || {
-        crate::nets::featnet::Featnet::new(load_net_config(dir)?, &params)
+        crate::nets::featnet::Featnet::new(load_net_config(dir, Kind::Featnet)?, &params)
     });
     net.with_context(|| format!("{}: weights do not match config.json", dir.display()))
 }

@@ -1,6 +1,7 @@
 //! A distilled student folder: its network, the teacher it was distilled from and
 //! every hyper-parameter (config.json), weights (model.safetensors), loss log.
 
+use crate::diffusion::schedule::T;
 use crate::models::model_dir;
 use crate::models::teacher::Teacher;
 use crate::nets::network::{NetConfig, Network};
@@ -34,7 +35,8 @@ impl Student {
     /// The student, frozen on `rt` (for sampling and evaluation).
     pub fn load(dir: &Path, rt: &Runtime) -> Result<Self> {
         ensure!(dir.is_dir(), "--student {}: not a folder", dir.display());
-        let config: StudentConfig = model_dir::load_config(dir)?;
+        let config: StudentConfig = model_dir::load_config(dir, model_dir::Kind::Student)?;
+        check_stored(&config, dir)?;
         let params = rt.frozen(&model_dir::load_params(dir)?)?;
         let net = config
             .net
@@ -55,6 +57,22 @@ impl Student {
         );
         Ok(teacher)
     }
+}
+
+/// The stored settings a student samples and is evaluated with, checked where they come
+/// from (its `config.json`), so an error names the key, not a flag the user never typed.
+fn check_stored(config: &StudentConfig, dir: &Path) -> Result<()> {
+    let path = dir.join(model_dir::CONFIG);
+    let n = config.distill.intervals;
+    ensure!(
+        n > 0 && T.is_multiple_of(n),
+        "{}: distill.intervals = {n} must divide T = {T}",
+        path.display()
+    );
+    config
+        .net
+        .validate()
+        .with_context(|| format!("{}: net", path.display()))
 }
 
 /// A network teacher's path made absolute so the student folder works from any directory.

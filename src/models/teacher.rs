@@ -10,6 +10,7 @@ use crate::diffusion::schedule::{Schedule, ScheduleKind};
 use crate::models::model_dir;
 use crate::nets::network::{NetConfig, Network};
 use crate::runtime::device::Runtime;
+use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::Rng;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
@@ -67,22 +68,23 @@ fn parse_keys(body: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>> 
     Ok(map)
 }
 
+/// The largest coordinate, mean or std an analytic teacher takes: its samples, their
+/// squares and the denoiser's arithmetic must stay well inside f32.
+const MAX_SPEC_VALUE: f64 = 1e6;
+
+fn spec_number(v: &str, what: &str) -> Result<f64> {
+    match v.parse::<f64>() {
+        Ok(x) if x.is_finite() && x.abs() <= MAX_SPEC_VALUE => Ok(x),
+        _ => bail!("{what}='{v}' is not a finite number of magnitude at most {MAX_SPEC_VALUE:e}"),
+    }
+}
+
 fn number(map: &BTreeMap<String, String>, key: &str) -> Result<Option<f64>> {
-    map.get(key)
-        .map(|v| match v.parse::<f64>() {
-            Ok(x) if x.is_finite() => Ok(x),
-            _ => bail!("{key}='{v}' is not a finite number"),
-        })
-        .transpose()
+    map.get(key).map(|v| spec_number(v, key)).transpose()
 }
 
 fn numbers(s: &str, sep: char, what: &str) -> Result<Vec<f64>> {
-    s.split(sep)
-        .map(|v| match v.parse::<f64>() {
-            Ok(x) if x.is_finite() => Ok(x),
-            _ => bail!("{what} entry '{v}' is not a finite number"),
-        })
-        .collect()
+    s.split(sep).map(|v| spec_number(v, what)).collect()
 }
 
 fn schedule_of(map: &BTreeMap<String, String>) -> Result<Schedule> {
@@ -127,7 +129,7 @@ impl Teacher {
             dir.is_dir(),
             "not gaussian:…, mixture:… nor an existing model folder (see `dcm sample --help`)"
         );
-        let cfg: NetworkTeacherConfig = model_dir::load_config(dir)?;
+        let cfg: NetworkTeacherConfig = model_dir::load_config(dir, model_dir::Kind::Teacher)?;
         let params = rt.frozen(&model_dir::load_params(dir)?)?;
         let net = cfg
             .net
@@ -198,7 +200,7 @@ impl Teacher {
         let Self::Network { dir, .. } = self else {
             return Ok(None);
         };
-        let cfg: NetworkTeacherConfig = model_dir::load_config(dir)?;
+        let cfg: NetworkTeacherConfig = model_dir::load_config(dir, model_dir::Kind::Teacher)?;
         cfg.autoencoder
             .map(|p| model_dir::load_autoencoder(&dir.join(p), rt))
             .transpose()
@@ -216,6 +218,10 @@ impl Teacher {
                 let d = g
                     .dim
                     .context("a gaussian teacher without dim= needs --data (or add dim=D to the spec)")?;
+                ensure_fits(
+                    f32_bytes(&[n, d]) * 2.0,
+                    &format!("gaussian dim={d} ({n} training samples)"),
+                )?;
                 let z = crate::runtime::noise::standard_normal(rng, (n, d), &candle_core::Device::Cpu)?;
                 Dataset::new(((z * g.std)? + g.mean)?, vec![None; n], 0)
             }

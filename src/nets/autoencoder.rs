@@ -69,6 +69,11 @@ impl Autoencoder {
         Ok(Self { cfg, enc: layers, dec })
     }
 
+    /// The per-image shape it encodes.
+    pub fn image_shape(&self) -> Vec<usize> {
+        vec![1, 28, 28]
+    }
+
     /// Images `[B, 1, 28, 28]` in [0, 1] → scaled latents `[B, C, 7, 7]`.
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         ensure!(

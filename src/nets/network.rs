@@ -14,10 +14,18 @@ use serde::{Deserialize, Serialize};
 
 /// A network architecture and its sizes. Stored untagged: a config file holds just the
 /// architecture's own fields, which tell the architectures apart.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum NetConfig {
     Mlp(MlpConfig),
+}
+
+/// Read as the architecture its fields describe, so that a bad field is reported by name
+/// (serde's untagged enums only say that no variant matched).
+impl<'de> Deserialize<'de> for NetConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        MlpConfig::deserialize(d).map(Self::Mlp)
+    }
 }
 
 /// A denoiser built from named weights, with a switch for its adapters.

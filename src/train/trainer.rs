@@ -242,14 +242,12 @@ impl Trainer {
         let (mut t, state) = load_checkpoint(&path)?;
         let bad = |what: &str| format!("{}: checkpoint {what}", path.display());
         if state["config"] != self.run_config {
-            let (a, b) = (&state["config"], &self.run_config);
-            let keys: Vec<&String> = b
-                .as_object()
-                .map(|o| o.keys().filter(|k| a.get(*k) != b.get(*k)).collect())
-                .unwrap_or_default();
+            let mut changes = Vec::new();
+            differences(&state["config"], &self.run_config, "", &mut changes);
             bail!(
-                "--resume {}: the checkpoint was made with different settings (differs in: {keys:?})",
-                dir.display()
+                "--resume {}: the checkpoint was made with different settings: {}",
+                dir.display(),
+                changes.join("; ")
             );
         }
         let mut take = |kind: &str, name: &str| {
@@ -288,6 +286,26 @@ impl Trainer {
         self.counter = state["counter"].as_u64().with_context(|| bad("lacks counter"))?;
         self.bar.set_position(self.losses.len() as u64);
         Ok(())
+    }
+}
+
+/// Every setting that differs between `old` and `new`, as `path: old → new`
+/// (`run.` and `context.` prefixes dropped: they are where, not what).
+fn differences(old: &Value, new: &Value, path: &str, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(a), Value::Object(b)) => {
+            let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+            for k in keys {
+                let sub = match path {
+                    "" | "run" | "context" => k.clone(),
+                    _ => format!("{path}.{k}"),
+                };
+                let (x, y) = (a.get(k).unwrap_or(&Value::Null), b.get(k).unwrap_or(&Value::Null));
+                differences(x, y, &sub, out);
+            }
+        }
+        _ if old != new => out.push(format!("{path}: {old} → {new}")),
+        _ => {}
     }
 }
 
