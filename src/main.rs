@@ -1,7 +1,7 @@
 //! The `dcm` command line: parses flags and calls the library.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use dcm::experiments::{bench, distill, eval, reproduce, sample, train};
 use dcm::models::teacher::SPEC_HELP;
 use std::process::ExitCode;
@@ -45,22 +45,46 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// The command line, where a value may be negative (`--lr -1` is then refused by the
+/// command, naming the flag, rather than read as an unknown flag `-1`).
+fn command_line() -> clap::Command {
+    let mut cli = Cli::command();
+    let names: Vec<String> = cli.get_subcommands().map(|s| s.get_name().to_string()).collect();
+    for name in names {
+        cli = cli.mut_subcommand(name, |sub| {
+            sub.mut_args(|a| {
+                let takes_values = a.get_action().takes_values();
+                a.allow_negative_numbers(takes_values)
+            })
+        });
+    }
+    cli
+}
+
 /// Clap's message folded into one line (help and version print as usual).
 fn parse_args() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|e| {
-        if !e.use_stderr() {
-            e.exit();
-        }
-        let text = e.to_string();
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
-            .filter(|l| !l.is_empty())
-            .collect();
-        eprintln!("{}", lines.join(" "));
-        ExitCode::from(2)
-    })
+    command_line()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+        .map_err(|e| {
+            if !e.use_stderr() {
+                e.exit();
+            }
+            if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                // A bare `dcm`: the list of commands.
+                let _ = e.print();
+                return ExitCode::from(2);
+            }
+            let text = e.to_string();
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", lines.join(" "));
+            ExitCode::from(2)
+        })
 }
 
 fn main() -> ExitCode {

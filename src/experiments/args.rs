@@ -22,7 +22,7 @@ pub struct OdeArgs {
     #[arg(long)]
     pub intervals: Option<usize>,
     /// Classifier-free guidance scale w of the teacher (1: none) [default: 1].
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     pub guidance: Option<f64>,
 }
 

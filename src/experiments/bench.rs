@@ -20,6 +20,7 @@ use crate::nets::layers::Params;
 use crate::nets::mlp::MlpConfig;
 use crate::nets::network::NetConfig;
 use crate::runtime::device::Runtime;
+use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::{seeded, standard_normal};
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
@@ -136,6 +137,10 @@ pub struct BenchArgs {
 
 pub fn command(a: BenchArgs) -> Result<()> {
     ensure!(a.repeats > 0 && a.batch > 0, "--repeats and --batch must be positive");
+    ensure_fits(
+        f32_bytes(&[a.batch, a.dim.max(784), 64]),
+        &format!("--batch {}", a.batch),
+    )?;
     let (net, params) = match &a.teacher {
         Some(dir) => (
             model_dir::load_net_config::<NetConfig>(dir, model_dir::Kind::Teacher)?,

@@ -27,6 +27,7 @@ use crate::nets::network::{NetConfig, Network};
 use crate::runtime::assets;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::check_output_dir;
+use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::{seeded, standard_normal};
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
@@ -382,6 +383,12 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
     let real_features = to_matrix(&features(&models.featnet, &held_out.x)?)?;
     let grid = Discretization::new(cfg.intervals)?;
     let n = cfg.per_class * classes;
+    // Images and latents of the reference, each model's samples, and the PRDC distances.
+    let images = models.autoencoder.image_shape().iter().product::<usize>();
+    ensure_fits(
+        f32_bytes(&[n, images]) * 16.0 + 2.0 * f32_bytes(&[n, n]),
+        &format!("--per-class {}", cfg.per_class),
+    )?;
     let labels: Vec<u32> = (0..n as u32).map(|i| i % classes as u32).collect();
     let cond = Condition::Labels(labels.iter().map(|&c| Some(c)).collect());
     let mut shape = vec![n];

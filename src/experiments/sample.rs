@@ -30,7 +30,7 @@ pub struct SampleArgs {
     #[command(flatten)]
     pub ode: OdeArgs,
     /// Class label for every sample (default: unconditional).
-    #[arg(long, allow_negative_numbers = true)]
+    #[arg(long)]
     pub class: Option<u32>,
     /// Student sampling steps K (1 ≤ K ≤ the student's N) [default: 1].
     #[arg(long)]

@@ -3,6 +3,7 @@
 //! mismatched file is an error, never a panic.
 
 use crate::nets::kernels::{self, conv::Conv};
+use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::Rng;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Module;
@@ -125,6 +126,7 @@ impl<'a> Init<'a> {
             bound.is_finite() && bound > 0.0,
             "tensor '{name}': no valid initialisation range"
         );
+        ensure_fits(f32_bytes(shape), &format!("tensor '{name}' of shape {shape:?}"))?;
         let n = shape.iter().product();
         let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(-bound..bound) as f32).collect();
         self.params

@@ -41,6 +41,21 @@ impl MlpConfig {
             self.time_dim >= 2 && self.time_dim.is_multiple_of(2),
             "time_dim must be even and at least 2"
         );
+        // Far beyond any MLP dcm trains, small enough that sizes and tables cannot overflow memory.
+        let limits = [
+            ("hidden", self.hidden, 1 << 16),
+            ("depth", self.depth, 1 << 10),
+            ("time_dim", self.time_dim, 1 << 12),
+        ];
+        for (name, value, max) in limits {
+            ensure!(value <= max, "{name} = {value} is larger than {max}");
+        }
+        ensure!(
+            self.num_classes < 1 << 20,
+            "num_classes = {} is larger than {}",
+            self.num_classes,
+            1 << 20
+        );
         Ok(())
     }
 

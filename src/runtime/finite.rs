@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 
 /// Errors unless every value of `t` is finite; `what` names the file, flag or result.
 pub fn ensure_finite(t: &Tensor, what: &str) -> Result<()> {
-    // x − x is 0 for a finite x and NaN for ±∞ and NaN, so the sum is 0 exactly when all are finite.
-    let t = t.to_dtype(DType::F32)?;
-    let s = (&t - &t)?.sum_all()?.to_scalar::<f32>()?;
+    // 0·x is 0 for a finite x and NaN for ±∞ and NaN, so the sum is 0 exactly when all are finite.
+    let s = t.to_dtype(DType::F32)?.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
     ensure!(s == 0.0, "{what}: contains NaN or infinite values");
     Ok(())
 }
@@ -24,9 +23,14 @@ pub fn ensure_finite_weights(params: &BTreeMap<String, Tensor>, what: &str) -> R
 
 /// A flag's number: finite and, as all values dcm computes in are f32, at most `limit` in size.
 pub fn finite_flag(value: f64, flag: &str, limit: f64) -> Result<f64> {
+    let shown = if value.abs() < 1e6 {
+        value.to_string()
+    } else {
+        format!("{value:e}")
+    };
     ensure!(
         value.is_finite() && value.abs() <= limit,
-        "{flag} {value}: must be a finite number of magnitude at most {limit:e}"
+        "{flag} {shown}: must be a finite number of magnitude at most {limit:e}"
     );
     Ok(value)
 }

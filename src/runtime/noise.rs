@@ -23,6 +23,10 @@ pub fn init_rng(seed: u64) -> Rng {
 /// A tensor of i.i.d. standard normal float32 values.
 pub fn standard_normal(rng: &mut Rng, shape: impl Into<Shape>, device: &Device) -> Result<Tensor> {
     let shape = shape.into();
+    crate::runtime::memory::ensure_fits(
+        crate::runtime::memory::f32_bytes(shape.dims()),
+        &format!("noise of shape {:?}", shape.dims()),
+    )?;
     let v: Vec<f32> = (0..shape.elem_count()).map(|_| StandardNormal.sample(rng)).collect();
     Ok(Tensor::from_vec(v, shape, device)?)
 }
