@@ -9,3 +9,4 @@ pub mod layers;
 pub mod lora;
 pub mod mlp;
 pub mod network;
+pub mod sd;

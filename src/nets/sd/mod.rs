@@ -1,0 +1,23 @@
+//! Stable Diffusion's image networks as diffusers defines them (SD 1.x / 2.x / SDXL, diffusers
+//! folder layout and module paths): the `UNet2DConditionModel`, trainable through LoRA
+//! adapters on any linear or conv layer, and the frozen `AutoencoderKL`. Parity with diffusers
+//! is tested against the goldens in `tests/fixtures/sd/`.
+
+pub mod attention;
+pub mod blocks;
+pub mod embeddings;
+pub mod resnet;
+pub mod transformer;
+pub mod unet;
+pub mod unet_config;
+pub mod vae;
+pub mod weights;
+
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod unet_tests;
+#[cfg(test)]
+mod vae_tests;
+#[cfg(test)]
+mod grad_tests;
