@@ -255,6 +255,9 @@ impl LoraLinear {
     /// with up to two leading batch dimensions. With the adapter off this is exactly the
     /// base layer's computation.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // candle 0.11's CPU matmul mis-batches a non-contiguous left side against a broadcast
+        // right side, silently (CANDLE_NOTES.md); `Linear` does exactly that product.
+        let x = &x.contiguous()?;
         let y = self.base.forward(x)?;
         match (&self.adapter, self.switch.is_on()) {
             (Some(ad), true) => {
