@@ -1,5 +1,26 @@
-//! Stable Diffusion teachers (SD 1.x/2.x/SDXL in the diffusers folder layout): the text side,
-//! CLIP's BPE tokenizer and CLIP text encoders, matched against transformers' outputs.
+//! Stable Diffusion's networks as diffusers and transformers define them (SD 1.x / 2.x / SDXL,
+//! diffusers folder layout and module paths): the text side, CLIP's BPE tokenizer and CLIP text
+//! encoders; the `UNet2DConditionModel`, trainable through LoRA adapters on any linear or conv
+//! layer, and the frozen `AutoencoderKL`. Parity with diffusers and transformers is tested
+//! against the goldens in `tests/fixtures/sd/`.
 
+pub mod attention;
+pub mod blocks;
 pub mod clip_text;
+pub mod embeddings;
+pub mod resnet;
 pub mod tokenizer;
+pub mod transformer;
+pub mod unet;
+pub mod unet_config;
+pub mod vae;
+pub mod weights;
+
+#[cfg(test)]
+mod test_util;
+#[cfg(test)]
+mod unet_tests;
+#[cfg(test)]
+mod vae_tests;
+#[cfg(test)]
+mod grad_tests;

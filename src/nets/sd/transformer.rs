@@ -1,0 +1,127 @@
+//! diffusers' `Transformer2DModel` on continuous input with `BasicTransformerBlock`s
+//! (`norm_type="layer_norm"`): the attention part of the UNet's cross-attention blocks.
+
+use crate::nets::lora::{LoraConv2d, LoraLinear};
+use crate::nets::sd::attention::{Attention, AttentionSpec, FeedForward};
+use crate::nets::sd::resnet::same_conv;
+use crate::nets::sd::weights::{LayerNorm, Weights};
+use anyhow::Result;
+use candle_core::{Module, Tensor};
+use candle_nn::GroupNorm;
+
+/// LayerNorm ε of the transformer blocks (`Transformer2DModel`'s default, not the UNet's `norm_eps`).
+const LAYER_NORM_EPS: f64 = 1e-5;
+/// GroupNorm ε of `Transformer2DModel.norm` (fixed in diffusers).
+const GROUP_NORM_EPS: f64 = 1e-6;
+
+/// Shape of one `Transformer2DModel`.
+#[derive(Clone, Copy, Debug)]
+pub struct TransformerSpec {
+    /// Channels in and out (= heads · head width).
+    pub channels: usize,
+    pub heads: usize,
+    pub layers: usize,
+    pub context_dim: usize,
+    pub groups: usize,
+    /// `use_linear_projection`: linear `proj_in`/`proj_out` (SD 2.x, SDXL) instead of 1×1
+    /// convolutions (SD 1.x).
+    pub linear_projection: bool,
+    pub upcast_attention: bool,
+}
+
+/// `x + ff(norm3(x))` after `x + attn2(norm2(x), ctx)` after `x + attn1(norm1(x))`.
+pub struct BasicTransformerBlock {
+    norm1: LayerNorm,
+    attn1: Attention,
+    norm2: LayerNorm,
+    attn2: Attention,
+    norm3: LayerNorm,
+    ff: FeedForward,
+}
+
+impl BasicTransformerBlock {
+    pub fn load(w: &mut Weights, path: &str, s: &TransformerSpec) -> Result<Self> {
+        let dim = s.channels;
+        let attn = |context_dim| AttentionSpec {
+            query_dim: dim,
+            context_dim,
+            heads: s.heads,
+            head_dim: dim / s.heads,
+            qkv_bias: false,
+            upcast: s.upcast_attention,
+        };
+        let p = |name: &str| format!("{path}.{name}");
+        Ok(Self {
+            norm1: w.layer_norm(&p("norm1"), dim, LAYER_NORM_EPS)?,
+            attn1: Attention::load(w, &p("attn1"), attn(None))?,
+            norm2: w.layer_norm(&p("norm2"), dim, LAYER_NORM_EPS)?,
+            attn2: Attention::load(w, &p("attn2"), attn(Some(s.context_dim)))?,
+            norm3: w.layer_norm(&p("norm3"), dim, LAYER_NORM_EPS)?,
+            ff: FeedForward::load(w, &p("ff"), dim, 4 * dim)?,
+        })
+    }
+
+    /// `x` `[B, L, C]`, `context` `[B, S, context_dim]`.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let x = (self.attn1.forward(&self.norm1.forward(x)?, None)? + x)?;
+        let x = (self.attn2.forward(&self.norm2.forward(&x)?, Some(context))? + x)?;
+        Ok((self.ff.forward(&self.norm3.forward(&x)?)? + x)?)
+    }
+}
+
+/// `proj_in` / `proj_out`: a 1×1 convolution on `[B, C, H, W]` or a linear layer on tokens.
+enum Projection {
+    Conv(LoraConv2d),
+    Linear(LoraLinear),
+}
+
+impl Projection {
+    fn load(w: &mut Weights, path: &str, channels: usize, linear: bool) -> Result<Self> {
+        Ok(match linear {
+            true => Self::Linear(w.linear(path, channels, channels, true)?),
+            false => Self::Conv(w.conv(path, same_conv(channels, channels, 1))?),
+        })
+    }
+}
+
+/// `x + proj_out(blocks(proj_in(norm(x))))` with the spatial positions as tokens.
+pub struct Transformer2D {
+    norm: GroupNorm,
+    proj_in: Projection,
+    blocks: Vec<BasicTransformerBlock>,
+    proj_out: Projection,
+}
+
+impl Transformer2D {
+    pub fn load(w: &mut Weights, path: &str, s: &TransformerSpec) -> Result<Self> {
+        let p = |name: &str| format!("{path}.{name}");
+        Ok(Self {
+            norm: w.group_norm(&p("norm"), s.groups, s.channels, GROUP_NORM_EPS)?,
+            proj_in: Projection::load(w, &p("proj_in"), s.channels, s.linear_projection)?,
+            blocks: (0..s.layers)
+                .map(|i| BasicTransformerBlock::load(w, &p(&format!("transformer_blocks.{i}")), s))
+                .collect::<Result<_>>()?,
+            proj_out: Projection::load(w, &p("proj_out"), s.channels, s.linear_projection)?,
+        })
+    }
+
+    /// `x` `[B, C, H, W]`, `context` `[B, S, context_dim]`.
+    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
+        let (b, c, h, wd) = x.dims4()?;
+        let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * wd, c));
+        let to_image = |t: &Tensor| t.reshape((b, h, wd, c))?.permute((0, 3, 1, 2))?.contiguous();
+        let normed = self.norm.forward(x)?;
+        let mut tokens = match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
+        };
+        for block in &self.blocks {
+            tokens = block.forward(&tokens, context)?;
+        }
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
+            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
+        };
+        Ok((out + x)?)
+    }
+}
