@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 pub fn ensure_finite(t: &Tensor, what: &str) -> Result<()> {
     // x − x is 0 for a finite x and NaN for ±∞ and NaN, so the sum is 0 exactly when all are finite.
     let t = t.to_dtype(DType::F32)?;
+    #[allow(clippy::eq_op)]
     let s = (&t - &t)?.sum_all()?.to_scalar::<f32>()?;
     ensure!(s == 0.0, "{what}: contains NaN or infinite values");
     Ok(())
