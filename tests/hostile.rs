@@ -643,6 +643,13 @@ fn config() -> ProptestConfig {
     ProptestConfig {
         cases,
         failure_persistence: None,
+        // Reproducible case lists; DCM_HOSTILE_SEED explores others.
+        rng_seed: proptest::test_runner::RngSeed::Fixed(
+            std::env::var("DCM_HOSTILE_SEED")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(7),
+        ),
         ..ProptestConfig::default()
     }
 }
@@ -655,8 +662,10 @@ proptest! {
         let args = flag_case(template, flag, VALUES[value]);
         let (o, stopped) = dcm(&args, Duration::from_secs(20));
         if stopped {
-            // Too long to finish here: it must have stopped cleanly on SIGTERM.
-            prop_assert_eq!(o.status.code(), Some(143), "{:?}", args);
+            // Too long to finish here: SIGTERM stops it cleanly (or it finished meanwhile).
+            let code = o.status.code();
+            prop_assert!(code == Some(143) || code == Some(0), "{:?}: exit {:?}", args, code);
+            assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"), "{args:?}");
         } else {
             assert_clean(&args, &o);
             if o.status.success() {

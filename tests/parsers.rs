@@ -1,6 +1,8 @@
 //! Property-based robustness of every parser of user files: arbitrary corruptions
 //! (truncation, byte flips, random bytes) of valid `.npy`, IDX, safetensors,
-//! PNG and config files give `Err`, or a value that passed validation — never a panic.
+//! PNG and config files, and of a Stable Diffusion pipeline folder's files (model_index.json,
+//! component configs, vocab.json, merges.txt, UNet weights), give `Err`, or a value that
+//! passed validation — never a panic.
 //! Each property runs `CASES` cases (2,000 by default; `PROPTEST_CASES` overrides).
 
 use candle_core::{Device, Tensor};
@@ -91,6 +93,57 @@ fn png_bytes() -> Vec<u8> {
     b
 }
 
+fn sd_fixture(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/sd")
+        .join(rel)
+}
+
+fn sd_bytes(rel: &str) -> Vec<u8> {
+    std::fs::read(sd_fixture(rel)).unwrap()
+}
+
+/// A scratch copy of a fixture folder (files only, no goldens), made once per property.
+fn sd_copy(from: &str, name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("dcm-prop-sd-{}-{name}", std::process::id()));
+    fn copy(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let target = to.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else if !path.to_string_lossy().contains("golden") && !target.exists() {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    copy(&sd_fixture(from), &dir);
+    dir
+}
+
+/// Byte flips inside a safetensors file's header (8-byte length and JSON), where a random
+/// flip of a large file rarely lands.
+fn corrupt_safetensors_header(good: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    proptest::collection::vec((0..header, any::<u8>()), 1..4).prop_map(move |flips| {
+        let mut b = good.clone();
+        for (i, v) in flips {
+            b[i] = v;
+        }
+        b
+    })
+}
+
+/// Fewer cases for properties that build a whole network per case.
+fn heavy_config() -> ProptestConfig {
+    let c = config();
+    ProptestConfig {
+        cases: (c.cases / 10).max(1),
+        ..c
+    }
+}
+
 proptest! {
     #![proptest_config(config())]
 
@@ -146,6 +199,84 @@ proptest! {
         std::fs::write(dir.join("config.json"), &bytes).unwrap();
         if let Ok(cfg) = dcm::models::model_dir::load_config::<dcm::models::teacher::NetworkTeacherConfig>(&dir, dcm::models::model_dir::Kind::Teacher) {
             let _ = cfg.net.validate();
+        }
+    }
+
+    #[test]
+    fn sd_model_index_never_panics(bytes in corrupt(sd_bytes("sdxl/model_index.json"))) {
+        let dir = sd_copy("sdxl", "index");
+        std::fs::write(dir.join("model_index.json"), &bytes).unwrap();
+        let _ = dcm::models::sd::pipeline::Pipeline::open(&dir);
+    }
+
+    #[test]
+    fn sd_scheduler_config_never_panics(bytes in corrupt(sd_bytes("sd2/scheduler/scheduler_config.json"))) {
+        let p = tmp_file("scheduler_config.json", &bytes);
+        if let Ok(cfg) = dcm::models::sd::scheduler::SchedulerConfig::from_file(&p) {
+            let s = &cfg.schedule;
+            prop_assert!((1..=dcm::diffusion::schedule::T).all(|t| s.alpha_bar(t) > 0.0 && s.alpha_bar(t) < s.alpha_bar(t - 1)));
+        }
+    }
+
+    #[test]
+    fn sd_unet_config_never_panics(bytes in corrupt(sd_bytes("sdxl/unet/config.json"))) {
+        let p = tmp_file("unet_config.json", &bytes);
+        if let Ok(cfg) = dcm::nets::sd::unet_config::UNetConfig::from_file(&p) {
+            let _ = cfg.lora_layers(&["to_q"]);
+        }
+    }
+
+    #[test]
+    fn sd_vae_config_never_panics(bytes in corrupt(sd_bytes("sd1/vae/config.json"))) {
+        let _ = dcm::nets::sd::vae::VaeConfig::from_file(&tmp_file("vae_config.json", &bytes));
+    }
+
+    #[test]
+    fn sd_text_encoder_config_never_panics(bytes in corrupt(sd_bytes("sdxl/text_encoder_2/config.json"))) {
+        let _ = dcm::nets::sd::clip_text::ClipTextConfig::from_file(&tmp_file("clip_config.json", &bytes));
+    }
+
+    #[test]
+    fn sd_vocab_never_panics(bytes in corrupt(sd_bytes("tokenizer_merges/vocab.json"))) {
+        let dir = sd_copy("tokenizer_merges", "vocab");
+        std::fs::write(dir.join("vocab.json"), &bytes).unwrap();
+        if let Ok(tok) = dcm::nets::sd::tokenizer::ClipTokenizer::from_dir(&dir) {
+            let _ = tok.encode("a photo of a cat's ünïcode 🐈");
+        }
+    }
+
+    #[test]
+    fn sd_merges_never_panic(bytes in corrupt(sd_bytes("tokenizer_merges/merges.txt"))) {
+        let dir = sd_copy("tokenizer_merges", "merges");
+        std::fs::write(dir.join("merges.txt"), &bytes).unwrap();
+        if let Ok(tok) = dcm::nets::sd::tokenizer::ClipTokenizer::from_dir(&dir) {
+            let _ = tok.encode("a photo of a cat's ünïcode 🐈");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(heavy_config())]
+
+    /// The teacher loads from a corrupted UNet file only if every tensor is there, finite and
+    /// of the right shape; then it evaluates.
+    #[test]
+    fn sd_unet_weights_never_panic(bytes in {
+        let good = sd_bytes("sd1/unet/diffusion_pytorch_model.safetensors");
+        prop_oneof![corrupt(good.clone()), corrupt_safetensors_header(good)]
+    }) {
+        let dir = sd_copy("sd1", "unet");
+        std::fs::write(dir.join("unet/diffusion_pytorch_model.safetensors"), &bytes).unwrap();
+        if let Ok(teacher) = dcm::models::sd::SdTeacher::load(&dir, &Default::default()) {
+            use dcm::diffusion::denoiser::Denoiser;
+            let text = dcm::diffusion::condition::TextEmbedding {
+                tokens: Tensor::zeros((1, 77, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+                pooled: None,
+                time_ids: None,
+            };
+            let cond = dcm::diffusion::condition::Condition::Text { text: text.clone(), null: text };
+            let x = Tensor::zeros((1, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+            prop_assert!(teacher.eps(&x, &[500], &cond).is_ok());
         }
     }
 }

@@ -2,7 +2,7 @@
 //! T = 1000 training steps; timestep `t ∈ 1..=T` indexes `ᾱ[t-1]`, and `t = 0`
 //! stands for clean data (α = 1, σ = 0).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
 /// Number of training timesteps T.
@@ -36,7 +36,8 @@ impl std::str::FromStr for ScheduleKind {
 /// The discrete forward process `x_t = α_t x_0 + σ_t ε`, in f64.
 #[derive(Clone, Debug)]
 pub struct Schedule {
-    kind: ScheduleKind,
+    /// The named kind these betas are, if any (a pretrained model's may be none).
+    kind: Option<ScheduleKind>,
     betas: Vec<f64>,
     alphas_cumprod: Vec<f64>,
 }
@@ -49,18 +50,45 @@ fn cosine_alpha_bar(s: f64) -> f64 {
     ((s + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2)
 }
 
+/// `β_i = (linspace(√β_start, √β_end, T)_i)²` (latent diffusion's `scaled_linear`).
+fn scaled_linear(start: f64, end: f64) -> Vec<f64> {
+    linspace(start.sqrt(), end.sqrt(), T).map(|b| b * b).collect()
+}
+
+/// Nichol & Dhariwal 2021 (diffusers' `squaredcos_cap_v2`): `β_i = min(1 − ᾱ((i+1)/T)/ᾱ(i/T), 0.999)`.
+fn cosine() -> Vec<f64> {
+    (0..T)
+        .map(|i| {
+            let (s1, s2) = (i as f64 / T as f64, (i + 1) as f64 / T as f64);
+            (1.0 - cosine_alpha_bar(s2) / cosine_alpha_bar(s1)).min(0.999)
+        })
+        .collect()
+}
+
+fn betas_of(kind: ScheduleKind) -> Vec<f64> {
+    match kind {
+        ScheduleKind::ScaledLinear => scaled_linear(0.00085, 0.012),
+        ScheduleKind::Linear => linspace(1e-4, 0.02, T).collect(),
+        ScheduleKind::Cosine => cosine(),
+    }
+}
+
+/// A β sequence as a diffusers scheduler config gives it (`scheduler_config.json`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum DiffusersBetas {
+    /// `beta_schedule` with `beta_start` and `beta_end` (`squaredcos_cap_v2` ignores both, as diffusers).
+    Named { schedule: String, start: f64, end: f64 },
+    /// `trained_betas`: T explicit values.
+    Trained(Vec<f64>),
+}
+
 impl Schedule {
     pub fn new(kind: ScheduleKind) -> Self {
-        let betas: Vec<f64> = match kind {
-            ScheduleKind::ScaledLinear => linspace(0.00085f64.sqrt(), 0.012f64.sqrt(), T).map(|b| b * b).collect(),
-            ScheduleKind::Linear => linspace(1e-4, 0.02, T).collect(),
-            ScheduleKind::Cosine => (0..T)
-                .map(|i| {
-                    let (s1, s2) = (i as f64 / T as f64, (i + 1) as f64 / T as f64);
-                    (1.0 - cosine_alpha_bar(s2) / cosine_alpha_bar(s1)).min(0.999)
-                })
-                .collect(),
-        };
+        Self::with_betas(Some(kind), betas_of(kind))
+    }
+
+    /// `ᾱ_i = Π_{j≤i}(1 − β_j)`.
+    fn with_betas(kind: Option<ScheduleKind>, betas: Vec<f64>) -> Self {
         let alphas_cumprod = betas
             .iter()
             .scan(1.0, |acc, b| {
@@ -75,7 +103,44 @@ impl Schedule {
         }
     }
 
-    pub fn kind(&self) -> ScheduleKind {
+    /// The schedule of a diffusers scheduler config (its `linear`, `scaled_linear` and
+    /// `squaredcos_cap_v2` β sequences, or `trained_betas`), computed in f64; the kind is
+    /// recognised when the betas are one of ours. Errors name the config key at fault.
+    pub fn from_diffusers(spec: &DiffusersBetas) -> Result<Self> {
+        let betas = match spec {
+            DiffusersBetas::Trained(b) => {
+                ensure!(b.len() == T, "trained_betas has {} values, expected T = {T}", b.len());
+                if let Some((i, bad)) = b
+                    .iter()
+                    .enumerate()
+                    .find(|(_, b)| !(b.is_finite() && **b > 0.0 && **b < 1.0))
+                {
+                    bail!("trained_betas[{i}] = {bad} lies outside (0, 1)");
+                }
+                b.clone()
+            }
+            DiffusersBetas::Named { schedule, start, end } => {
+                let ok = |v: f64| v.is_finite() && v > 0.0 && v < 1.0;
+                ensure!(
+                    ok(*start) && ok(*end),
+                    "beta_start {start} and beta_end {end} must lie in (0, 1)"
+                );
+                match schedule.as_str() {
+                    "linear" => linspace(*start, *end, T).collect(),
+                    "scaled_linear" => scaled_linear(*start, *end),
+                    "squaredcos_cap_v2" => cosine(),
+                    _ => bail!("beta_schedule '{schedule}' is not supported (expected linear, scaled_linear or squaredcos_cap_v2)"),
+                }
+            }
+        };
+        let kind = [ScheduleKind::ScaledLinear, ScheduleKind::Linear, ScheduleKind::Cosine]
+            .into_iter()
+            .find(|&k| betas_of(k) == betas);
+        Ok(Self::with_betas(kind, betas))
+    }
+
+    /// The named kind of these betas; `None` for a pretrained model's own (e.g. `trained_betas`).
+    pub fn kind(&self) -> Option<ScheduleKind> {
         self.kind
     }
 
@@ -134,6 +199,43 @@ mod tests {
                 let (a, sg) = (s.alpha(t), s.sigma(t));
                 assert!((a * a + sg * sg - 1.0).abs() < 1e-12);
             }
+        }
+    }
+
+    /// diffusers' configs give our named schedules exactly (SD's `scaled_linear`, DDPM's
+    /// `linear`, `squaredcos_cap_v2`); other ranges and trained betas are schedules of their own.
+    #[test]
+    fn diffusers_configs_build_schedules() {
+        let named = |schedule: &str, start, end| DiffusersBetas::Named {
+            schedule: schedule.into(),
+            start,
+            end,
+        };
+        let kind = |spec| Schedule::from_diffusers(&spec).unwrap().kind();
+        assert_eq!(
+            kind(named("scaled_linear", 0.00085, 0.012)),
+            Some(ScheduleKind::ScaledLinear)
+        );
+        assert_eq!(kind(named("linear", 1e-4, 0.02)), Some(ScheduleKind::Linear));
+        assert_eq!(kind(named("squaredcos_cap_v2", 1e-4, 0.02)), Some(ScheduleKind::Cosine));
+        let other = Schedule::from_diffusers(&named("scaled_linear", 0.001, 0.02)).unwrap();
+        assert_eq!(other.kind(), None);
+        assert!((other.beta(T) - 0.02).abs() < 1e-12);
+        let trained = Schedule::from_diffusers(&DiffusersBetas::Trained(betas_of(ScheduleKind::Linear))).unwrap();
+        assert_eq!(trained.kind(), Some(ScheduleKind::Linear));
+        let errors = [
+            (named("sigmoid", 1e-4, 0.02), "beta_schedule 'sigmoid'"),
+            (named("linear", 0.0, 0.02), "beta_start 0"),
+            (named("linear", 1e-4, f64::NAN), "beta_end NaN"),
+            (DiffusersBetas::Trained(vec![0.01; 10]), "trained_betas has 10 values"),
+            (
+                DiffusersBetas::Trained(vec![1.0; T]),
+                "trained_betas[0] = 1 lies outside",
+            ),
+        ];
+        for (spec, needle) in errors {
+            let e = Schedule::from_diffusers(&spec).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e}");
         }
     }
 

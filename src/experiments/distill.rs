@@ -97,7 +97,7 @@ pub fn command(a: DistillArgs) -> Result<()> {
                 depth: a.depth,
                 time_dim: 32,
                 num_classes: teacher.num_classes(),
-                schedule: teacher.schedule_kind(),
+                schedule: teacher.schedule_kind()?,
             };
             net.validate()?;
             let init = rt.trainable(&net.init(&mut seeded(a.seed.wrapping_add(1)))?)?;

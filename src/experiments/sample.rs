@@ -9,13 +9,17 @@ use crate::diffusion::discretization::Discretization;
 use crate::diffusion::guidance::Guided;
 use crate::diffusion::schedule::T;
 use crate::diffusion::solver::solve;
+use crate::models::sd::images::write_pngs;
+use crate::models::sd::prompts;
+use crate::models::sd::text::NullText;
 use crate::models::student::Student;
 use crate::models::teacher::Teacher;
-use crate::nets::autoencoder::decode_all;
-use crate::runtime::files::check_output_file;
+use crate::runtime::device::Runtime;
+use crate::runtime::files::{check_output_dir, check_output_file};
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::seeded;
 use anyhow::{bail, ensure, Context, Result};
+use candle_core::Tensor;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -30,8 +34,22 @@ pub struct SampleArgs {
     #[command(flatten)]
     pub ode: OdeArgs,
     /// Class label for every sample (default: unconditional).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["prompt", "prompts"])]
     pub class: Option<u32>,
+    /// Prompt of every sample (text-conditioned teachers: sd:DIR).
+    #[arg(long, conflicts_with = "prompts", allow_hyphen_values = true)]
+    pub prompt: Option<String>,
+    /// Prompts, one line per noise row (a file of one line applies it to every row).
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// Negative prompt, the unconditional input of guidance [default: as the diffusers pipeline:
+    /// the empty prompt, or zeros for SDXL with force_zeros_for_empty_prompt].
+    #[arg(long, conflicts_with = "uncond", allow_hyphen_values = true)]
+    pub negative_prompt: Option<String>,
+    /// Unconditional input of guidance: zeros (zero embeddings, as the paper's training code) or
+    /// empty (the empty prompt's encoding, for SDXL too).
+    #[arg(long, value_name = "zeros|empty")]
+    pub uncond: Option<String>,
     /// Student sampling steps K (1 ≤ K ≤ the student's N) [default: 1].
     #[arg(long)]
     pub steps: Option<usize>,
@@ -44,9 +62,11 @@ pub struct SampleArgs {
     /// Seed of the fresh noise a multistep student injects between steps [default: 0].
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Write decoded images (float32 [B, 1, 28, 28] in [0, 1]) instead of latents; needs a latent-space teacher.
-    #[arg(long)]
-    pub decode: bool,
+    /// Decode the latents (needs a latent-space or sd:DIR teacher). `--decode`: --out holds the
+    /// images, float32 in [0, 1] ([B, 1, 28, 28]; SD: [B, 3, H, W]), instead of the latents.
+    /// `--decode OUT_DIR`: --out keeps the latents and OUT_DIR gets one PNG per row (00000.png, …).
+    #[arg(long, num_args = 0..=1, value_name = "OUT_DIR")]
+    pub decode: Option<Option<PathBuf>>,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -58,6 +78,9 @@ pub fn command(a: SampleArgs) -> Result<()> {
     refuse_other_modes_flags(&a)?;
     let rt = a.runtime.runtime()?;
     check_output_file(&a.out, "--out")?;
+    if let Some(Some(dir)) = &a.decode {
+        check_output_dir(dir, "--decode")?;
+    }
     let noise = npy::read(&a.noise)?;
     ensure!(
         noise.rank() >= 2,
@@ -70,32 +93,57 @@ pub fn command(a: SampleArgs) -> Result<()> {
         &format!("--noise {}", a.noise.display()),
     )?;
     let noise = noise.to_device(&rt.device)?;
-    let labels = Condition::repeat(a.class, noise.dim(0)?);
-    let (out, teacher_spec) = if let Some(dir) = &a.student {
+    let (out, teacher_spec, teacher) = if let Some(dir) = &a.student {
+        let labels = condition(&a, None, &noise, &rt)?;
         let student = Student::load(dir, &rt)?;
         check_class(a.class, student.net.num_classes())?;
         let grid = Discretization::new(student.config.distill.intervals)?;
         let (steps, seed) = (a.steps.unwrap_or(1), a.seed.unwrap_or(0));
         let out = multistep_sample(&*student.net, &noise, grid, steps, &labels, &mut seeded(seed))?;
-        (out, student.config.teacher)
+        (out, student.config.teacher, None)
     } else {
         let spec = a.teacher.clone().context("give --teacher SPEC or --student DIR")?;
         let teacher = Teacher::parse(&spec, &rt)?;
+        let cond = condition(&a, Some(&teacher), &noise, &rt)?;
         check_class(a.class, teacher.num_classes())?;
         let grid = Discretization::new(a.ode.intervals()).context("--intervals")?;
         let guided = Guided::new(&teacher, a.ode.guidance()?);
-        (solve(a.ode.solver(), &guided, &noise, grid, T, &labels)?, spec)
+        (
+            solve(a.ode.solver(), &guided, &noise, grid, T, &cond)?,
+            spec,
+            Some(teacher),
+        )
     };
-    let out = if a.decode {
-        let ae = Teacher::parse(&teacher_spec, &rt)?.autoencoder(&rt)?;
-        decode_all(
-            &ae.context("--decode: the teacher has no autoencoder (not a latent-space teacher)")?,
-            &out,
-        )?
-    } else {
-        out
+    let Some(decode) = &a.decode else {
+        return npy::write(&a.out, &out);
     };
-    npy::write(&a.out, &out)
+    let teacher = match teacher {
+        Some(t) => t,
+        None => Teacher::parse(&teacher_spec, &rt)?,
+    };
+    let images = teacher.decode(&rt, &out)?;
+    match decode {
+        None => npy::write(&a.out, &images),
+        Some(dir) => {
+            npy::write(&a.out, &out)?;
+            write_pngs(dir, &images)
+        }
+    }
+}
+
+/// The condition of every noise row: the prompts of a text-conditioned teacher, else `--class`.
+fn condition(a: &SampleArgs, teacher: Option<&Teacher>, noise: &Tensor, rt: &Runtime) -> Result<Condition> {
+    let rows = noise.dim(0)?;
+    if let Some(Teacher::Sd(sd)) = teacher {
+        let prompts = prompts::per_row(a.prompt.as_deref(), a.prompts.as_deref(), rows)?;
+        let null = NullText::from_flags(a.negative_prompt.as_deref(), a.uncond.as_deref())?;
+        return sd.condition(rt, &prompts, &null, noise);
+    }
+    ensure!(
+        a.prompt.is_none() && a.prompts.is_none() && a.negative_prompt.is_none() && a.uncond.is_none(),
+        "--prompt, --prompts, --negative-prompt and --uncond need a text-conditioned teacher (sd:DIR)"
+    );
+    Ok(Condition::repeat(a.class, rows))
 }
 
 /// A student samples with its own N, solver and guidance (fixed when it was distilled); a

@@ -2,5 +2,6 @@
 //! config-plus-safetensors layout they share.
 
 pub mod model_dir;
+pub mod sd;
 pub mod student;
 pub mod teacher;

@@ -8,6 +8,7 @@ use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::{Schedule, ScheduleKind};
 use crate::models::model_dir;
+use crate::models::sd::SdTeacher;
 use crate::nets::network::{NetConfig, Network};
 use crate::runtime::device::Runtime;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
@@ -25,6 +26,10 @@ Teacher SPEC, one of:
   mixture:means=X:Y/X:Y/...,std=S[/S...][,weights=W/W/...][,schedule=K]
                                                 components separated by '/', coordinates by ':';
                                                 component k is class k
+  sd:DIR                                        a diffusers Stable Diffusion pipeline folder (SD 1.x/2.x/SDXL):
+                                                model_index.json, unet/, vae/, text_encoder/, tokenizer/,
+                                                scheduler/ (SDXL: text_encoder_2/, tokenizer_2/); needs --prompt
+                                                or --prompts; guidance W ≤ 1 is none, as diffusers
   PATH                                          a folder written by `dcm train-teacher`
 K is scaled_linear (default), linear or cosine.";
 
@@ -47,6 +52,8 @@ pub enum Teacher {
         config: NetConfig,
         dir: std::path::PathBuf,
     },
+    /// A Stable Diffusion pipeline folder (`sd:DIR`), conditioned on text.
+    Sd(Box<SdTeacher>),
 }
 
 fn parse_keys(body: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>> {
@@ -124,6 +131,9 @@ impl Teacher {
         if let Some(body) = spec.strip_prefix("mixture:") {
             return Self::parse_mixture(body).map(Self::Mixture);
         }
+        if let Some(dir) = spec.strip_prefix("sd:") {
+            return Ok(Self::Sd(Box::new(SdTeacher::load(Path::new(dir), rt)?)));
+        }
         let dir = Path::new(spec);
         ensure!(
             dir.is_dir(),
@@ -183,6 +193,7 @@ impl Teacher {
             Self::Gaussian(g) => g,
             Self::Mixture(m) => m,
             Self::Network { net, .. } => &**net,
+            Self::Sd(sd) => &**sd,
         }
     }
 
@@ -192,6 +203,7 @@ impl Teacher {
             Self::Gaussian(g) => g.dim.map(|d| vec![d]),
             Self::Mixture(m) => Some(vec![m.dim()]),
             Self::Network { config, .. } => Some(config.sample_shape().to_vec()),
+            Self::Sd(_) => None,
         }
     }
 
@@ -206,8 +218,23 @@ impl Teacher {
             .transpose()
     }
 
-    pub fn schedule_kind(&self) -> ScheduleKind {
-        self.as_denoiser().schedule().kind()
+    /// Images in [0, 1] of samples `latents`: through an SD pipeline's VAE (`[B, 3, H, W]`) or a
+    /// latent-space teacher's autoencoder.
+    pub fn decode(&self, rt: &Runtime, latents: &Tensor) -> Result<Tensor> {
+        if let Self::Sd(sd) = self {
+            return crate::models::sd::images::decode(sd, rt, latents);
+        }
+        let ae = self.autoencoder(rt)?;
+        let ae = ae.context("--decode: the teacher has no autoencoder (not a latent-space teacher)")?;
+        crate::nets::autoencoder::decode_all(&ae, latents)
+    }
+
+    /// The named kind of the teacher's schedule (a pretrained model's own betas have none).
+    pub fn schedule_kind(&self) -> Result<ScheduleKind> {
+        self.as_denoiser()
+            .schedule()
+            .kind()
+            .context("the teacher's noise schedule is not scaled_linear, linear or cosine")
     }
 
     /// Draws training data from an analytic teacher's own distribution.
@@ -226,6 +253,10 @@ impl Teacher {
                 Dataset::new(((z * g.std)? + g.mean)?, vec![None; n], 0)
             }
             Self::Network { dir, .. } => bail!("a network teacher ({}) needs --data", dir.display()),
+            Self::Sd(sd) => bail!(
+                "a Stable Diffusion teacher ({}) needs --data",
+                sd.pipeline().dir().display()
+            ),
         }
     }
 }

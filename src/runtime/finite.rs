@@ -8,7 +8,11 @@ use std::collections::BTreeMap;
 /// Errors unless every value of `t` is finite; `what` names the file, flag or result.
 pub fn ensure_finite(t: &Tensor, what: &str) -> Result<()> {
     // 0·x is 0 for a finite x and NaN for ±∞ and NaN, so the sum is 0 exactly when all are finite.
-    let s = t.to_dtype(DType::F32)?.affine(0.0, 0.0)?.sum_all()?.to_scalar::<f32>()?;
+    let s = t
+        .to_dtype(DType::F32)?
+        .affine(0.0, 0.0)?
+        .sum_all()?
+        .to_scalar::<f32>()?;
     ensure!(s == 0.0, "{what}: contains NaN or infinite values");
     Ok(())
 }

@@ -1,0 +1,17 @@
+//! Stable Diffusion teachers from diffusers pipeline folders (`sd:DIR`; SD 1.x/2.x/SDXL):
+//! the folder and its components, the scheduler config's forward process, prompts to text
+//! conditioning, the UNet as a `Denoiser`, and decoding latents to PNG files.
+
+pub mod images;
+pub mod json;
+pub mod pipeline;
+pub mod prompts;
+pub mod scheduler;
+pub mod teacher;
+pub mod text;
+pub mod weights;
+
+pub use teacher::SdTeacher;
+
+#[cfg(test)]
+mod test_util;

@@ -1,0 +1,274 @@
+//! A Stable Diffusion UNet as a `Denoiser` (DESIGN.md, "Pretrained diffusers UNets"): our
+//! timestep t ∈ 1..=T indexes ᾱ[t−1], so the UNet, trained on 0..T−1, receives `t − 1`; a
+//! v-prediction output becomes `ε̂ = σ_t x_t + α_t v`. Guidance batches the conditional and
+//! unconditional halves in one UNet call and, as diffusers (`guidance_scale > 1`), only applies
+//! for w > 1.
+
+use super::pipeline::{Family, Pipeline};
+use super::scheduler::Prediction;
+use super::text::NullText;
+use crate::diffusion::condition::{Condition, TextEmbedding};
+use crate::diffusion::denoiser::{per_row_of, Denoiser};
+use crate::diffusion::schedule::Schedule;
+use crate::nets::sd::unet::UNet;
+use crate::nets::sd::vae::VaeConfig;
+use crate::runtime::device::Runtime;
+use anyhow::{anyhow, bail, ensure, Result};
+use candle_core::{DType, Tensor};
+
+/// The teacher of an `sd:DIR` pipeline folder: its UNet and forward process; the text
+/// encoders and the VAE load on demand (`condition`, `images::decode`).
+pub struct SdTeacher {
+    pipeline: Pipeline,
+    unet: UNet,
+    schedule: Schedule,
+    prediction: Prediction,
+    vae: VaeConfig,
+}
+
+impl SdTeacher {
+    /// Opens the folder and loads the UNet on `rt` (its precision); the scheduler, UNet and VAE
+    /// configs are checked against each other.
+    pub fn load(dir: &std::path::Path, rt: &Runtime) -> Result<Self> {
+        ensure!(
+            !(rt.device.is_cpu() && rt.dtype == DType::BF16),
+            "--dtype bf16: candle's CPU convolutions have no bf16 kernel; use f32 or f16 on the CPU (bf16 on CUDA)"
+        );
+        let pipeline = Pipeline::open(dir)?;
+        let scheduler = pipeline.scheduler()?;
+        let vae = pipeline.vae_config()?;
+        let cfg = pipeline.unet_config()?;
+        ensure!(
+            cfg.in_channels == vae.latent_channels && cfg.out_channels == vae.latent_channels,
+            "{}: a UNet of {} → {} channels does not denoise the VAE's {} latent channels (not a text-to-image UNet)",
+            dir.join("unet/config.json").display(),
+            cfg.in_channels,
+            cfg.out_channels,
+            vae.latent_channels
+        );
+        Ok(Self {
+            unet: pipeline.unet(rt)?,
+            schedule: scheduler.schedule,
+            prediction: scheduler.prediction,
+            vae,
+            pipeline,
+        })
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    pub fn unet(&self) -> &UNet {
+        &self.unet
+    }
+
+    pub fn prediction(&self) -> Prediction {
+        self.prediction
+    }
+
+    pub fn vae_config(&self) -> &VaeConfig {
+        &self.vae
+    }
+
+    /// Image pixels per latent pixel, `2^(VAE levels − 1)` (diffusers' `vae_scale_factor`).
+    pub fn vae_scale_factor(&self) -> usize {
+        1 << self.vae.block_out_channels.len().saturating_sub(1).min(16)
+    }
+
+    /// The text condition of latents `[B, C, h, w]`, one prompt per row: loads the text
+    /// encoders on `rt`, encodes, and drops them. SDXL's size ids are those of the decoded
+    /// image, `(8h, 8w)` for SDXL's VAE (the pipeline's default for its default latent size).
+    pub fn condition(&self, rt: &Runtime, prompts: &[String], null: &NullText, latents: &Tensor) -> Result<Condition> {
+        let (b, _, h, w) = latents.dims4().map_err(|_| {
+            anyhow!(
+                "latents of shape {:?}: a Stable Diffusion teacher needs [B, C, h, w]",
+                latents.dims()
+            )
+        })?;
+        ensure!(prompts.len() == b, "{} prompts for {b} rows of latents", prompts.len());
+        let force_zeros = matches!(
+            self.pipeline.family(),
+            Family::Sdxl {
+                force_zeros_for_empty_prompt: true
+            }
+        );
+        let f = self.vae_scale_factor();
+        let encoder = self.pipeline.prompt_encoder(rt)?;
+        encoder.condition(prompts, null, force_zeros, (h * f, w * f))
+    }
+
+    /// The UNet's raw output (ε or v) at diffusers timesteps `t − 1`.
+    fn output(&self, x: &Tensor, t: &[usize], text: &TextEmbedding) -> Result<Tensor> {
+        ensure!(
+            t.iter().all(|&t| t >= 1),
+            "a Stable Diffusion teacher is evaluated at timesteps 1..=T, not 0"
+        );
+        let steps: Vec<f64> = t.iter().map(|&t| (t - 1) as f64).collect();
+        self.unet.forward(x, &steps, text, None)
+    }
+
+    /// ε̂ from the UNet's output: itself, or `σ_t x_t + α_t v`.
+    fn to_eps(&self, x: &Tensor, out: Tensor, t: &[usize]) -> Result<Tensor> {
+        match self.prediction {
+            Prediction::Epsilon => Ok(out),
+            Prediction::V => {
+                let sigma = per_row_of(t, |t| self.schedule.sigma(t), x)?;
+                let alpha = per_row_of(t, |t| self.schedule.alpha(t), x)?;
+                Ok((x.broadcast_mul(&sigma)? + out.broadcast_mul(&alpha)?)?)
+            }
+        }
+    }
+}
+
+fn text_of(cond: &Condition) -> Result<(&TextEmbedding, &TextEmbedding)> {
+    match cond {
+        Condition::Text { text, null } => Ok((text, null)),
+        Condition::Labels(_) => bail!("a Stable Diffusion teacher is conditioned on text prompts, not class labels"),
+    }
+}
+
+impl Denoiser for SdTeacher {
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
+    }
+
+    /// Text-conditioned: no class labels.
+    fn num_classes(&self) -> usize {
+        0
+    }
+
+    fn eps(&self, x: &Tensor, t: &[usize], cond: &Condition) -> Result<Tensor> {
+        let (text, _) = text_of(cond)?;
+        let out = self.output(x, t, text)?;
+        self.to_eps(x, out, t)
+    }
+
+    /// `o_u + w (o_c − o_u)` on the UNet's outputs (ε or v, as diffusers), both halves in one
+    /// call with rows `[null; text]`; for w ≤ 1 the conditional prediction alone.
+    fn eps_guided(&self, x: &Tensor, t: &[usize], cond: &Condition, w: f64) -> Result<Tensor> {
+        if w <= 1.0 {
+            return self.eps(x, t, cond);
+        }
+        text_of(cond)?;
+        let b = x.dim(0)?;
+        let both = Condition::cat(&[&cond.null(), cond])?;
+        let (both, _) = text_of(&both)?;
+        let out = self.output(&Tensor::cat(&[x, x], 0)?, &[t, t].concat(), both)?;
+        let (u, c) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
+        let guided = (&u + ((c - &u)? * w)?)?;
+        self.to_eps(x, guided, t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::sd::test_util::{fixture, golden, max_abs_diff};
+
+    fn unet_inputs(model: &str) -> (Tensor, Vec<usize>, Condition) {
+        let g = golden(model);
+        let steps: Vec<i64> = g["unet.timestep"].to_vec1().unwrap();
+        let text = TextEmbedding {
+            tokens: g["unet.encoder_hidden_states"].clone(),
+            pooled: g.get("unet.text_embeds").cloned(),
+            time_ids: g.get("unet.time_ids").cloned(),
+        };
+        let cond = Condition::Text {
+            text: text.clone(),
+            null: text,
+        };
+        // diffusers timestep s is our t = s + 1.
+        (
+            g["unet.sample"].clone(),
+            steps.iter().map(|&s| s as usize + 1).collect(),
+            cond,
+        )
+    }
+
+    /// ε̂ at diffusers timesteps [999, 500, 1] (our 1000, 501, 2): the UNet's output for ε
+    /// models, `σ_t x + α_t v` for SD 2's v-prediction.
+    #[test]
+    fn eps_is_the_unet_output_at_t_minus_one() {
+        let rt = Runtime::default();
+        for model in ["sd1", "sd2", "sdxl"] {
+            let teacher = SdTeacher::load(&fixture(model), &rt).unwrap();
+            let (x, t, cond) = unet_inputs(model);
+            let out = golden(model)["unet.out"].clone();
+            let want = match teacher.prediction() {
+                Prediction::Epsilon => out,
+                Prediction::V => {
+                    let s = teacher.schedule();
+                    let sigma = per_row_of(&t, |t| s.sigma(t), &x).unwrap();
+                    let alpha = per_row_of(&t, |t| s.alpha(t), &x).unwrap();
+                    (x.broadcast_mul(&sigma).unwrap() + out.broadcast_mul(&alpha).unwrap()).unwrap()
+                }
+            };
+            let err = max_abs_diff(&teacher.eps(&x, &t, &cond).unwrap(), &want);
+            eprintln!("{model} eps: max |Δ| = {err:.2e}");
+            assert!(err <= 1e-4, "{model}: {err:e}");
+        }
+    }
+
+    /// One batched call gives `ε_u + w (ε_c − ε_u)` of two separate calls; w ≤ 1 is no guidance
+    /// (diffusers' `guidance_scale > 1`); class labels are refused.
+    #[test]
+    fn guidance_batches_halves_and_needs_w_above_one() {
+        let rt = Runtime::default();
+        let teacher = SdTeacher::load(&fixture("sd2"), &rt).unwrap();
+        let (x, t, cond) = unet_inputs("sd2");
+        let Condition::Text { text, .. } = &cond else {
+            unreachable!()
+        };
+        let null = TextEmbedding {
+            tokens: text.tokens.zeros_like().unwrap(),
+            pooled: None,
+            time_ids: None,
+        };
+        let cond = Condition::Text {
+            text: text.clone(),
+            null,
+        };
+        let ec = teacher.eps(&x, &t, &cond).unwrap();
+        let eu = teacher.eps(&x, &t, &cond.null()).unwrap();
+        let want = (&eu + ((&ec - &eu).unwrap() * 2.5).unwrap()).unwrap();
+        let err = max_abs_diff(&teacher.eps_guided(&x, &t, &cond, 2.5).unwrap(), &want);
+        assert!(err <= 1e-5, "batched guidance: {err:e}");
+        for w in [1.0, 0.5, 0.0, -1.0] {
+            assert_eq!(
+                max_abs_diff(&teacher.eps_guided(&x, &t, &cond, w).unwrap(), &ec),
+                0.0,
+                "w = {w}"
+            );
+        }
+        let labels = Condition::Labels(vec![None; 3]);
+        let e = teacher.eps(&x, &t, &labels).unwrap_err().to_string();
+        assert!(e.contains("conditioned on text prompts"), "{e}");
+        assert!(teacher.eps(&x, &[0, 1, 2], &cond).is_err());
+        assert_eq!(teacher.num_classes(), 0);
+    }
+
+    /// An f16 runtime loads the f32 files converted tensor by tensor and stays near f32; bf16
+    /// is refused on the CPU (candle has no bf16 convolution there).
+    #[test]
+    fn half_precision_runtimes() {
+        let (x, t, cond) = unet_inputs("sd1");
+        let want = golden("sd1")["unet.out"].clone();
+        let rt = |dtype| Runtime {
+            device: candle_core::Device::Cpu,
+            dtype,
+        };
+        let e = SdTeacher::load(&fixture("sd1"), &rt(DType::BF16))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("--dtype bf16:"), "{e}");
+        let teacher = SdTeacher::load(&fixture("sd1"), &rt(DType::F16)).unwrap();
+        assert_eq!(teacher.unet().dtype(), DType::F16);
+        let got = teacher.eps(&x, &t, &cond).unwrap();
+        assert_eq!(got.dtype(), DType::F32);
+        let err = max_abs_diff(&got, &want);
+        eprintln!("sd1 eps in f16: max |Δ| = {err:.2e}");
+        assert!(err <= 2e-2, "f16: {err:e}");
+    }
+}
