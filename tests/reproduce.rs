@@ -48,6 +48,7 @@ fn smoke_preset_writes_a_complete_finite_report() {
     assert_eq!(csv.lines().count(), 1 + 2 * 13);
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(md.contains("| Direct | 8 |") && md.contains(" ± "), "{md}");
+    eval_repeats_the_runs_ode_errors(&dir, &csv);
     let png = image::open(dir.join("samples_cm_1.png")).unwrap();
     assert_eq!(
         (png.width(), png.height()),
@@ -55,6 +56,41 @@ fn smoke_preset_writes_a_complete_finite_report() {
         "4 columns, one row per class"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The run keeps its students, and `dcm eval --seed 0` on one repeats the run's ODE errors
+/// (same noise and re-noise streams, labels and reference solve).
+fn eval_repeats_the_runs_ode_errors(dir: &std::path::Path, csv: &str) {
+    for name in ["cm", "direct", "cm-seed1", "direct-seed1"] {
+        assert!(
+            dir.join("students").join(name).join("model.safetensors").is_file(),
+            "{name}"
+        );
+    }
+    let student = dir.join("students").join("cm");
+    let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(["eval", "--samples", "200", "--seed", "0", "--student"])
+        .arg(&student)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for line in csv
+        .lines()
+        .filter(|l| l.starts_with("CM,") && l.split(',').nth(2) == Some("0"))
+    {
+        let f: Vec<&str> = line.split(',').collect();
+        let (steps, ode_error): (&str, f64) = (f[1], f[3].parse().unwrap());
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {steps} |")))
+            .unwrap_or_else(|| panic!("no row for {steps} steps in {table}"));
+        let eval: f64 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        assert!(
+            (eval - ode_error).abs() <= 1e-4 * ode_error.abs(),
+            "{steps} steps: eval {eval} vs reproduce {ode_error}"
+        );
+    }
 }
 
 /// The shipped teacher's guided samples, decoded, are digits of the requested class

@@ -10,7 +10,7 @@ use crate::diffusion::guidance::Guided;
 use crate::diffusion::schedule::T;
 use crate::diffusion::solver::{solve, Solver};
 use crate::eval::ode_error::ode_error;
-use crate::runtime::noise::seeded;
+use crate::runtime::noise::renoise_rng;
 use anyhow::Result;
 use candle_core::Tensor;
 
@@ -42,7 +42,7 @@ pub fn ode_errors(
     steps
         .iter()
         .map(|&k| {
-            let sample = multistep_sample(student, noise, setup.grid, k, cond, &mut seeded(seed))?;
+            let sample = multistep_sample(student, noise, setup.grid, k, cond, &mut renoise_rng(seed))?;
             let coarse = solve(Solver::Ddim, &guided, noise, Discretization::new(k)?, T, cond)?;
             Ok(OdeErrorRow {
                 steps: k,

@@ -8,7 +8,7 @@ use crate::diffusion::schedule::T;
 use crate::eval::evaluate::{ode_errors, EvalSetup};
 use crate::models::student::Student;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
-use crate::runtime::noise::{seeded, standard_normal};
+use crate::runtime::noise::{eval_noise_rng, standard_normal};
 use anyhow::{ensure, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -23,7 +23,8 @@ pub struct EvalArgs {
     /// Student step counts to evaluate, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
     pub steps: Vec<usize>,
-    #[arg(long, default_value_t = 1)]
+    /// Evaluation seed: the noise and the sampler's re-noise streams (`dcm reproduce` seed K uses the same).
+    #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -40,7 +41,7 @@ pub fn command(a: EvalArgs) -> Result<()> {
     shape.extend(student.config.net.sample_shape());
     // The reference solve, the sampler and the coarse solve each hold several copies.
     ensure_fits(f32_bytes(&shape) * 16.0, &format!("--samples {}", a.samples))?;
-    let noise = standard_normal(&mut seeded(a.seed), shape, &rt.device)?;
+    let noise = standard_normal(&mut eval_noise_rng(a.seed), shape, &rt.device)?;
     let classes = teacher.num_classes() as u32;
     let conditional = student.config.conditional && classes > 0;
     let labels = Condition::Labels(

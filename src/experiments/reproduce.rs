@@ -17,6 +17,7 @@ use crate::diffusion::solver::{solve, Solver};
 use crate::eval::metrics::{fd::frechet_distance, kd::kernel_distance, prdc::prdc, to_matrix};
 use crate::eval::ode_error::ode_error;
 use crate::models::model_dir;
+use crate::models::student::{portable_spec, StudentConfig};
 use crate::models::teacher::Teacher;
 use crate::nets::autoencoder::Autoencoder;
 use crate::nets::autoencoder::{decode_all, encode_all};
@@ -28,7 +29,7 @@ use crate::runtime::assets;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::check_output_dir;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
-use crate::runtime::noise::{seeded, standard_normal};
+use crate::runtime::noise::{eval_noise_rng, renoise_rng, standard_normal};
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
 use anyhow::{bail, ensure, Context, Result};
@@ -224,10 +225,21 @@ pub struct TrainingRecord {
     pub seconds: f64,
 }
 
+/// A trained student, kept so that it can be sampled and evaluated again.
+pub struct TrainedStudent {
+    pub method: Method,
+    pub seed: u64,
+    pub distill: DistillConfig,
+    pub params: Params,
+    pub teacher_evaluations: u64,
+    pub seconds: f64,
+}
+
 pub struct Outcome {
     pub classes: usize,
     pub rows: Vec<Row>,
     pub training: Vec<TrainingRecord>,
+    pub students: Vec<TrainedStudent>,
     /// Decoded images per (method, steps) for seed 0, for the sample grids.
     pub grids: Vec<(String, usize, Tensor)>,
 }
@@ -311,6 +323,13 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     let models = Models::load(&models_dir, data, &rt)?;
     let start = std::time::Instant::now();
     let outcome = run(&cfg, &models)?;
+    save_students(
+        &out_dir,
+        &models_dir.join("teacher"),
+        &a.data,
+        &models.teacher_net,
+        &outcome,
+    )?;
     let table = write_run(&out_dir, &cfg, &outcome, start.elapsed().as_secs_f64())?;
     println!("{table}");
     eprintln!(
@@ -318,6 +337,28 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
         start.elapsed().as_secs_f64(),
         out_dir.join("report.md").display()
     );
+    Ok(())
+}
+
+/// Every trained student as a student folder, `OUT/students/<method>[-seed<K>]`, which
+/// `dcm sample` and `dcm eval` take (`dcm eval --seed K` repeats this run's evaluation).
+fn save_students(out: &Path, teacher: &Path, data: &str, net: &NetConfig, outcome: &Outcome) -> Result<()> {
+    for s in &outcome.students {
+        let name = match s.seed {
+            0 => s.method.name().to_string(),
+            k => format!("{}-seed{k}", s.method.name()),
+        };
+        let config = StudentConfig {
+            teacher: portable_spec(&teacher.to_string_lossy()),
+            data: data.to_string(),
+            conditional: true,
+            net: net.clone(),
+            distill: s.distill.clone(),
+            teacher_evaluations: s.teacher_evaluations,
+            train_seconds: s.seconds,
+        };
+        model_dir::save(&out.join("students").join(name), &config, &s.params)?;
+    }
     Ok(())
 }
 
@@ -397,11 +438,12 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
         classes,
         rows: Vec::new(),
         training: Vec::new(),
+        students: Vec::new(),
         grids: Vec::new(),
     };
     let guided = Guided::new(&*models.teacher, cfg.guidance);
     for seed in 0..cfg.seeds as u64 {
-        let noise = standard_normal(&mut seeded(1000 + seed), shape.clone(), &models.runtime.device)?;
+        let noise = standard_normal(&mut eval_noise_rng(seed), shape.clone(), &models.runtime.device)?;
         let ref_latents = solve(cfg.solver, &guided, &noise, grid, T, &cond)?;
         let ref_images = decode_all(&models.autoencoder, &ref_latents)?;
         let ref_features = to_matrix(&features(&models.featnet, &ref_images)?)?;
@@ -443,27 +485,37 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
             let start = std::time::Instant::now();
             // A LoRA student's teacher is itself with its adapters off (the same weights).
             let teacher = cfg.lora.is_none().then_some(&*models.teacher as &dyn Denoiser);
+            let distill_cfg = cfg.distill_config(method, seed);
             let d = distill(
                 teacher,
                 &models.teacher_net,
                 &models.teacher_params,
                 &train_latents,
-                &cfg.distill_config(method, seed),
+                &distill_cfg,
                 Default::default(),
             )?;
+            let seconds = start.elapsed().as_secs_f64();
             out.training.push(TrainingRecord {
                 method: name.into(),
                 seed,
                 losses: d.losses,
                 teacher_evaluations: d.teacher_evaluations,
-                seconds: start.elapsed().as_secs_f64(),
+                seconds,
             });
             let student = models.teacher_net.build(&models.runtime.frozen(&d.params)?, None)?;
+            out.students.push(TrainedStudent {
+                method,
+                seed,
+                distill: distill_cfg,
+                params: d.params,
+                teacher_evaluations: d.teacher_evaluations,
+                seconds,
+            });
             for &k in &cfg.steps {
                 record(
                     name,
                     k,
-                    &multistep_sample(&*student, &noise, grid, k, &cond, &mut seeded(2000 + seed))?,
+                    &multistep_sample(&*student, &noise, grid, k, &cond, &mut renoise_rng(seed))?,
                 )?;
             }
         }

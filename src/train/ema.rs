@@ -39,3 +39,27 @@ impl Ema {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// One update moves the shadow to `d θ⁻ + (1 − d) θ`, by hand.
+    #[test]
+    fn update_is_the_exponential_average() {
+        let v = Var::new(&[1.0f32, -2.0, 4.0], &Device::Cpu).unwrap();
+        let ema = Ema::new(0.95, std::slice::from_ref(&v)).unwrap();
+        v.set(&candle_core::Tensor::new(&[3.0f32, 0.0, -4.0], &Device::Cpu).unwrap())
+            .unwrap();
+        ema.update(std::slice::from_ref(&v)).unwrap();
+        let got = ema.shadow()[0].as_tensor().to_vec1::<f32>().unwrap();
+        let want = [0.95 * 1.0 + 0.05 * 3.0, 0.95 * -2.0, 0.95 * 4.0 + 0.05 * -4.0];
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        ema.update(std::slice::from_ref(&v)).unwrap();
+        let second = ema.shadow()[0].as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+        assert!((second - (0.95 * want[0] + 0.05 * 3.0)).abs() < 1e-6);
+    }
+}

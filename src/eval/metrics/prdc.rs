@@ -46,9 +46,10 @@ pub fn prdc(real: &DMatrix<f64>, fake: &DMatrix<f64>, k: usize) -> Result<Prdc> 
     let (r_real, r_fake) = (knn_radii(real, k), knn_radii(fake, k));
     let d = distances(real, fake); // real × fake
     let (n, m) = (real.nrows(), fake.nrows());
-    let inside_real = |i: usize, j: usize| d[(i, j)] <= r_real[i];
+    // Strict inequalities, as dgm-eval (and Naeem et al.'s reference code).
+    let inside_real = |i: usize, j: usize| d[(i, j)] < r_real[i];
     let precision = (0..m).filter(|&j| (0..n).any(|i| inside_real(i, j))).count() as f64 / m as f64;
-    let recall = (0..n).filter(|&i| (0..m).any(|j| d[(i, j)] <= r_fake[j])).count() as f64 / n as f64;
+    let recall = (0..n).filter(|&i| (0..m).any(|j| d[(i, j)] < r_fake[j])).count() as f64 / n as f64;
     let density = (0..m)
         .map(|j| (0..n).filter(|&i| inside_real(i, j)).count())
         .sum::<usize>() as f64
@@ -81,14 +82,16 @@ mod tests {
         // Fake radii (k = 2): 0.5→4.0: [3.5, 8.0] → r=8.0; 4.0: [3.5, 4.5] → 4.5; 8.5: [4.5, 8.0] → 8.0; far ones → 2, 1, 2.
         // Real points within a fake ball: all of 0..=9 (the 8.0 balls around 0.5 and 8.5 cover them).
         assert_eq!(p.recall, 1.0);
-        // Fake 0.5 lies in the balls of reals 0 (r=2), 1 (r=1); 4.0 in 3, 4, 5; 8.5 in 8, 9 (r=2), 7? |8.5−7|=1.5 > 1: no.
+        // Balls are open (dgm-eval's `<`): fake 0.5 lies in the balls of reals 0 (r=2) and
+        // 1 (r=1); 4.0 only in 4's (3 and 5 are exactly at distance r = 1: a tie, outside);
+        // 8.5 in 8's and 9's (r=2).
         assert!(
-            (p.density - (2.0 + 3.0 + 2.0) / (2.0 * 6.0)).abs() < 1e-12,
+            (p.density - (2.0 + 1.0 + 2.0) / (2.0 * 6.0)).abs() < 1e-12,
             "{}",
             p.density
         );
-        // Reals whose nearest fake is within their radius: 0, 1, 3, 4, 5, 8, 9.
-        assert!((p.coverage - 0.7).abs() < 1e-12, "{}", p.coverage);
+        // Reals whose nearest fake is strictly within their radius: 0, 1, 4, 8, 9.
+        assert!((p.coverage - 0.5).abs() < 1e-12, "{}", p.coverage);
         let same = prdc(&real, &real, 2).unwrap();
         assert_eq!((same.precision, same.recall, same.coverage), (1.0, 1.0, 1.0));
     }
