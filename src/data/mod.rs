@@ -1,5 +1,6 @@
 //! Datasets: points (or images, or latents) with optional class labels.
 
+pub mod captioned;
 pub mod idx;
 pub mod image_folder;
 pub mod npy;
