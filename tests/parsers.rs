@@ -1,8 +1,8 @@
 //! Property-based robustness of every parser of user files: arbitrary corruptions
 //! (truncation, byte flips, random bytes) of valid `.npy`, IDX, safetensors,
-//! PNG and config files, and of a Stable Diffusion pipeline folder's files (model_index.json,
-//! component configs, vocab.json, merges.txt, UNet weights), give `Err`, or a value that
-//! passed validation — never a panic.
+//! PNG and config files, of a Stable Diffusion pipeline folder's files (model_index.json,
+//! component configs, vocab.json, merges.txt, UNet weights) and of LoRA files (kohya layout),
+//! give `Err`, or a value that passed validation — never a panic.
 //! Each property runs `CASES` cases (2,000 by default; `PROPTEST_CASES` overrides).
 
 use candle_core::{Device, Tensor};
@@ -135,6 +135,10 @@ fn corrupt_safetensors_header(good: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
     })
 }
 
+fn sd1_unet_config() -> dcm::nets::sd::unet_config::UNetConfig {
+    dcm::nets::sd::unet_config::UNetConfig::from_file(&sd_fixture("sd1/unet/config.json")).unwrap()
+}
+
 /// Fewer cases for properties that build a whole network per case.
 fn heavy_config() -> ProptestConfig {
     let c = config();
@@ -226,6 +230,22 @@ proptest! {
         }
     }
 
+    /// A corrupted kohya LoRA file imports only as one rank-r adapter pair per target.
+    #[test]
+    fn sd_lora_file_never_panics(bytes in {
+        let good = sd_bytes("lora/lora_kohya.safetensors");
+        prop_oneof![corrupt(good.clone()), corrupt_safetensors_header(good)]
+    }) {
+        let p = tmp_file("lora_kohya.safetensors", &bytes);
+        if let Ok(lora) = dcm::nets::sd::lora_files::import(&p, &sd1_unet_config()) {
+            prop_assert!(lora.cfg.validate().is_ok() && !lora.targets.is_empty());
+            prop_assert_eq!(lora.params.len(), 2 * lora.targets.len());
+            for t in &lora.targets {
+                prop_assert_eq!(lora.params[&format!("{t}.lora_A.weight")].dims()[0], lora.cfg.rank);
+            }
+        }
+    }
+
     #[test]
     fn sd_vae_config_never_panics(bytes in corrupt(sd_bytes("sd1/vae/config.json"))) {
         let _ = dcm::nets::sd::vae::VaeConfig::from_file(&tmp_file("vae_config.json", &bytes));
@@ -277,6 +297,32 @@ proptest! {
             let cond = dcm::diffusion::condition::Condition::Text { text: text.clone(), null: text };
             let x = Tensor::zeros((1, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
             prop_assert!(teacher.eps(&x, &[500], &cond).is_ok());
+        }
+    }
+
+    /// A LoRA file that imports (the fixture's kohya file, corrupted) fits the sd1 UNet: the
+    /// UNet builds with it and evaluates.
+    #[test]
+    fn sd_lora_file_loads_into_the_unet(bytes in {
+        let good = sd_bytes("lora/lora_kohya.safetensors");
+        prop_oneof![corrupt(good.clone()), corrupt_safetensors_header(good)]
+    }) {
+        let p = tmp_file("lora_kohya_unet.safetensors", &bytes);
+        if let Ok(lora) = dcm::nets::sd::lora_files::import(&p, &sd1_unet_config()) {
+            let unet_file = sd_fixture("sd1/unet/diffusion_pytorch_model.safetensors");
+            let mut params = dcm::nets::sd::weights::load_safetensors(&unet_file).unwrap();
+            for (k, t) in &lora.params {
+                params.insert(k.clone(), t.to_dtype(candle_core::DType::F32).unwrap());
+            }
+            let unet = dcm::nets::sd::unet::UNet::new(sd1_unet_config(), &params, Some(&lora.unet_lora()));
+            prop_assert!(unet.is_ok(), "{:?}", unet.err());
+            let text = dcm::diffusion::condition::TextEmbedding {
+                tokens: Tensor::zeros((1, 77, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
+                pooled: None,
+                time_ids: None,
+            };
+            let x = Tensor::zeros((1, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap();
+            prop_assert!(unet.unwrap().forward(&x, &[500.0], &text, None).is_ok());
         }
     }
 }

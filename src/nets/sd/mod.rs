@@ -7,6 +7,7 @@ pub mod attention;
 pub mod blocks;
 pub mod clip_text;
 pub mod embeddings;
+pub mod lora_files;
 pub mod resnet;
 pub mod tokenizer;
 pub mod transformer;
@@ -23,3 +24,5 @@ mod unet_tests;
 mod vae_tests;
 #[cfg(test)]
 mod grad_tests;
+#[cfg(test)]
+mod lora_files_tests;

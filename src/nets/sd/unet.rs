@@ -185,6 +185,15 @@ impl UNetConfig {
         Parts::load(self, &layout, &mut w)?;
         Ok(w.finish("UNet")?.1)
     }
+
+    /// Module path and base weight shape of every linear and conv layer, the layers a LoRA
+    /// file may adapt, in construction order.
+    pub fn adaptable_layers(&self) -> Result<Vec<AdaptedLayer>> {
+        let layout = self.layout().map_err(|e| anyhow!("UNet config: {e}"))?;
+        let mut w = Weights::shapes_of_every_layer();
+        Parts::load(self, &layout, &mut w)?;
+        Ok(w.finish("UNet")?.1)
+    }
 }
 
 impl UNet {

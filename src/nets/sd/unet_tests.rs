@@ -5,6 +5,7 @@ use crate::diffusion::condition::TextEmbedding;
 use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
 use crate::nets::sd::embeddings::Sinusoid;
+use crate::nets::sd::lora_files::import;
 use crate::nets::sd::test_util::*;
 use crate::nets::sd::unet::{UNet, UNetLora, DEFAULT_LORA_TARGETS};
 use crate::nets::sd::unet_config::UNetConfig;
@@ -65,24 +66,11 @@ fn lcm_unet_matches_diffusers() {
     check_model("lcm");
 }
 
-/// The PEFT-layout LoRA file with its keys' `unet.` prefix removed, and its (rank, alpha)
-/// from the header metadata (`lora_adapter_metadata`: `unet.r`, `unet.lora_alpha`).
+/// The PEFT-layout LoRA file imported into dcm naming, and its (rank, alpha) from the header
+/// metadata.
 fn peft_lora() -> (Params, LoraConfig) {
-    let path = fixture("lora/lora_peft.safetensors");
-    let bytes = std::fs::read(&path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&meta.metadata().as_ref().unwrap()["lora_adapter_metadata"]).unwrap();
-    let cfg = LoraConfig {
-        rank: json["unet.r"].as_u64().unwrap() as usize,
-        alpha: json["unet.lora_alpha"].as_f64().unwrap(),
-    };
-    let tensors = golden("lora/lora_peft.safetensors");
-    let renamed = tensors
-        .into_iter()
-        .map(|(k, t)| (k.strip_prefix("unet.").unwrap().to_string(), t))
-        .collect();
-    (renamed, cfg)
+    let lora = import(&fixture("lora/lora_peft.safetensors"), &unet_fixture("sd1").0).unwrap();
+    (lora.params, lora.cfg)
 }
 
 /// sd1 with the rank-4 LoRA attached on the default targets gives diffusers' output with the

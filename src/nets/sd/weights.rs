@@ -28,6 +28,8 @@ pub struct Weights<'a> {
     device: Device,
     used: BTreeSet<String>,
     targets: Vec<String>,
+    /// Every linear and conv layer counts as a target ([`Weights::shapes_of_every_layer`]).
+    every_layer: bool,
     matched: BTreeSet<usize>,
     lora: Option<LoraConfig>,
     switch: Switch,
@@ -66,6 +68,15 @@ impl<'a> Weights<'a> {
         Self::build(None, DType::F32, Device::Cpu, None, targets.to_vec())
     }
 
+    /// [`Weights::shapes_only`] recording every linear and conv layer, the layers that LoRA
+    /// could adapt.
+    pub fn shapes_of_every_layer() -> Self {
+        Self {
+            every_layer: true,
+            ..Self::shapes_only(&[])
+        }
+    }
+
     fn build(
         params: Option<&'a Params>,
         dtype: DType,
@@ -79,6 +90,7 @@ impl<'a> Weights<'a> {
             device,
             used: BTreeSet::new(),
             targets,
+            every_layer: false,
             matched: BTreeSet::new(),
             lora,
             switch: Switch::default(),
@@ -107,6 +119,9 @@ impl<'a> Weights<'a> {
     /// Whether `path` ends with a LoRA target at a dot boundary (`a.b.to_q` matches `to_q`
     /// and `b.to_q`, not `o_q`); records which targets matched.
     fn is_target(&mut self, path: &str) -> bool {
+        if self.every_layer {
+            return true;
+        }
         let hits: Vec<usize> = (0..self.targets.len())
             .filter(|&i| {
                 let t = &self.targets[i];

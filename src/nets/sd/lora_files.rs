@@ -1,0 +1,644 @@
+//! LoRA files for the adapters of a [`UNet`](crate::nets::sd::unet::UNet), in the layouts that
+//! diffusers, ComfyUI and A1111 load (SD_NOTES.md, "LoRA"; fixtures in
+//! `tests/fixtures/sd/lora/`).
+//!
+//! **Export** writes one adapter set (dcm names `PATH.lora_A.weight` / `PATH.lora_B.weight`,
+//! one [`LoraConfig`]) as
+//! - [`KOHYA_FILE`], the layout of the published LCM-LoRA: kohya keys with diffusers module
+//!   names, `lora_unet_<PATH with every '.' → '_'>.lora_down.weight` (A), `.lora_up.weight` (B)
+//!   and `.alpha` (a 0-d f32 tensor, f64 where f32 cannot hold alpha exactly), header metadata
+//!   `{"format": "pt"}` only, exactly as the fixture's `lora_kohya.safetensors`. diffusers'
+//!   `load_lora_weights`, ComfyUI and A1111 read the alphas from the keys.
+//! - [`PEFT_FILE`], diffusers' PEFT layout: `unet.PATH.lora_A.weight` / `.lora_B.weight`, rank
+//!   and alpha in the header as diffusers' `save_lora_weights` writes them
+//!   (`lora_adapter_metadata`: JSON with `unet.r`, `unet.lora_alpha` and `unet.target_modules`
+//!   = the module paths; diffusers passes these to peft's `LoraConfig`). Alpha is **not** folded
+//!   into B: the file round-trips exactly through dcm and diffusers (which reads the metadata).
+//!   A loader that ignores the metadata (ComfyUI, diffusers before 0.34) assumes alpha = rank:
+//!   give it the kohya file.
+//!
+//! Conv adapters have A `[r, in, kh, kw]` (the layer's kernel) and B `[out, r, 1, 1]`; SD 1.x's
+//! 1×1 `proj_in/out` have 4-D factors. Tensors keep their dtype. The header lists the tensors
+//! as safetensors orders them and the metadata sorted, so the same adapters give the same bytes;
+//! files are written atomically.
+//!
+//! **Import** ([`import`]) reads the kohya file, the PEFT file, and diffusers' mixed layout
+//! (`PATH.lora.down.weight` / `.lora.up.weight`, written for attention layers by diffusers'
+//! LCM-LoRA script and the paper's code), with or without `unet.` / `base_model.model.`
+//! prefixes, key by key. Decisions:
+//! - Module names are looked up **exactly** in a table of every linear and conv layer of the
+//!   UNet configuration ([`UNetConfig::adaptable_layers`]), kohya names by their flattening; a
+//!   key that names no module, or is no LoRA factor or alpha, is an error naming it.
+//! - Text-encoder keys (`lora_te…`, `text_encoder…`) are an error: dcm applies LoRA to the
+//!   UNet only, and dropping part of a file would silently give another model than its author's.
+//! - Alpha of a module: its own `.alpha` key (kohya; any layout), else PEFT metadata
+//!   (`unet.alpha_pattern` entries matching the module path exactly or as a dot-boundary
+//!   suffix, else `unet.lora_alpha`), else the rank (what loaders assume without either).
+//!   The file's alpha is the most common one; a module with another alpha gets the ratio
+//!   folded into its B (same update up to one rounding per element) and is listed in
+//!   [`LoraFile::rescaled`].
+//! - One rank for all modules (dcm's adapters share one [`LoraConfig`]): mixed ranks are an
+//!   error naming two modules. `use_dora` / `use_rslora` in the metadata are errors.
+//! - Factors are f16/bf16/f32/f64, finite, and fit their layer's weight exactly (no reshaping
+//!   between 2-D and 1×1 4-D factors); a factor without its partner is an error naming it.
+
+use crate::nets::layers::Params;
+use crate::nets::lora::{adapter_names, LoraConfig};
+use crate::nets::sd::unet::UNetLora;
+use crate::nets::sd::unet_config::UNetConfig;
+use crate::runtime::files::write_atomic;
+use crate::runtime::finite::ensure_finite;
+use anyhow::{anyhow, bail, ensure, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::Path;
+
+/// The kohya-layout file's name in an output folder.
+pub const KOHYA_FILE: &str = "lora.safetensors";
+/// The PEFT-layout file's name in an output folder (diffusers' default LoRA weight name).
+pub const PEFT_FILE: &str = "pytorch_lora_weights.safetensors";
+
+const KOHYA_PREFIX: &str = "lora_unet_";
+const METADATA_KEY: &str = "lora_adapter_metadata";
+
+/// How a file names its tensors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LoraLayout {
+    /// `lora_unet_….lora_down.weight` / `.lora_up.weight` / `.alpha`.
+    Kohya,
+    /// `….lora_A.weight` / `.lora_B.weight`.
+    Peft,
+    /// Some modules as `….lora.down.weight` / `.lora.up.weight` (diffusers' mixed layout).
+    Mixed,
+}
+
+/// A UNet LoRA read from a file, in dcm's naming.
+#[derive(Clone, Debug)]
+pub struct LoraFile {
+    pub layout: LoraLayout,
+    /// The rank of every module and the file's (most common) alpha.
+    pub cfg: LoraConfig,
+    /// The adapted modules' paths, sorted.
+    pub targets: Vec<String>,
+    /// `PATH.lora_A.weight` / `PATH.lora_B.weight` for every target, in the file's dtype.
+    pub params: Params,
+    /// Modules whose own alpha differed from `cfg.alpha` and was folded into their B.
+    pub rescaled: Vec<String>,
+}
+
+impl LoraFile {
+    /// The adapters to build the UNet with (`UNet::new(cfg, &base + params, Some(&lora))`).
+    pub fn unet_lora(&self) -> UNetLora {
+        UNetLora {
+            cfg: self.cfg,
+            targets: self.targets.clone(),
+        }
+    }
+}
+
+/// Reads a LoRA file for the UNet of `unet_cfg` (any of the three layouts; see the module
+/// documentation). Errors name the file and the key.
+pub fn import(path: &Path, unet_cfg: &UNetConfig) -> Result<LoraFile> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: cannot read LoRA file ({e})", path.display()))?;
+    parse(&bytes, unet_cfg).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes [`KOHYA_FILE`] and [`PEFT_FILE`] into `dir` (which must exist).
+pub fn export(dir: &Path, unet_cfg: &UNetConfig, adapters: &Params, cfg: LoraConfig) -> Result<()> {
+    export_kohya(&dir.join(KOHYA_FILE), unet_cfg, adapters, cfg)?;
+    export_peft(&dir.join(PEFT_FILE), unet_cfg, adapters, cfg)
+}
+
+/// Writes `adapters` (dcm names, rank `cfg.rank`, every module one of the UNet's) in kohya
+/// layout with diffusers module names and a per-module alpha.
+pub fn export_kohya(path: &Path, unet_cfg: &UNetConfig, adapters: &Params, cfg: LoraConfig) -> Result<()> {
+    let at = |e: anyhow::Error| anyhow!("{}: {e}", path.display());
+    let modules = checked_adapters(unet_cfg, adapters, cfg).map_err(at)?;
+    let mut tensors = Vec::new();
+    for (module, a, b) in modules {
+        let key = format!("{KOHYA_PREFIX}{}", kohya_name(&module));
+        tensors.push((format!("{key}.lora_down.weight"), a));
+        tensors.push((format!("{key}.lora_up.weight"), b));
+        tensors.push((format!("{key}.alpha"), alpha_tensor(cfg.alpha).map_err(at)?));
+    }
+    let bytes = safetensors_bytes(tensors, &BTreeMap::from([("format", "pt".to_string())])).map_err(at)?;
+    write_atomic(path, &bytes)
+}
+
+/// Writes `adapters` in diffusers' PEFT layout with rank and alpha in the header metadata.
+pub fn export_peft(path: &Path, unet_cfg: &UNetConfig, adapters: &Params, cfg: LoraConfig) -> Result<()> {
+    let at = |e: anyhow::Error| anyhow!("{}: {e}", path.display());
+    let modules = checked_adapters(unet_cfg, adapters, cfg).map_err(at)?;
+    let targets: Vec<&str> = modules.iter().map(|(m, _, _)| m.as_str()).collect();
+    let meta = serde_json::json!({
+        "unet.lora_alpha": alpha_json(cfg.alpha),
+        "unet.r": cfg.rank,
+        "unet.target_modules": targets,
+    });
+    let meta = BTreeMap::from([
+        ("format", "pt".to_string()),
+        (METADATA_KEY, serde_json::to_string_pretty(&meta)?),
+    ]);
+    let mut tensors = Vec::new();
+    for (module, a, b) in modules {
+        tensors.push((format!("unet.{module}.lora_A.weight"), a));
+        tensors.push((format!("unet.{module}.lora_B.weight"), b));
+    }
+    write_atomic(path, &safetensors_bytes(tensors, &meta).map_err(at)?)
+}
+
+/// The UNet's adaptable layers: base weight shape by module path, module paths by kohya name.
+struct Modules {
+    shapes: BTreeMap<String, Vec<usize>>,
+    kohya: BTreeMap<String, Vec<String>>,
+}
+
+impl Modules {
+    fn new(cfg: &UNetConfig) -> Result<Self> {
+        let layers = cfg.adaptable_layers()?;
+        let mut kohya: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (path, _) in &layers {
+            kohya.entry(kohya_name(path)).or_default().push(path.clone());
+        }
+        Ok(Self {
+            shapes: layers.into_iter().collect(),
+            kohya,
+        })
+    }
+
+    /// The module `path` of `key`, exactly as the UNet names it.
+    fn by_path(&self, path: &str, key: &str) -> Result<String> {
+        ensure!(
+            self.shapes.contains_key(path),
+            "key '{key}' matches no module of the UNet (no layer '{path}')"
+        );
+        Ok(path.to_string())
+    }
+
+    /// The module whose kohya name is `flat` (`key` names it).
+    fn by_kohya(&self, flat: &str, key: &str) -> Result<String> {
+        match self.kohya.get(flat).map(Vec::as_slice) {
+            Some([path]) => Ok(path.clone()),
+            Some(paths) => bail!("key '{key}' is ambiguous: it could be any of {}", paths.join(", ")),
+            None => bail!("key '{key}' matches no module of the UNet (no layer named '{flat}' with '.' → '_')"),
+        }
+    }
+}
+
+/// Kohya's flattening of a module path: every `.` → `_`.
+fn kohya_name(path: &str) -> String {
+    path.replace('.', "_")
+}
+
+/// Which tensor of a module's adapter a key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// A (`lora_down`, `lora_A`).
+    Down,
+    /// B (`lora_up`, `lora_B`).
+    Up,
+    Alpha,
+}
+
+/// Key suffixes of the kohya layout (after the flattened module name).
+const KOHYA_PARTS: [(&str, Part); 3] = [
+    ("lora_down.weight", Part::Down),
+    ("lora_up.weight", Part::Up),
+    ("alpha", Part::Alpha),
+];
+
+/// Key suffixes after a module path: PEFT's, then the mixed layout's (`true`).
+const PATH_PARTS: [(&str, Part, bool); 5] = [
+    (".lora_A.weight", Part::Down, false),
+    (".lora_B.weight", Part::Up, false),
+    (".lora.down.weight", Part::Down, true),
+    (".lora.up.weight", Part::Up, true),
+    (".alpha", Part::Alpha, false),
+];
+
+/// One parsed key: module path, part, and the layout its spelling belongs to.
+struct Key {
+    module: String,
+    part: Part,
+    layout: LoraLayout,
+}
+
+fn parse_key(key: &str, modules: &Modules) -> Result<Key> {
+    if let Some(rest) = key.strip_prefix(KOHYA_PREFIX) {
+        let (flat, suffix) = rest.split_once('.').unwrap_or((rest, ""));
+        if let Some(&(_, part)) = KOHYA_PARTS.iter().find(|(s, _)| *s == suffix) {
+            let module = modules.by_kohya(flat, key)?;
+            return Ok(Key {
+                module,
+                part,
+                layout: LoraLayout::Kohya,
+            });
+        }
+    }
+    ensure!(
+        !key.starts_with("lora_te") && !key.starts_with("text_encoder"),
+        "key '{key}' adapts a text encoder: only UNet LoRAs are supported"
+    );
+    let name = key.strip_prefix("unet.").unwrap_or(key);
+    let name = name.strip_prefix("base_model.model.").unwrap_or(name);
+    for (suffix, part, mixed) in PATH_PARTS {
+        if let Some(path) = name.strip_suffix(suffix) {
+            let layout = if mixed { LoraLayout::Mixed } else { LoraLayout::Peft };
+            let module = modules.by_path(path, key)?;
+            return Ok(Key { module, part, layout });
+        }
+    }
+    bail!(
+        "key '{key}' is not a LoRA factor or alpha of a UNet module (lora_unet_NAME.lora_down.weight / \
+         .lora_up.weight / .alpha, or PATH.lora_A.weight / .lora_B.weight / .lora.down.weight / .lora.up.weight)"
+    )
+}
+
+/// The tensors a file gives for one module, each with its key.
+#[derive(Default)]
+struct Found {
+    down: Option<(String, Tensor)>,
+    up: Option<(String, Tensor)>,
+    alpha: Option<(String, Tensor)>,
+}
+
+impl Found {
+    fn set(&mut self, part: Part, key: &str, t: Tensor) -> Result<()> {
+        let slot = match part {
+            Part::Down => &mut self.down,
+            Part::Up => &mut self.up,
+            Part::Alpha => &mut self.alpha,
+        };
+        if let Some((other, _)) = slot {
+            bail!("keys '{other}' and '{key}' are the same tensor of one module");
+        }
+        *slot = Some((key.to_string(), t));
+        Ok(())
+    }
+}
+
+/// The partner key a factor key needs: the same spelling with down ↔ up.
+fn partner(key: &str) -> String {
+    const PAIRS: [(&str, &str); 3] = [
+        (".lora_down.weight", ".lora_up.weight"),
+        (".lora_A.weight", ".lora_B.weight"),
+        (".lora.down.weight", ".lora.up.weight"),
+    ];
+    for (down, up) in PAIRS {
+        if let Some(stem) = key.strip_suffix(down) {
+            return format!("{stem}{up}");
+        }
+        if let Some(stem) = key.strip_suffix(up) {
+            return format!("{stem}{down}");
+        }
+    }
+    format!("the partner of '{key}'")
+}
+
+/// A module's adapter after checking: A, B, and its own alpha if the file has one.
+struct Checked {
+    a: Tensor,
+    b: Tensor,
+    alpha: Option<f64>,
+}
+
+impl Checked {
+    fn rank(&self) -> usize {
+        self.a.dims()[0]
+    }
+}
+
+/// Checks one module's tensors against its layer's weight shape `base`.
+fn check_module(module: &str, base: &[usize], found: Found) -> Result<Checked> {
+    let (down, up) = match (found.down, found.up) {
+        (Some(d), Some(u)) => (d, u),
+        (Some((k, _)), None) | (None, Some((k, _))) => bail!("key '{k}' has no partner '{}'", partner(&k)),
+        (None, None) => {
+            let key = found.alpha.map(|(k, _)| k).unwrap_or_default();
+            bail!("key '{key}' is the alpha of module '{module}', which has no lora_down/lora_up (A/B) factors")
+        }
+    };
+    let rank = down.1.dims().first().copied().unwrap_or(0);
+    ensure!(rank >= 1, "key '{}' has shape {:?}: no rank", down.0, down.1.dims());
+    let a_shape: Vec<usize> = std::iter::once(rank).chain(base[1..].iter().copied()).collect();
+    let b_shape: Vec<usize> = [base[0], rank].into_iter().chain(base[2..].iter().map(|_| 1)).collect();
+    check_factor(&down, &a_shape, module, base)?;
+    check_factor(&up, &b_shape, module, base)?;
+    let alpha = found.alpha.map(|(k, t)| alpha_value(&k, &t)).transpose()?;
+    Ok(Checked {
+        a: down.1,
+        b: up.1,
+        alpha,
+    })
+}
+
+fn check_factor((key, t): &(String, Tensor), want: &[usize], module: &str, base: &[usize]) -> Result<()> {
+    ensure!(
+        matches!(t.dtype(), DType::F16 | DType::BF16 | DType::F32 | DType::F64),
+        "key '{key}' has dtype {:?}; LoRA factors must be f16, bf16, f32 or f64",
+        t.dtype()
+    );
+    ensure!(
+        t.dims() == want,
+        "key '{key}' has shape {:?}, expected {want:?} for module '{module}' (weight {base:?})",
+        t.dims()
+    );
+    ensure_finite(t, &format!("key '{key}'"))
+}
+
+fn alpha_value(key: &str, t: &Tensor) -> Result<f64> {
+    ensure!(
+        t.elem_count() == 1 && t.rank() <= 1,
+        "key '{key}' has shape {:?}; an alpha is one number",
+        t.dims()
+    );
+    let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?[0];
+    ensure!(
+        v.is_finite() && v > 0.0,
+        "key '{key}': alpha {v} must be finite and positive"
+    );
+    Ok(v)
+}
+
+/// What the PEFT metadata (`lora_adapter_metadata`, keys `unet.…`) says about alpha and rank.
+#[derive(Default)]
+struct PeftMeta {
+    alpha: Option<f64>,
+    rank: Option<usize>,
+    has_rank_pattern: bool,
+    alpha_pattern: Vec<(String, f64)>,
+}
+
+/// An error about the header metadata.
+fn meta_err(what: &str) -> anyhow::Error {
+    anyhow!("header metadata '{METADATA_KEY}': {what}")
+}
+
+/// `unet.KEY` of the metadata JSON, unless absent or null.
+fn unet_entry<'a>(obj: &'a serde_json::Map<String, serde_json::Value>, key: &str) -> Option<&'a serde_json::Value> {
+    obj.get(&format!("unet.{key}")).filter(|v| !v.is_null())
+}
+
+fn meta_number(key: &str, v: &serde_json::Value) -> Result<f64> {
+    v.as_f64().ok_or_else(|| meta_err(&format!("'{key}' is not a number")))
+}
+
+/// Whether `unet.KEY` holds something other than an empty object.
+fn meta_is_set(obj: &serde_json::Map<String, serde_json::Value>, key: &str) -> bool {
+    unet_entry(obj, key).is_some_and(|v| v.as_object().is_none_or(|o| !o.is_empty()))
+}
+
+/// `unet.alpha_pattern`: module path (or dot-boundary suffix) → alpha; regular expressions
+/// beyond a literal path are refused.
+fn alpha_pattern(obj: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<(String, f64)>> {
+    if !meta_is_set(obj, "alpha_pattern") {
+        return Ok(Vec::new());
+    }
+    let patterns = unet_entry(obj, "alpha_pattern").and_then(|v| v.as_object());
+    let patterns = patterns.ok_or_else(|| meta_err("'unet.alpha_pattern' is not an object"))?;
+    let mut out = Vec::new();
+    for (k, v) in patterns {
+        if k.contains(['*', '+', '?', '(', ')', '[', ']', '{', '}', '|', '^', '$', '\\']) {
+            return Err(meta_err(&format!(
+                "'unet.alpha_pattern' key '{k}' is a regular expression; only module paths are supported"
+            )));
+        }
+        out.push((k.clone(), meta_number(&format!("unet.alpha_pattern.{k}"), v)?));
+    }
+    Ok(out)
+}
+
+impl PeftMeta {
+    fn read(metadata: &Option<HashMap<String, String>>) -> Result<Self> {
+        let Some(text) = metadata.as_ref().and_then(|m| m.get(METADATA_KEY)) else {
+            return Ok(Self::default());
+        };
+        let json: serde_json::Value = serde_json::from_str(text).map_err(|e| meta_err(&format!("not JSON ({e})")))?;
+        let obj = json.as_object().ok_or_else(|| meta_err("not a JSON object"))?;
+        for flag in ["use_dora", "use_rslora"] {
+            if unet_entry(obj, flag).is_some_and(|v| v != &serde_json::Value::Bool(false)) {
+                let what = format!("'unet.{flag}' is set; only plain LoRA (scale alpha/rank) is supported");
+                return Err(meta_err(&what));
+            }
+        }
+        let alpha = unet_entry(obj, "lora_alpha")
+            .map(|v| meta_number("unet.lora_alpha", v))
+            .transpose()?;
+        let rank = unet_entry(obj, "r")
+            .map(|v| v.as_u64().ok_or_else(|| meta_err("'unet.r' is not a whole number")))
+            .transpose()?;
+        Ok(Self {
+            alpha,
+            rank: rank.map(|r| r as usize),
+            has_rank_pattern: meta_is_set(obj, "rank_pattern"),
+            alpha_pattern: alpha_pattern(obj)?,
+        })
+    }
+
+    /// The alpha the metadata gives `module`: an `alpha_pattern` entry naming it (exactly or
+    /// as a dot-boundary suffix), else `lora_alpha`.
+    fn alpha_for(&self, module: &str) -> Result<Option<f64>> {
+        let hits: Vec<&(String, f64)> = (self.alpha_pattern.iter())
+            .filter(|(k, _)| module == k || module.strip_suffix(k.as_str()).is_some_and(|h| h.ends_with('.')))
+            .collect();
+        match hits.as_slice() {
+            [] => Ok(self.alpha),
+            [(_, a)] => Ok(Some(*a)),
+            _ => bail!("header metadata '{METADATA_KEY}': several 'unet.alpha_pattern' keys match module '{module}'"),
+        }
+    }
+
+    fn check_rank(&self, rank: usize) -> Result<()> {
+        if let (Some(r), false) = (self.rank, self.has_rank_pattern) {
+            ensure!(
+                r == rank,
+                "header metadata '{METADATA_KEY}' has 'unet.r' {r}, but the factors have rank {rank}"
+            );
+        }
+        Ok(())
+    }
+}
+
+fn parse(bytes: &[u8], unet_cfg: &UNetConfig) -> Result<LoraFile> {
+    let not_safetensors = |e: &dyn std::fmt::Display| anyhow!("not a safetensors file ({e})");
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| not_safetensors(&e))?;
+    let meta = PeftMeta::read(header.metadata())?;
+    let tensors: BTreeMap<String, Tensor> = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+        .map_err(|e| not_safetensors(&e))?
+        .into_iter()
+        .collect();
+    let modules = Modules::new(unet_cfg)?;
+    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    let mut layouts = BTreeSet::new();
+    for (key, t) in tensors {
+        let k = parse_key(&key, &modules)?;
+        layouts.insert(k.layout);
+        found.entry(k.module).or_default().set(k.part, &key, t)?;
+    }
+    ensure!(!found.is_empty(), "no LoRA tensors");
+    let layout = match layouts.into_iter().collect::<Vec<_>>().as_slice() {
+        [one] => *one,
+        _ => LoraLayout::Mixed,
+    };
+    let mut checked = BTreeMap::new();
+    for (module, f) in found {
+        let c = check_module(&module, &modules.shapes[&module], f)?;
+        checked.insert(module, c);
+    }
+    assemble(checked, &meta, layout)
+}
+
+/// One rank for all modules, or an error naming two that differ.
+fn common_rank(checked: &BTreeMap<String, Checked>) -> Result<usize> {
+    let mut it = checked.iter();
+    let (first, c0) = it.next().ok_or_else(|| anyhow!("no LoRA tensors"))?;
+    if let Some((other, c)) = it.find(|(_, c)| c.rank() != c0.rank()) {
+        bail!(
+            "modules have different ranks ('{first}' {}, '{other}' {}); dcm's UNet adapters share one rank",
+            c0.rank(),
+            c.rank()
+        );
+    }
+    Ok(c0.rank())
+}
+
+/// The value occurring most often (ties: the smallest).
+fn most_common(values: impl Iterator<Item = f64>) -> Option<f64> {
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for v in values {
+        *counts.entry(v.to_bits()).or_default() += 1;
+    }
+    let best = counts.values().copied().max()?;
+    counts
+        .into_iter()
+        .find(|&(_, n)| n == best)
+        .map(|(bits, _)| f64::from_bits(bits))
+}
+
+/// The [`LoraFile`] of checked modules: one rank, the most common alpha, other alphas folded
+/// into B.
+fn assemble(checked: BTreeMap<String, Checked>, meta: &PeftMeta, layout: LoraLayout) -> Result<LoraFile> {
+    let rank = common_rank(&checked)?;
+    meta.check_rank(rank)?;
+    let mut alphas = BTreeMap::new();
+    for (module, c) in &checked {
+        let alpha = match c.alpha {
+            Some(a) => a,
+            None => meta.alpha_for(module)?.unwrap_or(rank as f64),
+        };
+        alphas.insert(module.clone(), alpha);
+    }
+    let alpha = most_common(alphas.values().copied()).ok_or_else(|| anyhow!("no LoRA tensors"))?;
+    let cfg = LoraConfig { rank, alpha };
+    cfg.validate()?;
+    let (mut params, mut rescaled) = (Params::new(), Vec::new());
+    for (module, c) in checked {
+        let own = alphas[&module];
+        let b = match own == alpha {
+            true => c.b,
+            false => {
+                rescaled.push(module.clone());
+                (c.b.to_dtype(DType::F64)? * (own / alpha))?.to_dtype(c.b.dtype())?
+            }
+        };
+        let (a_name, b_name) = adapter_names(&module);
+        params.insert(a_name, c.a);
+        params.insert(b_name, b);
+    }
+    let targets = params
+        .keys()
+        .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
+        .collect();
+    Ok(LoraFile {
+        layout,
+        cfg,
+        targets,
+        params,
+        rescaled,
+    })
+}
+
+/// dcm's adapters checked as an import would check them, rank `cfg.rank`: (module, A, B) on
+/// the CPU, sorted by module; every kohya name is unambiguous.
+fn checked_adapters(
+    unet_cfg: &UNetConfig,
+    adapters: &Params,
+    cfg: LoraConfig,
+) -> Result<Vec<(String, Tensor, Tensor)>> {
+    cfg.validate()?;
+    let modules = Modules::new(unet_cfg)?;
+    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    for (key, t) in adapters {
+        let (path, part) = match (key.strip_suffix(".lora_A.weight"), key.strip_suffix(".lora_B.weight")) {
+            (Some(p), _) => (p, Part::Down),
+            (_, Some(p)) => (p, Part::Up),
+            _ => bail!("tensor '{key}' is not a LoRA factor (PATH.lora_A.weight / PATH.lora_B.weight)"),
+        };
+        let module = modules.by_path(path, key)?;
+        modules.by_kohya(&kohya_name(&module), key)?;
+        found
+            .entry(module)
+            .or_default()
+            .set(part, key, t.to_device(&Device::Cpu)?)?;
+    }
+    ensure!(!found.is_empty(), "no LoRA adapters to write");
+    let mut out = Vec::new();
+    for (module, f) in found {
+        let c = check_module(&module, &modules.shapes[&module], f)?;
+        ensure!(
+            c.rank() == cfg.rank,
+            "adapter of '{module}' has rank {}, but the LoRA configuration says {}",
+            c.rank(),
+            cfg.rank
+        );
+        out.push((module, c.a, c.b));
+    }
+    Ok(out)
+}
+
+/// Kohya's 0-d alpha: f32 as in the LCM-LoRA file, f64 where f32 would change it.
+fn alpha_tensor(alpha: f64) -> Result<Tensor> {
+    let t = match (alpha as f32) as f64 == alpha {
+        true => Tensor::new(alpha as f32, &Device::Cpu)?,
+        false => Tensor::new(alpha, &Device::Cpu)?,
+    };
+    Ok(t)
+}
+
+/// Alpha as diffusers' metadata writes it: an integer when it is one.
+fn alpha_json(alpha: f64) -> serde_json::Value {
+    match alpha.fract() == 0.0 && alpha.abs() < 9.0e15 {
+        true => serde_json::json!(alpha as i64),
+        false => serde_json::json!(alpha),
+    }
+}
+
+/// A safetensors file as the safetensors library lays it out (tensors by descending dtype,
+/// then name; header padded with spaces to 8 bytes), with the metadata keys sorted.
+fn safetensors_bytes(mut tensors: Vec<(String, Tensor)>, metadata: &BTreeMap<&str, String>) -> Result<Vec<u8>> {
+    use safetensors::View;
+    tensors.sort_by(|(ln, l), (rn, r)| View::dtype(r).cmp(&View::dtype(l)).then(ln.cmp(rn)));
+    let mut header = format!("{{\"__metadata__\":{}", serde_json::to_string(metadata)?);
+    let mut offset = 0;
+    for (name, t) in &tensors {
+        let end = offset + View::data_len(t);
+        header += &format!(
+            ",{}:{{\"dtype\":{},\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
+            serde_json::to_string(name)?,
+            serde_json::to_string(&View::dtype(t))?,
+            serde_json::to_string(t.dims())?
+        );
+        offset = end;
+    }
+    header.push('}');
+    while !header.len().is_multiple_of(8) {
+        header.push(' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
+    bytes.extend((header.len() as u64).to_le_bytes());
+    bytes.extend(header.as_bytes());
+    for (_, t) in &tensors {
+        bytes.extend(View::data(t).as_ref());
+    }
+    Ok(bytes)
+}
