@@ -1,7 +1,7 @@
 //! `dcm sample`: the teacher's ODE solve, or a student's few-step sampler, from given noise.
 
 use super::args::{refuse, OdeArgs, RuntimeArgs};
-use crate::consistency::sampler::multistep_sample;
+use crate::consistency::sampler::{multistep_sample, multistep_sample_with, picked_timesteps, Picking};
 use crate::data::npy;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
@@ -12,16 +12,17 @@ use crate::diffusion::solver::solve;
 use crate::models::sd::images::write_pngs;
 use crate::models::sd::prompts;
 use crate::models::sd::text::NullText;
+use crate::models::sd::SdTeacher;
 use crate::models::student::Student;
 use crate::models::teacher::Teacher;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::{check_output_dir, check_output_file};
 use crate::runtime::memory::{ensure_fits, f32_bytes};
-use crate::runtime::noise::seeded;
+use crate::runtime::noise::{seeded, standard_normal};
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::Tensor;
+use candle_core::{Shape, Tensor};
 use clap::Args;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -50,6 +51,11 @@ pub struct SampleArgs {
     /// empty (the empty prompt's encoding, for SDXL too).
     #[arg(long, value_name = "zeros|empty")]
     pub uncond: Option<String>,
+    /// A LoRA student of the sd:DIR teacher (kohya, PEFT or diffusers' mixed layout, e.g. an
+    /// LCM-LoRA): run the few-step sampler of the UNet with the LoRA on, without guidance, at
+    /// diffusers' LCMScheduler timesteps (N = --intervals, its original_inference_steps).
+    #[arg(long, value_name = "FILE", conflicts_with = "student")]
+    pub lora: Option<PathBuf>,
     /// Student sampling steps K (1 ≤ K ≤ the student's N) [default: 1].
     #[arg(long)]
     pub steps: Option<usize>,
@@ -93,7 +99,18 @@ pub fn command(a: SampleArgs) -> Result<()> {
         &format!("--noise {}", a.noise.display()),
     )?;
     let noise = noise.to_device(&rt.device)?;
-    let (out, teacher_spec, teacher) = if let Some(dir) = &a.student {
+    let (out, teacher_spec, teacher) = if let Some(lora) = &a.lora {
+        let spec = a.teacher.clone().context("--lora needs --teacher sd:DIR")?;
+        let teacher = lora_student(&spec, lora, &rt)?;
+        let cond = condition(&a, Some(&teacher), &noise, &rt)?;
+        check_class(a.class, teacher.num_classes())?;
+        let grid = Discretization::new(a.ode.intervals()).context("--intervals")?;
+        let ts = picked_timesteps(grid, a.steps.unwrap_or(1), Picking::Floor)?;
+        let (mut rng, device) = (seeded(a.seed.unwrap_or(0)), noise.device().clone());
+        let mut draw = |shape: &Shape| standard_normal(&mut rng, shape.clone(), &device);
+        let out = multistep_sample_with(&teacher, &noise, &ts, &cond, &mut draw, &mut |_| ())?;
+        (out, spec, Some(teacher))
+    } else if let Some(dir) = &a.student {
         let labels = condition(&a, None, &noise, &rt)?;
         let student = Student::load(dir, &rt)?;
         check_class(a.class, student.net.num_classes())?;
@@ -131,6 +148,19 @@ pub fn command(a: SampleArgs) -> Result<()> {
     }
 }
 
+/// The sd:DIR teacher of `spec` with the LoRA file's adapters on its UNet.
+fn lora_student(spec: &str, lora: &Path, rt: &Runtime) -> Result<Teacher> {
+    let Some(dir) = spec.strip_prefix("sd:") else {
+        bail!(
+            "--lora {}: a LoRA student needs an sd:DIR teacher, not '{spec}'",
+            lora.display()
+        );
+    };
+    let sd =
+        SdTeacher::load_with_lora(Path::new(dir), rt, Some(lora)).with_context(|| format!("--teacher '{spec}'"))?;
+    Ok(Teacher::Sd(Box::new(sd)))
+}
+
 /// The condition of every noise row: the prompts of a text-conditioned teacher, else `--class`.
 fn condition(a: &SampleArgs, teacher: Option<&Teacher>, noise: &Tensor, rt: &Runtime) -> Result<Condition> {
     let rows = noise.dim(0)?;
@@ -146,8 +176,9 @@ fn condition(a: &SampleArgs, teacher: Option<&Teacher>, noise: &Tensor, rt: &Run
     Ok(Condition::repeat(a.class, rows))
 }
 
-/// A student samples with its own N, solver and guidance (fixed when it was distilled); a
-/// teacher has no few-step sampler, so student-only flags mean nothing for it.
+/// A student samples with its own N, solver and guidance (fixed when it was distilled); a LoRA
+/// student takes N from --intervals and no solver or guidance; a teacher has no few-step
+/// sampler, so student-only flags mean nothing for it.
 fn refuse_other_modes_flags(a: &SampleArgs) -> Result<()> {
     if a.student.is_some() {
         return refuse(
@@ -155,11 +186,18 @@ fn refuse_other_modes_flags(a: &SampleArgs) -> Result<()> {
             "cannot be set for a student: it samples with the ODE settings it was distilled with",
         );
     }
+    if a.lora.is_some() {
+        let fixed: Vec<&str> = a.ode.given().into_iter().filter(|f| *f != "--intervals").collect();
+        return refuse(
+            &fixed,
+            "cannot be set for a LoRA student: it samples with the consistency sampler, without guidance",
+        );
+    }
     let student_only = [("--steps", a.steps.is_some()), ("--seed", a.seed.is_some())];
     let given: Vec<&str> = student_only.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
     refuse(
         &given,
-        "applies to a student's few-step sampler; a teacher solves with --intervals",
+        "applies to a student's few-step sampler (--student DIR, or --lora FILE with an sd:DIR teacher); a teacher solves with --intervals",
     )
 }
 

@@ -8,6 +8,7 @@ use super::scheduler::SchedulerConfig;
 use super::text::{PromptEncoder, TextEncoder};
 use super::weights::{load, weights_file};
 use crate::nets::sd::clip_text::{ClipTextConfig, ClipTextModel};
+use crate::nets::sd::lora_files::import;
 use crate::nets::sd::tokenizer::ClipTokenizer;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::unet_config::UNetConfig;
@@ -105,10 +106,23 @@ impl Pipeline {
 
     /// The UNet, in the runtime's precision.
     pub fn unet(&self, rt: &Runtime) -> Result<UNet> {
+        self.unet_with_lora(rt, None)
+    }
+
+    /// The UNet with a LoRA file's adapters attached (on), or without with `None`; the LoRA
+    /// computes in the runtime's precision too.
+    pub fn unet_with_lora(&self, rt: &Runtime, lora: Option<&Path>) -> Result<UNet> {
         let cfg = self.unet_config()?;
         let path = weights_file(&self.component("unet"), "diffusion_pytorch_model")?;
-        let params = load(&path, &rt.device, rt.dtype)?;
-        UNet::new(cfg, &params, None).map_err(|e| anyhow!("{}: {e}", path.display()))
+        let mut params = load(&path, &rt.device, rt.dtype)?;
+        let Some(file) = lora else {
+            return UNet::new(cfg, &params, None).map_err(|e| anyhow!("{}: {e}", path.display()));
+        };
+        let lora = import(file, &cfg)?;
+        for (name, t) in &lora.params {
+            params.insert(name.clone(), t.to_device(&rt.device)?.to_dtype(rt.dtype)?);
+        }
+        UNet::new(cfg, &params, Some(&lora.unet_lora())).map_err(|e| anyhow!("--lora {}: {e}", file.display()))
     }
 
     pub fn vae_config(&self) -> Result<VaeConfig> {

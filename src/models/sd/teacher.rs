@@ -30,6 +30,11 @@ impl SdTeacher {
     /// Opens the folder and loads the UNet on `rt` (its precision); the scheduler, UNet and VAE
     /// configs are checked against each other.
     pub fn load(dir: &std::path::Path, rt: &Runtime) -> Result<Self> {
+        Self::load_with_lora(dir, rt, None)
+    }
+
+    /// As `load`, with a LoRA file's adapters on the UNet (a LoRA student, e.g. LCM-LoRA).
+    pub fn load_with_lora(dir: &std::path::Path, rt: &Runtime, lora: Option<&std::path::Path>) -> Result<Self> {
         ensure!(
             !(rt.device.is_cpu() && rt.dtype == DType::BF16),
             "--dtype bf16: candle's CPU convolutions have no bf16 kernel; use f32 or f16 on the CPU (bf16 on CUDA)"
@@ -47,7 +52,7 @@ impl SdTeacher {
             vae.latent_channels
         );
         Ok(Self {
-            unet: pipeline.unet(rt)?,
+            unet: pipeline.unet_with_lora(rt, lora)?,
             schedule: scheduler.schedule,
             prediction: scheduler.prediction,
             vae,
