@@ -6,6 +6,8 @@
 //! `last = LN_final(h)`; `pooled` = `last` at the eos position, `text_embeds = pooled Wₚᵀ`.
 //! The encoder computes in its weights' dtype; softmax, LayerNorm and the activation run in
 //! f32 and round back once (as torch does for half precision), so f16/bf16 loads work.
+//! `Norm`, `EncoderLayer` and `Weights` are shared (`pub(super)`) with the vision tower
+//! (`clip_vision.rs`), which runs the same layers without a mask.
 //!
 //! Files: `config.json` and safetensors keys with or without the `text_model.` prefix
 //! (transformers 5 writes `CLIPTextModel` without it, `CLIPTextModelWithProjection` and
@@ -84,8 +86,14 @@ impl ClipTextConfig {
         Ok(())
     }
 
-    fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+    fn layer_dims(&self) -> LayerDims {
+        LayerDims {
+            hidden: self.hidden_size,
+            intermediate: self.intermediate_size,
+            heads: self.num_attention_heads,
+            eps: self.layer_norm_eps,
+            act: self.hidden_act,
+        }
     }
 }
 
@@ -111,14 +119,14 @@ impl ClipTextOutput {
 }
 
 /// LayerNorm over the last dim, computed in f32: `(x − μ)/√(σ² + ε)·w + b` (two-pass variance).
-struct Norm {
+pub(super) struct Norm {
     weight: Tensor,
     bias: Tensor,
     eps: f64,
 }
 
 impl Norm {
-    fn load(w: &mut Weights, name: &str, dim: usize, eps: f64) -> Result<Self> {
+    pub(super) fn load(w: &mut Weights, name: &str, dim: usize, eps: f64) -> Result<Self> {
         Ok(Self {
             weight: w.take(&format!("{name}.weight"), &[dim])?.to_dtype(DType::F32)?,
             bias: w.take(&format!("{name}.bias"), &[dim])?.to_dtype(DType::F32)?,
@@ -126,7 +134,7 @@ impl Norm {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x32 = x.to_dtype(DType::F32)?;
         let centered = x32.broadcast_sub(&x32.mean_keepdim(D::Minus1)?)?;
         let std = (centered.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?.sqrt()?;
@@ -149,15 +157,15 @@ struct Attention {
 }
 
 impl Attention {
-    fn load(w: &mut Weights, name: &str, cfg: &ClipTextConfig) -> Result<Self> {
-        let d = cfg.hidden_size;
+    fn load(w: &mut Weights, name: &str, dims: &LayerDims) -> Result<Self> {
+        let d = dims.hidden;
         Ok(Self {
             q: w.linear(&format!("{name}.q_proj"), d, d)?,
             k: w.linear(&format!("{name}.k_proj"), d, d)?,
             v: w.linear(&format!("{name}.v_proj"), d, d)?,
             out: w.linear(&format!("{name}.out_proj"), d, d)?,
-            heads: cfg.num_attention_heads,
-            head_dim: cfg.head_dim(),
+            heads: dims.heads,
+            head_dim: dims.hidden / dims.heads,
         })
     }
 
@@ -182,8 +190,17 @@ impl Attention {
     }
 }
 
-/// One pre-LN encoder layer.
-struct EncoderLayer {
+/// The sizes of one encoder layer (the text and vision towers share the layer).
+pub(super) struct LayerDims {
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub heads: usize,
+    pub eps: f64,
+    pub act: Activation,
+}
+
+/// One pre-LN encoder layer (CLIP's text and vision towers; the text tower passes a causal mask).
+pub(super) struct EncoderLayer {
     norm1: Norm,
     attn: Attention,
     norm2: Norm,
@@ -193,19 +210,20 @@ struct EncoderLayer {
 }
 
 impl EncoderLayer {
-    fn load(w: &mut Weights, name: &str, cfg: &ClipTextConfig) -> Result<Self> {
-        let (d, m, eps) = (cfg.hidden_size, cfg.intermediate_size, cfg.layer_norm_eps);
+    pub(super) fn load(w: &mut Weights, name: &str, dims: &LayerDims) -> Result<Self> {
+        let (d, m, eps) = (dims.hidden, dims.intermediate, dims.eps);
         Ok(Self {
             norm1: Norm::load(w, &format!("{name}.layer_norm1"), d, eps)?,
-            attn: Attention::load(w, &format!("{name}.self_attn"), cfg)?,
+            attn: Attention::load(w, &format!("{name}.self_attn"), dims)?,
             norm2: Norm::load(w, &format!("{name}.layer_norm2"), d, eps)?,
             fc1: w.linear(&format!("{name}.mlp.fc1"), m, d)?,
             fc2: w.linear(&format!("{name}.mlp.fc2"), d, m)?,
-            act: cfg.hidden_act,
+            act: dims.act,
         })
     }
 
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// `x` `[B, L, D]`, `mask` `[L, L]` f32 added to the attention scores.
+    pub(super) fn forward(&self, x: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let x = (x + self.attn.forward(&self.norm1.forward(x)?, mask)?)?;
         let hidden = activate(&self.fc1.forward(&self.norm2.forward(&x)?)?, self.act)?;
         Ok((&x + self.fc2.forward(&hidden)?)?)
@@ -251,8 +269,9 @@ impl ClipTextModel {
             &[cfg.max_position_embeddings, d],
         )?;
         w.skip_position_ids(cfg.max_position_embeddings)?;
+        let dims = cfg.layer_dims();
         let layers = (0..cfg.num_hidden_layers)
-            .map(|i| EncoderLayer::load(&mut w, &format!("encoder.layers.{i}"), cfg))
+            .map(|i| EncoderLayer::load(&mut w, &format!("encoder.layers.{i}"), &dims))
             .collect::<Result<Vec<_>>>()?;
         let final_norm = Norm::load(&mut w, "final_layer_norm", d, cfg.layer_norm_eps)?;
         let projection = w.projection(cfg)?;
@@ -372,9 +391,11 @@ fn pool_positions(rows: &[u32], l: usize, eos: u32) -> Vec<u32> {
 }
 
 /// The tensors of one encoder, looked up by unprefixed name; remembers which were used.
-struct Weights<'a> {
+pub(super) struct Weights<'a> {
     params: &'a Params,
     prefix: &'static str,
+    /// What the tensors must belong to, for the unused-tensor error.
+    kind: &'static str,
     dtype: Option<DType>,
     used: BTreeSet<String>,
 }
@@ -382,9 +403,15 @@ struct Weights<'a> {
 impl<'a> Weights<'a> {
     fn new(params: &'a Params) -> Self {
         let prefixed = params.keys().any(|k| k.starts_with("text_model."));
+        Self::with_prefix(params, if prefixed { "text_model." } else { "" }, "a CLIP text encoder")
+    }
+
+    /// Names are looked up as `prefix + name`; `kind` names the model in errors.
+    pub(super) fn with_prefix(params: &'a Params, prefix: &'static str, kind: &'static str) -> Self {
         Self {
             params,
-            prefix: if prefixed { "text_model." } else { "" },
+            prefix,
+            kind,
             dtype: None,
             used: BTreeSet::new(),
         }
@@ -395,7 +422,7 @@ impl<'a> Weights<'a> {
     }
 
     /// A float tensor of the given shape, in the same dtype as every other.
-    fn take_key(&mut self, key: &str, shape: &[usize]) -> Result<Tensor> {
+    pub(super) fn take_key(&mut self, key: &str, shape: &[usize]) -> Result<Tensor> {
         let t = param(self.params, key, shape)?;
         let dtype = *self.dtype.get_or_insert(t.dtype());
         ensure!(
@@ -407,7 +434,7 @@ impl<'a> Weights<'a> {
         Ok(t)
     }
 
-    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
+    pub(super) fn take(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
         self.take_key(&self.key(name), shape)
     }
 
@@ -420,7 +447,7 @@ impl<'a> Weights<'a> {
 
     /// `embeddings.position_ids`, the `arange` buffer older checkpoints stored: shape-checked,
     /// values ignored (transformers ≥ 4.31 recomputes it and drops the stored one).
-    fn skip_position_ids(&mut self, positions: usize) -> Result<()> {
+    pub(super) fn skip_position_ids(&mut self, positions: usize) -> Result<()> {
         let key = self.key("embeddings.position_ids");
         if let Some(t) = self.params.get(&key) {
             ensure!(
@@ -446,14 +473,15 @@ impl<'a> Weights<'a> {
     }
 
     /// Every tensor must have been used.
-    fn finish(self) -> Result<()> {
+    pub(super) fn finish(self) -> Result<()> {
         let unused: Vec<&String> = self.params.keys().filter(|k| !self.used.contains(*k)).collect();
         match unused.as_slice() {
             [] => Ok(()),
-            [one] => bail!("unexpected tensor '{one}' (not part of a CLIP text encoder)"),
+            [one] => bail!("unexpected tensor '{one}' (not part of {})", self.kind),
             [first, rest @ ..] => bail!(
-                "unexpected tensor '{first}' and {} more (not part of a CLIP text encoder)",
-                rest.len()
+                "unexpected tensor '{first}' and {} more (not part of {})",
+                rest.len(),
+                self.kind
             ),
         }
     }

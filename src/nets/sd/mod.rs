@@ -1,11 +1,15 @@
 //! Stable Diffusion's networks as diffusers and transformers define them (SD 1.x / 2.x / SDXL,
 //! diffusers folder layout and module paths): CLIP's BPE tokenizer and text encoders, the
+//! whole `CLIPModel` (vision tower, image processor, CLIP score) for evaluation, the
 //! `UNet2DConditionModel`, trainable through LoRA adapters on any linear or conv layer, and
 //! the frozen `AutoencoderKL`. Parity is tested against the goldens in `tests/fixtures/sd/`.
 
 pub mod attention;
 pub mod blocks;
+pub mod clip_model;
+pub mod clip_preprocess;
 pub mod clip_text;
+pub mod clip_vision;
 pub mod embeddings;
 pub mod lora_files;
 pub mod resnet;
@@ -18,6 +22,8 @@ pub mod weights;
 
 #[cfg(test)]
 mod test_util;
+#[cfg(test)]
+mod clip_model_tests;
 #[cfg(test)]
 mod unet_tests;
 #[cfg(test)]
