@@ -197,6 +197,21 @@ proptest! {
     }
 
     #[test]
+    fn captioned_folder_never_panics(
+        meta in corrupt(b"{\"file_name\": \"a.png\", \"text\": \"a cat\"}\n".to_vec()),
+        image in corrupt(png_bytes()),
+    ) {
+        let dir = std::env::temp_dir().join(format!("dcm-prop-captioned-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("metadata.jsonl"), &meta).unwrap();
+        std::fs::write(dir.join("a.png"), &image).unwrap();
+        if let Ok(c) = dcm::data::captioned::read(&dir, 4) {
+            prop_assert_eq!(c.images.dims()[1..].to_vec(), vec![3, 4, 4]);
+            prop_assert_eq!(c.images.dim(0).unwrap(), c.captions.len());
+        }
+    }
+
+    #[test]
     fn configs_never_panic(bytes in corrupt(serde_json::to_vec(&serde_json::json!({"net": mlp_config(), "data": "toy:moons", "autoencoder": null, "steps": 5, "seed": 0})).unwrap())) {
         let dir = std::env::temp_dir().join(format!("dcm-prop-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
