@@ -4,6 +4,7 @@
 
 pub mod images;
 pub mod json;
+pub mod latents;
 pub mod pipeline;
 pub mod prompts;
 pub mod scheduler;
