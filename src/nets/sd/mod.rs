@@ -12,6 +12,8 @@ pub mod tokenizer;
 pub mod transformer;
 pub mod unet;
 pub mod unet_config;
+pub mod unet_init;
+pub mod unet_presets;
 pub mod vae;
 pub mod weights;
 

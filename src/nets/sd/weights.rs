@@ -27,6 +27,8 @@ pub struct Weights<'a> {
     dtype: DType,
     device: Device,
     used: BTreeSet<String>,
+    /// Every tensor taken, with its shape, in construction order.
+    shapes: Vec<(String, Vec<usize>)>,
     targets: Vec<String>,
     matched: BTreeSet<usize>,
     lora: Option<LoraConfig>,
@@ -78,6 +80,7 @@ impl<'a> Weights<'a> {
             dtype,
             device,
             used: BTreeSet::new(),
+            shapes: Vec::new(),
             targets,
             matched: BTreeSet::new(),
             lora,
@@ -97,7 +100,9 @@ impl<'a> Weights<'a> {
 
     /// The tensor `name` with shape `shape`, recorded as used.
     pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.used.insert(name.to_string());
+        if self.used.insert(name.to_string()) {
+            self.shapes.push((name.to_string(), shape.to_vec()));
+        }
         match self.params {
             Some(p) => param(p, name, shape),
             None => Ok(Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?),
@@ -182,6 +187,11 @@ impl<'a> Weights<'a> {
             bias: self.tensor(&format!("{path}.bias"), &[dim])?,
             eps,
         })
+    }
+
+    /// The name and shape of every tensor the layers built so far take, in construction order.
+    pub fn shapes(&self) -> &[(String, Vec<usize>)] {
+        &self.shapes
     }
 
     /// Ends the build: an error naming the first tensor of the file that no layer took (and
