@@ -7,6 +7,7 @@ pub mod attention;
 pub mod blocks;
 pub mod clip_text;
 pub mod embeddings;
+pub mod group_norm;
 pub mod resnet;
 pub mod tokenizer;
 pub mod transformer;

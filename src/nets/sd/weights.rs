@@ -12,9 +12,9 @@
 
 use crate::nets::layers::{param, Params};
 use crate::nets::lora::{adapter_names, Adapter, ConvSpec, LoraConfig, LoraConv2d, LoraLinear, Switch};
+use crate::nets::sd::group_norm::GroupNorm;
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::GroupNorm;
 use std::collections::BTreeSet;
 
 /// A layer that received an adapter: its module path and base weight shape.
@@ -169,7 +169,7 @@ impl<'a> Weights<'a> {
         LoraConv2d::new(weight, bias, spec.stride, spec.padding, adapter, self.switch.clone())
     }
 
-    /// GroupNorm `PATH.weight`, `PATH.bias` `[channels]` (candle's, composed of differentiable ops).
+    /// GroupNorm `PATH.weight`, `PATH.bias` `[channels]`.
     pub fn group_norm(&mut self, path: &str, groups: usize, channels: usize, eps: f64) -> Result<GroupNorm> {
         ensure!(
             groups > 0 && channels.is_multiple_of(groups),
@@ -177,7 +177,7 @@ impl<'a> Weights<'a> {
         );
         let w = self.tensor(&format!("{path}.weight"), &[channels])?;
         let b = self.tensor(&format!("{path}.bias"), &[channels])?;
-        Ok(GroupNorm::new(w, b, channels, groups, eps)?)
+        GroupNorm::new(w, b, channels, groups, eps)
     }
 
     /// LayerNorm `PATH.weight`, `PATH.bias` `[dim]`.
