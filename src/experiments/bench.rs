@@ -2,7 +2,8 @@
 //! warm-up, with teacher-evaluation counts and peak memory — the figures compared
 //! against PyTorch eager by `bench/compare.sh`.
 
-use super::args::RuntimeArgs;
+use super::args::{refuse, RuntimeArgs};
+use super::bench_unet::{UNetBench, UNetPreset};
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::data::Dataset;
@@ -58,14 +59,14 @@ pub struct BenchReport {
     pub peak_memory_mib: f64,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }
 
-/// Median seconds of `f` over `repeats` runs after `warmup` runs, each waiting for
-/// `device` to finish (GPU work is queued asynchronously).
-fn time(device: &Device, warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+/// Seconds of each of `repeats` runs of `f` after `warmup` runs, each waiting for `device`
+/// to finish (GPU work is queued asynchronously).
+pub fn times(device: &Device, warmup: usize, repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
     for _ in 0..warmup {
         f()?;
     }
@@ -77,7 +78,12 @@ fn time(device: &Device, warmup: usize, repeats: usize, mut f: impl FnMut() -> R
         device.synchronize()?;
         times.push(start.elapsed().as_secs_f64());
     }
-    Ok(median(times))
+    Ok(times)
+}
+
+/// Median seconds of `f` over `repeats` runs after `warmup` runs (see [`times`]).
+fn time(device: &Device, warmup: usize, repeats: usize, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    Ok(median(times(device, warmup, repeats, f)?))
 }
 
 /// Peak resident memory of this process (Linux `VmHWM`), in MiB.
@@ -102,32 +108,57 @@ pub struct BenchSetup {
     pub runtime: Runtime,
 }
 
+/// What `dcm bench` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchWorkload {
+    /// The MLP teacher's forward, guided sampling, one CM and one Direct distillation step,
+    /// and the shipped autoencoder and feature network.
+    Mlp,
+    /// One forward of a Stable Diffusion UNet of the released size (random weights).
+    Unet,
+}
+
 #[derive(Args)]
 pub struct BenchArgs {
-    /// A network teacher folder to benchmark [default: a fresh MLP of the sizes below].
+    /// What to time.
+    #[arg(long, value_enum, default_value_t = BenchWorkload::Mlp)]
+    pub workload: BenchWorkload,
+    /// A network teacher folder to benchmark [default: a fresh MLP of the sizes below] (mlp).
     #[arg(long)]
     pub teacher: Option<PathBuf>,
-    /// Values per sample of the fresh MLP.
-    #[arg(long, default_value_t = 196)]
-    pub dim: usize,
-    #[arg(long, default_value_t = 512)]
-    pub hidden: usize,
-    #[arg(long, default_value_t = 4)]
-    pub depth: usize,
-    #[arg(long, default_value_t = 64)]
-    pub time_dim: usize,
-    #[arg(long, default_value_t = 10)]
-    pub classes: usize,
-    #[arg(long, default_value_t = 256)]
-    pub batch: usize,
-    /// Solver intervals N for the sampling and Direct workloads.
-    #[arg(long, default_value_t = 50)]
-    pub intervals: usize,
-    #[arg(long, default_value_t = 2.0)]
-    pub guidance: f64,
-    /// Timed repeats per workload (after warm-up).
-    #[arg(long, default_value_t = 10)]
-    pub repeats: usize,
+    /// Values per sample of the fresh MLP [default: 196].
+    #[arg(long)]
+    pub dim: Option<usize>,
+    /// [default: 512]
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// [default: 4]
+    #[arg(long)]
+    pub depth: Option<usize>,
+    /// [default: 64]
+    #[arg(long)]
+    pub time_dim: Option<usize>,
+    /// [default: 10]
+    #[arg(long)]
+    pub classes: Option<usize>,
+    /// Samples per forward [default: 256 (mlp), 2 (unet)].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Solver intervals N for the sampling and Direct workloads [default: 50].
+    #[arg(long)]
+    pub intervals: Option<usize>,
+    /// [default: 2]
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Which UNet configuration (unet).
+    #[arg(long, value_enum)]
+    pub unet: Option<UNetPreset>,
+    /// Latent height and width [default: 32] (unet).
+    #[arg(long)]
+    pub size: Option<usize>,
+    /// Timed repeats per workload, after warm-up [default: 10 (mlp), 5 (unet)].
+    #[arg(long)]
+    pub repeats: Option<usize>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -135,12 +166,61 @@ pub struct BenchArgs {
     pub runtime: RuntimeArgs,
 }
 
+impl BenchArgs {
+    /// The flags given that only one workload reads.
+    fn given(&self, of: BenchWorkload) -> Vec<&'static str> {
+        let flags = match of {
+            BenchWorkload::Mlp => vec![
+                ("--teacher", self.teacher.is_some()),
+                ("--dim", self.dim.is_some()),
+                ("--hidden", self.hidden.is_some()),
+                ("--depth", self.depth.is_some()),
+                ("--time-dim", self.time_dim.is_some()),
+                ("--classes", self.classes.is_some()),
+                ("--intervals", self.intervals.is_some()),
+                ("--guidance", self.guidance.is_some()),
+            ],
+            BenchWorkload::Unet => vec![("--unet", self.unet.is_some()), ("--size", self.size.is_some())],
+        };
+        flags.into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
+    }
+}
+
 pub fn command(a: BenchArgs) -> Result<()> {
-    ensure!(a.repeats > 0 && a.batch > 0, "--repeats and --batch must be positive");
-    ensure_fits(
-        f32_bytes(&[a.batch, a.dim.max(784), 64]),
-        &format!("--batch {}", a.batch),
-    )?;
+    match a.workload {
+        BenchWorkload::Mlp => {
+            refuse(&a.given(BenchWorkload::Unet), "applies to --workload unet")?;
+            mlp_command(a)
+        }
+        BenchWorkload::Unet => {
+            refuse(&a.given(BenchWorkload::Mlp), "applies to --workload mlp")?;
+            unet_command(a)
+        }
+    }
+}
+
+fn unet_command(a: BenchArgs) -> Result<()> {
+    let setup = UNetBench {
+        preset: a.unet.unwrap_or(UNetPreset::Sd15),
+        batch: a.batch.unwrap_or(2),
+        size: a.size.unwrap_or(32),
+        repeats: a.repeats.unwrap_or(5),
+        runtime: a.runtime.runtime()?,
+    };
+    let r = setup.run()?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        r.print();
+    }
+    Ok(())
+}
+
+fn mlp_command(a: BenchArgs) -> Result<()> {
+    let (batch, repeats) = (a.batch.unwrap_or(256), a.repeats.unwrap_or(10));
+    let dim = a.dim.unwrap_or(196);
+    ensure!(repeats > 0 && batch > 0, "--repeats and --batch must be positive");
+    ensure_fits(f32_bytes(&[batch, dim.max(784), 64]), &format!("--batch {batch}"))?;
     let (net, params) = match &a.teacher {
         Some(dir) => (
             model_dir::load_net_config::<NetConfig>(dir, model_dir::Kind::Teacher)?,
@@ -148,11 +228,11 @@ pub fn command(a: BenchArgs) -> Result<()> {
         ),
         None => {
             let net = MlpConfig {
-                sample_shape: vec![a.dim],
-                hidden: a.hidden,
-                depth: a.depth,
-                time_dim: a.time_dim,
-                num_classes: a.classes,
+                sample_shape: vec![dim],
+                hidden: a.hidden.unwrap_or(512),
+                depth: a.depth.unwrap_or(4),
+                time_dim: a.time_dim.unwrap_or(64),
+                num_classes: a.classes.unwrap_or(10),
                 schedule: ScheduleKind::ScaledLinear,
             };
             net.validate()?;
@@ -163,10 +243,10 @@ pub fn command(a: BenchArgs) -> Result<()> {
     let setup = BenchSetup {
         net,
         params,
-        batch: a.batch,
-        intervals: a.intervals,
-        guidance: a.guidance,
-        repeats: a.repeats,
+        batch,
+        intervals: a.intervals.unwrap_or(50),
+        guidance: a.guidance.unwrap_or(2.0),
+        repeats,
         runtime: a.runtime.runtime()?,
     };
     let r = run(&setup)?;

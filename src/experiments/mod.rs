@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod bench_unet;
 pub mod distill;
 pub mod eval;
 pub mod report;

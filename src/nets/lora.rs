@@ -13,6 +13,7 @@
 //! as `Var`-backed tensors. Every op on the adapter path here has a backward (checked by the
 //! finite-difference tests below).
 
+use crate::nets::kernels::{self, linear::FrozenLinear};
 use crate::nets::layers::{conv_act, param, Init, Params};
 use crate::runtime::noise::Rng;
 use anyhow::{bail, ensure, Result};
@@ -258,7 +259,7 @@ impl LoraLinear {
         // candle 0.11's CPU matmul mis-batches a non-contiguous left side against a broadcast
         // right side, silently (CANDLE_NOTES.md); `Linear` does exactly that product.
         let x = &x.contiguous()?;
-        let y = self.base.forward(x)?;
+        let y = self.base_forward(x)?;
         match (&self.adapter, self.switch.is_on()) {
             (Some(ad), true) => {
                 let h = Linear::new(ad.a.clone(), None).forward(x)?;
@@ -267,6 +268,16 @@ impl LoraLinear {
             }
             _ => Ok(y),
         }
+    }
+
+    /// `x Wᵀ + b`: frozen f32 CPU layers (nothing records a gradient) take the fused kernel.
+    fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (w, b) = (self.base.weight(), self.base.bias());
+        let frozen = !x.track_op() && !w.track_op() && !b.is_some_and(Tensor::track_op);
+        if frozen && kernels::serve(x) && kernels::serve(w) {
+            return Ok(FrozenLinear::forward(x, w, b)?);
+        }
+        Ok(self.base.forward(x)?)
     }
 
     /// The merged weights `(W + s·B A, b)` of an equivalent plain layer, whatever the switch

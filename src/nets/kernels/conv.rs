@@ -1,6 +1,14 @@
 //! 2-D convolution for frozen image networks (evaluation: decoding latents, the feature
-//! network): per image, im2col then one matrix product with the bias and optional SiLU
-//! fused, images split across threads. No backward: training keeps candle's convolution.
+//! network, Stable Diffusion's UNet and VAE): im2col then one matrix product with the bias and
+//! optional SiLU fused. No backward: training keeps candle's convolution.
+//!
+//! Two ways to use the cores, chosen by shape alone so an image's values never depend on the
+//! rest of its batch:
+//! - narrow layers (≤ 64 output channels: the small image networks) split the images across
+//!   threads, each thread one product per group of images;
+//! - wide layers (the UNet's 320–1280 channels, often on a batch of 2) take the images a group
+//!   at a time and split each product's output channels across threads: every thread packs
+//!   only its rows of the weights, and a batch of two no longer leaves a core idle.
 
 use super::gemm::{product, View};
 use super::silu::silu;
@@ -9,6 +17,12 @@ use rayon::prelude::*;
 
 /// Output positions per matrix product, at least.
 const COLUMNS: usize = 512;
+/// gemm sums in another order when both sides of a product are at most this wide, or when
+/// their product is at most `SMALL²/16`: wide-layer products stay above both, whatever their
+/// batch or thread split.
+const SMALL: usize = 64;
+/// Output channels per thread of a wide layer come in multiples of gemm's micro-panel.
+const PANEL: usize = 16;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Conv {
@@ -16,6 +30,32 @@ pub struct Conv {
     pub padding: usize,
     /// Apply SiLU to the output.
     pub silu: bool,
+}
+
+/// Sizes of one convolution: input `c × h × w`, kernel `k × k`, output `o × ho × wo`.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    o: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn depth(&self) -> usize {
+        self.c * self.k * self.k
+    }
+
+    fn positions(&self) -> usize {
+        self.ho * self.wo
+    }
+
+    fn image(&self) -> usize {
+        self.c * self.h * self.w
+    }
 }
 
 impl Conv {
@@ -28,6 +68,124 @@ impl Conv {
     fn out_size(self, size: usize, k: usize) -> Option<usize> {
         (size + 2 * self.padding).checked_sub(k).map(|d| d / self.stride + 1)
     }
+
+    /// A 1×1 convolution at stride 1 without padding: the input already is its im2col matrix.
+    fn pointwise(self, g: Geometry) -> bool {
+        g.k == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Narrow layers: groups of images (one fixed-width product each, a short last group
+    /// zero-padded, because gemm blocks small products by width) split across threads.
+    fn narrow(self, x: &[f32], w: &[f32], b: &[f32], n: usize, g: Geometry) -> Vec<f32> {
+        let (ckk, hw, o) = (g.depth(), g.positions(), g.o);
+        let group = (COLUMNS / hw).max(1);
+        let width = group * hw;
+        let mut out = vec![0f32; n * o * hw];
+        out.par_chunks_mut(group * o * hw).enumerate().for_each(|(gi, y)| {
+            let mut cols = vec![0f32; ckk * width];
+            for (j, image) in x[gi * group * g.image()..]
+                .chunks(g.image())
+                .take(y.len() / (o * hw))
+                .enumerate()
+            {
+                im2col(image, g, self, &mut cols[j * hw..], width);
+            }
+            let mut prod = vec![0f32; o * width];
+            biased_product(w, &cols, b, &mut prod, (0, ckk, width));
+            scatter(&prod, y, hw, width);
+            if self.silu {
+                silu(y);
+            }
+        });
+        out
+    }
+
+    /// Wide layers: groups of images of at least `COLUMNS` positions (not padded), one after
+    /// the other, each product's output channels split across threads.
+    fn wide(self, x: &[f32], w: &[f32], b: &[f32], n: usize, g: Geometry) -> Vec<f32> {
+        let (ckk, hw, o) = (g.depth(), g.positions(), g.o);
+        let group = COLUMNS.div_ceil(hw).min(n);
+        let mut out = vec![0f32; n * o * hw];
+        let (mut cols, mut prod) = (Vec::new(), Vec::new());
+        for (gi, y) in out.chunks_mut(group * o * hw).enumerate() {
+            let images = y.len() / (o * hw);
+            let width = images * hw;
+            let xs = &x[gi * group * g.image()..][..images * g.image()];
+            let rhs: &[f32] = if self.pointwise(g) && images == 1 {
+                xs
+            } else {
+                cols.resize(ckk * width, 0.0);
+                cols.par_chunks_mut(width)
+                    .enumerate()
+                    .with_min_len(16)
+                    .for_each(|(row, line)| {
+                        for (j, image) in xs.chunks_exact(g.image()).enumerate() {
+                            im2col_row(image, g, self, row, &mut line[j * hw..(j + 1) * hw]);
+                        }
+                    });
+                &cols
+            };
+            // One image: the product's rows are its output channels, written in place.
+            let dst: &mut [f32] = if images == 1 {
+                y
+            } else {
+                prod.resize(o * width, 0.0);
+                &mut prod
+            };
+            let rows = row_block(o, width);
+            dst.par_chunks_mut(rows * width).enumerate().for_each(|(i, d)| {
+                biased_product(w, rhs, b, d, (i * rows, ckk, width));
+            });
+            if images > 1 {
+                scatter(&prod, y, hw, width);
+            }
+            if self.silu {
+                y.par_chunks_mut(PANEL * hw).for_each(silu);
+            }
+        }
+        out
+    }
+}
+
+/// Output channels per thread of a wide layer: whole micro-panels, and more than `SMALL`
+/// whenever the product is at most `SMALL` wide (so every block takes gemm's general path).
+fn row_block(o: usize, width: usize) -> usize {
+    let mut threads = rayon::current_num_threads().min(o / PANEL).max(1);
+    loop {
+        let rows = o.div_ceil(threads).next_multiple_of(PANEL).min(o);
+        let last = o - (o.div_ceil(rows) - 1) * rows;
+        if threads == 1 || width > SMALL || last > SMALL {
+            return rows;
+        }
+        threads -= 1;
+    }
+}
+
+/// `dst ← w[r0.., :] · rhs + b[r0..]` for the `dst.len() / width` output channels from `r0`,
+/// `w` `[O, depth]`, `rhs` `[depth, width]`: the bias written first, gemm accumulating onto it.
+fn biased_product(w: &[f32], rhs: &[f32], b: &[f32], dst: &mut [f32], (r0, depth, width): (usize, usize, usize)) {
+    let rows = dst.len() / width;
+    for (row, &bias) in dst.chunks_exact_mut(width).zip(&b[r0..]) {
+        row.fill(bias);
+    }
+    product(
+        View::row_major(&w[r0 * depth..], rows, depth),
+        View::row_major(rhs, depth, width),
+        dst,
+        None,
+        true,
+    );
+}
+
+/// Image `j`'s channels from the product of a group (`prod` `[O, width]`, image `j` in
+/// columns `j·hw..`) into `y` `[images, O, hw]`.
+fn scatter(prod: &[f32], y: &mut [f32], hw: usize, width: usize) {
+    let o = prod.len() / width;
+    for (j, image) in y.chunks_exact_mut(o * hw).enumerate() {
+        for (channel, dst) in image.chunks_exact_mut(hw).enumerate() {
+            dst.copy_from_slice(&prod[channel * width + j * hw..][..hw]);
+        }
+    }
 }
 
 fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
@@ -39,41 +197,39 @@ fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 
 /// `cols[(c·k + ky)·k + kx][oy·wo + ox] = x[c][oy·s + ky − p][ox·s + kx − p]`, zero outside;
 /// rows of `cols` are `ld` apart.
-fn im2col(
-    x: &[f32],
-    (c, h, w): (usize, usize, usize),
-    k: usize,
-    conv: Conv,
-    (ho, wo): (usize, usize),
-    cols: &mut [f32],
-    ld: usize,
-) {
+fn im2col(x: &[f32], g: Geometry, conv: Conv, cols: &mut [f32], ld: usize) {
+    let hw = g.positions();
+    for row in 0..g.depth() {
+        im2col_row(x, g, conv, row, &mut cols[row * ld..row * ld + hw]);
+    }
+}
+
+/// Row `row` = `(c·k + ky)·k + kx` of one image's im2col matrix into `out` (`ho·wo` values).
+fn im2col_row(x: &[f32], g: Geometry, conv: Conv, row: usize, out: &mut [f32]) {
+    let (h, w, k, wo) = (g.h, g.w, g.k, g.wo);
     let (s, p) = (conv.stride, conv.padding as isize);
-    for row in 0..c * k * k {
-        let out = &mut cols[row * ld..row * ld + ho * wo];
-        let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
-        let plane = &x[ci * h * w..(ci + 1) * h * w];
-        // Output columns lo..hi read inside the input row (ox·s + kx − p in 0..w); the same
-        // for every output row, so worked out once (feature maps here are 7–28 wide).
-        let shift = kx as isize - p;
-        let lo = ((-shift).max(0) as usize).div_ceil(s).min(wo);
-        let hi = (((w as isize - 1 - shift) / s as isize + 1).max(0) as usize).clamp(lo, wo);
-        let first = (lo * s) as isize + shift;
-        for (oy, line) in out.chunks_exact_mut(wo).enumerate() {
-            let iy = (oy * s) as isize + ky as isize - p;
-            if iy < 0 || iy >= h as isize || lo == hi {
-                line.fill(0.0);
-                continue;
-            }
-            line[..lo].fill(0.0);
-            line[hi..].fill(0.0);
-            let src = &plane[iy as usize * w + first as usize..(iy as usize + 1) * w];
-            if s == 1 {
-                line[lo..hi].copy_from_slice(&src[..hi - lo]);
-            } else {
-                for (v, &x) in line[lo..hi].iter_mut().zip(src.iter().step_by(s)) {
-                    *v = x;
-                }
+    let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
+    let plane = &x[ci * h * w..(ci + 1) * h * w];
+    // Output columns lo..hi read inside the input row (ox·s + kx − p in 0..w); the same
+    // for every output row, so worked out once.
+    let shift = kx as isize - p;
+    let lo = ((-shift).max(0) as usize).div_ceil(s).min(wo);
+    let hi = (((w as isize - 1 - shift) / s as isize + 1).max(0) as usize).clamp(lo, wo);
+    let first = (lo * s) as isize + shift;
+    for (oy, line) in out.chunks_exact_mut(wo).enumerate() {
+        let iy = (oy * s) as isize + ky as isize - p;
+        if iy < 0 || iy >= h as isize || lo == hi {
+            line.fill(0.0);
+            continue;
+        }
+        line[..lo].fill(0.0);
+        line[hi..].fill(0.0);
+        let src = &plane[iy as usize * w + first as usize..(iy as usize + 1) * w];
+        if s == 1 {
+            line[lo..hi].copy_from_slice(&src[..hi - lo]);
+        } else {
+            for (v, &x) in line[lo..hi].iter_mut().zip(src.iter().step_by(s)) {
+                *v = x;
             }
         }
     }
@@ -108,43 +264,21 @@ impl CustomOp3 for Conv {
                 lb.dims()
             )
         }
-        let (ckk, hw) = (c * k * k, ho * wo);
-        // Small feature maps: several images side by side in one product, wide enough to
-        // run at full speed. Every product has the same width (a short last group is
-        // zero-padded) because gemm blocks by width: so an image's values never depend on
-        // which images share its batch.
-        let group = (COLUMNS / hw).max(1);
-        let width = group * hw;
-        let mut out = vec![0f32; n * o * hw];
-        out.par_chunks_mut(group * o * hw).enumerate().for_each(|(g, y)| {
-            let mut cols = vec![0f32; ckk * width];
-            for (j, image) in x[g * group * c * h * wd..]
-                .chunks(c * h * wd)
-                .take(y.len() / (o * hw))
-                .enumerate()
-            {
-                im2col(image, (c, h, wd), k, *self, (ho, wo), &mut cols[j * hw..], width);
-            }
-            let mut prod = vec![0f32; o * width];
-            for (row, &bias) in prod.chunks_exact_mut(width).zip(b) {
-                row.fill(bias);
-            }
-            product(
-                View::row_major(w, o, ckk),
-                View::row_major(&cols, ckk, width),
-                &mut prod,
-                None,
-                true,
-            );
-            for (j, image) in y.chunks_exact_mut(o * hw).enumerate() {
-                for (channel, dst) in image.chunks_exact_mut(hw).enumerate() {
-                    dst.copy_from_slice(&prod[channel * width + j * hw..][..hw]);
-                }
-                if self.silu {
-                    silu(image);
-                }
-            }
-        });
+        let g = Geometry {
+            c,
+            h,
+            w: wd,
+            k,
+            o,
+            ho,
+            wo,
+        };
+        // Wide products must stay on gemm's general path for every batch: more than SMALL
+        // channels, and at least 4 positions per image (o · width > SMALL²/16).
+        let out = match o > SMALL && g.positions() >= 4 {
+            true => self.wide(x, w, b, n, g),
+            false => self.narrow(x, w, b, n, g),
+        };
         Ok((CpuStorage::F32(out), Shape::from((n, o, ho, wo))))
     }
 }
@@ -155,9 +289,9 @@ mod tests {
     use candle_core::{Device, Module};
     use candle_nn::{Conv2d, Conv2dConfig};
 
-    /// Every kernel size, stride and padding the image networks use (and odd sizes,
-    /// kernels wider than the image) matches candle's convolution, with and without SiLU,
-    /// and an image's values do not depend on the rest of its batch.
+    /// Every kernel size, stride and padding the image networks and the UNet use (and odd
+    /// sizes, kernels wider than the image) matches candle's convolution, with and without
+    /// SiLU, and an image's values depend neither on the rest of its batch nor on the threads.
     #[test]
     fn matches_candle_conv2d() -> Result<()> {
         let dev = Device::Cpu;
@@ -170,6 +304,11 @@ mod tests {
             (2, 3, 5, 3, 11),
             (2, 2, 7, 1, 2),
             (1, 2, 5, 2, 3),
+            // Wide layers (> 64 output channels): 6×6, 1×1 pointwise, stride 2, a 2×2 map.
+            (3, 96, 3, 1, 6),
+            (5, 80, 1, 1, 5),
+            (4, 130, 3, 2, 8),
+            (2, 72, 3, 1, 2),
         ] {
             let x = Tensor::randn(0f32, 1.0, (3, c, size, size), &dev)?;
             let w = Tensor::randn(0f32, 0.3, (o, c, k, k), &dev)?;
@@ -208,6 +347,18 @@ mod tests {
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             assert_eq!(batch, alone, "c={c} o={o} k={k} s={stride}: depends on the batch");
+            // Nor on how many threads share the work.
+            let single = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+            let one = single
+                .install(|| conv.forward(&x, &w, &b))?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let many = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+            let three = many
+                .install(|| conv.forward(&x, &w, &b))?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            assert_eq!(one, three, "c={c} o={o} k={k} s={stride}: depends on the thread count");
         }
         Ok(())
     }

@@ -1,9 +1,13 @@
 //! Hand-written CPU kernels for the hot spots candle runs as many separate passes.
 //! `serve` is the one place that decides whether they or candle's generic ops run.
 
+pub mod attention;
 pub mod conv;
 pub mod dense;
+pub mod geglu;
 pub mod gemm;
+pub mod group_norm;
+pub mod linear;
 pub mod silu;
 
 use candle_core::{DType, Tensor};

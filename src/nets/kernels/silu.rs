@@ -7,7 +7,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 /// `e^x` to about 2 ulp: `2^n · p(r)`, `x = n ln2 + r`, `|r| ≤ ln2/2`, `p` Cephes' degree-7
 /// polynomial; inputs clamped to the finite range, NaN kept.
 #[inline(always)]
-fn exp(x: f32) -> f32 {
+pub(crate) fn exp(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
@@ -112,7 +112,7 @@ fn contiguous_values(s: &CpuStorage, l: &Layout) -> Result<Vec<f32>> {
 
 /// Runs `f` compiled for AVX2/FMA where the CPU has them, so its loops vectorize 8-wide.
 #[inline(always)]
-fn vectorized(f: impl FnOnce()) {
+pub(crate) fn vectorized(f: impl FnOnce()) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[target_feature(enable = "avx2,fma")]

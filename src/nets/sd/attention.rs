@@ -4,13 +4,15 @@
 //! The probabilities go through `candle_nn::ops::softmax` (composed of differentiable ops):
 //! `softmax_last_dim` has no backward and would silently cut the gradient to `to_q`, `to_k`.
 //! Attention is the plain formula, all heads in one batched matmul; its `[B·heads, L, S]`
-//! scores are kept for the backward (no flash attention).
+//! scores are kept for the backward (no flash attention). Frozen f32 CPU attention (nothing
+//! records a gradient) takes the fused kernel `kernels::attention` instead.
 //!
 //! Token inputs are made contiguous before the linear layers: candle 0.11.1's CPU matmul folds
 //! the batches of a non-contiguous (transposed) `[B, L, C]` input times a broadcast weight —
 //! what `candle_nn::Linear::forward` does — into one matrix as if it were row-major, and
 //! returns wrong values for B ≥ 2, without error.
 
+use crate::nets::kernels::{self, attention::Sdpa, geglu::Geglu};
 use crate::nets::lora::LoraLinear;
 use crate::nets::sd::weights::Weights;
 use anyhow::{ensure, Result};
@@ -65,9 +67,18 @@ impl Attention {
     pub fn forward(&self, x: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
         let x = &x.contiguous()?;
         let c = &context.unwrap_or(x).contiguous()?;
-        let q = split_heads(&self.to_q.forward(x)?, self.heads)?;
-        let k = split_heads(&self.to_k.forward(c)?, self.heads)?;
-        let v = split_heads(&self.to_v.forward(c)?, self.heads)?;
+        let (q, k, v) = (self.to_q.forward(x)?, self.to_k.forward(c)?, self.to_v.forward(c)?);
+        // Inference takes the fused kernel; whatever records a gradient, the composed ops.
+        let frozen = [&q, &k, &v].iter().all(|t| !t.track_op());
+        if frozen && kernels::serve(&q) {
+            let heads = self.heads;
+            return self.to_out.forward(&Sdpa { heads }.forward(&q, &k, &v)?);
+        }
+        let (q, k, v) = (
+            split_heads(&q, self.heads)?,
+            split_heads(&k, self.heads)?,
+            split_heads(&v, self.heads)?,
+        );
         let o = scaled_dot_product(&q, &k, &v, self.upcast)?;
         self.to_out.forward(&merge_heads(&o, self.heads)?)
     }
@@ -134,6 +145,9 @@ impl FeedForward {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(&x.contiguous()?)?;
+        if !h.track_op() && kernels::serve(&h) {
+            return self.out.forward(&Geglu::forward(&h)?);
+        }
         let value = h.narrow(D::Minus1, 0, self.inner)?;
         let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
         self.out.forward(&(value * gelu(&gate)?)?)

@@ -11,12 +11,15 @@ pub mod clip_preprocess;
 pub mod clip_text;
 pub mod clip_vision;
 pub mod embeddings;
+pub mod group_norm;
 pub mod lora_files;
 pub mod resnet;
 pub mod tokenizer;
 pub mod transformer;
 pub mod unet;
 pub mod unet_config;
+pub mod unet_init;
+pub mod unet_presets;
 pub mod vae;
 pub mod weights;
 

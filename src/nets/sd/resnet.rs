@@ -3,10 +3,10 @@
 
 use crate::nets::layers::upsample2x;
 use crate::nets::lora::{ConvSpec, LoraConv2d, LoraLinear};
+use crate::nets::sd::group_norm::GroupNorm;
 use crate::nets::sd::weights::Weights;
 use anyhow::{bail, Result};
-use candle_core::{Module, Tensor};
-use candle_nn::GroupNorm;
+use candle_core::Tensor;
 
 /// A k×k convolution at stride 1 with "same" padding.
 pub fn same_conv(out: usize, inp: usize, k: usize) -> ConvSpec {
@@ -66,14 +66,14 @@ impl ResnetBlock {
     /// `x` `[B, inp, H, W]`; `temb_act` = `silu(temb)` `[B, T]` (the activation every block
     /// applies first, computed once by the caller), required iff the block has `time_emb_proj`.
     pub fn forward(&self, x: &Tensor, temb_act: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
         let h = match (&self.time_emb_proj, temb_act) {
             (Some(proj), Some(t)) => h.broadcast_add(&proj.forward(t)?.unsqueeze(2)?.unsqueeze(3)?)?,
             (None, None) => h,
             (Some(_), None) => bail!("resnet block needs a time embedding"),
             (None, Some(_)) => bail!("resnet block takes no time embedding"),
         };
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         let skip = match &self.conv_shortcut {
             Some(c) => c.forward(x)?,
             None => x.clone(),
@@ -155,6 +155,6 @@ impl NormActConv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.conv.forward(&self.norm.forward(x)?.silu()?)
+        self.conv.forward(&self.norm.forward_silu(x)?)
     }
 }

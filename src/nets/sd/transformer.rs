@@ -3,11 +3,11 @@
 
 use crate::nets::lora::{LoraConv2d, LoraLinear};
 use crate::nets::sd::attention::{Attention, AttentionSpec, FeedForward};
+use crate::nets::sd::group_norm::GroupNorm;
 use crate::nets::sd::resnet::same_conv;
 use crate::nets::sd::weights::{LayerNorm, Weights};
 use anyhow::Result;
-use candle_core::{Module, Tensor};
-use candle_nn::GroupNorm;
+use candle_core::Tensor;
 
 /// LayerNorm ε of the transformer blocks (`Transformer2DModel`'s default, not the UNet's `norm_eps`).
 const LAYER_NORM_EPS: f64 = 1e-5;

@@ -194,6 +194,15 @@ impl UNetConfig {
         Parts::load(self, &layout, &mut w)?;
         Ok(w.finish("UNet")?.1)
     }
+
+    /// The name and shape of every tensor the UNet takes (without adapters), in construction
+    /// order: what a diffusers `diffusion_pytorch_model.safetensors` of this config holds.
+    pub fn tensor_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        let layout = self.layout().map_err(|e| anyhow!("UNet config: {e}"))?;
+        let mut w = Weights::shapes_only(&[] as &[String]);
+        Parts::load(self, &layout, &mut w)?;
+        Ok(w.shapes().to_vec())
+    }
 }
 
 impl UNet {

@@ -308,3 +308,35 @@ fn real_configs_give_the_published_lora_sizes() {
         assert_eq!(count, want);
     }
 }
+
+/// CPU inference takes the fused kernels (convolutions on their wide path, attention, linear
+/// layers, GEGLU, GroupNorm + SiLU); on a UNet whose layers are wide enough for every one of
+/// them, its output is the generic ops' (what training and other devices run).
+#[test]
+fn fused_kernels_match_the_generic_ops() {
+    use crate::nets::kernels::with_generic_ops;
+    use crate::nets::sd::unet_init::random_unet_params;
+    use crate::runtime::noise::{seeded, standard_normal};
+    let cfg = UNetConfig {
+        block_out_channels: vec![96, 192],
+        down_block_types: vec!["CrossAttnDownBlock2D".into(), "DownBlock2D".into()],
+        up_block_types: vec!["UpBlock2D".into(), "CrossAttnUpBlock2D".into()],
+        layers_per_block: crate::nets::sd::unet_config::PerBlock::One(1),
+        cross_attention_dim: crate::nets::sd::unet_config::PerBlock::One(32),
+        ..UNetConfig::default()
+    };
+    let mut rng = seeded(3);
+    let params = random_unet_params(&cfg, &mut rng).unwrap();
+    let unet = UNet::new(cfg, &params, None).unwrap();
+    let x = standard_normal(&mut rng, &[2, 4, 12, 12], &Device::Cpu).unwrap();
+    let text = TextEmbedding {
+        tokens: standard_normal(&mut rng, &[2, 7, 32], &Device::Cpu).unwrap(),
+        pooled: None,
+        time_ids: None,
+    };
+    let fused = unet.forward(&x, &[10.0, 700.0], &text, None).unwrap();
+    let generic = with_generic_ops(|| unet.forward(&x, &[10.0, 700.0], &text, None).unwrap());
+    let err = max_abs_diff(&fused, &generic);
+    eprintln!("fused vs generic: {err:.2e} (|out| ≤ {:.2})", max_abs(&generic));
+    assert!(err <= 1e-5 * max_abs(&generic).max(1.0), "{err}");
+}

@@ -10,11 +10,11 @@
 use crate::nets::layers::Params;
 use crate::nets::lora::{ConvSpec, LoraConv2d};
 use crate::nets::sd::attention::{Attention, AttentionSpec};
+use crate::nets::sd::group_norm::GroupNorm;
 use crate::nets::sd::resnet::{same_conv, Downsample, NormActConv, ResnetBlock, ResnetSpec, Upsample};
 use crate::nets::sd::weights::Weights;
 use anyhow::{anyhow, bail, ensure, Result};
-use candle_core::{Module, Tensor};
-use candle_nn::GroupNorm;
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use std::path::Path;

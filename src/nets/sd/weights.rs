@@ -12,9 +12,9 @@
 
 use crate::nets::layers::{param, Params};
 use crate::nets::lora::{adapter_names, Adapter, ConvSpec, LoraConfig, LoraConv2d, LoraLinear, Switch};
+use crate::nets::sd::group_norm::GroupNorm;
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::GroupNorm;
 use std::collections::BTreeSet;
 
 /// A layer that received an adapter: its module path and base weight shape.
@@ -27,6 +27,8 @@ pub struct Weights<'a> {
     dtype: DType,
     device: Device,
     used: BTreeSet<String>,
+    /// Every tensor taken, with its shape, in construction order.
+    shapes: Vec<(String, Vec<usize>)>,
     targets: Vec<String>,
     /// Every linear and conv layer counts as a target ([`Weights::shapes_of_every_layer`]).
     every_layer: bool,
@@ -89,6 +91,7 @@ impl<'a> Weights<'a> {
             dtype,
             device,
             used: BTreeSet::new(),
+            shapes: Vec::new(),
             targets,
             every_layer: false,
             matched: BTreeSet::new(),
@@ -109,7 +112,9 @@ impl<'a> Weights<'a> {
 
     /// The tensor `name` with shape `shape`, recorded as used.
     pub fn tensor(&mut self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.used.insert(name.to_string());
+        if self.used.insert(name.to_string()) {
+            self.shapes.push((name.to_string(), shape.to_vec()));
+        }
         match self.params {
             Some(p) => param(p, name, shape),
             None => Ok(Tensor::zeros((), self.dtype, &self.device)?.broadcast_as(shape)?),
@@ -179,7 +184,7 @@ impl<'a> Weights<'a> {
         LoraConv2d::new(weight, bias, spec.stride, spec.padding, adapter, self.switch.clone())
     }
 
-    /// GroupNorm `PATH.weight`, `PATH.bias` `[channels]` (candle's, composed of differentiable ops).
+    /// GroupNorm `PATH.weight`, `PATH.bias` `[channels]`.
     pub fn group_norm(&mut self, path: &str, groups: usize, channels: usize, eps: f64) -> Result<GroupNorm> {
         ensure!(
             groups > 0 && channels.is_multiple_of(groups),
@@ -187,7 +192,7 @@ impl<'a> Weights<'a> {
         );
         let w = self.tensor(&format!("{path}.weight"), &[channels])?;
         let b = self.tensor(&format!("{path}.bias"), &[channels])?;
-        Ok(GroupNorm::new(w, b, channels, groups, eps)?)
+        GroupNorm::new(w, b, channels, groups, eps)
     }
 
     /// LayerNorm `PATH.weight`, `PATH.bias` `[dim]`.
@@ -197,6 +202,11 @@ impl<'a> Weights<'a> {
             bias: self.tensor(&format!("{path}.bias"), &[dim])?,
             eps,
         })
+    }
+
+    /// The name and shape of every tensor the layers built so far take, in construction order.
+    pub fn shapes(&self) -> &[(String, Vec<usize>)] {
+        &self.shapes
     }
 
     /// Ends the build: an error naming the first tensor of the file that no layer took (and
