@@ -3,7 +3,7 @@
 SD 1.5 configuration (or SDXL's with --model sdxl) with random weights, eager, timed as dcm
 times it (median over repeats after warm-up). diffusers' default attention processor
 (PyTorch's fused scaled_dot_product_attention) stays on: that is the competitor.
-Prints JSON for bench/compare_unet.sh."""
+Prints JSON for bench/compare_unet.sh (the same fields as `dcm bench --workload unet --json`)."""
 import argparse
 import json
 import resource
@@ -70,15 +70,34 @@ def timed(warmup, repeats, f):
     return statistics.median(times), times
 
 
-def peak_mib(device):
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+def peak_host_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def random_unet(cfg, device, dtype):
+    """The model built without initialising it (diffusers' own init takes ~40 s at SD 1.5's
+    size), then drawn as dcm draws it: weights of rank >= 2 and their biases uniform(+-1/sqrt(fan_in)),
+    norm scales 1 and shifts 0."""
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**cfg)
+    unet = unet.to_empty(device=device).requires_grad_(False)
+    for m in unet.modules():
+        w, b = getattr(m, "weight", None), getattr(m, "bias", None)
+        if isinstance(w, torch.Tensor) and w.dim() >= 2:
+            bound = w[0].numel() ** -0.5
+            for t in (w, b):
+                if isinstance(t, torch.Tensor):
+                    t.uniform_(-bound, bound)
+        elif isinstance(m, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    assert not any(t.is_meta for t in unet.state_dict().values())
+    return unet.to(dtype).eval()
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--model", choices=["sd15", "sdxl"], default="sd15")
+    p.add_argument("--unet", choices=["sd15", "sdxl"], default="sd15")
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--size", type=int, default=32, help="latent height and width")
     p.add_argument("--repeats", type=int, default=5)
@@ -90,16 +109,17 @@ def main():
     torch.set_num_threads(a.threads)
     dtype = DTYPES[a.dtype]
     torch.manual_seed(0)
-    cfg = SD15 if a.model == "sd15" else SDXL
-    unet = UNet2DConditionModel(**cfg).to(a.device, dtype).eval().requires_grad_(False)
+    cfg = SD15 if a.unet == "sd15" else SDXL
+    unet = random_unet(cfg, a.device, dtype)
     params = sum(t.numel() for t in unet.parameters())
     b = a.batch
     x = torch.randn(b, 4, a.size, a.size, device=a.device, dtype=dtype)
     t = torch.tensor([1 + (i * 997) % 1000 for i in range(b)], device=a.device)
     ctx = torch.randn(b, 77, cfg["cross_attention_dim"], device=a.device, dtype=dtype)
     extra = {}
-    if a.model == "sdxl":
-        ids = torch.tensor([[1024.0, 1024.0, 0.0, 0.0, 1024.0, 1024.0]] * b, device=a.device, dtype=dtype)
+    if a.unet == "sdxl":
+        px = 8.0 * a.size  # the image size in pixels, as dcm's size ids
+        ids = torch.tensor([[px, px, 0.0, 0.0, px, px]] * b, device=a.device, dtype=dtype)
         extra["added_cond_kwargs"] = {"text_embeds": torch.randn(b, 1280, device=a.device, dtype=dtype), "time_ids": ids}
 
     def forward():
@@ -108,7 +128,8 @@ def main():
 
     seconds, times = timed(a.warmup, a.repeats, forward)
     print(json.dumps({
-        "model": a.model,
+        "workload": "unet",
+        "model": a.unet,
         "parameters": params,
         "batch": b,
         "size": a.size,
@@ -117,8 +138,10 @@ def main():
         "dtype": a.dtype,
         "torch": torch.__version__,
         "attention": type(unet.attn_processors[next(iter(unet.attn_processors))]).__name__,
-        "workloads": [{"name": "unet forward", "seconds": seconds, "samples_per_second": b / seconds, "times": times}],
-        "peak_memory_mib": peak_mib(a.device),
+        "workloads": [{"name": "unet forward", "seconds": seconds, "samples_per_second": b / seconds}],
+        "times": times,
+        "peak_memory_mib": peak_host_mib(),
+        "gpu_memory_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if a.device.startswith("cuda") else None,
     }, indent=2))
 
 

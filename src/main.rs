@@ -41,7 +41,8 @@ enum Command {
     TrainFeatnet(train::TrainFeatnetArgs),
     /// Rerun the paper's comparison on the shipped MNIST latent setting and print its table.
     Reproduce(reproduce::ReproduceArgs),
-    /// Time teacher forward, guided sampling, and one CM and one Direct distillation step.
+    /// Time teacher forward, guided sampling, and one CM and one Direct distillation step
+    /// (--workload unet: a Stable Diffusion UNet forward).
     Bench(bench::BenchArgs),
 }
 

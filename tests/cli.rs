@@ -413,6 +413,21 @@ fn bench_reports_every_workload_and_the_direct_saving() {
     assert_eq!(r["parameters"].as_u64().unwrap(), expected);
 }
 
+/// `--workload unet` refuses the MLP workloads' flags and the MLP workloads the UNet's (each
+/// would otherwise be ignored silently); a latent size the UNet cannot halve three times is
+/// refused before any weights are drawn, and so is bf16 on the CPU.
+#[test]
+fn bench_refuses_the_other_workloads_flags() {
+    assert_clean_failure(
+        &["bench", "--workload", "unet", "--hidden", "16", "--intervals", "10"],
+        "--hidden, --intervals cannot be set for --workload unet",
+    );
+    assert_clean_failure(&["bench", "--size", "64"], "--size cannot be set for --workload mlp");
+    assert_clean_failure(&["bench", "--workload", "unet", "--size", "12"], "a multiple of 8");
+    assert_clean_failure(&["bench", "--workload", "unet", "--batch", "0"], "must be positive");
+    assert_clean_failure(&["bench", "--workload", "unet", "--dtype", "bf16"], "no bf16");
+}
+
 /// Every computing command takes `--device` and `--dtype`; a CPU build refuses CUDA on one line.
 #[test]
 fn every_command_takes_a_device_and_a_dtype() {

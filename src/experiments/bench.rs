@@ -1,6 +1,7 @@
 //! `dcm bench`: the four workloads a user runs, timed as medians over repeats after
 //! warm-up, with teacher-evaluation counts and peak memory — the figures compared
-//! against PyTorch eager by `bench/compare.sh`.
+//! against PyTorch eager by `bench/compare.sh`. `--workload unet` times a Stable Diffusion
+//! UNet instead (`bench_unet.rs`).
 
 use super::args::{refuse, RuntimeArgs};
 use super::bench_unet::{UNetBench, UNetPreset};
@@ -189,11 +190,17 @@ impl BenchArgs {
 pub fn command(a: BenchArgs) -> Result<()> {
     match a.workload {
         BenchWorkload::Mlp => {
-            refuse(&a.given(BenchWorkload::Unet), "applies to --workload unet")?;
+            refuse(
+                &a.given(BenchWorkload::Unet),
+                "cannot be set for --workload mlp (UNet workload only)",
+            )?;
             mlp_command(a)
         }
         BenchWorkload::Unet => {
-            refuse(&a.given(BenchWorkload::Mlp), "applies to --workload mlp")?;
+            refuse(
+                &a.given(BenchWorkload::Mlp),
+                "cannot be set for --workload unet (MLP workloads only)",
+            )?;
             unet_command(a)
         }
     }

@@ -12,7 +12,7 @@ use crate::runtime::device::Runtime;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::{seeded, standard_normal};
 use anyhow::{ensure, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use std::time::Instant;
 
@@ -70,6 +70,10 @@ impl UNetBench {
         ensure!(
             self.repeats > 0 && self.batch > 0 && self.size > 0,
             "--repeats, --batch and --size must be positive"
+        );
+        ensure!(
+            !(self.runtime.device.is_cpu() && self.runtime.dtype == DType::BF16),
+            "--dtype bf16: candle's CPU matrix product has no bf16 (use f32 or f16 on the CPU, bf16 on CUDA)"
         );
         let cfg = self.preset.config();
         let factor = 1 << (cfg.block_out_channels.len() - 1);
