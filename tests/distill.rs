@@ -53,6 +53,7 @@ fn config(method: Method) -> DistillConfig {
         loss: Distance::L2,
         ema_decay: None,
         lora: None,
+        grad_accum: 1,
         seed: 0,
     }
 }

@@ -45,6 +45,7 @@ fn config(steps: usize) -> DistillConfig {
         loss: Distance::L2,
         ema_decay: None,
         lora: Some(LoraConfig { rank: 4, alpha: 8.0 }),
+        grad_accum: 1,
         seed: 5,
     }
 }

@@ -345,6 +345,7 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
             loss: Distance::L2,
             ema_decay: None,
             lora: None,
+            grad_accum: 1,
             seed: 0,
         };
         let mut evals = 0;

@@ -1,6 +1,7 @@
 //! `dcm distill`: a consistency student (CM or Direct CM) from a teacher.
 
-use super::args::{LoraArgs, OdeArgs, RunArgs, RuntimeArgs};
+use super::args::{refuse, LoraArgs, OdeArgs, RunArgs, RuntimeArgs};
+use super::distill_sd::SdDistillArgs;
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::data::toy::DEFAULT_SIZE;
@@ -28,7 +29,9 @@ pub struct DistillArgs {
     /// Teacher SPEC (see below).
     #[arg(long)]
     pub teacher: String,
-    /// Training data: `toy:NAME` or an .npy file [n, …]; default: the analytic teacher's own distribution.
+    /// Training data: `toy:NAME`, `mnist`, an image folder or an .npy file [n, …]; default: the
+    /// analytic teacher's own distribution. With sd:DIR: a folder of images with captions
+    /// (`name.png|jpg` beside `name.txt`, or a `metadata.jsonl` with `file_name` and `text`).
     #[arg(long)]
     pub data: Option<String>,
     #[command(flatten)]
@@ -36,8 +39,12 @@ pub struct DistillArgs {
     /// Training steps.
     #[arg(long, default_value_t = 3000)]
     pub steps: usize,
-    #[arg(long, default_value_t = 256)]
-    pub batch: usize,
+    /// Rows per batch [default: 256; 16 with sd:DIR].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Batches whose mean gradient makes one step (for batches that don't fit at once).
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
     /// AdamW learning rate [default: 1e-3 for a fresh student, 1e-4 when starting from a network teacher].
     #[arg(long)]
     pub lr: Option<f64>,
@@ -69,6 +76,8 @@ pub struct DistillArgs {
     #[command(flatten)]
     pub lora: LoraArgs,
     #[command(flatten)]
+    pub sd: SdDistillArgs,
+    #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
@@ -80,6 +89,10 @@ const WORKING_COPIES: usize = 32;
 
 pub fn command(a: DistillArgs) -> Result<()> {
     let rt = a.runtime.runtime()?;
+    if let Some(dir) = a.teacher.strip_prefix("sd:") {
+        return super::distill_sd::command(&a, std::path::Path::new(dir), &rt);
+    }
+    refuse(&a.sd.given(), "applies to Stable Diffusion teachers (sd:DIR) only")?;
     let teacher = Teacher::parse(&a.teacher, &rt)?;
     let unconditional = a.unconditional || teacher.num_classes() == 0;
     if unconditional && a.ode.guidance.is_some_and(|w| w != 1.0) {
@@ -104,13 +117,14 @@ pub fn command(a: DistillArgs) -> Result<()> {
             (NetConfig::Mlp(net), init, 1e-3)
         }
     };
+    let batch = a.batch.unwrap_or(256);
     let cfg = DistillConfig {
         method: a.method,
         solver: a.ode.solver(),
         intervals: a.ode.intervals(),
         guidance: a.ode.guidance()?,
         steps: a.steps,
-        batch: a.batch,
+        batch,
         optim: OptimConfig {
             lr: a.lr.unwrap_or(default_lr),
             weight_decay: a.weight_decay,
@@ -120,6 +134,7 @@ pub fn command(a: DistillArgs) -> Result<()> {
         loss: a.loss,
         ema_decay: a.ema_decay,
         lora: a.lora.lora()?,
+        grad_accum: a.grad_accum,
         seed: a.seed,
     };
     // A LoRA student of a network teacher starts from the teacher's own weights, so the
@@ -130,8 +145,8 @@ pub fn command(a: DistillArgs) -> Result<()> {
     let (out_dir, ckpt) = a
         .run
         .checkpointing(serde_json::json!({"teacher": a.teacher, "data": a.data, "unconditional": a.unconditional}))?;
-    let per_step = f32_bytes(&[a.batch, data.x.elem_count() / data.len()]) * WORKING_COPIES as f64;
-    ensure_fits(per_step, &format!("--batch {}", a.batch))?;
+    let per_step = f32_bytes(&[batch, data.x.elem_count() / data.len()]) * WORKING_COPIES as f64;
+    ensure_fits(per_step, &format!("--batch {batch}"))?;
     let start = std::time::Instant::now();
     let out = distill(target_source, &net, &init, &data, &cfg, ckpt)?;
     let config = StudentConfig {

@@ -6,6 +6,7 @@ pub mod args;
 pub mod bench;
 pub mod bench_unet;
 pub mod distill;
+pub mod distill_sd;
 pub mod eval;
 pub mod report;
 pub mod reproduce;

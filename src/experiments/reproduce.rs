@@ -150,6 +150,7 @@ impl ReproduceConfig {
             loss: self.loss,
             ema_decay: self.ema_decay,
             lora: self.lora,
+            grad_accum: 1,
             seed,
         }
     }

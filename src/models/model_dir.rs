@@ -31,6 +31,11 @@ pub fn save_tensors(path: &Path, params: &Params) -> Result<()> {
 /// A trained run's folder: `save` plus `train_log.csv` (the loss of every step).
 pub fn save_run(dir: &Path, config: &impl Serialize, params: &Params, losses: &[f32]) -> Result<()> {
     save(dir, config, params)?;
+    save_loss_log(dir, losses)
+}
+
+/// `DIR/train_log.csv`: the loss of every step.
+pub fn save_loss_log(dir: &Path, losses: &[f32]) -> Result<()> {
     let mut log = String::from("step,loss\n");
     for (i, l) in losses.iter().enumerate() {
         log.push_str(&format!("{},{l}\n", i + 1));

@@ -36,6 +36,44 @@ pub trait Network: Denoiser {
     fn merged_params(&self) -> Result<Params>;
 }
 
+/// What distillation needs of a student's architecture: build it on weights (with adapters),
+/// fresh adapters, and a description a resumed run must match.
+pub trait Architecture {
+    /// Refuses training samples of another per-sample shape than the network takes.
+    fn check_sample_shape(&self, shape: &[usize]) -> Result<()>;
+    /// The network on `params` (base weights, plus every adapter when `lora` is set).
+    fn build(&self, params: &Params, lora: Option<LoraConfig>) -> Result<Box<dyn Network>>;
+    /// Fresh adapters (A random, B = 0) for every layer LoRA adapts, in f32.
+    fn init_adapters(&self, lora: LoraConfig, rng: &mut Rng) -> Result<Params>;
+    /// The architecture as stored in a run's configuration.
+    fn describe(&self) -> serde_json::Value;
+    /// Whether a LoRA student is kept as plain merged weights (small networks) rather than as
+    /// its adapters alone (a Stable Diffusion UNet, whose merged copy would double its memory).
+    fn merges_adapters(&self) -> bool {
+        true
+    }
+}
+
+impl Architecture for NetConfig {
+    fn check_sample_shape(&self, shape: &[usize]) -> Result<()> {
+        anyhow::ensure!(
+            shape == self.sample_shape(),
+            "data samples have shape {shape:?} but the student expects {:?}",
+            self.sample_shape()
+        );
+        Ok(())
+    }
+    fn build(&self, params: &Params, lora: Option<LoraConfig>) -> Result<Box<dyn Network>> {
+        NetConfig::build(self, params, lora)
+    }
+    fn init_adapters(&self, lora: LoraConfig, rng: &mut Rng) -> Result<Params> {
+        NetConfig::init_adapters(self, lora, rng)
+    }
+    fn describe(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
 impl NetConfig {
     /// Per-sample shape of x.
     pub fn sample_shape(&self) -> &[usize] {

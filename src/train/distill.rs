@@ -11,13 +11,13 @@ use crate::diffusion::guidance::Guided;
 use crate::diffusion::solver::Solver;
 use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
-use crate::nets::network::{AdaptersOff, NetConfig};
+use crate::nets::network::{AdaptersOff, Architecture};
 use crate::runtime::finite::finite_flag;
-use crate::runtime::noise::{init_rng, standard_normal};
+use crate::runtime::noise::{init_rng, standard_normal, Rng};
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::{ensure, Result};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,37 @@ pub struct DistillConfig {
     /// Train LoRA adapters on the frozen start weights instead of every weight.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lora: Option<LoraConfig>,
+    /// Micro-batches of `batch` rows whose mean gradient makes one step (`--grad-accum`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub grad_accum: usize,
     pub seed: u64,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
+/// Where training batches come from: clean samples `x₀` and the condition of each row.
+pub trait TrainingData {
+    /// Per-sample shape of `x₀`.
+    fn sample_shape(&self) -> Vec<usize>;
+    /// `size` rows drawn with `rng`, on `device`.
+    fn batch(&self, rng: &mut Rng, size: usize, device: &Device) -> Result<(Tensor, Condition)>;
+}
+
+/// Labelled samples: each row's class label is its condition.
+impl TrainingData for Dataset {
+    fn sample_shape(&self) -> Vec<usize> {
+        Dataset::sample_shape(self)
+    }
+    fn batch(&self, rng: &mut Rng, size: usize, device: &Device) -> Result<(Tensor, Condition)> {
+        let (x0, labels) = Dataset::batch(self, rng, size, device)?;
+        Ok((x0, Condition::Labels(labels)))
+    }
 }
 
 impl DistillConfig {
@@ -49,6 +79,7 @@ impl DistillConfig {
         Discretization::new(self.intervals)?;
         ensure!(self.steps > 0, "--steps must be positive");
         ensure!(self.batch > 0, "--batch must be positive");
+        ensure!(self.grad_accum > 0, "--grad-accum must be positive");
         finite_flag(self.guidance, "--guidance", MAX_GUIDANCE)?;
         self.optim.validate()?;
         if let Some(d) = self.ema_decay {
@@ -59,7 +90,8 @@ impl DistillConfig {
 }
 
 pub struct Distilled {
-    /// The student's weights, adapters merged in.
+    /// The student's weights, adapters merged in (left empty when the architecture keeps
+    /// LoRA students as their adapters: `Architecture::merges_adapters`).
     pub params: Params,
     /// The trained adapters alone (LoRA students).
     pub adapters: Option<Params>,
@@ -73,19 +105,14 @@ pub struct Distilled {
 /// off — the start weights themselves, as the paper's reference does with LoRA.
 pub fn distill(
     teacher: Option<&dyn Denoiser>,
-    net: &NetConfig,
+    net: &dyn Architecture,
     start: &Params,
-    data: &Dataset,
+    data: &dyn TrainingData,
     cfg: &DistillConfig,
     checkpointing: Checkpointing,
 ) -> Result<Distilled> {
     cfg.validate()?;
-    ensure!(
-        data.sample_shape() == net.sample_shape(),
-        "data samples have shape {:?} but the student expects {:?}",
-        data.sample_shape(),
-        net.sample_shape()
-    );
+    net.check_sample_shape(&data.sample_shape())?;
     ensure!(
         teacher.is_some() || cfg.lora.is_some(),
         "a fully fine-tuned student needs a separate teacher"
@@ -104,7 +131,7 @@ pub fn distill(
         ema_decay: cfg.ema_decay,
         checkpointing,
         device,
-        run_config: serde_json::json!({"distill": cfg, "net": net}),
+        run_config: serde_json::json!({"distill": cfg, "net": net.describe()}),
     };
     let mut trainer = Trainer::new(&init, options)?;
     // Under LoRA the trained tensors are the adapters, added to the frozen start weights.
@@ -122,33 +149,36 @@ pub fn distill(
     let counted = Counted::new(&guided);
     let resumed_evaluations = trainer.counter;
     while !trainer.finished() {
-        let device = trainer.device();
-        let rng = trainer.rng();
-        let (x0, labels) = data.batch(rng, cfg.batch, &device)?;
-        let t: Vec<usize> = (0..cfg.batch)
-            .map(|_| grid.start(rng.random_range(0..grid.intervals())))
-            .collect();
-        let eps = standard_normal(rng, x0.shape(), x0.device())?;
-        let xt = diffuse(student.schedule(), &x0, &eps, &t)?;
-        let cond = Condition::Labels(labels);
-        let batch = Batch {
-            teacher: &counted,
-            student: &*student,
-            target_net: &*target_net,
-            solver: cfg.solver,
-            grid,
-            distance: cfg.loss,
-            x: &xt,
-            t: &t,
-            cond: &cond,
-        };
-        let loss = cfg.method.objective().loss(&batch)?;
-        trainer.counter = resumed_evaluations + counted.evaluations();
-        trainer.step(&loss)?;
+        for _ in 0..cfg.grad_accum {
+            let device = trainer.device();
+            let rng = trainer.rng();
+            let (x0, cond) = data.batch(rng, cfg.batch, &device)?;
+            let t: Vec<usize> = (0..cfg.batch)
+                .map(|_| grid.start(rng.random_range(0..grid.intervals())))
+                .collect();
+            let eps = standard_normal(rng, x0.shape(), x0.device())?;
+            let xt = diffuse(student.schedule(), &x0, &eps, &t)?;
+            let batch = Batch {
+                teacher: &counted,
+                student: &*student,
+                target_net: &*target_net,
+                solver: cfg.solver,
+                grid,
+                distance: cfg.loss,
+                x: &xt,
+                t: &t,
+                cond: &cond,
+            };
+            let loss = cfg.method.objective().loss(&batch)?;
+            trainer.counter = resumed_evaluations + counted.evaluations();
+            trainer.accumulate(&loss, cfg.grad_accum)?;
+        }
+        trainer.step_accumulated()?;
     }
     trainer.finish();
     let (params, adapters) = match cfg.lora {
-        Some(_) => (student.merged_params()?, Some(trainer.frozen_params())),
+        Some(_) if net.merges_adapters() => (student.merged_params()?, Some(trainer.frozen_params())),
+        Some(_) => (Params::new(), Some(trainer.frozen_params())),
         None => (trainer.frozen_params(), None),
     };
     Ok(Distilled {

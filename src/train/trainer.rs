@@ -9,6 +9,7 @@ use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
 use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
 use anyhow::{bail, ensure, Context, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::SeedableRng;
@@ -63,6 +64,8 @@ pub struct Trainer {
     pub losses: Vec<f32>,
     /// A count the loop keeps across resumes (distillation: teacher evaluations so far).
     pub counter: u64,
+    /// Gradients and loss summed over this step's micro-batches so far.
+    pending: Option<(GradStore, f32)>,
     bar: ProgressBar,
     checkpointing: Checkpointing,
     run_config: Value,
@@ -101,6 +104,7 @@ impl Trainer {
             rng: seeded(o.seed),
             losses: Vec::new(),
             counter: 0,
+            pending: None,
             bar: progress(o.steps, o.what),
             run_config: json!({"run": o.run_config, "context": o.checkpointing.context}),
             checkpointing: o.checkpointing,
@@ -151,13 +155,46 @@ impl Trainer {
     /// Backward, clip, update, EMA; refuses a non-finite loss before touching the weights
     /// (the last checkpoint stays as it was); checkpoints on schedule or on a stop signal.
     pub fn step(&mut self, loss: &Tensor) -> Result<f32> {
+        self.accumulate(loss, 1)?;
+        self.step_accumulated()
+    }
+
+    /// Adds the gradient of one of `parts` equal micro-batches' losses (`--grad-accum`): the
+    /// step then follows the mean loss over them, as one batch of their total size would.
+    /// Each part's graph is freed after its backward pass, so only one part's activations live.
+    pub fn accumulate(&mut self, loss: &Tensor, parts: usize) -> Result<()> {
         let value: f32 = loss.to_scalar()?;
-        let step = self.losses.len() + 1;
         if !value.is_finite() {
             self.bar.abandon();
+            let step = self.losses.len() + 1;
             bail!("loss is {value} at step {step}; stopped without saving (the last checkpoint is kept)");
         }
-        let grads = loss.backward()?;
+        let grads = match parts {
+            1 => loss.backward()?,
+            _ => (loss / parts as f64)?.backward()?,
+        };
+        self.pending = Some(match self.pending.take() {
+            None => (grads, value / parts as f32),
+            Some((mut sum, total)) => {
+                for v in &self.vars {
+                    if let Some(g) = grads.get(v) {
+                        let added = match sum.get(v) {
+                            Some(s) => (s + g)?,
+                            None => g.clone(),
+                        };
+                        sum.insert(v, added);
+                    }
+                }
+                (sum, total + value / parts as f32)
+            }
+        });
+        Ok(())
+    }
+
+    /// The optimizer step on the gradients accumulated since the last step.
+    pub fn step_accumulated(&mut self) -> Result<f32> {
+        let (grads, value) = self.pending.take().context("no gradient accumulated for this step")?;
+        let step = self.losses.len() + 1;
         let scale = clip_scale(grad_norm(&self.vars, &grads)?, self.cfg.max_grad_norm);
         self.opt
             .step(&self.vars, &grads, self.cfg.lr_at(step - 1, self.total), scale)?;

@@ -2,14 +2,17 @@
 //! the folder and its components, the scheduler config's forward process, prompts to text
 //! conditioning, the UNet as a `Denoiser`, and decoding latents to PNG files.
 
+pub mod captioned_latents;
 pub mod images;
 pub mod json;
 pub mod latents;
 pub mod pipeline;
 pub mod prompts;
 pub mod scheduler;
+pub mod student;
 pub mod teacher;
 pub mod text;
+pub mod training_memory;
 pub mod weights;
 
 pub use teacher::SdTeacher;

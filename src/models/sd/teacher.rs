@@ -1,28 +1,25 @@
-//! A Stable Diffusion UNet as a `Denoiser` (DESIGN.md, "Pretrained diffusers UNets"): our
-//! timestep t ∈ 1..=T indexes ᾱ[t−1], so the UNet, trained on 0..T−1, receives `t − 1`; a
-//! v-prediction output becomes `ε̂ = σ_t x_t + α_t v`. Guidance batches the conditional and
-//! unconditional halves in one UNet call and, as diffusers (`guidance_scale > 1`), only applies
-//! for w > 1.
+//! A Stable Diffusion teacher: a pipeline folder's UNet as a `Denoiser` (DESIGN.md,
+//! "Pretrained diffusers UNets"; the timestep and prediction conventions are `UnetDenoiser`'s),
+//! with the text encoders and the VAE on demand.
 
 use super::pipeline::{Family, Pipeline};
 use super::scheduler::Prediction;
+use super::student::UnetDenoiser;
 use super::text::NullText;
-use crate::diffusion::condition::{Condition, TextEmbedding};
-use crate::diffusion::denoiser::{per_row_of, Denoiser};
+use crate::diffusion::condition::Condition;
+use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::Schedule;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::vae::VaeConfig;
 use crate::runtime::device::Runtime;
-use anyhow::{anyhow, bail, ensure, Result};
+use anyhow::{anyhow, ensure, Result};
 use candle_core::{DType, Tensor};
 
 /// The teacher of an `sd:DIR` pipeline folder: its UNet and forward process; the text
 /// encoders and the VAE load on demand (`condition`, `images::decode`).
 pub struct SdTeacher {
     pipeline: Pipeline,
-    unet: UNet,
-    schedule: Schedule,
-    prediction: Prediction,
+    denoiser: UnetDenoiser,
     vae: VaeConfig,
 }
 
@@ -51,10 +48,9 @@ impl SdTeacher {
             cfg.out_channels,
             vae.latent_channels
         );
+        let unet = pipeline.unet_with_lora(rt, lora)?;
         Ok(Self {
-            unet: pipeline.unet_with_lora(rt, lora)?,
-            schedule: scheduler.schedule,
-            prediction: scheduler.prediction,
+            denoiser: UnetDenoiser::new(unet, scheduler.schedule, scheduler.prediction),
             vae,
             pipeline,
         })
@@ -65,11 +61,16 @@ impl SdTeacher {
     }
 
     pub fn unet(&self) -> &UNet {
-        &self.unet
+        self.denoiser.unet()
     }
 
     pub fn prediction(&self) -> Prediction {
-        self.prediction
+        self.denoiser.prediction()
+    }
+
+    /// The UNet as a denoiser (with the adapters of a LoRA file, if loaded with one).
+    pub fn denoiser(&self) -> &UnetDenoiser {
+        &self.denoiser
     }
 
     pub fn vae_config(&self) -> &VaeConfig {
@@ -102,67 +103,20 @@ impl SdTeacher {
         let encoder = self.pipeline.prompt_encoder(rt)?;
         encoder.condition(prompts, null, force_zeros, (h * f, w * f))
     }
-
-    /// The UNet's raw output (ε or v) at diffusers timesteps `t − 1`.
-    fn output(&self, x: &Tensor, t: &[usize], text: &TextEmbedding) -> Result<Tensor> {
-        ensure!(
-            t.iter().all(|&t| t >= 1),
-            "a Stable Diffusion teacher is evaluated at timesteps 1..=T, not 0"
-        );
-        let steps: Vec<f64> = t.iter().map(|&t| (t - 1) as f64).collect();
-        self.unet.forward(x, &steps, text, None)
-    }
-
-    /// ε̂ from the UNet's output: itself, or `σ_t x_t + α_t v`.
-    fn to_eps(&self, x: &Tensor, out: Tensor, t: &[usize]) -> Result<Tensor> {
-        match self.prediction {
-            Prediction::Epsilon => Ok(out),
-            Prediction::V => {
-                let sigma = per_row_of(t, |t| self.schedule.sigma(t), x)?;
-                let alpha = per_row_of(t, |t| self.schedule.alpha(t), x)?;
-                Ok((x.broadcast_mul(&sigma)? + out.broadcast_mul(&alpha)?)?)
-            }
-        }
-    }
-}
-
-fn text_of(cond: &Condition) -> Result<(&TextEmbedding, &TextEmbedding)> {
-    match cond {
-        Condition::Text { text, null } => Ok((text, null)),
-        Condition::Labels(_) => bail!("a Stable Diffusion teacher is conditioned on text prompts, not class labels"),
-    }
 }
 
 impl Denoiser for SdTeacher {
     fn schedule(&self) -> &Schedule {
-        &self.schedule
+        self.denoiser.schedule()
     }
-
-    /// Text-conditioned: no class labels.
     fn num_classes(&self) -> usize {
         0
     }
-
     fn eps(&self, x: &Tensor, t: &[usize], cond: &Condition) -> Result<Tensor> {
-        let (text, _) = text_of(cond)?;
-        let out = self.output(x, t, text)?;
-        self.to_eps(x, out, t)
+        self.denoiser.eps(x, t, cond)
     }
-
-    /// `o_u + w (o_c − o_u)` on the UNet's outputs (ε or v, as diffusers), both halves in one
-    /// call with rows `[null; text]`; for w ≤ 1 the conditional prediction alone.
     fn eps_guided(&self, x: &Tensor, t: &[usize], cond: &Condition, w: f64) -> Result<Tensor> {
-        if w <= 1.0 {
-            return self.eps(x, t, cond);
-        }
-        text_of(cond)?;
-        let b = x.dim(0)?;
-        let both = Condition::cat(&[&cond.null(), cond])?;
-        let (both, _) = text_of(&both)?;
-        let out = self.output(&Tensor::cat(&[x, x], 0)?, &[t, t].concat(), both)?;
-        let (u, c) = (out.narrow(0, 0, b)?, out.narrow(0, b, b)?);
-        let guided = (&u + ((c - &u)? * w)?)?;
-        self.to_eps(x, guided, t)
+        self.denoiser.eps_guided(x, t, cond, w)
     }
 }
 
@@ -249,7 +203,6 @@ mod tests {
         let labels = Condition::Labels(vec![None; 3]);
         let e = teacher.eps(&x, &t, &labels).unwrap_err().to_string();
         assert!(e.contains("conditioned on text prompts"), "{e}");
-        assert!(teacher.eps(&x, &[0, 1, 2], &cond).is_err());
         assert_eq!(teacher.num_classes(), 0);
     }
 

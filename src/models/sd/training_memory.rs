@@ -1,0 +1,135 @@
+//! What a LoRA distillation step of a Stable Diffusion UNet holds in memory, estimated before
+//! the run starts: the frozen UNet in its precision, the adapters with their f32 gradients
+//! and AdamW moments (and EMA), and the activations the student's forward pass keeps for
+//! the backward pass — the part that grows with the batch. The teacher's and target
+//! network's passes keep no graph, so their activations are transient.
+
+use super::student::LoraUnet;
+use crate::nets::layers::Params;
+use crate::nets::lora::LoraConfig;
+use crate::nets::sd::unet_config::{BlockSpec, Layout};
+use crate::runtime::device::Runtime;
+use crate::runtime::memory::{ensure_fits, human};
+use crate::train::distill::DistillConfig;
+use anyhow::{anyhow, Result};
+
+/// Tokens of the text context the cross-attention layers attend to (CLIP's 77).
+const CONTEXT_TOKENS: usize = 77;
+
+#[derive(Clone, Copy, Debug)]
+pub struct TrainingMemory {
+    pub weights: f64,
+    /// Adapters (f32 and the cast copy), their gradients, AdamW moments and EMA.
+    pub adapters: f64,
+    pub activations_per_sample: f64,
+    /// Rows per micro-batch.
+    pub batch: usize,
+}
+
+impl TrainingMemory {
+    /// For latents of per-sample shape `[C, h, w]` and the run's batch.
+    pub fn estimate(arch: &LoraUnet, start: &Params, lora: LoraConfig, latent: &[usize], cfg: &DistillConfig) -> Result<Self> {
+        let size = arch.dtype.size_in_bytes() as f64;
+        let weights = start.values().map(|t| t.elem_count() as f64).sum::<f64>() * size;
+        let adapter_elems: f64 = arch
+            .unet
+            .lora_layers(&arch.targets)?
+            .iter()
+            .map(|(_, shape)| (lora.rank * (shape[1..].iter().product::<usize>() + shape[0])) as f64)
+            .sum();
+        // f32 weights, gradients, two AdamW moments, EMA; the cast copy the UNet computes with.
+        let f32_copies = 4.0 + f64::from(u8::from(cfg.ema_decay.is_some()));
+        let adapters = adapter_elems * (4.0 * f32_copies + size);
+        let layout = arch.unet.layout().map_err(|e| anyhow!("UNet config: {e}"))?;
+        let (h, w) = match latent {
+            [_, h, w] => (*h, *w),
+            _ => return Err(anyhow!("latents of shape {latent:?}: expected [C, h, w]")),
+        };
+        Ok(Self {
+            weights,
+            adapters,
+            activations_per_sample: saved_elements(&layout, h * w) * size,
+            batch: cfg.batch,
+        })
+    }
+
+    pub fn total(&self) -> f64 {
+        self.weights + self.adapters + self.activations_per_sample * self.batch as f64
+    }
+
+    /// Refuses a run whose estimate exceeds the memory available (CPU runs; on a GPU the
+    /// estimate is printed and the device's allocator has the last word).
+    pub fn check(&self, rt: &Runtime) -> Result<()> {
+        match rt.device.is_cpu() {
+            true => ensure_fits(self.total(), &format!("--batch {} of this UNet", self.batch)),
+            false => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Display for TrainingMemory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory estimate: UNet {} + adapters and optimizer {} + activations {} per sample × {} = {}",
+            human(self.weights),
+            human(self.adapters),
+            human(self.activations_per_sample),
+            self.batch,
+            human(self.total())
+        )
+    }
+}
+
+/// Elements the student's forward pass saves for its backward pass, per sample, for latents
+/// of `pixels` = h·w: every resnet's normalised, activated and convolved maps, and every
+/// transformer layer's token maps and attention probabilities (`heads · S²` for self-attention,
+/// the term that dominates at high resolution).
+fn saved_elements(layout: &Layout, pixels: usize) -> f64 {
+    let mut total = 0.0;
+    let mut s = pixels as f64;
+    for block in &layout.down {
+        total += block_elements(block, s);
+        if block.resample {
+            s /= 4.0;
+        }
+    }
+    let mid = &layout.mid;
+    total += 2.0 * resnet_elements(mid.channels as f64, mid.channels as f64, s)
+        + mid.transformer_layers as f64 * transformer_elements(mid.channels as f64, mid.heads as f64, s);
+    for block in &layout.up {
+        total += block_elements(block, s);
+        if block.resample {
+            s *= 4.0;
+        }
+    }
+    total
+}
+
+fn block_elements(block: &BlockSpec, s: f64) -> f64 {
+    let out = block.out as f64;
+    let per_resnet: f64 = block
+        .resnet_in
+        .iter()
+        .map(|&c_in| {
+            let attention = match block.cross_attention {
+                true => block.transformer_layers as f64 * transformer_elements(out, block.heads as f64, s),
+                false => 0.0,
+            };
+            resnet_elements(c_in as f64, out, s) + attention
+        })
+        .sum();
+    per_resnet + if block.resample { out * s } else { 0.0 }
+}
+
+/// GroupNorm input and output, SiLU and convolution outputs of both halves.
+fn resnet_elements(c_in: f64, c_out: f64, s: f64) -> f64 {
+    3.0 * c_in * s + 4.0 * c_out * s
+}
+
+/// One `BasicTransformerBlock` of width `d` on S tokens: about 30 token maps of width d
+/// (norms, projections, GEGLU's 8d-wide input and 4d-wide halves), self-attention scores
+/// and probabilities, and cross-attention's against the text context.
+fn transformer_elements(d: f64, heads: f64, s: f64) -> f64 {
+    30.0 * d * s + 2.0 * heads * s * s + 2.0 * heads * s * CONTEXT_TOKENS as f64
+}
