@@ -125,11 +125,7 @@ fn mnist_command(a: EvalArgs) -> Result<()> {
     let noise = standard_normal(&mut eval_noise_rng(a.seed), shape, &rt.device)?;
     let classes = teacher.num_classes() as u32;
     let conditional = student.config.conditional && classes > 0;
-    let labels = Condition::Labels(
-        (0..samples as u32)
-            .map(|i| conditional.then(|| i % classes))
-            .collect(),
-    );
+    let labels = Condition::Labels((0..samples as u32).map(|i| conditional.then(|| i % classes)).collect());
     for &k in &a.steps {
         ensure!(
             k >= 1 && k <= grid.intervals() && T.is_multiple_of(k),
@@ -193,13 +189,26 @@ fn sd_student(a: &EvalArgs) -> Result<SdStudent> {
         Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config.display()))?,
         Err(_) => Value::Null,
     };
-    let field = |name: &str| json.get(name).or_else(|| json.get("distill").and_then(|d| d.get(name))).cloned();
+    let field = |name: &str| {
+        json.get(name)
+            .or_else(|| json.get("distill").and_then(|d| d.get(name)))
+            .cloned()
+    };
     let bad = |name: &str| format!("{}: '{name}' has an unexpected value", config.display());
     Ok(SdStudent {
         lora,
-        intervals: field("intervals").map(serde_json::from_value).transpose().with_context(|| bad("intervals"))?,
-        guidance: field("guidance").map(serde_json::from_value).transpose().with_context(|| bad("guidance"))?,
-        solver: field("solver").map(serde_json::from_value).transpose().with_context(|| bad("solver"))?,
+        intervals: field("intervals")
+            .map(serde_json::from_value)
+            .transpose()
+            .with_context(|| bad("intervals"))?,
+        guidance: field("guidance")
+            .map(serde_json::from_value)
+            .transpose()
+            .with_context(|| bad("guidance"))?,
+        solver: field("solver")
+            .map(serde_json::from_value)
+            .transpose()
+            .with_context(|| bad("solver"))?,
     })
 }
 
@@ -233,10 +242,17 @@ fn sd_command(a: EvalArgs) -> Result<()> {
     let batch = a.batch.unwrap_or(8);
     ensure!(batch > 0, "--batch 0: must be at least 1");
     let rt = a.runtime.runtime()?;
-    let noise_file = a.noise.as_deref().context("--noise IN.npy is needed for an SD evaluation")?;
+    let noise_file = a
+        .noise
+        .as_deref()
+        .context("--noise IN.npy is needed for an SD evaluation")?;
     let noise = npy::read(noise_file)?;
     let rows = noise.dim(0).unwrap_or(0);
-    let prompts = prompts::per_row(None, Some(a.prompts.as_deref().context("--prompts FILE is needed")?), rows)?;
+    let prompts = prompts::per_row(
+        None,
+        Some(a.prompts.as_deref().context("--prompts FILE is needed")?),
+        rows,
+    )?;
     let noise = noise.to_dtype(DType::F32)?.to_device(&rt.device)?;
     let teacher = SdTeacher::load(Path::new(dir), &rt).with_context(|| format!("--teacher '{spec}'"))?;
     let reference = match &a.reference {
@@ -276,7 +292,9 @@ fn sd_command(a: EvalArgs) -> Result<()> {
         None => None,
     };
     let real = match (&clip, &a.real) {
-        (Some(c), Some(d)) => Some(real_image_features(c, d, batch).with_context(|| format!("--real {}", d.display()))?),
+        (Some(c), Some(d)) => {
+            Some(real_image_features(c, d, batch).with_context(|| format!("--real {}", d.display()))?)
+        }
         _ => None,
     };
     setup.clip = clip.as_ref();
@@ -324,7 +342,10 @@ fn write_outputs(out: &Path, a: &EvalArgs, lora: &Path, setup: &SdEvalSetup, eva
         "rows": eval.rows,
         "notes": eval.notes,
     });
-    write_atomic(&out.join("eval.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
+    write_atomic(
+        &out.join("eval.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
     write_atomic(&out.join("eval.csv"), eval.to_csv().as_bytes())?;
     write_atomic(&out.join("eval.md"), eval.to_markdown().as_bytes())
 }
