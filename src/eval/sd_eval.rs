@@ -94,6 +94,7 @@ pub struct SdEvaluation {
 struct ClipMetrics<'a> {
     clip: &'a ClipModel,
     text: Tensor,
+    teacher_features: Tensor,
     teacher: DMatrix<f64>,
     real: Option<&'a DMatrix<f64>>,
 }
@@ -103,9 +104,12 @@ type Scores = (Option<f64>, Option<f64>, Option<f64>);
 
 impl ClipMetrics<'_> {
     fn score(&self, images: &Tensor, batch: usize) -> Result<Scores> {
-        let features = image_features(self.clip, images, batch)?;
-        let clip_score = clip_score_of(&cosine_scores(&features, &self.text)?);
-        let feats = to_matrix(&features)?;
+        self.score_features(&image_features(self.clip, images, batch)?)
+    }
+
+    fn score_features(&self, features: &Tensor) -> Result<Scores> {
+        let clip_score = clip_score_of(&cosine_scores(features, &self.text)?);
+        let feats = to_matrix(features)?;
         // A Gaussian fit needs two samples; with one, FD is left out (see the notes).
         let fd = |other: &DMatrix<f64>| {
             (feats.nrows() >= 2)
@@ -298,6 +302,7 @@ impl SdEvalSetup<'_> {
         } else {
             started.elapsed().as_secs_f64()
         };
+        self.say_reference(&reference, teacher_seconds)?;
         let metrics = self.clip_metrics(&reference)?;
         let mut rows = vec![self.teacher_row(&reference, metrics.as_ref(), teacher_seconds)?];
         let mut samples = Vec::new();
@@ -312,6 +317,20 @@ impl SdEvalSetup<'_> {
             reference,
             samples,
         })
+    }
+
+    /// One line on where the teacher's samples came from.
+    fn say_reference(&self, reference: &Reference, seconds: f64) -> Result<()> {
+        let dir = self.reference.dir.display();
+        if reference.from_cache {
+            eprintln!("teacher reference: read from {dir}");
+        } else {
+            let (rows, evals) = (self.noise.dim(0)?, self.ode.unet_evals_per_sample());
+            eprintln!(
+                "teacher reference: {rows} samples × {evals} UNet evaluations in {seconds:.1} s, cached in {dir}"
+            );
+        }
+        Ok(())
     }
 
     fn reference(&self, cond: &Condition) -> Result<Reference> {
@@ -350,17 +369,19 @@ impl SdEvalSetup<'_> {
         let Some(clip) = self.clip else {
             return Ok(None);
         };
+        let teacher_features = image_features(clip, &reference.images, self.batch)?;
         Ok(Some(ClipMetrics {
             clip,
             text: text_features(clip, self.prompts, self.batch)?,
-            teacher: to_matrix(&image_features(clip, &reference.images, self.batch)?)?,
+            teacher: to_matrix(&teacher_features)?,
+            teacher_features,
             real: self.real,
         }))
     }
 
     fn teacher_row(&self, reference: &Reference, metrics: Option<&ClipMetrics>, seconds: f64) -> Result<SdEvalRow> {
         let (fd_teacher, fd_real, clip_score) = match metrics {
-            Some(m) => m.score(&reference.images, self.batch)?,
+            Some(m) => m.score_features(&m.teacher_features)?,
             None => (None, None, None),
         };
         Ok(SdEvalRow {
@@ -396,6 +417,7 @@ impl SdEvalSetup<'_> {
         let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         let images = self.decode(&latents, &format!("student, {k} steps, decode"))?;
         let seconds = started.elapsed().as_secs_f64();
+        eprintln!("student, {k} steps: sampled and decoded in {seconds:.1} s");
         let (fd_teacher, fd_real, clip_score) = match metrics {
             Some(m) => m.score(&images, self.batch)?,
             None => (None, None, None),
