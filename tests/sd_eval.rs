@@ -11,6 +11,8 @@ use dcm::diffusion::discretization::Discretization;
 use dcm::diffusion::guidance::Guided;
 use dcm::diffusion::schedule::T;
 use dcm::diffusion::solver::{solve, Solver};
+use dcm::eval::metrics::fd::frechet_distance;
+use dcm::eval::metrics::to_matrix;
 use dcm::eval::sd_eval::{load_clip, student_samples, SdEvalSetup};
 use dcm::eval::sd_reference::{read_pngs, ReferenceCache, TeacherOde};
 use dcm::models::sd::text::NullText;
@@ -24,7 +26,14 @@ use std::process::{Command, Output};
 const ROWS: usize = 4;
 const INTERVALS: usize = 10;
 const GUIDANCE: f64 = 3.0;
-const PROMPTS: [&str; ROWS] = ["a red cat", "blue sky over a field", "a tree", ""];
+/// Chosen so the tiny random CLIP's mean cosine is positive (an empty prompt or "a red cat"
+/// alone give a negative mean, which the CLIP score clamps to 0).
+const PROMPTS: [&str; ROWS] = [
+    "blue sky over a field",
+    "a red cat",
+    "blue sky over a field",
+    "blue sky",
+];
 
 fn fixture(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -207,8 +216,9 @@ fn student_samples_do_not_depend_on_the_batch() {
 }
 
 /// The command on the tiny fixtures writes every file with finite numbers; each student's
-/// ODE error is the MSE of its written latents to the written reference, its CLIP score is
-/// `max(mean 100·cos, 0)` of its written PNGs, and the table lists the teacher and each K.
+/// ODE error is the MSE of its written latents to the written reference, its FD the Fréchet
+/// distance of CLIP features of its PNGs and the reference's, its CLIP score
+/// `max(mean 100·cos, 0)` of its PNGs, and the table lists the teacher and each K.
 #[test]
 fn command_writes_finite_numbers_that_match_its_samples() {
     let ws = workspace("run");
@@ -225,18 +235,26 @@ fn command_writes_finite_numbers_that_match_its_samples() {
     }
     let reference = npy::read(&out.join("reference/latents.npy")).unwrap();
     let clip = load_clip(&fixture("clip"), &Runtime::default()).unwrap();
+    let features = |images: &Tensor| to_matrix(&clip.image_features(images).unwrap()).unwrap();
+    let teacher_images = read_pngs(&out.join("reference/images"), ROWS).unwrap();
     for k in [1u64, 2, 4] {
         let dir = out.join(format!("students/k{k}"));
         let latents = npy::read(&dir.join("latents.npy")).unwrap();
         let want = mse(&latents, &reference);
         let got = row(&r, "student", k)["ode_error"].as_f64().unwrap();
         assert!((got - want).abs() <= 1e-12 * want.max(1.0), "K = {k}: {got} vs {want}");
-        let raw = clip
-            .clip_scores_raw(&read_pngs(&dir, ROWS).unwrap(), &prompts())
-            .unwrap();
+        let images = read_pngs(&dir, ROWS).unwrap();
+        let want = frechet_distance(&features(&images), &features(&teacher_images)).unwrap();
+        let got = row(&r, "student", k)["fd_clip_vs_teacher"].as_f64().unwrap();
+        assert!(
+            (got - want).abs() <= 1e-9 * want.max(1.0),
+            "K = {k}: FD {got} vs {want}"
+        );
+        let raw = clip.clip_scores_raw(&images, &prompts()).unwrap();
         let want = (raw.iter().sum::<f64>() / ROWS as f64).max(0.0);
         let got = row(&r, "student", k)["clip_score"].as_f64().unwrap();
         assert!((got - want).abs() < 1e-9, "K = {k}: CLIP score {got} vs {want}");
+        assert!(got > 0.0, "K = {k}: a clamped CLIP score would not test the mean");
     }
     let csv = std::fs::read_to_string(out.join("eval.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");

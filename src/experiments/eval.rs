@@ -253,6 +253,12 @@ fn sd_command(a: EvalArgs) -> Result<()> {
         Some(a.prompts.as_deref().context("--prompts FILE is needed")?),
         rows,
     )?;
+    // Held at once: the reference, one student's latents and its K − 1 re-noise draws, working copies.
+    let max_k = a.steps.iter().copied().max().unwrap_or(1);
+    ensure_fits(
+        f32_bytes(noise.dims()) * (max_k + 8) as f64,
+        &format!("--noise {}", noise_file.display()),
+    )?;
     let noise = noise.to_dtype(DType::F32)?.to_device(&rt.device)?;
     let teacher = SdTeacher::load(Path::new(dir), &rt).with_context(|| format!("--teacher '{spec}'"))?;
     let reference = match &a.reference {
