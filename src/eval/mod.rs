@@ -4,3 +4,5 @@
 pub mod evaluate;
 pub mod metrics;
 pub mod ode_error;
+pub mod sd_eval;
+pub mod sd_reference;

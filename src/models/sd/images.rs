@@ -13,10 +13,16 @@ use std::path::{Path, PathBuf};
 /// `clamp(vae.decode(z / scaling_factor)/2 + ½, 0, 1)` (`output_type="pil"` before rounding),
 /// one row at a time (the VAE's decoder is the memory-hungriest network of a pipeline).
 pub fn decode(teacher: &SdTeacher, rt: &Runtime, latents: &Tensor) -> Result<Tensor> {
+    decode_with(teacher, rt, latents, &|| ())
+}
+
+/// `decode`, calling `tick` after each row (progress of a long decode).
+pub fn decode_with(teacher: &SdTeacher, rt: &Runtime, latents: &Tensor, tick: &dyn Fn()) -> Result<Tensor> {
     let vae = teacher.pipeline().vae(rt)?;
     let scale = vae.scaling_factor();
     map_chunks(latents, 1, |z| {
         let x = vae.decode(&(z / scale)?)?;
+        tick();
         Ok(((x / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
     })
 }

@@ -175,31 +175,59 @@ impl ClipModel {
         self.processor.preprocess_tensor(image)
     }
 
-    /// Per pair `100·cos(E_img(imageᵢ), E_txt(promptᵢ))`, unclamped, for images `[B, 3, H, W]`
-    /// (u8, or floats in [0, 1]) and B prompts.
-    pub fn clip_scores_raw(&self, images: &Tensor, prompts: &[String]) -> Result<Vec<f64>> {
+    /// `[B, P]` image features of images `[B, 3, H, W]` (u8, or floats in [0, 1]), each
+    /// preprocessed as `CLIPImageProcessor` does.
+    pub fn image_features(&self, images: &Tensor) -> Result<Tensor> {
         let b = images
             .dims4()
             .map_err(|_| anyhow!("images must be [B, 3, H, W], got {:?}", images.dims()))?
             .0;
-        ensure!(b == prompts.len(), "{b} images but {} prompts", prompts.len());
-        ensure!(b >= 1, "no images to score");
+        ensure!(b >= 1, "no images to embed");
         let pixels = (0..b)
             .map(|i| self.preprocess(&images.get(i)?))
             .collect::<Result<Vec<_>>>()?;
         let pixels = Tensor::stack(&pixels, 0)?.to_device(self.device())?;
-        let img = unit(&self.image_embeds(&pixels)?)?;
+        self.image_embeds(&pixels)
+    }
+
+    /// `[B, P]` text features of B prompts.
+    pub fn text_features(&self, prompts: &[String]) -> Result<Tensor> {
+        ensure!(!prompts.is_empty(), "no prompts to embed");
         let ids = self.tokenizer.encode_batch(prompts)?.to_device(self.device())?;
-        let txt = unit(&self.text_embeds(&ids)?)?;
-        let cos: Vec<f32> = (img * txt)?.sum(D::Minus1)?.to_vec1()?;
-        Ok(cos.into_iter().map(|c| 100.0 * c as f64).collect())
+        self.text_embeds(&ids)
+    }
+
+    /// Per pair `100·cos(E_img(imageᵢ), E_txt(promptᵢ))`, unclamped, for images `[B, 3, H, W]`
+    /// (u8, or floats in [0, 1]) and B prompts.
+    pub fn clip_scores_raw(&self, images: &Tensor, prompts: &[String]) -> Result<Vec<f64>> {
+        let b = images.dims().first().copied().unwrap_or(0);
+        ensure!(b == prompts.len(), "{b} images but {} prompts", prompts.len());
+        cosine_scores(&self.image_features(images)?, &self.text_features(prompts)?)
     }
 
     /// The CLIP score: `max(mean_i 100·cos_i, 0)` (torchmetrics' `CLIPScore`).
     pub fn clip_score(&self, images: &Tensor, prompts: &[String]) -> Result<f64> {
-        let raw = self.clip_scores_raw(images, prompts)?;
-        Ok((raw.iter().sum::<f64>() / raw.len() as f64).max(0.0))
+        Ok(clip_score_of(&self.clip_scores_raw(images, prompts)?))
     }
+}
+
+/// `100·cos` of each row pair of image and text features `[B, P]`.
+pub fn cosine_scores(image_features: &Tensor, text_features: &Tensor) -> Result<Vec<f64>> {
+    ensure!(
+        image_features.dims() == text_features.dims(),
+        "image features {:?} and text features {:?} differ in shape",
+        image_features.dims(),
+        text_features.dims()
+    );
+    let cos: Vec<f32> = (unit(image_features)? * unit(text_features)?)?
+        .sum(D::Minus1)?
+        .to_vec1()?;
+    Ok(cos.into_iter().map(|c| 100.0 * c as f64).collect())
+}
+
+/// The mean of per-pair scores, clamped at 0 (torchmetrics clamps the mean, not each pair).
+pub fn clip_score_of(raw: &[f64]) -> f64 {
+    (raw.iter().sum::<f64>() / raw.len().max(1) as f64).max(0.0)
 }
 
 /// Rows scaled to unit L2 norm, in f32.
