@@ -117,6 +117,8 @@ pub enum BenchWorkload {
     Mlp,
     /// One forward of a Stable Diffusion UNet of the released size (random weights).
     Unet,
+    /// One LoRA distillation step, CM and Direct, of that UNet (random weights and data).
+    UnetLora,
 }
 
 #[derive(Args)]
@@ -181,7 +183,9 @@ impl BenchArgs {
                 ("--intervals", self.intervals.is_some()),
                 ("--guidance", self.guidance.is_some()),
             ],
-            BenchWorkload::Unet => vec![("--unet", self.unet.is_some()), ("--size", self.size.is_some())],
+            BenchWorkload::Unet | BenchWorkload::UnetLora => {
+                vec![("--unet", self.unet.is_some()), ("--size", self.size.is_some())]
+            }
         };
         flags.into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
     }
@@ -203,6 +207,15 @@ pub fn command(a: BenchArgs) -> Result<()> {
             )?;
             unet_command(a)
         }
+        BenchWorkload::UnetLora => {
+            let mlp_only: Vec<&str> = a
+                .given(BenchWorkload::Mlp)
+                .into_iter()
+                .filter(|f| !matches!(*f, "--intervals" | "--guidance"))
+                .collect();
+            refuse(&mlp_only, "cannot be set for --workload unet-lora (MLP workloads only)")?;
+            unet_command(a)
+        }
     }
 }
 
@@ -214,7 +227,10 @@ fn unet_command(a: BenchArgs) -> Result<()> {
         repeats: a.repeats.unwrap_or(5),
         runtime: a.runtime.runtime()?,
     };
-    let r = setup.run()?;
+    let r = match a.workload {
+        BenchWorkload::UnetLora => setup.lora_steps(a.intervals.unwrap_or(50), a.guidance.unwrap_or(9.0))?,
+        _ => setup.run()?,
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -4,13 +4,23 @@
 //! the same configuration and `bench/compare_unet.sh` compares the two.
 
 use super::bench::{median, peak_memory_mib, times, Workload};
-use crate::diffusion::condition::TextEmbedding;
+use crate::consistency::distance::Distance;
+use crate::consistency::objective::Method;
+use crate::diffusion::condition::{Condition, TextEmbedding};
+use crate::diffusion::schedule::{Schedule, ScheduleKind};
+use crate::diffusion::solver::Solver;
+use crate::models::sd::scheduler::Prediction;
+use crate::models::sd::student::LoraUnet;
+use crate::nets::lora::LoraConfig;
 use crate::nets::sd::unet::UNet;
+use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
 use crate::nets::sd::unet_config::UNetConfig;
 use crate::nets::sd::unet_init::random_unet_params;
 use crate::runtime::device::Runtime;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
-use crate::runtime::noise::{seeded, standard_normal};
+use crate::runtime::noise::{seeded, standard_normal, Rng};
+use crate::train::distill::{distill, DistillConfig, TrainingData};
+use crate::train::optim::OptimConfig;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -159,24 +169,140 @@ impl UNetBench {
 
 impl UNetBenchReport {
     pub fn print(&self) {
-        let w = &self.workloads[0];
-        let spread = |f: fn(f64, f64) -> f64| self.times.iter().copied().fold(self.times[0], f);
         println!(
             "UNet {:?}, {} parameters, batch {}, {}×{} latents, {} threads, device {}, {}",
             self.model, self.parameters, self.batch, self.size, self.size, self.threads, self.device, self.dtype
         );
         println!("| workload | median ms | min–max ms | samples/s |\n|---|---|---|---|");
-        println!(
-            "| {} | {:.1} | {:.1}–{:.1} | {:.3} |",
-            w.name,
-            1e3 * w.seconds,
-            1e3 * spread(f64::min),
-            1e3 * spread(f64::max),
-            w.samples_per_second
-        );
+        let per = self.times.len() / self.workloads.len();
+        for (w, times) in self.workloads.iter().zip(self.times.chunks(per)) {
+            let spread = |f: fn(f64, f64) -> f64| times.iter().copied().fold(times[0], f);
+            println!(
+                "| {} | {:.1} | {:.1}–{:.1} | {:.3} |",
+                w.name,
+                1e3 * w.seconds,
+                1e3 * spread(f64::min),
+                1e3 * spread(f64::max),
+                w.samples_per_second
+            );
+        }
         println!(
             "built in {:.1} s; peak memory {:.0} MiB",
             self.build_seconds, self.peak_memory_mib
         );
+    }
+}
+
+/// Random clean latents and text contexts (zeros as the null context) for timing LoRA
+/// distillation steps: the work of a step does not depend on what the data are.
+struct RandomLatents {
+    shape: Vec<usize>,
+    context: (usize, usize),
+    dtype: DType,
+}
+
+impl TrainingData for RandomLatents {
+    fn sample_shape(&self) -> Vec<usize> {
+        self.shape.clone()
+    }
+
+    fn batch(&self, rng: &mut Rng, size: usize, device: &Device) -> Result<(Tensor, Condition)> {
+        let shape: Vec<usize> = std::iter::once(size).chain(self.shape.iter().copied()).collect();
+        let x0 = standard_normal(rng, shape, device)?;
+        let tokens = standard_normal(rng, (size, self.context.0, self.context.1), device)?.to_dtype(self.dtype)?;
+        let null = TextEmbedding {
+            tokens: tokens.zeros_like()?,
+            pooled: None,
+            time_ids: None,
+        };
+        let text = TextEmbedding {
+            tokens,
+            pooled: None,
+            time_ids: None,
+        };
+        Ok((x0, Condition::Text { text, null }))
+    }
+}
+
+impl UNetBench {
+    /// One LoRA distillation step (rank 64 on LCM-LoRA's targets, guidance `w`, N intervals)
+    /// of CM and of Direct CM, each timed over `repeats` steps after one warm-up step.
+    pub fn lora_steps(&self, intervals: usize, guidance: f64) -> Result<UNetBenchReport> {
+        let cfg = self.preset.config();
+        ensure!(
+            cfg.addition_embed_type.is_none(),
+            "--workload unet-lora times SD 1.x/2.x-shaped UNets (--unet sd15); SDXL's added conditioning is not drawn here"
+        );
+        let rt = &self.runtime;
+        let start = Instant::now();
+        let params = rt.frozen(&random_unet_params(&cfg, &mut seeded(0))?)?;
+        let parameters = params.values().map(|p| p.elem_count()).sum();
+        let lora = LoraConfig { rank: 64, alpha: 64.0 };
+        let arch = LoraUnet {
+            targets: DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+            schedule: Schedule::new(ScheduleKind::ScaledLinear),
+            prediction: Prediction::Epsilon,
+            dtype: rt.dtype,
+            unet: cfg.clone(),
+        };
+        let data = RandomLatents {
+            shape: vec![cfg.in_channels, self.size, self.size],
+            context: (CONTEXT_TOKENS, cfg.layout()?.context_dim),
+            dtype: rt.dtype,
+        };
+        let build_seconds = start.elapsed().as_secs_f64();
+        let mut workloads = Vec::new();
+        let mut all_times = Vec::new();
+        for method in Method::all() {
+            let distill_cfg = DistillConfig {
+                method,
+                solver: Solver::Ddim,
+                intervals,
+                guidance,
+                steps: 1,
+                batch: self.batch,
+                optim: OptimConfig {
+                    lr: 1e-4,
+                    weight_decay: 1e-2,
+                    max_grad_norm: 1.0,
+                    cosine_decay: false,
+                },
+                loss: Distance::L2,
+                ema_decay: None,
+                lora: Some(lora),
+                grad_accum: 1,
+                seed: 0,
+            };
+            let mut evaluations = 0;
+            let step = || {
+                distill(None, &arch, &params, &data, &distill_cfg, Default::default()).map(|d| d.teacher_evaluations)
+            };
+            let times = times(&rt.device, 1, self.repeats, || {
+                evaluations = step()?;
+                Ok(())
+            })?;
+            let seconds = median(times.clone());
+            workloads.push(Workload {
+                name: format!("{} LoRA step", method.title()),
+                seconds,
+                samples_per_second: self.batch as f64 / seconds,
+                teacher_evaluations: Some(evaluations),
+            });
+            all_times.extend(times);
+        }
+        Ok(UNetBenchReport {
+            workload: "unet-lora",
+            model: self.preset,
+            parameters,
+            batch: self.batch,
+            size: self.size,
+            threads: rayon::current_num_threads(),
+            device: format!("{:?}", rt.device.location()),
+            dtype: format!("{:?}", rt.dtype).to_lowercase(),
+            build_seconds,
+            workloads,
+            times: all_times,
+            peak_memory_mib: peak_memory_mib(),
+        })
     }
 }

@@ -3,6 +3,7 @@
 //! diffusers, ComfyUI and A1111 load.
 
 use super::distill::DistillArgs;
+use crate::data::captioned;
 use crate::models::model_dir::save_loss_log;
 use crate::models::sd::captioned_latents::CaptionedLatents;
 use crate::models::sd::latents::encode_folder;
@@ -112,6 +113,8 @@ pub fn command(a: &DistillArgs, dir: &Path, rt: &Runtime) -> Result<()> {
     let (out_dir, ckpt) = a.run.checkpointing(serde_json::json!({
         "teacher": teacher, "data": data_spec, "resolution": resolution, "uncond": uncond,
     }))?;
+    // Unreadable or missing images are named before anything loads.
+    captioned::pairs(Path::new(data_dir))?;
     let (arch, start) = LoraUnet::of_pipeline(&pipeline, rt, targets)?;
     let side = resolution / vae_factor(&pipeline)?;
     let memory = TrainingMemory::estimate(&arch, &start, lora, &[arch.unet.in_channels, side, side], &cfg)?;
@@ -121,7 +124,11 @@ pub fn command(a: &DistillArgs, dir: &Path, rt: &Runtime) -> Result<()> {
     eprintln!(
         "{} captioned images at {resolution}² ({})",
         latents.captions.len(),
-        if latents.from_cache { "latents from the cache" } else { "encoded" }
+        if latents.from_cache {
+            "latents from the cache"
+        } else {
+            "encoded"
+        }
     );
     let data = CaptionedLatents::new(&pipeline, rt, latents, null, resolution)?;
     let started = std::time::Instant::now();

@@ -358,3 +358,70 @@ fn restore_rng(v: &Value) -> Result<Rng> {
     rng.set_word_pos(v["word_pos"].as_str().context("word_pos")?.parse()?);
     Ok(rng)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::optim::OptimConfig;
+
+    fn trainer() -> Trainer {
+        let init = Params::from([(
+            "w".to_string(),
+            Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap(),
+        )]);
+        let options = TrainerOptions {
+            what: "test",
+            steps: 3,
+            optim: OptimConfig {
+                lr: 0.1,
+                weight_decay: 0.0,
+                max_grad_norm: 0.0,
+                cosine_decay: false,
+            },
+            seed: 0,
+            ema_decay: None,
+            checkpointing: Checkpointing::default(),
+            device: Device::Cpu,
+            run_config: Value::Null,
+        };
+        Trainer::new(&init, options).unwrap()
+    }
+
+    /// `½ Σ (w − c)²`, whose gradient is `w − c`.
+    fn loss(t: &Trainer, c: [f32; 3]) -> Tensor {
+        let w = &t.params()["w"];
+        let c = Tensor::new(&c, &Device::Cpu).unwrap();
+        (w - c)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .affine(0.5, 0.0)
+            .unwrap()
+    }
+
+    /// Two accumulated halves make the same step as one step on their mean loss: the
+    /// gradient of `(L₁ + L₂)/2` is `(∇L₁ + ∇L₂)/2`, and the logged loss is the mean.
+    #[test]
+    fn accumulated_parts_step_as_their_mean() {
+        let (c1, c2) = ([1.0, 0.0, -3.0], [0.0, 4.0, 1.0]);
+        let (mut parts, mut whole) = (trainer(), trainer());
+        for _ in 0..3 {
+            let (l1, l2) = (loss(&parts, c1), loss(&parts, c2));
+            parts.accumulate(&l1, 2).unwrap();
+            parts.accumulate(&l2, 2).unwrap();
+            let logged = parts.step_accumulated().unwrap();
+            let mean = ((loss(&whole, c1) + loss(&whole, c2)).unwrap() * 0.5).unwrap();
+            let want = whole.step(&mean).unwrap();
+            assert!((logged - want).abs() <= 1e-6 * want.abs(), "{logged} vs {want}");
+        }
+        let (a, b) = (&parts.frozen_params()["w"], &whole.frozen_params()["w"]);
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec1().unwrap(), b.to_vec1().unwrap());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-6, "{a:?} vs {b:?}");
+        }
+        assert!(a != vec![0.5, -1.0, 2.0], "the weights moved");
+        assert!(parts.step_accumulated().is_err(), "a step needs a gradient");
+    }
+}

@@ -25,7 +25,13 @@ pub struct CaptionedLatents {
 
 impl CaptionedLatents {
     /// Keeps `pipeline`'s text encoders loaded on `rt`, so each batch encodes its captions.
-    pub fn new(pipeline: &Pipeline, rt: &Runtime, mut latents: LatentSet, null: NullText, resolution: usize) -> Result<Self> {
+    pub fn new(
+        pipeline: &Pipeline,
+        rt: &Runtime,
+        mut latents: LatentSet,
+        null: NullText,
+        resolution: usize,
+    ) -> Result<Self> {
         // Rows are gathered with index_select, which needs contiguous storage.
         latents.mean = latents.mean.contiguous()?;
         latents.std = latents.std.contiguous()?;

@@ -18,10 +18,10 @@ use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
 use crate::runtime::noise::Rng;
 use crate::train::distill::DistillConfig;
-use serde::{Deserialize, Serialize};
-use std::path::Path;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Tensor};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// A UNet as an ε-prediction denoiser on dcm's timesteps: t ∈ 1..=T indexes ᾱ[t−1], so the
 /// UNet, trained on 0..T−1, receives `t − 1`; a v-prediction output becomes `σ_t x_t + α_t v`.
@@ -227,8 +227,12 @@ impl SdStudentConfig {
 
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(SD_STUDENT);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read ({e}); not a run folder of `dcm distill --teacher sd:DIR`", path.display()))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot read ({e}); not a run folder of `dcm distill --teacher sd:DIR`",
+                path.display()
+            )
+        })?;
         serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 }

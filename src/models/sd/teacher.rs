@@ -123,6 +123,8 @@ impl Denoiser for SdTeacher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::condition::TextEmbedding;
+    use crate::diffusion::denoiser::per_row_of;
     use crate::models::sd::test_util::{fixture, golden, max_abs_diff};
 
     fn unet_inputs(model: &str) -> (Tensor, Vec<usize>, Condition) {

@@ -28,7 +28,13 @@ pub struct TrainingMemory {
 
 impl TrainingMemory {
     /// For latents of per-sample shape `[C, h, w]` and the run's batch.
-    pub fn estimate(arch: &LoraUnet, start: &Params, lora: LoraConfig, latent: &[usize], cfg: &DistillConfig) -> Result<Self> {
+    pub fn estimate(
+        arch: &LoraUnet,
+        start: &Params,
+        lora: LoraConfig,
+        latent: &[usize],
+        cfg: &DistillConfig,
+    ) -> Result<Self> {
         let size = arch.dtype.size_in_bytes() as f64;
         let weights = start.values().map(|t| t.elem_count() as f64).sum::<f64>() * size;
         let adapter_elems: f64 = arch
