@@ -307,24 +307,41 @@ fn reference_is_made_once_and_another_settings_cache_is_refused() {
     std::fs::remove_dir_all(&ws).unwrap();
 }
 
-/// `--student OUT` evaluates OUT/lora.safetensors with N and w from OUT/student.json.
+/// `--student OUT` evaluates the LoRA a `dcm distill --teacher sd:DIR` run wrote, with the
+/// run's N, w and unconditional input from its student.json.
 #[test]
 fn student_folder_gives_the_lora_and_its_settings() {
     let ws = workspace("student");
-    let run = ws.join("run");
-    std::fs::create_dir_all(&run).unwrap();
-    std::fs::copy(lora(), run.join("lora.safetensors")).unwrap();
-    std::fs::write(
-        run.join("student.json"),
-        r#"{"distill": {"intervals": 20, "guidance": 2.0}}"#,
-    )
-    .unwrap();
-    let (teacher, noise, prompts, out) = (
-        format!("sd:{}", fixture("sd1").display()),
-        ws.join("noise.npy"),
-        ws.join("prompts.txt"),
-        ws.join("out"),
-    );
+    let (run, data) = (ws.join("run"), ws.join("data"));
+    std::fs::create_dir_all(&data).unwrap();
+    for (i, shade) in [40u8, 200].into_iter().enumerate() {
+        let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([shade, (x * 12) as u8, (y * 9) as u8]));
+        img.save(data.join(format!("{i}.png"))).unwrap();
+        std::fs::write(data.join(format!("{i}.txt")), PROMPTS[i]).unwrap();
+    }
+    let teacher = format!("sd:{}", fixture("sd1").display());
+    ok(&dcm(&[
+        "distill",
+        "--method",
+        "cm",
+        "--teacher",
+        &teacher,
+        "--data",
+        data.to_str().unwrap(),
+        "--lora-rank",
+        "2",
+        "--intervals",
+        "20",
+        "--guidance",
+        "2",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+    ]));
+    let (noise, prompts, out) = (ws.join("noise.npy"), ws.join("prompts.txt"), ws.join("out"));
     let args = [
         "eval",
         "--teacher",
@@ -346,6 +363,7 @@ fn student_folder_gives_the_lora_and_its_settings() {
         (r["settings"]["intervals"].as_u64(), r["settings"]["guidance"].as_f64()),
         (Some(20), Some(2.0))
     );
+    assert_eq!(r["settings"]["uncond"], "Zeros", "the run's unconditional input");
     assert_eq!(row(&r, "teacher", 20)["unet_evals_per_sample"], 40);
     assert!(row(&r, "student", 2)["clip_score"].is_null());
     assert!(r["notes"][0].as_str().unwrap().contains("--clip"));

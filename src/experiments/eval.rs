@@ -15,16 +15,18 @@ use crate::eval::sd_eval::{load_clip, real_image_features, SdEvalSetup, SdEvalua
 use crate::eval::sd_reference::{ReferenceCache, TeacherOde};
 use crate::models::sd::images::write_pngs;
 use crate::models::sd::prompts;
+use crate::models::sd::student::SdStudentConfig;
 use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
 use crate::models::student::Student;
+use crate::nets::sd::lora_files::KOHYA_FILE;
 use crate::runtime::files::{check_output_dir, write_atomic};
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::{eval_noise_rng, standard_normal};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::DType;
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 #[derive(Args)]
@@ -157,72 +159,55 @@ fn mnist_command(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The LoRA file and the ODE defaults of `--lora FILE` or `--student OUT`.
+/// The LoRA file of `--lora FILE` or `--student OUT`, and the run's settings for the latter.
 struct SdStudent {
     lora: PathBuf,
-    intervals: Option<usize>,
-    guidance: Option<f64>,
-    solver: Option<Solver>,
+    config: Option<SdStudentConfig>,
 }
 
-/// `--student OUT`: OUT/lora.safetensors, with N, w and the solver from OUT/student.json when
-/// it has them (at its top level or under "distill").
+/// `--student OUT`: OUT/lora.safetensors and the settings in OUT/student.json, both written
+/// by `dcm distill --teacher sd:DIR`.
 fn sd_student(a: &EvalArgs) -> Result<SdStudent> {
     if let Some(lora) = &a.lora {
         ensure!(lora.is_file(), "--lora {}: no such file", lora.display());
         return Ok(SdStudent {
             lora: lora.clone(),
-            intervals: None,
-            guidance: None,
-            solver: None,
+            config: None,
         });
     }
     let out = a.student.as_deref().context("give --lora FILE or --student OUT")?;
-    let lora = out.join("lora.safetensors");
+    let lora = out.join(KOHYA_FILE);
     ensure!(
         lora.is_file(),
-        "--student {}: no lora.safetensors (give a folder written by dcm distill --teacher sd:DIR, or --lora FILE)",
+        "--student {}: no {KOHYA_FILE} (give a folder written by dcm distill --teacher sd:DIR, or --lora FILE)",
         out.display()
     );
-    let config = out.join("student.json");
-    let json: Value = match std::fs::read_to_string(&config) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}: not JSON", config.display()))?,
-        Err(_) => Value::Null,
-    };
-    let field = |name: &str| {
-        json.get(name)
-            .or_else(|| json.get("distill").and_then(|d| d.get(name)))
-            .cloned()
-    };
-    let bad = |name: &str| format!("{}: '{name}' has an unexpected value", config.display());
     Ok(SdStudent {
         lora,
-        intervals: field("intervals")
-            .map(serde_json::from_value)
-            .transpose()
-            .with_context(|| bad("intervals"))?,
-        guidance: field("guidance")
-            .map(serde_json::from_value)
-            .transpose()
-            .with_context(|| bad("guidance"))?,
-        solver: field("solver")
-            .map(serde_json::from_value)
-            .transpose()
-            .with_context(|| bad("solver"))?,
+        config: Some(SdStudentConfig::load(out)?),
     })
 }
 
-/// The teacher's ODE from the flags, else the student run's settings, else the defaults.
+/// The teacher's ODE from the flags, else the student run's settings (its N, w, solver and
+/// unconditional input), else the defaults.
 fn teacher_ode(a: &EvalArgs, s: &SdStudent) -> Result<TeacherOde> {
     let ode = &a.ode;
+    let trained = s.config.as_ref().map(|c| &c.distill);
+    let null = match (&a.negative_prompt, &a.uncond, &s.config) {
+        (None, None, Some(c)) => NullText::from_flags(None, Some(&c.uncond))?,
+        _ => NullText::from_flags(a.negative_prompt.as_deref(), a.uncond.as_deref())?,
+    };
     Ok(TeacherOde {
-        solver: ode.solver.or(s.solver).unwrap_or(Solver::Ddim),
-        intervals: ode.intervals.or(s.intervals).unwrap_or(ode.intervals()),
-        guidance: match ode.guidance {
-            Some(_) => ode.guidance()?,
-            None => s.guidance.unwrap_or(ode.guidance()?),
+        solver: ode.solver.or(trained.map(|d| d.solver)).unwrap_or(Solver::Ddim),
+        intervals: ode
+            .intervals
+            .or(trained.map(|d| d.intervals))
+            .unwrap_or(ode.intervals()),
+        guidance: match (ode.guidance, trained) {
+            (None, Some(d)) => d.guidance,
+            _ => ode.guidance()?,
         },
-        null: NullText::from_flags(a.negative_prompt.as_deref(), a.uncond.as_deref())?,
+        null,
     })
 }
 
