@@ -18,9 +18,10 @@ use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
 use crate::runtime::device::Runtime;
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
+use crate::train::trainer::Checkpointing;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Flags that only Stable Diffusion teachers take.
 #[derive(Args, Clone, Debug)]
@@ -76,7 +77,7 @@ pub fn command(a: &DistillArgs, dir: &Path, rt: &Runtime) -> Result<()> {
         "--resolution {resolution}: expected 8 to 4096 pixels"
     );
     let uncond = a.sd.uncond.clone().unwrap_or_else(|| "zeros".into());
-    let null = NullText::from_flags(None, Some(&uncond))?;
+    NullText::from_flags(None, Some(&uncond))?;
     let targets = match &a.sd.lora_targets {
         Some(t) if t.is_empty() || t.iter().any(String::is_empty) => {
             bail!("--lora-targets: give comma-separated module names, e.g. to_q,to_k")
@@ -108,59 +109,105 @@ pub fn command(a: &DistillArgs, dir: &Path, rt: &Runtime) -> Result<()> {
         seed: a.seed,
     };
     cfg.validate()?;
-    let teacher = format!("sd:{}", portable_spec(&dir.to_string_lossy()));
-    let data_spec = portable_spec(data_dir);
-    let (out_dir, ckpt) = a.run.checkpointing(serde_json::json!({
-        "teacher": teacher, "data": data_spec, "resolution": resolution, "uncond": uncond,
-    }))?;
-    // Unreadable or missing images are named before anything loads.
-    captioned::pairs(Path::new(data_dir))?;
-    let (arch, start) = LoraUnet::of_pipeline(&pipeline, rt, targets)?;
-    let side = resolution / vae_factor(&pipeline)?;
-    let memory = TrainingMemory::estimate(&arch, &start, lora, &[arch.unet.in_channels, side, side], &cfg)?;
-    eprintln!("{memory}");
-    memory.check(rt)?;
-    let latents = encode_folder(&pipeline, rt, Path::new(data_dir), resolution, &out_dir.join("latents"))?;
-    eprintln!(
-        "{} captioned images at {resolution}² ({})",
-        latents.captions.len(),
-        if latents.from_cache {
-            "latents from the cache"
-        } else {
-            "encoded"
-        }
-    );
-    let data = CaptionedLatents::new(&pipeline, rt, latents, null, resolution)?;
-    let started = std::time::Instant::now();
-    let out = distill(None, &arch, &start, &data, &cfg, ckpt)?;
-    let adapters = out.adapters.context("a LoRA run returns its adapters")?;
-    export(&out_dir, &arch.unet, &adapters, lora)?;
-    let config = SdStudentConfig {
-        teacher,
-        data: data_spec,
+    let run = SdRun {
+        teacher: dir.to_path_buf(),
+        data: data_dir.into(),
         resolution,
         uncond,
-        lora_targets: arch.targets.clone(),
+        targets,
+        lora,
         distill: cfg,
-        teacher_evaluations: out.teacher_evaluations,
-        train_seconds: started.elapsed().as_secs_f64(),
     };
-    config.save(&out_dir)?;
-    save_loss_log(&out_dir, &out.losses)?;
+    let (out_dir, ckpt) = a.run.checkpointing(run.context())?;
+    let config = run.train(&pipeline, rt, &out_dir, ckpt)?;
     eprintln!(
-        "distilled in {:.1} s ({} per-sample teacher evaluations); final loss {:.3e}; wrote {} and {} in {}",
+        "distilled in {:.1} s ({} per-sample teacher evaluations); final loss {:.3e}; wrote {KOHYA_FILE} and {PEFT_FILE} in {}",
         config.train_seconds,
-        out.teacher_evaluations,
-        out.losses.last().copied().unwrap_or(f32::NAN),
-        KOHYA_FILE,
-        PEFT_FILE,
+        config.teacher_evaluations,
+        config.final_loss,
         out_dir.display()
     );
     Ok(())
 }
 
+/// One LoRA student's training: teacher, data and every setting.
+pub struct SdRun {
+    pub teacher: PathBuf,
+    pub data: PathBuf,
+    pub resolution: usize,
+    /// zeros or empty.
+    pub uncond: String,
+    pub targets: Vec<String>,
+    pub lora: LoraConfig,
+    pub distill: DistillConfig,
+}
+
+impl SdRun {
+    /// What a resumed run must share besides the distillation settings.
+    pub fn context(&self) -> serde_json::Value {
+        serde_json::json!({
+            "teacher": self.teacher_spec(), "data": portable_spec(&self.data.to_string_lossy()),
+            "resolution": self.resolution, "uncond": self.uncond,
+        })
+    }
+
+    fn teacher_spec(&self) -> String {
+        format!("sd:{}", portable_spec(&self.teacher.to_string_lossy()))
+    }
+
+    /// Encodes (or reads the cached) latents into `out_dir/latents`, trains, and writes the LoRA
+    /// files, `student.json` and `train_log.csv` into `out_dir`.
+    pub fn train(
+        &self,
+        pipeline: &Pipeline,
+        rt: &Runtime,
+        out_dir: &Path,
+        ckpt: Checkpointing,
+    ) -> Result<SdStudentConfig> {
+        let null = NullText::from_flags(None, Some(&self.uncond))?;
+        // Unreadable or missing images are named before anything loads.
+        captioned::pairs(&self.data)?;
+        let (arch, start) = LoraUnet::of_pipeline(pipeline, rt, self.targets.clone())?;
+        let side = self.resolution / vae_factor(pipeline)?;
+        let latent = [arch.unet.in_channels, side, side];
+        let memory = TrainingMemory::estimate(&arch, &start, self.lora, &latent, &self.distill)?;
+        eprintln!("{memory}");
+        memory.check(rt)?;
+        let latents = encode_folder(pipeline, rt, &self.data, self.resolution, &out_dir.join("latents"))?;
+        eprintln!(
+            "{} captioned images at {}² ({})",
+            latents.captions.len(),
+            self.resolution,
+            if latents.from_cache {
+                "latents from the cache"
+            } else {
+                "encoded"
+            }
+        );
+        let data = CaptionedLatents::new(pipeline, rt, latents, null, self.resolution)?;
+        let started = std::time::Instant::now();
+        let out = distill(None, &arch, &start, &data, &self.distill, ckpt)?;
+        let adapters = out.adapters.context("a LoRA run returns its adapters")?;
+        export(out_dir, &arch.unet, &adapters, self.lora)?;
+        let config = SdStudentConfig {
+            teacher: self.teacher_spec(),
+            data: portable_spec(&self.data.to_string_lossy()),
+            resolution: self.resolution,
+            uncond: self.uncond.clone(),
+            lora_targets: arch.targets.clone(),
+            distill: self.distill.clone(),
+            teacher_evaluations: out.teacher_evaluations,
+            train_seconds: started.elapsed().as_secs_f64(),
+            final_loss: out.losses.last().copied().unwrap_or(f32::NAN),
+        };
+        config.save(out_dir)?;
+        save_loss_log(out_dir, &out.losses)?;
+        Ok(config)
+    }
+}
+
 /// The pipeline's native image size: the UNet's `sample_size` latents times the VAE's factor.
-fn default_resolution(pipeline: &Pipeline) -> Result<usize> {
+pub fn default_resolution(pipeline: &Pipeline) -> Result<usize> {
     let latent = pipeline
         .unet_config()?
         .sample_size

@@ -10,5 +10,6 @@ pub mod distill_sd;
 pub mod eval;
 pub mod report;
 pub mod reproduce;
+pub mod reproduce_sd;
 pub mod sample;
 pub mod train;

@@ -2,8 +2,9 @@
 //! setting — teacher reference samples, CM and Direct CM distilled with identical
 //! hyper-parameters, every model judged at 1, 2, 4, 8 steps on the same noise.
 
-use super::args::{LoraArgs, RuntimeArgs};
+use super::args::{refuse, LoraArgs, RuntimeArgs};
 use super::report::run::write_run;
+use super::reproduce_sd::SdReproduceArgs;
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::multistep_sample;
@@ -247,7 +248,8 @@ pub struct Outcome {
 
 #[derive(Args)]
 pub struct ReproduceArgs {
-    /// smoke (≤ 60 s), default (≤ 15 min on 2 cores) or paper (N = 100, for a GPU).
+    /// smoke (≤ 60 s), default (≤ 15 min on 2 cores), paper (N = 100, for a GPU), or sd (a
+    /// Stable Diffusion teacher's LoRA students: --teacher sd:DIR --data FOLDER --prompts FILE).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// Repeat with this many seeds and report mean ± std.
@@ -295,10 +297,16 @@ pub struct ReproduceArgs {
     #[command(flatten)]
     pub lora: LoraArgs,
     #[command(flatten)]
+    pub sd: SdReproduceArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
 pub fn command(a: ReproduceArgs) -> Result<()> {
+    if a.preset == "sd" {
+        return super::reproduce_sd::command(a);
+    }
+    refuse(&a.sd.given(), "applies to --preset sd only")?;
     let mut cfg = ReproduceConfig::preset(&a.preset).context("--preset")?;
     cfg.seeds = a.seeds.unwrap_or(cfg.seeds);
     cfg.intervals = a.intervals.unwrap_or(cfg.intervals);

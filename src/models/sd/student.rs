@@ -215,6 +215,7 @@ pub struct SdStudentConfig {
     pub distill: DistillConfig,
     pub teacher_evaluations: u64,
     pub train_seconds: f64,
+    pub final_loss: f32,
 }
 
 /// The file name of [`SdStudentConfig`] in a run folder.

@@ -1,0 +1,442 @@
+//! `dcm reproduce --preset sd`: the paper's table for a user's own Stable Diffusion model —
+//! the teacher's reference samples, CM and Direct CM LoRA students trained with identical
+//! settings and data order, every student at 1, 2, 4 and 8 steps on the same noise, judged by
+//! ODE error, FD against the teacher's samples on CLIP features and CLIP score.
+
+use super::distill_sd::{default_resolution, SdRun};
+use super::report::chart::{write_chart, Series};
+use super::report::grid::write_grid;
+use super::reproduce::ReproduceArgs;
+use crate::consistency::distance::Distance;
+use crate::consistency::objective::Method;
+use crate::consistency::sampler::Picking;
+use crate::data::npy;
+use crate::diffusion::solver::Solver;
+use crate::eval::sd_eval::{load_clip, SdEvalRow, SdEvalSetup};
+use crate::eval::sd_reference::{ReferenceCache, TeacherOde};
+use crate::models::sd::pipeline::Pipeline;
+use crate::models::sd::text::NullText;
+use crate::models::sd::SdTeacher;
+use crate::nets::lora::LoraConfig;
+use crate::nets::sd::lora_files::KOHYA_FILE;
+use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
+use crate::runtime::files::{check_output_dir, write_atomic};
+use crate::runtime::noise::{eval_noise_rng, standard_normal};
+use crate::train::distill::DistillConfig;
+use crate::train::optim::OptimConfig;
+use crate::train::trainer::Checkpointing;
+use anyhow::{ensure, Context, Result};
+use candle_core::DType;
+use clap::Args;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Flags of `--preset sd`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SdReproduceArgs {
+    /// sd preset: the teacher, `sd:DIR` (a diffusers SD 1.x/2.x/SDXL pipeline folder).
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// sd preset: evaluation prompts, one per line (each gets --per-prompt samples).
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// sd preset: samples per prompt [default: 4].
+    #[arg(long)]
+    pub per_prompt: Option<usize>,
+    /// sd preset: a Hugging Face CLIPModel folder for FD on CLIP features and CLIP score.
+    #[arg(long, value_name = "CLIP_DIR")]
+    pub clip: Option<PathBuf>,
+    /// sd preset: training image size [default: the pipeline's native size].
+    #[arg(long)]
+    pub resolution: Option<usize>,
+}
+
+impl SdReproduceArgs {
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--teacher", self.teacher.is_some()),
+            ("--prompts", self.prompts.is_some()),
+            ("--per-prompt", self.per_prompt.is_some()),
+            ("--clip", self.clip.is_some()),
+            ("--resolution", self.resolution.is_some()),
+        ]
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(f, _)| *f)
+        .collect()
+    }
+}
+
+/// The run's settings, written as `config.json` beside the report.
+#[derive(Clone, Debug, Serialize)]
+struct SdReproduceConfig {
+    teacher: String,
+    data: String,
+    prompts: String,
+    prompt_lines: usize,
+    per_prompt: usize,
+    clip: Option<String>,
+    resolution: usize,
+    uncond: String,
+    lora: LoraConfig,
+    distill: DistillConfig,
+    steps: Vec<usize>,
+    seed: u64,
+}
+
+/// One trained student and its evaluation.
+#[derive(Serialize)]
+struct MethodResult {
+    method: String,
+    teacher_evaluations: u64,
+    train_seconds: f64,
+    final_loss: f32,
+    rows: Vec<SdEvalRow>,
+}
+
+const STEPS: [usize; 4] = [1, 2, 4, 8];
+
+pub fn command(a: ReproduceArgs) -> Result<()> {
+    refuse_mnist_flags(&a)?;
+    let rt = a.runtime.runtime()?;
+    let spec = a.sd.teacher.clone().context("--preset sd needs --teacher sd:DIR")?;
+    let dir = PathBuf::from(
+        spec.strip_prefix("sd:")
+            .with_context(|| format!("--teacher '{spec}': --preset sd takes sd:DIR"))?,
+    );
+    ensure!(
+        a.data != "mnist",
+        "--data FOLDER: --preset sd trains on a folder of captioned images"
+    );
+    let prompts_file = a.sd.prompts.clone().context("--preset sd needs --prompts FILE")?;
+    let per_prompt = a.sd.per_prompt.unwrap_or(4);
+    ensure!(per_prompt > 0, "--per-prompt must be positive");
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/reproduce-sd"));
+    check_output_dir(&out, "--out")?;
+    let pipeline = Pipeline::open(&dir)?;
+    let resolution = match a.sd.resolution {
+        Some(r) => r,
+        None => default_resolution(&pipeline)?,
+    };
+    let lora = a.lora.lora()?.unwrap_or(LoraConfig { rank: 64, alpha: 64.0 });
+    let lines = read_lines(&prompts_file)?;
+    let cfg = SdReproduceConfig {
+        teacher: spec.clone(),
+        data: a.data.clone(),
+        prompts: prompts_file.display().to_string(),
+        prompt_lines: lines.len(),
+        per_prompt,
+        clip: a.sd.clip.as_ref().map(|p| p.display().to_string()),
+        resolution,
+        uncond: "zeros".into(),
+        lora,
+        distill: paper_distill(&a, lora),
+        steps: STEPS
+            .iter()
+            .copied()
+            .filter(|&k| k <= a.intervals.unwrap_or(100))
+            .collect(),
+        seed: 0,
+    };
+    cfg.distill.validate()?;
+    let prompts: Vec<String> = lines
+        .iter()
+        .flat_map(|p| std::iter::repeat_n(p.clone(), per_prompt))
+        .collect();
+    // A wrong CLIP folder is refused before hours of training.
+    let clip = match &a.sd.clip {
+        Some(d) => Some(load_clip(d, &rt).with_context(|| format!("--clip {}", d.display()))?),
+        None => None,
+    };
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for method in Method::all() {
+        let run = SdRun {
+            teacher: dir.clone(),
+            data: PathBuf::from(&a.data),
+            resolution,
+            uncond: cfg.uncond.clone(),
+            targets: DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+            lora,
+            distill: DistillConfig {
+                method,
+                ..cfg.distill.clone()
+            },
+        };
+        let student_dir = out.join("students").join(method.name());
+        std::fs::create_dir_all(&student_dir)
+            .with_context(|| format!("{}: cannot create folder", student_dir.display()))?;
+        // Both students share one latent cache: same images, same encoding.
+        link_latent_cache(&out, &student_dir)?;
+        eprintln!("training the {} student", method.title());
+        let trained = run.train(&pipeline, &rt, &student_dir, Checkpointing::default())?;
+        results.push((method, trained));
+    }
+    let teacher = SdTeacher::load(&dir, &rt)?;
+    let side = resolution / teacher.vae_scale_factor();
+    let shape = (prompts.len(), teacher.unet().config().in_channels, side, side);
+    let noise = standard_normal(&mut eval_noise_rng(cfg.seed), shape, &rt.device)?;
+    npy::write(&out.join("noise.npy"), &noise)?;
+    let mut evaluated = Vec::new();
+    for (method, trained) in results {
+        let setup = SdEvalSetup {
+            teacher: &teacher,
+            rt: &rt,
+            ode: TeacherOde {
+                solver: cfg.distill.solver,
+                intervals: cfg.distill.intervals,
+                guidance: cfg.distill.guidance,
+                null: NullText::from_flags(None, Some(&cfg.uncond))?,
+            },
+            prompts: &prompts,
+            noise: &noise,
+            steps: cfg.steps.clone(),
+            picking: Picking::Floor,
+            seed: cfg.seed,
+            batch: 8,
+            clip: clip.as_ref(),
+            real: None,
+            reference: ReferenceCache {
+                dir: out.join("reference"),
+                create: true,
+            },
+        };
+        let lora_file = out.join("students").join(method.name()).join(KOHYA_FILE);
+        let student = SdTeacher::load_with_lora(&dir, &rt, Some(&lora_file))?;
+        eprintln!("evaluating the {} student", method.title());
+        let eval = setup.run(&student)?;
+        for s in &eval.samples {
+            let images = (s.images.to_dtype(DType::F32)? / 255.0)?;
+            let path = out.join(format!("samples_{}_{}step.png", method.name(), s.steps));
+            write_grid(&path, &images, lines.len(), per_prompt)?;
+        }
+        if evaluated.is_empty() {
+            let images = (eval.reference.images.to_dtype(DType::F32)? / 255.0)?;
+            write_grid(&out.join("samples_teacher.png"), &images, lines.len(), per_prompt)?;
+        }
+        evaluated.push((method, trained, eval));
+    }
+    let results: Vec<MethodResult> = evaluated
+        .iter()
+        .map(|(method, t, e)| MethodResult {
+            method: method.name().into(),
+            teacher_evaluations: t.teacher_evaluations,
+            train_seconds: t.train_seconds,
+            final_loss: t.final_loss,
+            rows: e.rows.clone(),
+        })
+        .collect();
+    let notes = evaluated.first().map(|(_, _, e)| e.notes.clone()).unwrap_or_default();
+    write_report(&out, &cfg, &results, &notes, started.elapsed().as_secs_f64())?;
+    eprintln!(
+        "finished in {:.0} s; report in {}",
+        started.elapsed().as_secs_f64(),
+        out.join("report.md").display()
+    );
+    Ok(())
+}
+
+/// The paper's settings (N = 100, w = 9, lr 1e-4, 250 steps, batch 16, L2, constant learning
+/// rate, θ⁻ = θ), each overridable by its flag.
+fn paper_distill(a: &ReproduceArgs, lora: LoraConfig) -> DistillConfig {
+    DistillConfig {
+        method: Method::all().next().expect("a registered objective"),
+        solver: a.solver.unwrap_or(Solver::Ddim),
+        intervals: a.intervals.unwrap_or(100),
+        guidance: a.guidance.unwrap_or(9.0),
+        steps: a.distill_steps.unwrap_or(250),
+        batch: a.batch.unwrap_or(16),
+        optim: OptimConfig {
+            lr: a.lr.unwrap_or(1e-4),
+            weight_decay: 1e-2,
+            max_grad_norm: 1.0,
+            cosine_decay: false,
+        },
+        loss: a.loss.unwrap_or(Distance::L2),
+        ema_decay: a.ema_decay,
+        lora: Some(lora),
+        grad_accum: 1,
+        seed: 0,
+    }
+}
+
+/// Flags of the MNIST presets that mean nothing here.
+fn refuse_mnist_flags(a: &ReproduceArgs) -> Result<()> {
+    let given = [
+        ("--seeds", a.seeds.is_some()),
+        ("--models", a.models.is_some()),
+        ("--per-class", a.per_class.is_some()),
+        ("--constant-lr", a.constant_lr),
+    ];
+    let flags: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    super::args::refuse(&flags, "applies to the MNIST presets, not --preset sd")
+}
+
+fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--prompts {}: cannot read", path.display()))?;
+    let lines: Vec<String> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    ensure!(!lines.is_empty(), "--prompts {}: no prompts", path.display());
+    Ok(lines)
+}
+
+/// Points `student_dir/latents` at the run's shared cache folder `OUT/latents` by encoding
+/// there once: the first student's run writes it, the second's reads it.
+fn link_latent_cache(out: &Path, student_dir: &Path) -> Result<()> {
+    let shared = out.join("latents");
+    std::fs::create_dir_all(&shared).with_context(|| format!("{}: cannot create folder", shared.display()))?;
+    let link = student_dir.join("latents");
+    if link.exists() {
+        return Ok(());
+    }
+    std::os::unix::fs::symlink(std::fs::canonicalize(&shared)?, &link)
+        .with_context(|| format!("{}: cannot link the latent cache", link.display()))
+}
+
+/// report.md, report.json, results.csv, the ODE-error-against-FD chart and the loss curves.
+fn write_report(
+    out: &Path,
+    cfg: &SdReproduceConfig,
+    results: &[MethodResult],
+    notes: &[String],
+    seconds: f64,
+) -> Result<()> {
+    write_atomic(&out.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;
+    let json = serde_json::json!({"config": cfg, "methods": results, "notes": notes, "seconds": seconds});
+    write_atomic(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    let mut csv = String::from("method,steps,ode_error,fd_clip_vs_teacher,clip_score,unet_evals_per_sample\n");
+    let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
+    for r in results {
+        for row in &r.rows {
+            let method = if row.model == "teacher" { "teacher" } else { &r.method };
+            csv.push_str(&format!(
+                "{method},{},{},{},{},{}\n",
+                row.steps,
+                row.ode_error,
+                cell(row.fd_clip_vs_teacher),
+                cell(row.clip_score),
+                row.unet_evals_per_sample
+            ));
+        }
+    }
+    write_atomic(&out.join("results.csv"), csv.as_bytes())?;
+    write_charts(out, results)?;
+    let md = markdown(cfg, results, notes, seconds);
+    print!("{md}");
+    write_atomic(&out.join("report.md"), md.as_bytes())
+}
+
+fn markdown(cfg: &SdReproduceConfig, results: &[MethodResult], notes: &[String], seconds: f64) -> String {
+    let d = &cfg.distill;
+    let mut md = format!(
+        "# CM vs Direct CM on {}\n\nLoRA rank {} (α {}), {} steps × batch {}, lr {}, {:?}, teacher {} N = {}, w = {} \
+         (unconditional input: {}), {} prompts × {} samples, {:.0} s in all.\n\n\
+         | method | steps | ODE error | FD (CLIP) vs teacher | CLIP score |\n|---|---|---|---|---|\n",
+        cfg.teacher,
+        cfg.lora.rank,
+        cfg.lora.alpha,
+        d.steps,
+        d.batch,
+        d.optim.lr,
+        d.loss,
+        format!("{:?}", d.solver).to_lowercase(),
+        d.intervals,
+        d.guidance,
+        cfg.uncond,
+        cfg.prompt_lines,
+        cfg.per_prompt,
+        seconds
+    );
+    let cell = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
+    if let Some(teacher) = results
+        .first()
+        .and_then(|r| r.rows.iter().find(|r| r.model == "teacher"))
+    {
+        md.push_str(&format!(
+            "| teacher | {} | 0 | {} | {} |\n",
+            teacher.steps,
+            cell(teacher.fd_clip_vs_teacher),
+            cell(teacher.clip_score)
+        ));
+    }
+    for r in results {
+        for row in r.rows.iter().filter(|r| r.model != "teacher") {
+            md.push_str(&format!(
+                "| {} | {} | {:.4e} | {} | {} |\n",
+                r.method,
+                row.steps,
+                row.ode_error,
+                cell(row.fd_clip_vs_teacher),
+                cell(row.clip_score)
+            ));
+        }
+    }
+    md.push_str("\n| method | teacher evaluations | training s | final loss |\n|---|---|---|---|\n");
+    for r in results {
+        md.push_str(&format!(
+            "| {} | {} | {:.1} | {:.3e} |\n",
+            r.method, r.teacher_evaluations, r.train_seconds, r.final_loss
+        ));
+    }
+    for n in notes {
+        md.push_str(&format!("\n{n}\n"));
+    }
+    md
+}
+
+/// ODE error against FD vs the teacher (every method and K) and each method's loss curve.
+fn write_charts(out: &Path, results: &[MethodResult]) -> Result<()> {
+    let scatter: Vec<Series> = results
+        .iter()
+        .map(|r| Series {
+            name: r.method.clone(),
+            points: r
+                .rows
+                .iter()
+                .filter(|row| row.model != "teacher")
+                .filter_map(|row| Some((row.ode_error, row.fd_clip_vs_teacher?, format!("{}", row.steps))))
+                .collect(),
+        })
+        .collect();
+    write_chart(
+        &out.join("ode_error_vs_fd.svg"),
+        "ODE error against FD (CLIP) vs the teacher",
+        "ODE error (latent MSE)",
+        "FD vs teacher",
+        &scatter,
+        false,
+        false,
+    )?;
+    let mut curves = Vec::new();
+    for r in results {
+        let log = std::fs::read_to_string(out.join("students").join(&r.method).join("train_log.csv"))?;
+        let points = log
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (s, v) = l.split_once(',')?;
+                Some((s.parse().ok()?, v.parse().ok()?, String::new()))
+            })
+            .collect();
+        curves.push(Series {
+            name: r.method.clone(),
+            points,
+        });
+    }
+    write_chart(
+        &out.join("loss.svg"),
+        "Training loss",
+        "step",
+        "loss",
+        &curves,
+        true,
+        true,
+    )
+}
