@@ -13,6 +13,7 @@
 //! as `Var`-backed tensors. Every op on the adapter path here has a backward (checked by the
 //! finite-difference tests below).
 
+use crate::nets::frozen::with_input_gradient;
 use crate::nets::kernels::{self, linear::FrozenLinear};
 use crate::nets::layers::{conv_act, param, Init, Params};
 use crate::runtime::noise::Rng;
@@ -270,10 +271,17 @@ impl LoraLinear {
         }
     }
 
-    /// `x Wᵀ + b`: frozen f32 CPU layers (nothing records a gradient) take the fused kernel.
+    /// `x Wᵀ + b`: frozen f32 CPU layers (nothing records a gradient) take the fused kernel;
+    /// frozen weights under a tracked input pass the gradient to the input alone (`frozen`).
     fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
         let (w, b) = (self.base.weight(), self.base.bias());
-        let frozen = !x.track_op() && !w.track_op() && !b.is_some_and(Tensor::track_op);
+        let weights_train = w.track_op() || b.is_some_and(Tensor::track_op);
+        if x.track_op() && !weights_train {
+            let y = self.base_forward(&x.detach())?;
+            let w = w.clone();
+            return with_input_gradient(x, y, move |g| g.contiguous()?.broadcast_matmul(&w));
+        }
+        let frozen = !x.track_op() && !weights_train;
         if frozen && kernels::serve(x) && kernels::serve(w) {
             return Ok(FrozenLinear::forward(x, w, b)?);
         }
@@ -373,10 +381,7 @@ impl LoraConv2d {
     /// [`conv_act`], which takes the fused kernel when nothing records a gradient), so with the
     /// adapter off this is exactly the base layer's computation.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match x.dtype() {
-            DType::F32 => conv_act(&self.base, x, false)?,
-            _ => self.base.forward(x)?,
-        };
+        let y = self.base_forward(x)?;
         match (&self.adapter, self.switch.is_on()) {
             (Some(ad), true) => {
                 let h = Conv2d::new(ad.a.clone(), None, *self.base.config()).forward(x)?;
@@ -384,6 +389,25 @@ impl LoraConv2d {
                 Ok((y + (delta * ad.scale)?)?)
             }
             _ => Ok(y),
+        }
+    }
+
+    /// `conv(x, W) + b`; frozen weights under a tracked input pass the gradient to the input
+    /// alone (`frozen`), as candle's backward computes it: a transposed convolution with W.
+    fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (w, b) = (self.base.weight(), self.base.bias());
+        if x.track_op() && !w.track_op() && !b.is_some_and(Tensor::track_op) {
+            let y = self.base_forward(&x.detach())?;
+            let (w, cfg, x_h) = (w.clone(), *self.base.config(), x.dim(2)?);
+            return with_input_gradient(x, y, move |g| {
+                let k_h = w.dim(2)?;
+                let size = (g.dim(2)? - 1) * cfg.stride + cfg.dilation * (k_h - 1) + 1 - 2 * cfg.padding;
+                g.conv_transpose2d(&w, cfg.padding, x_h - size, cfg.stride, cfg.dilation)
+            });
+        }
+        match x.dtype() {
+            DType::F32 => conv_act(&self.base, x, false),
+            _ => Ok(self.base.forward(x)?),
         }
     }
 
@@ -600,6 +624,50 @@ mod tests {
         ]
         .map(|t| f64s(&t));
         check_all(loss, &inputs, &GradCheck::default(), 1e-6).unwrap();
+    }
+
+    /// Frozen base weights under a tracked input (every layer after the first adapter) give
+    /// the input the same gradient as candle's own backward (weights as `Var`s, which takes
+    /// the generic path), and receive none themselves: stride 1 and 2, odd and even sizes.
+    #[test]
+    fn frozen_weights_pass_the_input_gradient_only() {
+        let p = adapted_params();
+        let grads = |frozen: bool, x: &candle_core::Var, stride: usize| {
+            let w = |name: &str| match frozen {
+                true => p[name].clone(),
+                false => candle_core::Var::from_tensor(&p[name]).unwrap().as_tensor().clone(),
+            };
+            let (a, b) = adapter_names("conv");
+            let ad = Adapter::new(p[&a].clone(), p[&b].clone(), CFG).unwrap();
+            let cv = LoraConv2d::new(
+                w("conv.weight"),
+                Some(w("conv.bias")),
+                stride,
+                1,
+                Some(ad),
+                Switch::default(),
+            );
+            let fc = LoraLinear::new(w("fc.weight"), Some(w("fc.bias")), None, Switch::default()).unwrap();
+            let y = cv.unwrap().forward(x.as_tensor()).unwrap();
+            let (n, c, h, wd) = y.dims4().unwrap();
+            // The conv's output, moved to the last axis, through the linear layer (4 → 5).
+            let z = fc
+                .forward(&y.permute((0, 2, 3, 1)).unwrap().reshape((n * h * wd, c)).unwrap())
+                .unwrap();
+            let g = z.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let weight_grads = ["conv.weight", "fc.weight"]
+                .iter()
+                .filter(|n| g.get(&w(n)).is_some())
+                .count();
+            (values(g.get(x.as_tensor()).unwrap()), weight_grads)
+        };
+        for (size, stride) in [(7, 1), (7, 2), (8, 2)] {
+            let x = candle_core::Var::from_tensor(&randn(&[2, 3, size, size], 40)).unwrap();
+            let ((fast, none), (want, _)) = (grads(true, &x, stride), grads(false, &x, stride));
+            assert_eq!(none, 0, "no gradient is computed for frozen weights");
+            let err = fast.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(err <= 1e-4, "size {size}, stride {stride}: {err:e}");
+        }
     }
 
     /// In training only A and B are `Var`s and the input and base weights are plain f32 (the

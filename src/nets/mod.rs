@@ -3,6 +3,7 @@
 
 pub mod autoencoder;
 pub mod featnet;
+pub mod frozen;
 pub mod gradcheck;
 pub mod kernels;
 pub mod layers;
