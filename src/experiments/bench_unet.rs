@@ -11,6 +11,7 @@ use crate::diffusion::schedule::{Schedule, ScheduleKind};
 use crate::diffusion::solver::Solver;
 use crate::models::sd::scheduler::Prediction;
 use crate::models::sd::student::LoraUnet;
+use crate::models::sd::training_memory::TrainingMemory;
 use crate::nets::lora::LoraConfig;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
@@ -73,6 +74,8 @@ pub struct UNetBenchReport {
     /// Every timed repeat, in seconds (the spread behind the median).
     pub times: Vec<f64>,
     pub peak_memory_mib: f64,
+    /// `dcm distill`'s estimate of a LoRA step's memory (unet-lora), to set beside the peak.
+    pub estimated_memory_mib: Option<f64>,
 }
 
 impl UNetBench {
@@ -123,6 +126,7 @@ impl UNetBench {
             }],
             times,
             peak_memory_mib: peak_memory_mib(),
+            estimated_memory_mib: None,
         })
     }
 
@@ -190,6 +194,9 @@ impl UNetBenchReport {
             "built in {:.1} s; peak memory {:.0} MiB",
             self.build_seconds, self.peak_memory_mib
         );
+        if let Some(e) = self.estimated_memory_mib {
+            println!("dcm distill's memory estimate for this step: {e:.0} MiB");
+        }
     }
 }
 
@@ -253,6 +260,7 @@ impl UNetBench {
         let build_seconds = start.elapsed().as_secs_f64();
         let mut workloads = Vec::new();
         let mut all_times = Vec::new();
+        let mut estimate = None;
         for method in Method::all() {
             let distill_cfg = DistillConfig {
                 method,
@@ -273,6 +281,8 @@ impl UNetBench {
                 grad_accum: 1,
                 seed: 0,
             };
+            let memory = TrainingMemory::estimate(&arch, lora, &data.shape, &distill_cfg)?;
+            estimate = Some(memory.total() / (1024.0 * 1024.0));
             let mut evaluations = 0;
             let step = || {
                 distill(None, &arch, &params, &data, &distill_cfg, Default::default()).map(|d| d.teacher_evaluations)
@@ -303,6 +313,7 @@ impl UNetBench {
             workloads,
             times: all_times,
             peak_memory_mib: peak_memory_mib(),
+            estimated_memory_mib: estimate,
         })
     }
 }

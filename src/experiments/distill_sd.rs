@@ -170,7 +170,7 @@ impl SdRun {
         let (arch, start) = LoraUnet::of_pipeline(pipeline, rt, self.targets.clone())?;
         let side = self.resolution / vae_factor(pipeline)?;
         let latent = [arch.unet.in_channels, side, side];
-        let memory = TrainingMemory::estimate(&arch, &start, self.lora, &latent, &self.distill)?;
+        let memory = TrainingMemory::estimate(&arch, self.lora, &latent, &self.distill)?;
         eprintln!("{memory}");
         memory.check(rt)?;
         let latents = encode_folder(pipeline, rt, &self.data, self.resolution, &out_dir.join("latents"))?;

@@ -5,7 +5,6 @@
 //! network's passes keep no graph, so their activations are transient.
 
 use super::student::LoraUnet;
-use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
 use crate::nets::sd::unet_config::{BlockSpec, Layout};
 use crate::runtime::device::Runtime;
@@ -28,15 +27,15 @@ pub struct TrainingMemory {
 
 impl TrainingMemory {
     /// For latents of per-sample shape `[C, h, w]` and the run's batch.
-    pub fn estimate(
-        arch: &LoraUnet,
-        start: &Params,
-        lora: LoraConfig,
-        latent: &[usize],
-        cfg: &DistillConfig,
-    ) -> Result<Self> {
+    pub fn estimate(arch: &LoraUnet, lora: LoraConfig, latent: &[usize], cfg: &DistillConfig) -> Result<Self> {
         let size = arch.dtype.size_in_bytes() as f64;
-        let weights = start.values().map(|t| t.elem_count() as f64).sum::<f64>() * size;
+        let weights = arch
+            .unet
+            .tensor_shapes()?
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>() as f64)
+            .sum::<f64>()
+            * size;
         let adapter_elems: f64 = arch
             .unet
             .lora_layers(&arch.targets)?
@@ -138,4 +137,69 @@ fn resnet_elements(c_in: f64, c_out: f64, s: f64) -> f64 {
 /// and probabilities, and cross-attention's against the text context.
 fn transformer_elements(d: f64, heads: f64, s: f64) -> f64 {
     30.0 * d * s + 2.0 * heads * s * s + 2.0 * heads * s * CONTEXT_TOKENS as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consistency::distance::Distance;
+    use crate::consistency::objective::Method;
+    use crate::diffusion::schedule::{Schedule, ScheduleKind};
+    use crate::diffusion::solver::Solver;
+    use crate::models::sd::scheduler::Prediction;
+    use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
+    use crate::nets::sd::unet_config::UNetConfig;
+    use crate::train::optim::OptimConfig;
+    use candle_core::DType;
+
+    fn arch(unet: UNetConfig, dtype: DType) -> LoraUnet {
+        LoraUnet {
+            unet,
+            targets: DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
+            schedule: Schedule::new(ScheduleKind::ScaledLinear),
+            prediction: Prediction::Epsilon,
+            dtype,
+        }
+    }
+
+    fn cfg(batch: usize) -> DistillConfig {
+        DistillConfig {
+            method: Method::all().next().unwrap(),
+            solver: Solver::Ddim,
+            intervals: 100,
+            guidance: 9.0,
+            steps: 1,
+            batch,
+            optim: OptimConfig {
+                lr: 1e-4,
+                weight_decay: 1e-2,
+                max_grad_norm: 1.0,
+                cosine_decay: false,
+            },
+            loss: Distance::L2,
+            ema_decay: None,
+            lora: None,
+            grad_accum: 1,
+            seed: 0,
+        }
+    }
+
+    /// The released SDXL UNet in bf16: 2.57 G parameters (5.1 GB), rank-64 adapters of LCM-LoRA's
+    /// published size (197.8 M values... counted by `real_configs_give_the_published_lora_sizes`),
+    /// and per-sample activations that grow with the square of the token count once attention
+    /// dominates: quadrupling the latent area multiplies them by more than 4.
+    #[test]
+    fn sdxl_estimate_at_1024() {
+        let a = arch(UNetConfig::sdxl(), DType::BF16);
+        let lora = LoraConfig { rank: 64, alpha: 64.0 };
+        let at = |side: usize, batch: usize| TrainingMemory::estimate(&a, lora, &[4, side, side], &cfg(batch)).unwrap();
+        let (m64, m128) = (at(64, 1), at(128, 16));
+        eprintln!("SDXL 64²: {m64}\nSDXL 128²: {m128}");
+        assert!((m128.weights / 2.0 - 2.567e9).abs() < 0.01e9, "{}", m128.weights);
+        assert!(m128.activations_per_sample > 4.0 * m64.activations_per_sample);
+        assert_eq!(
+            m128.total(),
+            m128.weights + m128.adapters + 16.0 * m128.activations_per_sample
+        );
+    }
 }
