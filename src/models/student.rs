@@ -35,6 +35,12 @@ impl Student {
     /// The student, frozen on `rt` (for sampling and evaluation).
     pub fn load(dir: &Path, rt: &Runtime) -> Result<Self> {
         ensure!(dir.is_dir(), "--student {}: not a folder", dir.display());
+        ensure!(
+            !dir.join(crate::models::sd::student::SD_STUDENT).is_file(),
+            "--student {}: a LoRA student of a Stable Diffusion teacher; give --teacher sd:DIR with --lora {}/lora.safetensors (dcm sample) or --student alone with --teacher sd:DIR (dcm eval)",
+            dir.display(),
+            dir.display()
+        );
         let config: StudentConfig = model_dir::load_config(dir, model_dir::Kind::Student)?;
         check_stored(&config, dir)?;
         let params = rt.frozen(&model_dir::load_params(dir)?)?;

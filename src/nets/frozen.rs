@@ -3,52 +3,57 @@
 //! the weight operand, tracked or not; under LoRA every base weight is frozen, so that is a
 //! second copy of the network and about a third of the backward pass spent on nothing.
 //! Here the layer runs on `x.detach()` (no graph, so the fused inference kernels serve it)
-//! and a pass-through op hands its output to `x`'s graph with the input gradient alone.
+//! and an op on `x` hands that output to `x`'s graph with the input gradient alone.
 
 use anyhow::Result;
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, Layout, Shape, Tensor};
-use std::sync::Arc;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Shape, Storage, Tensor};
+use std::sync::{Arc, Mutex};
 
 type InputGradient = dyn Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync;
 
-/// Forward: a copy of its second operand (the layer's output). Backward: `∂L/∂x` from the
-/// closure, nothing for the output operand, which has no graph.
-struct PassThrough(Box<InputGradient>);
+/// Forward: the layer's output, computed beforehand and handed over once (taken, so the graph
+/// keeps only the op's result, not a second copy). Backward: `∂L/∂x` from the closure.
+struct PassThrough {
+    output: Mutex<Option<Tensor>>,
+    input_gradient: Box<InputGradient>,
+}
 
-impl CustomOp2 for PassThrough {
+impl PassThrough {
+    fn take(&self) -> candle_core::Result<Tensor> {
+        let taken = self.output.lock().map(|mut o| o.take());
+        taken
+            .ok()
+            .flatten()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-weights op evaluated twice".into()))
+    }
+}
+
+impl CustomOp1 for PassThrough {
     fn name(&self) -> &'static str {
         "frozen-weights"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        y: &CpuStorage,
-        ly: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.take()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => Err(candle_core::Error::Msg("frozen-weights: output on another device".into())),
+        }
     }
 
-    fn cuda_fwd(
-        &self,
-        _: &CudaStorage,
-        _: &Layout,
-        y: &CudaStorage,
-        ly: &Layout,
-    ) -> candle_core::Result<(CudaStorage, Shape)> {
-        Ok((y.try_clone(ly)?, ly.shape().clone()))
+    fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let y = self.take()?;
+        let (storage, layout) = y.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((s.try_clone(layout)?, layout.shape().clone())),
+            _ => Err(candle_core::Error::Msg("frozen-weights: output on another device".into())),
+        }
     }
 
-    fn bwd(
-        &self,
-        _x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some((self.0)(grad)?), None))
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some((self.input_gradient)(grad)?))
     }
 }
 
@@ -59,10 +64,14 @@ pub fn with_input_gradient(
     y: Tensor,
     input_gradient: impl Fn(&Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
 ) -> Result<Tensor> {
-    // The forward copies the whole storage: it must hold exactly y, from its start.
+    // The forward copies y's whole storage: it must hold exactly y, from its start.
     let y = match y.is_contiguous() && y.layout().start_offset() == 0 {
         true => y,
         false => y.copy()?,
     };
-    Ok(x.apply_op2_arc(&y, Arc::new(Box::new(PassThrough(Box::new(input_gradient)))))?)
+    let op = PassThrough {
+        output: Mutex::new(Some(y)),
+        input_gradient: Box::new(input_gradient),
+    };
+    Ok(x.apply_op1_arc(Arc::new(Box::new(op)))?)
 }
