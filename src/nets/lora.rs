@@ -13,7 +13,7 @@
 //! as `Var`-backed tensors. Every op on the adapter path here has a backward (checked by the
 //! finite-difference tests below).
 
-use crate::nets::frozen::with_input_gradient;
+use crate::nets::input_gradient::with_input_gradient;
 use crate::nets::kernels::{self, linear::FrozenLinear};
 use crate::nets::layers::{conv_act, param, Init, Params};
 use crate::runtime::noise::Rng;
@@ -272,14 +272,14 @@ impl LoraLinear {
     }
 
     /// `x Wᵀ + b`: frozen f32 CPU layers (nothing records a gradient) take the fused kernel;
-    /// frozen weights under a tracked input pass the gradient to the input alone (`frozen`).
+    /// frozen weights under a tracked input pass the gradient to the input alone (`input_gradient`).
     fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
         let (w, b) = (self.base.weight(), self.base.bias());
         let weights_train = w.track_op() || b.is_some_and(Tensor::track_op);
         if x.track_op() && !weights_train {
             let y = self.base_forward(&x.detach())?;
             let w = w.clone();
-            return with_input_gradient(x, y, move |g| g.contiguous()?.broadcast_matmul(&w));
+            return with_input_gradient(x, y, move |g, _| g.contiguous()?.broadcast_matmul(&w));
         }
         let frozen = !x.track_op() && !weights_train;
         if frozen && kernels::serve(x) && kernels::serve(w) {
@@ -393,13 +393,13 @@ impl LoraConv2d {
     }
 
     /// `conv(x, W) + b`; frozen weights under a tracked input pass the gradient to the input
-    /// alone (`frozen`), as candle's backward computes it: a transposed convolution with W.
+    /// alone (`input_gradient`), as candle's backward computes it: a transposed convolution with W.
     fn base_forward(&self, x: &Tensor) -> Result<Tensor> {
         let (w, b) = (self.base.weight(), self.base.bias());
         if x.track_op() && !w.track_op() && !b.is_some_and(Tensor::track_op) {
             let y = self.base_forward(&x.detach())?;
             let (w, cfg, x_h) = (w.clone(), *self.base.config(), x.dim(2)?);
-            return with_input_gradient(x, y, move |g| {
+            return with_input_gradient(x, y, move |g, _| {
                 let k_h = w.dim(2)?;
                 let size = (g.dim(2)? - 1) * cfg.stride + cfg.dilation * (k_h - 1) + 1 - 2 * cfg.padding;
                 g.conv_transpose2d(&w, cfg.padding, x_h - size, cfg.stride, cfg.dilation)

@@ -3,8 +3,8 @@
 
 pub mod autoencoder;
 pub mod featnet;
-pub mod frozen;
 pub mod gradcheck;
+pub mod input_gradient;
 pub mod kernels;
 pub mod layers;
 pub mod lora;

@@ -1,8 +1,9 @@
 //! Multi-head attention as diffusers' `Attention` computes it (`AttnProcessor2_0`, no mask),
 //! and the GEGLU feed-forward of its transformer blocks (`FeedForward`, `activation_fn="geglu"`).
 //!
-//! The probabilities go through `candle_nn::ops::softmax` (composed of differentiable ops):
-//! `softmax_last_dim` has no backward and would silently cut the gradient to `to_q`, `to_k`.
+//! The probabilities come from `softmax_last_dim` on detached scores (it has no backward of
+//! its own, which would silently cut the gradient to `to_q`, `to_k`), joined to the graph with
+//! softmax's own backward (`nets::input_gradient`), so only they are kept for it.
 //! Attention is the plain formula, all heads in one batched matmul; its `[B·heads, L, S]`
 //! scores are kept for the backward (no flash attention). Frozen f32 CPU attention (nothing
 //! records a gradient) takes the fused kernel `kernels::attention` instead.
@@ -12,6 +13,7 @@
 //! what `candle_nn::Linear::forward` does — into one matrix as if it were row-major, and
 //! returns wrong values for B ≥ 2, without error.
 
+use crate::nets::input_gradient::with_input_gradient;
 use crate::nets::kernels::{self, attention::Sdpa, geglu::Geglu};
 use crate::nets::lora::LoraLinear;
 use crate::nets::sd::weights::Weights;
@@ -118,11 +120,28 @@ pub fn scaled_dot_product(q: &Tensor, k: &Tensor, v: &Tensor, upcast: bool) -> R
         false => (q.clone(), k.clone()),
     };
     let scores = (q * scale)?.matmul(&k.t()?)?;
-    let probs = match half {
-        true => candle_nn::ops::softmax(&scores.to_dtype(DType::F32)?, D::Minus1)?.to_dtype(dtype)?,
-        false => candle_nn::ops::softmax(&scores, D::Minus1)?,
+    Ok(softmax(&scores, dtype)?.matmul(v)?)
+}
+
+/// Softmax over the last axis as `dtype`, accumulated in f32 for f16/bf16 scores. Under a
+/// graph the probabilities are the only map kept: the backward is `p ⊙ (g − Σ_last g ⊙ p)`.
+fn softmax(scores: &Tensor, dtype: DType) -> Result<Tensor> {
+    let work = match scores.dtype() {
+        DType::F16 | DType::BF16 => DType::F32,
+        other => other,
     };
-    Ok(probs.matmul(v)?)
+    let p = candle_nn::ops::softmax_last_dim(&scores.detach().to_dtype(work)?)?.to_dtype(dtype)?;
+    if !scores.track_op() {
+        return Ok(p);
+    }
+    // The gradient goes to the scores, in their dtype (f32 when upcast, whatever `dtype` is).
+    let scores_dtype = scores.dtype();
+    let gradient = move |g: &Tensor, p: &Tensor| -> candle_core::Result<Tensor> {
+        let (gw, pw) = (g.to_dtype(work)?, p.to_dtype(work)?);
+        let dot = (&gw * &pw)?.sum_keepdim(D::Minus1)?;
+        (pw * gw.broadcast_sub(&dot)?)?.to_dtype(scores_dtype)
+    };
+    with_input_gradient(scores, p, gradient)
 }
 
 /// `net.2(h ⊙ gelu(g))` with `[h, g] = net.0.proj(x)` split in halves (diffusers' GEGLU:
