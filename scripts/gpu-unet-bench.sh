@@ -64,3 +64,11 @@ if [[ "${ONLY:-sdxl}" == sdxl ]]; then
   echo "== SDXL base, 128x128 latents, bf16, batch $batch"
   bench/compare_unet.sh --unet sdxl --size 128 --dtype bf16 "${common[@]}"
 fi
+if [[ "${ONLY:-lora}" == lora ]]; then
+  # One CM and one Direct LoRA distillation step (rank 64, LCM-LoRA's targets, w = 9), SD 1.5
+  # shape, 64x64 latents, batch 4, f16: seconds per step and dcm distill's memory estimate
+  # beside the peak. (No diffusers + peft counterpart is scripted yet.)
+  echo "== SD 1.5 LoRA distillation step, 64x64 latents, f16, batch 4"
+  $DCM bench --workload unet-lora --unet sd15 --size 64 --batch 4 --intervals "${INTERVALS:-100}" \
+    --guidance 9 --repeats "${REPEATS_LORA:-3}" --device cuda --dtype f16
+fi

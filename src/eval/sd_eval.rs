@@ -23,9 +23,10 @@ use crate::nets::layers::map_chunks;
 use crate::nets::sd::clip_model::{clip_score_of, cosine_scores, ClipModel};
 use crate::runtime::device::Runtime;
 use crate::runtime::noise::{renoise_rng, standard_normal};
+use crate::runtime::progress;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -192,18 +193,6 @@ pub fn real_image_features(clip: &ClipModel, dir: &Path, batch: usize) -> Result
     to_matrix(&Tensor::cat(&parts, 0)?)
 }
 
-/// A progress bar in the style of the training commands.
-fn progress(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_string());
-    bar
-}
-
 /// A denoiser that advances a progress bar by the rows of every call.
 struct Ticking<'a> {
     inner: &'a dyn Denoiser,
@@ -343,7 +332,7 @@ impl SdEvalSetup<'_> {
         };
         reference_samples(&key, &self.reference, || {
             let rows = self.noise.dim(0)?;
-            let bar = progress(rows * self.ode.teacher_calls_per_sample(), "teacher reference solve");
+            let bar = progress::bar(rows * self.ode.teacher_calls_per_sample(), "teacher reference solve");
             let ticking = Ticking {
                 inner: self.teacher,
                 bar: &bar,
@@ -357,7 +346,7 @@ impl SdEvalSetup<'_> {
 
     /// Images u8 of latents through the teacher's VAE, with a progress bar.
     fn decode(&self, latents: &Tensor, what: &str) -> Result<Tensor> {
-        let bar = progress(latents.dim(0)?, what);
+        let bar = progress::bar(latents.dim(0)?, what);
         let images = decode_with(self.teacher, self.rt, &latents.to_device(&self.rt.device)?, &|| {
             bar.inc(1)
         })?;
@@ -407,7 +396,7 @@ impl SdEvalSetup<'_> {
     ) -> Result<(SdEvalRow, StudentSamples)> {
         let started = Instant::now();
         let ts = picked_timesteps(Discretization::new(self.ode.intervals)?, k, self.picking)?;
-        let bar = progress(self.noise.dim(0)? * k, &format!("student, {k} steps"));
+        let bar = progress::bar(self.noise.dim(0)? * k, &format!("student, {k} steps"));
         let ticking = Ticking {
             inner: student,
             bar: &bar,

@@ -1,5 +1,5 @@
 //! What every stage runs on: the device, seeded random streams, stop signals, crash-safe
-//! file output, finiteness and memory checks at the edges, and the shipped assets' location.
+//! file output, finiteness and memory checks at the edges, progress bars, and the shipped assets' location.
 
 pub mod assets;
 pub mod device;
@@ -7,4 +7,5 @@ pub mod files;
 pub mod finite;
 pub mod memory;
 pub mod noise;
+pub mod progress;
 pub mod signals;

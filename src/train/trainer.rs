@@ -4,6 +4,7 @@
 
 use crate::nets::layers::Params;
 use crate::runtime::noise::{seeded, Rng};
+use crate::runtime::progress;
 use crate::runtime::signals::{requested, Interrupted, Stopped};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
@@ -11,7 +12,7 @@ use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -71,17 +72,6 @@ pub struct Trainer {
     run_config: Value,
 }
 
-fn progress(steps: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(steps as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(what.to_string());
-    bar
-}
-
 impl Trainer {
     /// Trainable copies of `init` (sorted by name, so updates are deterministic), or the
     /// state of the checkpoint being resumed.
@@ -105,7 +95,7 @@ impl Trainer {
             losses: Vec::new(),
             counter: 0,
             pending: None,
-            bar: progress(o.steps, o.what),
+            bar: progress::bar(o.steps, o.what),
             run_config: json!({"run": o.run_config, "context": o.checkpointing.context}),
             checkpointing: o.checkpointing,
         };

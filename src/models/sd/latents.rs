@@ -84,8 +84,10 @@ pub fn encode_folder(pipeline: &Pipeline, rt: &Runtime, data: &Path, r: usize, c
     let vae = pipeline.vae(rt)?;
     let (mut means, mut stds) = (Vec::new(), Vec::new());
     let n = images.images.dim(0)?;
+    let bar = crate::runtime::progress::bar(n, "encoding images");
     for start in (0..n).step_by(CHUNK) {
         crate::runtime::signals::check()?;
+        bar.inc(CHUNK.min(n - start) as u64);
         let chunk = images
             .images
             .narrow(0, start, CHUNK.min(n - start))?
@@ -94,6 +96,7 @@ pub fn encode_folder(pipeline: &Pipeline, rt: &Runtime, data: &Path, r: usize, c
         means.push(m.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
         stds.push(s.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
     }
+    bar.finish_and_clear();
     let (mean, std) = (Tensor::cat(&means, 0)?, Tensor::cat(&stds, 0)?);
     std::fs::create_dir_all(cache_dir).with_context(|| format!("{}: cannot create folder", cache_dir.display()))?;
     save_tensors(
