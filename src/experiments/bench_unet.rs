@@ -4,11 +4,9 @@
 //! the same configuration and `bench/compare_unet.sh` compares the two.
 
 use super::bench::{median, peak_memory_mib, times, Workload};
-use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::diffusion::condition::{Condition, TextEmbedding};
 use crate::diffusion::schedule::{Schedule, ScheduleKind};
-use crate::diffusion::solver::Solver;
 use crate::models::sd::scheduler::Prediction;
 use crate::models::sd::student::LoraUnet;
 use crate::models::sd::training_memory::TrainingMemory;
@@ -21,7 +19,6 @@ use crate::runtime::device::Runtime;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::{seeded, standard_normal, Rng};
 use crate::train::distill::{distill, DistillConfig, TrainingData};
-use crate::train::optim::OptimConfig;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
@@ -263,23 +260,11 @@ impl UNetBench {
         let mut estimate = None;
         for method in Method::all() {
             let distill_cfg = DistillConfig {
-                method,
-                solver: Solver::Ddim,
                 intervals,
                 guidance,
                 steps: 1,
                 batch: self.batch,
-                optim: OptimConfig {
-                    lr: 1e-4,
-                    weight_decay: 1e-2,
-                    max_grad_norm: 1.0,
-                    cosine_decay: false,
-                },
-                loss: Distance::L2,
-                ema_decay: None,
-                lora: Some(lora),
-                grad_accum: 1,
-                seed: 0,
+                ..DistillConfig::paper_lora(method, lora)
             };
             let memory = TrainingMemory::estimate(&arch, lora, &data.shape, &distill_cfg)?;
             estimate = Some(memory.total() / (1024.0 * 1024.0));

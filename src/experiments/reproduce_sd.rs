@@ -7,11 +7,9 @@ use super::distill_sd::{default_resolution, SdRun};
 use super::report::chart::{write_chart, Series};
 use super::report::grid::write_grid;
 use super::reproduce::ReproduceArgs;
-use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::Picking;
 use crate::data::npy;
-use crate::diffusion::solver::Solver;
 use crate::eval::sd_eval::{load_clip, SdEvalRow, SdEvalSetup};
 use crate::eval::sd_reference::{ReferenceCache, TeacherOde};
 use crate::models::sd::pipeline::Pipeline;
@@ -240,24 +238,20 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
 /// The paper's settings (N = 100, w = 9, lr 1e-4, 250 steps, batch 16, L2, constant learning
 /// rate, θ⁻ = θ), each overridable by its flag.
 fn paper_distill(a: &ReproduceArgs, lora: LoraConfig) -> DistillConfig {
+    let paper = DistillConfig::paper_lora(Method::all().next().expect("a registered objective"), lora);
     DistillConfig {
-        method: Method::all().next().expect("a registered objective"),
-        solver: a.solver.unwrap_or(Solver::Ddim),
-        intervals: a.intervals.unwrap_or(100),
-        guidance: a.guidance.unwrap_or(9.0),
-        steps: a.distill_steps.unwrap_or(250),
-        batch: a.batch.unwrap_or(16),
+        solver: a.solver.unwrap_or(paper.solver),
+        intervals: a.intervals.unwrap_or(paper.intervals),
+        guidance: a.guidance.unwrap_or(paper.guidance),
+        steps: a.distill_steps.unwrap_or(paper.steps),
+        batch: a.batch.unwrap_or(paper.batch),
         optim: OptimConfig {
-            lr: a.lr.unwrap_or(1e-4),
-            weight_decay: 1e-2,
-            max_grad_norm: 1.0,
-            cosine_decay: false,
+            lr: a.lr.unwrap_or(paper.optim.lr),
+            ..paper.optim
         },
-        loss: a.loss.unwrap_or(Distance::L2),
+        loss: a.loss.unwrap_or(paper.loss),
         ema_decay: a.ema_decay,
-        lora: Some(lora),
-        grad_accum: 1,
-        seed: 0,
+        ..paper
     }
 }
 

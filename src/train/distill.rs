@@ -75,6 +75,31 @@ impl TrainingData for Dataset {
 }
 
 impl DistillConfig {
+    /// The paper's LoRA distillation of a Stable Diffusion teacher: DDIM with N = 100, w = 9,
+    /// AdamW at a constant 1e-4 (weight decay 1e-2, clipping 1.0), batch 16, L2, 250 steps,
+    /// θ⁻ = θ, seed 0.
+    pub fn paper_lora(method: Method, lora: LoraConfig) -> Self {
+        Self {
+            method,
+            solver: Solver::Ddim,
+            intervals: 100,
+            guidance: 9.0,
+            steps: 250,
+            batch: 16,
+            optim: OptimConfig {
+                lr: 1e-4,
+                weight_decay: 1e-2,
+                max_grad_norm: 1.0,
+                cosine_decay: false,
+            },
+            loss: Distance::L2,
+            ema_decay: None,
+            lora: Some(lora),
+            grad_accum: 1,
+            seed: 0,
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         Discretization::new(self.intervals)?;
         ensure!(self.steps > 0, "--steps must be positive");

@@ -149,14 +149,11 @@ const MEASURED: f64 = 3.8;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consistency::distance::Distance;
     use crate::consistency::objective::Method;
     use crate::diffusion::schedule::{Schedule, ScheduleKind};
-    use crate::diffusion::solver::Solver;
     use crate::models::sd::scheduler::Prediction;
     use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
     use crate::nets::sd::unet_config::UNetConfig;
-    use crate::train::optim::OptimConfig;
     use candle_core::DType;
 
     fn arch(unet: UNetConfig, dtype: DType) -> LoraUnet {
@@ -170,24 +167,10 @@ mod tests {
     }
 
     fn cfg(batch: usize) -> DistillConfig {
+        let lora = LoraConfig { rank: 64, alpha: 64.0 };
         DistillConfig {
-            method: Method::all().next().unwrap(),
-            solver: Solver::Ddim,
-            intervals: 100,
-            guidance: 9.0,
-            steps: 1,
             batch,
-            optim: OptimConfig {
-                lr: 1e-4,
-                weight_decay: 1e-2,
-                max_grad_norm: 1.0,
-                cosine_decay: false,
-            },
-            loss: Distance::L2,
-            ema_decay: None,
-            lora: None,
-            grad_accum: 1,
-            seed: 0,
+            ..DistillConfig::paper_lora(Method::all().next().unwrap(), lora)
         }
     }
 
