@@ -11,6 +11,7 @@ use crate::models::model_dir::{self, save_run};
 use crate::models::student::{portable_spec, StudentConfig};
 use crate::models::teacher::Teacher;
 use crate::nets::autoencoder::encode_all;
+use crate::nets::lora::LoraConfig;
 use crate::nets::mlp::MlpConfig;
 use crate::nets::network::NetConfig;
 use crate::runtime::device::Runtime;
@@ -87,6 +88,32 @@ pub struct DistillArgs {
 /// student's activations and their gradients).
 const WORKING_COPIES: usize = 32;
 
+impl DistillArgs {
+    /// The distillation settings the flags give, with the teacher kind's defaults for the
+    /// batch and learning rate.
+    pub fn config(&self, batch: usize, default_lr: f64, lora: Option<LoraConfig>) -> Result<DistillConfig> {
+        Ok(DistillConfig {
+            method: self.method,
+            solver: self.ode.solver(),
+            intervals: self.ode.intervals(),
+            guidance: self.ode.guidance()?,
+            steps: self.steps,
+            batch,
+            optim: OptimConfig {
+                lr: self.lr.unwrap_or(default_lr),
+                weight_decay: self.weight_decay,
+                max_grad_norm: self.max_grad_norm,
+                cosine_decay: !self.constant_lr,
+            },
+            loss: self.loss,
+            ema_decay: self.ema_decay,
+            lora,
+            grad_accum: self.grad_accum,
+            seed: self.seed,
+        })
+    }
+}
+
 pub fn command(a: DistillArgs) -> Result<()> {
     let rt = a.runtime.runtime()?;
     if let Some(dir) = a.teacher.strip_prefix("sd:") {
@@ -117,26 +144,7 @@ pub fn command(a: DistillArgs) -> Result<()> {
             (NetConfig::Mlp(net), init, 1e-3)
         }
     };
-    let batch = a.batch.unwrap_or(256);
-    let cfg = DistillConfig {
-        method: a.method,
-        solver: a.ode.solver(),
-        intervals: a.ode.intervals(),
-        guidance: a.ode.guidance()?,
-        steps: a.steps,
-        batch,
-        optim: OptimConfig {
-            lr: a.lr.unwrap_or(default_lr),
-            weight_decay: a.weight_decay,
-            max_grad_norm: a.max_grad_norm,
-            cosine_decay: !a.constant_lr,
-        },
-        loss: a.loss,
-        ema_decay: a.ema_decay,
-        lora: a.lora.lora()?,
-        grad_accum: a.grad_accum,
-        seed: a.seed,
-    };
+    let cfg = a.config(a.batch.unwrap_or(256), default_lr, a.lora.lora()?)?;
     // A LoRA student of a network teacher starts from the teacher's own weights, so the
     // teacher is the student with its adapters off.
     let shares_weights = cfg.lora.is_some() && matches!(teacher, Teacher::Network { .. });
@@ -145,8 +153,8 @@ pub fn command(a: DistillArgs) -> Result<()> {
     let (out_dir, ckpt) = a
         .run
         .checkpointing(serde_json::json!({"teacher": a.teacher, "data": a.data, "unconditional": a.unconditional}))?;
-    let per_step = f32_bytes(&[batch, data.x.elem_count() / data.len()]) * WORKING_COPIES as f64;
-    ensure_fits(per_step, &format!("--batch {batch}"))?;
+    let per_step = f32_bytes(&[cfg.batch, data.x.elem_count() / data.len()]) * WORKING_COPIES as f64;
+    ensure_fits(per_step, &format!("--batch {}", cfg.batch))?;
     let start = std::time::Instant::now();
     let out = distill(target_source, &net, &init, &data, &cfg, ckpt)?;
     let config = StudentConfig {

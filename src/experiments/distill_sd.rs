@@ -17,7 +17,6 @@ use crate::nets::sd::lora_files::{export, KOHYA_FILE, PEFT_FILE};
 use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
 use crate::runtime::device::Runtime;
 use crate::train::distill::{distill, DistillConfig};
-use crate::train::optim::OptimConfig;
 use crate::train::trainer::Checkpointing;
 use anyhow::{bail, ensure, Context, Result};
 use clap::Args;
@@ -89,25 +88,7 @@ pub fn command(a: &DistillArgs, dir: &Path, rt: &Runtime) -> Result<()> {
         rank: DEFAULT_RANK,
         alpha: DEFAULT_RANK as f64,
     });
-    let cfg = DistillConfig {
-        method: a.method,
-        solver: a.ode.solver(),
-        intervals: a.ode.intervals(),
-        guidance: a.ode.guidance()?,
-        steps: a.steps,
-        batch: a.batch.unwrap_or(16),
-        optim: OptimConfig {
-            lr: a.lr.unwrap_or(1e-4),
-            weight_decay: a.weight_decay,
-            max_grad_norm: a.max_grad_norm,
-            cosine_decay: !a.constant_lr,
-        },
-        loss: a.loss,
-        ema_decay: a.ema_decay,
-        lora: Some(lora),
-        grad_accum: a.grad_accum,
-        seed: a.seed,
-    };
+    let cfg = a.config(a.batch.unwrap_or(16), 1e-4, Some(lora))?;
     cfg.validate()?;
     let run = SdRun {
         teacher: dir.to_path_buf(),
