@@ -66,12 +66,12 @@ pub struct DistillArgs {
     /// Ignore class labels: distill the teacher's unconditional ODE.
     #[arg(long)]
     pub unconditional: bool,
-    /// Hidden width of a fresh student MLP (analytic teachers).
-    #[arg(long, default_value_t = 128)]
-    pub hidden: usize,
-    /// Hidden layers of a fresh student MLP (analytic teachers).
-    #[arg(long, default_value_t = 3)]
-    pub depth: usize,
+    /// Hidden width of a fresh student MLP (analytic teachers) [default: 128].
+    #[arg(long)]
+    pub hidden: Option<usize>,
+    /// Hidden layers of a fresh student MLP (analytic teachers) [default: 3].
+    #[arg(long)]
+    pub depth: Option<usize>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -133,8 +133,8 @@ pub fn command(a: DistillArgs) -> Result<()> {
         _ => {
             let net = MlpConfig {
                 sample_shape: data.sample_shape(),
-                hidden: a.hidden,
-                depth: a.depth,
+                hidden: a.hidden.unwrap_or(128),
+                depth: a.depth.unwrap_or(3),
                 time_dim: 32,
                 num_classes: teacher.num_classes(),
                 schedule: teacher.schedule_kind()?,

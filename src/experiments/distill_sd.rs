@@ -2,6 +2,7 @@
 //! Diffusion teacher, trained on a folder of captioned images and written as LoRA files that
 //! diffusers, ComfyUI and A1111 load.
 
+use super::args::refuse;
 use super::distill::DistillArgs;
 use crate::data::captioned;
 use crate::models::model_dir::save_loss_log;
@@ -62,6 +63,12 @@ pub fn command(a: &DistillArgs, dir: &Path, rt: &Runtime) -> Result<()> {
         !a.unconditional,
         "--unconditional: a Stable Diffusion student is conditioned on its captions"
     );
+    let mlp_flags = [("--hidden", a.hidden.is_some()), ("--depth", a.depth.is_some())];
+    let given: Vec<&str> = mlp_flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    refuse(
+        &given,
+        "sizes a fresh MLP student; a Stable Diffusion student is the teacher's UNet with LoRA",
+    )?;
     let data_dir = a
         .data
         .as_deref()
