@@ -269,6 +269,10 @@ fn bad_input_is_one_line() {
             "--unconditional",
         ),
         (
+            [base(&data), vec!["--hidden".into(), "64".into()]].concat(),
+            "--hidden sizes a fresh MLP",
+        ),
+        (
             vec![
                 "distill",
                 "--method",
