@@ -1,6 +1,8 @@
 //! Judging students: ODE-solving error against the teacher's solve and the
 //! sample-quality metrics.
 
+pub mod bootstrap;
 pub mod evaluate;
 pub mod metrics;
 pub mod ode_error;
+pub mod spearman;

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use std::path::Path;
 
 /// Machine facts for the report header.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
