@@ -4,7 +4,6 @@
 
 use super::args::{LoraArgs, RuntimeArgs};
 use super::report::run::write_run;
-use super::report::study::write_study;
 use super::study::{self, StudyConfig};
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
@@ -81,7 +80,7 @@ impl ReproduceConfig {
             solver: Solver::Ddim,
             intervals: 50,
             guidance: 2.0,
-            distill_steps: 2000,
+            distill_steps: 1000,
             batch: 64,
             lr: 1e-4,
             cosine_decay: false,
@@ -258,7 +257,8 @@ pub struct Outcome {
 
 #[derive(Args)]
 pub struct ReproduceArgs {
-    /// smoke (≤ 60 s), default (≤ 15 min on 2 cores) or paper (N = 100, for a GPU).
+    /// smoke (≤ 60 s), default or ema (≤ 6 min on 2 cores), lora, paper (N = 100, for a GPU),
+    /// study (≈ 1.5 h: docs/study/) or study-smoke.
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// Repeat with this many seeds and report mean ± std.
@@ -629,8 +629,7 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
         net: models.teacher_net.clone(),
     };
     let start = std::time::Instant::now();
-    let outcome = study::run(&cfg, &models, &source, &out_dir)?;
-    write_study(&out_dir, &cfg, &outcome, start.elapsed().as_secs_f64())?;
+    study::run(&cfg, &models, &source, &out_dir)?;
     eprintln!(
         "study finished in {:.1} min; report in {}",
         start.elapsed().as_secs_f64() / 60.0,

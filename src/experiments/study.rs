@@ -4,6 +4,7 @@
 
 use super::analytic_control::{self, AnalyticConfig, AnalyticRow};
 use super::reproduce::{save_students, StudentSource, Judge, Metrics, Models, ReproduceConfig, Row, Setup, TrainedStudent, TrainingRecord};
+use super::report::study::write_study;
 use crate::consistency::objective::Method;
 use crate::diffusion::discretization::Discretization;
 use crate::diffusion::guidance::Guided;
@@ -25,6 +26,9 @@ pub struct StudyConfig {
     pub other: ReproduceConfig,
     /// Training-length checkpoints of seed 0 of the main baseline (one run to the last).
     pub lengths: Vec<usize>,
+    /// Training steps of the horizon and guidance sweeps (one of `lengths`: their CM and
+    /// Direct at the main settings are seed 0's checkpoints there).
+    pub sweep_steps: usize,
     /// Target horizons k trained besides k = 1 (CM) and k = N (Direct).
     pub horizons: Vec<usize>,
     /// Guidance scales trained besides the main one.
@@ -51,6 +55,7 @@ impl StudyConfig {
                 main: sized("default", 500, 5)?,
                 other: sized("lora", 500, 5)?,
                 lengths: vec![250, 500, 1000, 2000, 4000, 8000],
+                sweep_steps: 1000,
                 horizons: vec![2, 5, 10, 25],
                 guidances: vec![1.0, 4.0, 8.0],
                 analytic: AnalyticConfig::study(),
@@ -73,6 +78,7 @@ impl StudyConfig {
                     main: smoke(false)?,
                     other: smoke(true)?,
                     lengths: vec![5, 10, 20],
+                    sweep_steps: 10,
                     horizons: vec![2, 5],
                     guidances: vec![1.0],
                     analytic: AnalyticConfig {
@@ -100,6 +106,11 @@ impl StudyConfig {
             self.lengths.contains(&self.main.distill_steps),
             "the training lengths must include the main run's {} steps",
             self.main.distill_steps
+        );
+        ensure!(
+            self.lengths.contains(&self.sweep_steps),
+            "the training lengths must include the sweeps' {} steps",
+            self.sweep_steps
         );
         for &k in &self.horizons {
             horizon_method(k)?;
@@ -157,45 +168,59 @@ fn stage(n: usize, of: usize, what: &str, started: Instant) -> Instant {
     Instant::now()
 }
 
+/// Runs every stage, writing the report into `out` after each (a run stopped part-way
+/// leaves the report of the stages it finished).
 pub fn run(cfg: &StudyConfig, models: &Models, source: &StudentSource, out: &Path) -> Result<StudyOutcome> {
     cfg.validate()?;
     let started = Instant::now();
     let setup = Setup::new(&cfg.main, models)?;
-    let mut stages = Vec::new();
+    let empty = |c: &ReproduceConfig| Comparison {
+        preset: c.preset.clone(),
+        rows: Vec::new(),
+        training: Vec::new(),
+    };
+    let mut o = StudyOutcome {
+        classes: setup.classes,
+        main: empty(&cfg.main),
+        other: empty(&cfg.other),
+        lengths: Vec::new(),
+        horizons: Vec::new(),
+        guidance: Vec::new(),
+        analytic: Vec::new(),
+        analytic_samples: 0,
+        stages: Vec::new(),
+    };
     let mut clock = stage(1, 6, "references: the teacher's solve from each seed's evaluation noise", started);
     let judges: Vec<Judge> = (0..cfg.main.seeds as u64)
         .map(|seed| setup.judge(&cfg.main, models, seed, cfg.main.guidance))
         .collect::<Result<_>>()?;
-    stages.push(("references".to_string(), clock.elapsed().as_secs_f64()));
+    let done = |o: &mut StudyOutcome, name: String, clock: Instant| -> Result<()> {
+        o.stages.push((name, clock.elapsed().as_secs_f64()));
+        write_study(out, cfg, o, started.elapsed().as_secs_f64())?;
+        Ok(())
+    };
+    done(&mut o, "references".into(), clock)?;
     clock = stage(2, 6, "main baseline (seed 0 runs on to the longest training length)", started);
     let ckpt_dir = out.join("checkpoints");
-    let (main, lengths, main_students) = comparison(&cfg.main, models, &setup, &judges, Some((&cfg.lengths, &ckpt_dir)))?;
-    save_students(&out.join("students").join(&cfg.main.preset), source, &main_students)?;
-    stages.push((format!("{} baseline and training length", cfg.main.preset), clock.elapsed().as_secs_f64()));
+    let (main, lengths, students) = comparison(&cfg.main, models, &setup, &judges, Some((&cfg.lengths, &ckpt_dir)))?;
+    save_students(&out.join("students").join(&cfg.main.preset), source, &students)?;
+    (o.main, o.lengths) = (main, lengths);
+    done(&mut o, format!("{} baseline and training length", cfg.main.preset), clock)?;
     clock = stage(3, 6, "the other baseline", started);
-    let (other, _, other_students) = comparison(&cfg.other, models, &setup, &judges, None)?;
-    save_students(&out.join("students").join(&cfg.other.preset), source, &other_students)?;
-    stages.push((format!("{} baseline", cfg.other.preset), clock.elapsed().as_secs_f64()));
-    clock = stage(4, 6, "target horizon", started);
-    let horizons = horizon_sweep(cfg, models, &setup, &judges[0], &main)?;
-    stages.push(("target horizon".to_string(), clock.elapsed().as_secs_f64()));
-    clock = stage(5, 6, "guidance", started);
-    let guidance = guidance_sweep(cfg, models, &setup, &main)?;
-    stages.push(("guidance".to_string(), clock.elapsed().as_secs_f64()));
-    clock = stage(6, 6, "analytic control", started);
-    let (analytic, analytic_samples) = analytic_control::run(&cfg.analytic, &cfg.main, &models.runtime)?;
-    stages.push(("analytic control".to_string(), clock.elapsed().as_secs_f64()));
-    Ok(StudyOutcome {
-        classes: setup.classes,
-        main,
-        other,
-        lengths,
-        horizons,
-        guidance,
-        analytic,
-        analytic_samples,
-        stages,
-    })
+    let (other, _, students) = comparison(&cfg.other, models, &setup, &judges, None)?;
+    save_students(&out.join("students").join(&cfg.other.preset), source, &students)?;
+    o.other = other;
+    done(&mut o, format!("{} baseline", cfg.other.preset), clock)?;
+    clock = stage(4, 6, "analytic control", started);
+    (o.analytic, o.analytic_samples) = analytic_control::run(&cfg.analytic, &cfg.main, &models.runtime)?;
+    done(&mut o, "analytic control".into(), clock)?;
+    clock = stage(5, 6, "target horizon", started);
+    o.horizons = horizon_sweep(cfg, models, &setup, &judges[0], &o.lengths)?;
+    done(&mut o, "target horizon".into(), clock)?;
+    clock = stage(6, 6, "guidance", started);
+    o.guidance = guidance_sweep(cfg, models, &setup, &o.lengths)?;
+    done(&mut o, "guidance".into(), clock)?;
+    Ok(o)
 }
 
 /// CM and Direct at every seed, judged at every step count beside the teacher's own
@@ -224,7 +249,8 @@ fn comparison(
                 metrics,
             })
         };
-        for &k in &cfg.steps {
+        // The teacher's own K-interval solve depends only on the reference: judged once.
+        for &k in cfg.steps.iter().filter(|_| lengths.is_some()) {
             let coarse = solve(Solver::Ddim, &guided, &judge.noise, Discretization::new(k)?, T, &judge.cond)?;
             record("teacher DDIM", k, judge.judge(&coarse)?.0);
         }
@@ -324,25 +350,34 @@ fn kept_params(cfg: &ReproduceConfig, models: &Models, dir: &Path, step: usize) 
     }
 }
 
-/// Seed 0 of the main baseline at each horizon k; k = 1 and k = N are its CM and Direct.
+/// The main settings at the sweeps' training length.
+fn sweep_config(cfg: &StudyConfig) -> ReproduceConfig {
+    ReproduceConfig {
+        distill_steps: cfg.sweep_steps,
+        ..cfg.main.clone()
+    }
+}
+
+/// Seed 0 at each horizon k; k = 1 and k = N are the training-length run's CM and Direct.
 fn horizon_sweep(
     cfg: &StudyConfig,
     models: &Models,
     setup: &Setup,
     judge: &Judge,
-    main: &Comparison,
+    lengths: &[SweepRow],
 ) -> Result<Vec<SweepRow>> {
-    let mut rows = reused(main, &[("CM", 1.0), ("Direct", cfg.main.intervals as f64)]);
+    let mut rows = reused(lengths, cfg.sweep_steps, &[("CM", 1.0), ("Direct", cfg.main.intervals as f64)]);
+    let at = sweep_config(cfg);
     for &k in &cfg.horizons {
         let method = horizon_method(k)?;
-        let (student, _) = setup.train(&cfg.main, models, method, 0, Default::default())?;
+        let (student, _) = setup.train(&at, models, method, 0, Default::default())?;
         eprintln!("  horizon k = {k}: trained in {:.0} s", student.seconds);
         for &steps in &cfg.main.steps {
             rows.push(SweepRow {
                 setting: k as f64,
                 method: method.title().to_string(),
                 steps,
-                metrics: judge.judge(&judge.sample(&cfg.main, &student.params, steps)?)?.0,
+                metrics: judge.judge(&judge.sample(&at, &student.params, steps)?)?.0,
             });
         }
     }
@@ -350,11 +385,11 @@ fn horizon_sweep(
     Ok(rows)
 }
 
-/// Seed 0's CM and Direct rows of the main comparison as sweep rows at `setting`.
-fn reused(main: &Comparison, methods: &[(&str, f64)]) -> Vec<SweepRow> {
-    main.rows
+/// The training-length rows at `steps` of the named methods, as sweep rows at `setting`.
+fn reused(lengths: &[SweepRow], steps: usize, methods: &[(&str, f64)]) -> Vec<SweepRow> {
+    lengths
         .iter()
-        .filter(|r| r.seed == 0)
+        .filter(|r| r.setting == steps as f64)
         .filter_map(|r| {
             let &(_, setting) = methods.iter().find(|m| m.0 == r.method)?;
             Some(SweepRow {
@@ -368,14 +403,14 @@ fn reused(main: &Comparison, methods: &[(&str, f64)]) -> Vec<SweepRow> {
 }
 
 /// Seed 0 of CM and Direct distilled at each guidance scale, judged against that
-/// scale's own reference solve.
-fn guidance_sweep(cfg: &StudyConfig, models: &Models, setup: &Setup, main: &Comparison) -> Result<Vec<SweepRow>> {
+/// scale's own reference solve; the main scale's are the training-length run's.
+fn guidance_sweep(cfg: &StudyConfig, models: &Models, setup: &Setup, lengths: &[SweepRow]) -> Result<Vec<SweepRow>> {
     let w0 = cfg.main.guidance;
-    let mut rows: Vec<SweepRow> = reused(main, &[("CM", w0), ("Direct", w0)]);
+    let mut rows: Vec<SweepRow> = reused(lengths, cfg.sweep_steps, &[("CM", w0), ("Direct", w0)]);
     for &w in &cfg.guidances {
         let at_w = ReproduceConfig {
             guidance: w,
-            ..cfg.main.clone()
+            ..sweep_config(cfg)
         };
         let judge = setup.judge(&at_w, models, 0, w)?;
         for method in Method::compared() {

@@ -48,8 +48,12 @@ fn per_seed(rows: &[Row], method: &str, steps: usize, get: Getter) -> Vec<f64> {
 }
 
 /// Every metric's paired interval at every step count of a comparison.
+/// (None before the comparison has run.)
 pub fn differences(c: &Comparison, steps: &[usize], level: f64) -> Result<Vec<Difference>> {
     let mut out = Vec::new();
+    if c.rows.is_empty() {
+        return Ok(out);
+    }
     for &k in steps {
         for (name, get) in COLUMNS {
             let (cm, direct) = (per_seed(&c.rows, "CM", k, get), per_seed(&c.rows, "Direct", k, get));
@@ -130,6 +134,9 @@ fn training_table(c: &Comparison) -> String {
 /// The (ODE error, FD vs teacher) table of a sweep: one row per (setting, method), one
 /// column pair per step count.
 fn sweep_table(rows: &[SweepRow], setting: &str, steps: &[usize]) -> String {
+    if rows.is_empty() {
+        return NOT_RUN.to_string();
+    }
     let mut s = format!("| {setting} | method |");
     for k in steps {
         let _ = write!(s, " FD vs teacher, {k} | ODE error, {k} |");
@@ -142,7 +149,8 @@ fn sweep_table(rows: &[SweepRow], setting: &str, steps: &[usize]) -> String {
         }
     }
     for (setting, method) in keys {
-        let _ = write!(s, "| {} | {method} |", num(setting));
+        let shown = if setting.fract() == 0.0 { format!("{setting:.0}") } else { num(setting) };
+        let _ = write!(s, "| {shown} | {method} |");
         for &k in steps {
             match rows.iter().find(|r| r.setting == setting && r.method == method && r.steps == k) {
                 Some(r) => {
@@ -181,6 +189,9 @@ fn rho(rows: &[&SweepRow]) -> Option<f64> {
 
 /// Charts of the training-length sweep; returns the rank-correlation sentences.
 fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<String> {
+    if rows.is_empty() {
+        return Ok(NOT_RUN.to_string());
+    }
     let curve = |get: fn(&Metrics) -> f64| -> Vec<Series> {
         ["CM", "Direct"]
             .iter()
@@ -227,6 +238,9 @@ fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<Strin
 }
 
 fn horizon_chart(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
     let series: Vec<Series> = steps
         .iter()
         .map(|&k| Series {
@@ -251,6 +265,9 @@ fn horizon_chart(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<()> {
 
 /// The analytic control's intervals (paired by seed) per step count and metric.
 fn analytic_section(rows: &[AnalyticRow], steps: &[usize], level: f64) -> Result<(String, Vec<Difference>)> {
+    if rows.is_empty() {
+        return Ok((NOT_RUN.to_string(), Vec::new()));
+    }
     type Get = fn(&AnalyticRow) -> f64;
     let metrics: [(&str, Get); 3] = [
         ("FD vs exact samples", |r| r.fd_exact),
@@ -331,12 +348,17 @@ fn rows_csv(comparisons: &[&Comparison]) -> String {
     s
 }
 
-fn baseline_section(title: &str, c: &Comparison, diffs: &[Difference], steps: &[usize]) -> String {
+const NOT_RUN: &str = "Not run yet.\n";
+
+fn baseline_section(title: &str, c: &Comparison, diffs: &[Difference], steps: &[usize], teacher: &[Row]) -> String {
+    if c.rows.is_empty() {
+        return format!("## {title}\n\n{NOT_RUN}\n");
+    }
     format!(
         "## {title} (`--preset {}`)\n\n### Findings (generated from the intervals)\n\n{}\n### Tables\n{}\n### Training\n\n{}\n",
         c.preset,
         findings(diffs, steps),
-        comparison_tables(diffs, steps, &c.rows),
+        comparison_tables(diffs, steps, teacher),
         training_table(c)
     )
 }
@@ -364,8 +386,8 @@ pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f
          Spearman's ρ between ODE error and FD vs teacher:\n\n{rho}\n\
          ![FD against training length](training_length_fd.svg)\n\n![ODE error against training length](training_length_ode_error.svg)\n\n\
          ![ODE error against FD](ode_error_vs_fd.svg)\n\n\
-         ## Target horizon (seed 0): k teacher steps, then the target network\n\n{}\n![horizon](horizon.svg)\n\n\
-         ## Guidance (seed 0, each w judged against its own teacher solve)\n\n{}\n\
+         ## Target horizon (seed 0, {} training steps): k teacher steps, then the target network\n\n{}\n![horizon](horizon.svg)\n\n\
+         ## Guidance (seed 0, {} training steps, each w judged against its own teacher solve)\n\n{}\n\
          ## Analytic control: `{}` mixture, exact ODE solution ({} seeds, {} samples each)\n\n{analytic}\n",
         seconds / 60.0,
         super::run::machine(),
@@ -373,12 +395,14 @@ pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f
         cfg.level * 100.0,
         cfg.main.per_class * out.classes,
         cfg.main.per_class,
-        baseline_section("Faithful baseline chosen by CM's stability: full fine-tuning, EMA target 0.95", &out.main, &main, steps),
-        baseline_section("The paper's code: LoRA students, θ⁻ = θ", &out.other, &other, steps),
+        baseline_section("Faithful baseline chosen by CM's stability: full fine-tuning, EMA target 0.95", &out.main, &main, steps, &out.main.rows),
+        baseline_section("The paper's code: LoRA students, θ⁻ = θ", &out.other, &other, steps, &out.main.rows),
         cfg.main.preset,
         cfg.lengths.iter().max().copied().unwrap_or(0),
         sweep_table(&out.lengths, "training steps", steps),
+        cfg.sweep_steps,
         sweep_table(&out.horizons, "k", steps),
+        cfg.sweep_steps,
         sweep_table(&out.guidance, "w", steps),
         cfg.analytic.toy,
         cfg.analytic.seeds,
