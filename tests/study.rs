@@ -83,18 +83,18 @@ fn a_middle_horizon_is_k_teacher_steps_then_the_target_network() {
     let (x, t, cond) = batch(grid);
     let k = 3;
     let got = horizon_target(Solver::Ddim, &teacher, &target_net, &x, &t, grid, k, &cond).unwrap();
-    for i in 0..t.len() {
+    for (i, &start) in t.iter().enumerate() {
         let ci = cond.select(&[i]).unwrap();
         let mut xi = x.narrow(0, i, 1).unwrap();
-        let mut ti = t[i];
-        for _ in 0..k.min(t[i] / grid.k()) {
+        let mut ti = start;
+        for _ in 0..k.min(start / grid.k()) {
             xi = Solver::Ddim.step(&teacher, &xi, &[ti], grid.k(), &ci).unwrap();
             ti -= grid.k();
         }
         let want = consistency(&target_net, &xi, &[ti], &ci).unwrap();
         let (g, w) = (values(&got.narrow(0, i, 1).unwrap()), values(&want));
         for (a, b) in g.iter().zip(&w) {
-            assert!((a - b).abs() < 1e-5, "row {i} (t = {}): {g:?} vs {w:?}", t[i]);
+            assert!((a - b).abs() < 1e-5, "row {i} (t = {start}): {g:?} vs {w:?}");
         }
     }
 }
@@ -180,7 +180,11 @@ fn study_smoke_writes_every_artifact() {
     }
     let horizon = std::fs::read_to_string(dir.join("horizon.csv")).unwrap();
     let ks: std::collections::BTreeSet<&str> = horizon.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
-    assert_eq!(ks, ["1", "10", "2", "5"].into_iter().collect(), "k = 1, 2, 5 and N = 10");
+    assert_eq!(
+        ks,
+        ["1", "10", "2", "5"].into_iter().collect(),
+        "k = 1, 2, 5 and N = 10"
+    );
     let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
     assert_eq!(readme.matches("- The paper's claim").count(), 2 * 4 + 4, "{readme}");
     let out = Command::new(env!("CARGO_BIN_EXE_dcm"))

@@ -87,7 +87,13 @@ fn partial_solve(
             continue;
         }
         let stepped = solver
-            .step(teacher, &xs.narrow(0, lo, hi - lo)?, &vec![tau; hi - lo], k, &sorted.narrow(lo, hi - lo)?)?
+            .step(
+                teacher,
+                &xs.narrow(0, lo, hi - lo)?,
+                &vec![tau; hi - lo],
+                k,
+                &sorted.narrow(lo, hi - lo)?,
+            )?
             .detach();
         let mut parts = Vec::with_capacity(3);
         if lo > 0 {
@@ -97,7 +103,11 @@ fn partial_solve(
         if hi < b {
             parts.push(xs.narrow(0, hi, b - hi)?);
         }
-        xs = if parts.len() == 1 { parts.remove(0) } else { Tensor::cat(&parts, 0)? };
+        xs = if parts.len() == 1 {
+            parts.remove(0)
+        } else {
+            Tensor::cat(&parts, 0)?
+        };
     }
     let mut inverse = vec![0usize; b];
     for (pos, &i) in order.iter().enumerate() {

@@ -31,7 +31,12 @@ impl Interval {
 
 /// The `level` (e.g. 0.95) percentile interval of mean(a − b) over paired rows.
 pub fn paired_interval(a: &[f64], b: &[f64], level: f64) -> Result<Interval> {
-    ensure!(a.len() == b.len(), "paired samples differ in length: {} vs {}", a.len(), b.len());
+    ensure!(
+        a.len() == b.len(),
+        "paired samples differ in length: {} vs {}",
+        a.len(),
+        b.len()
+    );
     ensure!(!a.is_empty(), "no pairs to bootstrap");
     ensure!(level > 0.0 && level < 1.0, "confidence level {level} is not in (0, 1)");
     let d: Vec<f64> = a.iter().zip(b).map(|(x, y)| x - y).collect();

@@ -24,9 +24,17 @@ fn ranks(v: &[f64]) -> Vec<f64> {
 }
 
 pub fn spearman(x: &[f64], y: &[f64]) -> Result<f64> {
-    ensure!(x.len() == y.len(), "rank correlation of {} and {} values", x.len(), y.len());
+    ensure!(
+        x.len() == y.len(),
+        "rank correlation of {} and {} values",
+        x.len(),
+        y.len()
+    );
     ensure!(x.len() >= 2, "rank correlation needs at least 2 points");
-    ensure!(x.iter().chain(y).all(|v| v.is_finite()), "rank correlation of non-finite values");
+    ensure!(
+        x.iter().chain(y).all(|v| v.is_finite()),
+        "rank correlation of non-finite values"
+    );
     let (rx, ry) = (ranks(x), ranks(y));
     let mean = (x.len() as f64 + 1.0) / 2.0;
     let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);

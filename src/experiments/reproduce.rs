@@ -434,7 +434,14 @@ impl Setup {
     pub fn judge<'a>(&self, cfg: &ReproduceConfig, models: &'a Models, seed: u64, w: f64) -> Result<Judge<'a>> {
         let noise = standard_normal(&mut eval_noise_rng(seed), self.shape.clone(), &models.runtime.device)?;
         let guided = Guided::new(&*models.teacher, w);
-        let ref_latents = solve(cfg.solver, &guided, &noise, Discretization::new(cfg.intervals)?, T, &self.cond)?;
+        let ref_latents = solve(
+            cfg.solver,
+            &guided,
+            &noise,
+            Discretization::new(cfg.intervals)?,
+            T,
+            &self.cond,
+        )?;
         let ref_images = decode_all(&models.autoencoder, &ref_latents)?;
         let ref_features = to_matrix(&features(&models.featnet, &ref_images)?)?;
         Ok(Judge {
@@ -527,9 +534,19 @@ impl Judge<'_> {
 
     /// A student's K-step samples from this judge's noise (re-noise from the seed's own stream).
     pub fn sample(&self, cfg: &ReproduceConfig, params: &Params, steps: usize) -> Result<Tensor> {
-        let student = self.models.teacher_net.build(&self.models.runtime.frozen(params)?, None)?;
+        let student = self
+            .models
+            .teacher_net
+            .build(&self.models.runtime.frozen(params)?, None)?;
         let grid = Discretization::new(cfg.intervals)?;
-        multistep_sample(&*student, &self.noise, grid, steps, &self.cond, &mut renoise_rng(self.seed))
+        multistep_sample(
+            &*student,
+            &self.noise,
+            grid,
+            steps,
+            &self.cond,
+            &mut renoise_rng(self.seed),
+        )
     }
 }
 
@@ -573,7 +590,14 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
         };
         record("teacher", cfg.intervals, &judge.ref_latents)?;
         for &k in &cfg.steps {
-            let coarse = solve(Solver::Ddim, &guided, &judge.noise, Discretization::new(k)?, T, &setup.cond)?;
+            let coarse = solve(
+                Solver::Ddim,
+                &guided,
+                &judge.noise,
+                Discretization::new(k)?,
+                T,
+                &setup.cond,
+            )?;
             record("teacher DDIM", k, &coarse)?;
         }
         for method in Method::compared() {
@@ -619,7 +643,10 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
     cfg.validate()?;
     let rt = a.runtime.runtime()?;
     let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
-    let out_dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.preset)));
+    let out_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.preset)));
     check_output_dir(&out_dir, "--out")?;
     let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
     let models = Models::load(&models_dir, data, &rt)?;

@@ -3,8 +3,10 @@
 //! training length, target horizon, guidance, and an analytic control (issue #13).
 
 use super::analytic_control::{self, AnalyticConfig, AnalyticRow};
-use super::reproduce::{save_students, StudentSource, Judge, Metrics, Models, ReproduceConfig, Row, Setup, TrainedStudent, TrainingRecord};
 use super::report::study::write_study;
+use super::reproduce::{
+    save_students, Judge, Metrics, Models, ReproduceConfig, Row, Setup, StudentSource, TrainedStudent, TrainingRecord,
+};
 use crate::consistency::objective::Method;
 use crate::diffusion::discretization::Discretization;
 use crate::diffusion::guidance::Guided;
@@ -190,7 +192,12 @@ pub fn run(cfg: &StudyConfig, models: &Models, source: &StudentSource, out: &Pat
         analytic_samples: 0,
         stages: Vec::new(),
     };
-    let mut clock = stage(1, 6, "references: the teacher's solve from each seed's evaluation noise", started);
+    let mut clock = stage(
+        1,
+        6,
+        "references: the teacher's solve from each seed's evaluation noise",
+        started,
+    );
     let judges: Vec<Judge> = (0..cfg.main.seeds as u64)
         .map(|seed| setup.judge(&cfg.main, models, seed, cfg.main.guidance))
         .collect::<Result<_>>()?;
@@ -200,12 +207,21 @@ pub fn run(cfg: &StudyConfig, models: &Models, source: &StudentSource, out: &Pat
         Ok(())
     };
     done(&mut o, "references".into(), clock)?;
-    clock = stage(2, 6, "main baseline (seed 0 runs on to the longest training length)", started);
+    clock = stage(
+        2,
+        6,
+        "main baseline (seed 0 runs on to the longest training length)",
+        started,
+    );
     let ckpt_dir = out.join("checkpoints");
     let (main, lengths, students) = comparison(&cfg.main, models, &setup, &judges, Some((&cfg.lengths, &ckpt_dir)))?;
     save_students(&out.join("students").join(&cfg.main.preset), source, &students)?;
     (o.main, o.lengths) = (main, lengths);
-    done(&mut o, format!("{} baseline and training length", cfg.main.preset), clock)?;
+    done(
+        &mut o,
+        format!("{} baseline and training length", cfg.main.preset),
+        clock,
+    )?;
     clock = stage(3, 6, "the other baseline", started);
     let (other, _, students) = comparison(&cfg.other, models, &setup, &judges, None)?;
     save_students(&out.join("students").join(&cfg.other.preset), source, &students)?;
@@ -251,7 +267,14 @@ fn comparison(
         };
         // The teacher's own K-interval solve depends only on the reference: judged once.
         for &k in cfg.steps.iter().filter(|_| lengths.is_some()) {
-            let coarse = solve(Solver::Ddim, &guided, &judge.noise, Discretization::new(k)?, T, &judge.cond)?;
+            let coarse = solve(
+                Solver::Ddim,
+                &guided,
+                &judge.noise,
+                Discretization::new(k)?,
+                T,
+                &judge.cond,
+            )?;
             record("teacher DDIM", k, judge.judge(&coarse)?.0);
         }
         for method in Method::compared() {
@@ -275,7 +298,11 @@ fn comparison(
                 None => setup.train(cfg, models, method, seed, Default::default())?,
             };
             for &k in &cfg.steps {
-                record(method.title(), k, judge.judge(&judge.sample(cfg, &student.params, k)?)?.0);
+                record(
+                    method.title(),
+                    k,
+                    judge.judge(&judge.sample(cfg, &student.params, k)?)?.0,
+                );
             }
             eprintln!(
                 "  {} seed {seed}: trained in {:.0} s, judged at {:?} steps",
@@ -366,7 +393,11 @@ fn horizon_sweep(
     judge: &Judge,
     lengths: &[SweepRow],
 ) -> Result<Vec<SweepRow>> {
-    let mut rows = reused(lengths, cfg.sweep_steps, &[("CM", 1.0), ("Direct", cfg.main.intervals as f64)]);
+    let mut rows = reused(
+        lengths,
+        cfg.sweep_steps,
+        &[("CM", 1.0), ("Direct", cfg.main.intervals as f64)],
+    );
     let at = sweep_config(cfg);
     for &k in &cfg.horizons {
         let method = horizon_method(k)?;
@@ -426,6 +457,11 @@ fn guidance_sweep(cfg: &StudyConfig, models: &Models, setup: &Setup, lengths: &[
             }
         }
     }
-    rows.sort_by(|a, b| a.setting.total_cmp(&b.setting).then(a.method.cmp(&b.method)).then(a.steps.cmp(&b.steps)));
+    rows.sort_by(|a, b| {
+        a.setting
+            .total_cmp(&b.setting)
+            .then(a.method.cmp(&b.method))
+            .then(a.steps.cmp(&b.steps))
+    });
     Ok(rows)
 }

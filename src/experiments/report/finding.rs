@@ -36,14 +36,24 @@ pub fn num(v: f64) -> String {
     if a != 0.0 && !(0.01..1e4).contains(&a) {
         format!("{v:.2e}")
     } else {
-        let decimals = if a == 0.0 { 0 } else { (2 - a.log10().floor() as i32).max(0) as usize };
+        let decimals = if a == 0.0 {
+            0
+        } else {
+            (2 - a.log10().floor() as i32).max(0) as usize
+        };
         format!("{v:.decimals$}")
     }
 }
 
 /// `+1.23 [0.50, 2.01]`
 pub fn interval_text(ci: &Interval) -> String {
-    format!("{}{} [{}, {}]", if ci.estimate >= 0.0 { "+" } else { "" }, num(ci.estimate), num(ci.low), num(ci.high))
+    format!(
+        "{}{} [{}, {}]",
+        if ci.estimate >= 0.0 { "+" } else { "" },
+        num(ci.estimate),
+        num(ci.low),
+        num(ci.high)
+    )
 }
 
 /// One sentence on one metric at one step count.
@@ -55,7 +65,11 @@ pub fn sentence(metric: &str, steps: usize, better: Better, ci: &Interval) -> St
             format!("{at}, {metric} does not separate the methods: CM − Direct = {diff}, an interval that includes 0.")
         }
         v => {
-            let (winner, loser) = if v == Verdict::Cm { ("CM", "Direct") } else { ("Direct", "CM") };
+            let (winner, loser) = if v == Verdict::Cm {
+                ("CM", "Direct")
+            } else {
+                ("Direct", "CM")
+            };
             let side = if better == Better::Lower { "lower" } else { "higher" };
             format!("{at}, {winner} has the {side} (better) {metric} than {loser}: CM − Direct = {diff}, excluding 0.")
         }

@@ -123,10 +123,20 @@ fn findings(diffs: &[Difference], steps: &[usize]) -> String {
 }
 
 fn training_table(c: &Comparison) -> String {
-    let mut s = String::from("| method | seed | seconds | teacher evaluations (per sample) | final loss |\n|---|---|---|---|---|\n");
+    let mut s = String::from(
+        "| method | seed | seconds | teacher evaluations (per sample) | final loss |\n|---|---|---|---|---|\n",
+    );
     for t in &c.training {
         let last = t.losses.last().copied().unwrap_or(f32::NAN) as f64;
-        let _ = writeln!(s, "| {} | {} | {:.0} | {} | {} |", t.method, t.seed, t.seconds, t.teacher_evaluations, num(last));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.0} | {} | {} |",
+            t.method,
+            t.seed,
+            t.seconds,
+            t.teacher_evaluations,
+            num(last)
+        );
     }
     s
 }
@@ -149,12 +159,24 @@ fn sweep_table(rows: &[SweepRow], setting: &str, steps: &[usize]) -> String {
         }
     }
     for (setting, method) in keys {
-        let shown = if setting.fract() == 0.0 { format!("{setting:.0}") } else { num(setting) };
+        let shown = if setting.fract() == 0.0 {
+            format!("{setting:.0}")
+        } else {
+            num(setting)
+        };
         let _ = write!(s, "| {shown} | {method} |");
         for &k in steps {
-            match rows.iter().find(|r| r.setting == setting && r.method == method && r.steps == k) {
+            match rows
+                .iter()
+                .find(|r| r.setting == setting && r.method == method && r.steps == k)
+            {
                 Some(r) => {
-                    let _ = write!(s, " {} | {} |", num(r.metrics.fd_teacher), num(r.metrics.ode_error_latent));
+                    let _ = write!(
+                        s,
+                        " {} | {} |",
+                        num(r.metrics.fd_teacher),
+                        num(r.metrics.ode_error_latent)
+                    );
                 }
                 None => s.push_str(" – | – |"),
             }
@@ -208,8 +230,24 @@ fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<Strin
             .collect()
     };
     let x = "log₂ training steps (8 = 250, 13 = 8,000)";
-    write_chart(&dir.join("training_length_fd.svg"), "FD vs teacher against training length", x, "FD vs teacher", &curve(|m| m.fd_teacher), true, true)?;
-    write_chart(&dir.join("training_length_ode_error.svg"), "ODE error against training length", x, "ODE error (latent MSE)", &curve(|m| m.ode_error_latent), true, true)?;
+    write_chart(
+        &dir.join("training_length_fd.svg"),
+        "FD vs teacher against training length",
+        x,
+        "FD vs teacher",
+        &curve(|m| m.fd_teacher),
+        true,
+        true,
+    )?;
+    write_chart(
+        &dir.join("training_length_ode_error.svg"),
+        "ODE error against training length",
+        x,
+        "ODE error (latent MSE)",
+        &curve(|m| m.ode_error_latent),
+        true,
+        true,
+    )?;
     let scatter: Vec<Series> = ["CM", "Direct"]
         .iter()
         .map(|m| Series {
@@ -221,18 +259,36 @@ fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<Strin
                 .collect(),
         })
         .collect();
-    write_chart(&dir.join("ode_error_vs_fd.svg"), "ODE error against FD vs teacher, every checkpoint (labels: sampler steps)", "FD vs teacher", "ODE error (latent MSE)", &scatter, false, true)?;
+    write_chart(
+        &dir.join("ode_error_vs_fd.svg"),
+        "ODE error against FD vs teacher, every checkpoint (labels: sampler steps)",
+        "FD vs teacher",
+        "ODE error (latent MSE)",
+        &scatter,
+        false,
+        true,
+    )?;
     let mut s = String::new();
     let all: Vec<&SweepRow> = rows.iter().collect();
     let fmt = |r: Option<f64>| r.map_or("undefined".to_string(), |v| format!("{v:.2}"));
-    let _ = writeln!(s, "- every checkpoint, method and step count ({} points): ρ = {}", all.len(), fmt(rho(&all)));
+    let _ = writeln!(
+        s,
+        "- every checkpoint, method and step count ({} points): ρ = {}",
+        all.len(),
+        fmt(rho(&all))
+    );
     for m in ["CM", "Direct"] {
         let sub: Vec<&SweepRow> = rows.iter().filter(|r| r.method == m).collect();
         let _ = writeln!(s, "- {m} alone ({} points): ρ = {}", sub.len(), fmt(rho(&sub)));
     }
     for &k in steps {
         let sub: Vec<&SweepRow> = rows.iter().filter(|r| r.steps == k).collect();
-        let _ = writeln!(s, "- {k}-step samples of both methods ({} points): ρ = {}", sub.len(), fmt(rho(&sub)));
+        let _ = writeln!(
+            s,
+            "- {k}-step samples of both methods ({} points): ρ = {}",
+            sub.len(),
+            fmt(rho(&sub))
+        );
     }
     Ok(s)
 }
@@ -280,7 +336,8 @@ fn analytic_section(rows: &[AnalyticRow], steps: &[usize], level: f64) -> Result
         r.iter().map(|r| get(r)).collect()
     };
     let mut diffs = Vec::new();
-    let mut s = String::from("| steps | metric | CM | Direct | CM − Direct [95 % CI] | better |\n|---|---|---|---|---|---|\n");
+    let mut s =
+        String::from("| steps | metric | CM | Direct | CM − Direct [95 % CI] | better |\n|---|---|---|---|---|---|\n");
     for &k in steps {
         for (name, get) in metrics {
             let (cm, direct) = (values("CM", k, get), values("Direct", k, get));
@@ -291,22 +348,48 @@ fn analytic_section(rows: &[AnalyticRow], steps: &[usize], level: f64) -> Result
                 direct: mean(&direct),
                 interval: paired_interval(&cm, &direct, level)?,
             };
-            let _ = writeln!(s, "| {k} | {name} | {} | {} | {} | {} |", num(d.cm), num(d.direct), interval_text(&d.interval), favours(&d));
+            let _ = writeln!(
+                s,
+                "| {k} | {name} | {} | {} | {} | {} |",
+                num(d.cm),
+                num(d.direct),
+                interval_text(&d.interval),
+                favours(&d)
+            );
             diffs.push(d);
         }
     }
-    let teacher = values("teacher", rows.iter().find(|r| r.method == "teacher").map_or(0, |r| r.steps), |r| r.exact_ode_error);
-    let _ = writeln!(s, "\nThe teacher's own N-step solve: ODE error against the exact solution {} (mean over seeds).\n", num(mean(&teacher)));
+    let teacher = values(
+        "teacher",
+        rows.iter().find(|r| r.method == "teacher").map_or(0, |r| r.steps),
+        |r| r.exact_ode_error,
+    );
+    let _ = writeln!(
+        s,
+        "\nThe teacher's own N-step solve: ODE error against the exact solution {} (mean over seeds).\n",
+        num(mean(&teacher))
+    );
     for &k in steps {
-        if let (Some(ode), Some(fd)) = (find(&diffs, "ODE error (exact)", k), find(&diffs, "FD vs exact samples", k)) {
-            let _ = writeln!(s, "- {}", claim(k, &ode.interval, &fd.interval).replace("FD against the teacher", "FD against the exact samples"));
+        if let (Some(ode), Some(fd)) = (
+            find(&diffs, "ODE error (exact)", k),
+            find(&diffs, "FD vs exact samples", k),
+        ) {
+            let _ = writeln!(
+                s,
+                "- {}",
+                claim(k, &ode.interval, &fd.interval).replace("FD against the teacher", "FD against the exact samples")
+            );
         }
     }
     let students: Vec<&AnalyticRow> = rows.iter().filter(|r| r.method != "teacher").collect();
     let x: Vec<f64> = students.iter().map(|r| r.exact_ode_error).collect();
     let y: Vec<f64> = students.iter().map(|r| r.fd_exact).collect();
     if let Ok(r) = spearman(&x, &y) {
-        let _ = writeln!(s, "\nSpearman's ρ of exact ODE error against FD over every student, seed and step count ({} points): {r:.2}.", x.len());
+        let _ = writeln!(
+            s,
+            "\nSpearman's ρ of exact ODE error against FD over every student, seed and step count ({} points): {r:.2}.",
+            x.len()
+        );
     }
     Ok((s, diffs))
 }
@@ -314,7 +397,11 @@ fn analytic_section(rows: &[AnalyticRow], steps: &[usize], level: f64) -> Result
 fn analytic_csv(rows: &[AnalyticRow]) -> String {
     let mut s = String::from("method,seed,steps,exact_ode_error,solver_ode_error,fd_exact\n");
     for r in rows {
-        let _ = writeln!(s, "{},{},{},{},{},{}", r.method, r.seed, r.steps, r.exact_ode_error, r.solver_ode_error, r.fd_exact);
+        let _ = writeln!(
+            s,
+            "{},{},{},{},{},{}",
+            r.method, r.seed, r.steps, r.exact_ode_error, r.solver_ode_error, r.fd_exact
+        );
     }
     s
 }
@@ -324,7 +411,18 @@ fn intervals_csv(sets: &[(&str, &[Difference])]) -> String {
     for (name, diffs) in sets {
         for d in diffs.iter() {
             let i = &d.interval;
-            let _ = writeln!(s, "{name},{},{},{},{},{},{},{},{}", d.steps, d.metric, d.cm, d.direct, i.estimate, i.low, i.high, i.excludes_zero());
+            let _ = writeln!(
+                s,
+                "{name},{},{},{},{},{},{},{},{}",
+                d.steps,
+                d.metric,
+                d.cm,
+                d.direct,
+                i.estimate,
+                i.low,
+                i.high,
+                i.excludes_zero()
+            );
         }
     }
     s
@@ -371,7 +469,11 @@ pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f
     let rho = length_charts(dir, &out.lengths, steps)?;
     horizon_chart(dir, &out.horizons, steps)?;
     let (analytic, analytic_diffs) = analytic_section(&out.analytic, steps, cfg.level)?;
-    let stages: String = out.stages.iter().map(|(s, t)| format!("| {s} | {:.1} |\n", t / 60.0)).collect();
+    let stages: String = out
+        .stages
+        .iter()
+        .map(|(s, t)| format!("| {s} | {:.1} |\n", t / 60.0))
+        .collect();
     let report = format!(
         "# The study: CM against Direct CM on MNIST latents\n\n\
          Generated by `dcm reproduce --preset study` ({:.0} min on {}). Every number below is from \
@@ -410,9 +512,16 @@ pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f
     );
     write_atomic(&dir.join("README.md"), report.as_bytes())?;
     write_atomic(&dir.join("results.csv"), rows_csv(&[&out.main, &out.other]).as_bytes())?;
-    let sets: [(&str, &[Difference]); 3] = [(&out.main.preset, &main), (&out.other.preset, &other), ("analytic", &analytic_diffs)];
+    let sets: [(&str, &[Difference]); 3] = [
+        (&out.main.preset, &main),
+        (&out.other.preset, &other),
+        ("analytic", &analytic_diffs),
+    ];
     write_atomic(&dir.join("intervals.csv"), intervals_csv(&sets).as_bytes())?;
-    write_atomic(&dir.join("training_length.csv"), sweep_csv(&out.lengths, "training_steps").as_bytes())?;
+    write_atomic(
+        &dir.join("training_length.csv"),
+        sweep_csv(&out.lengths, "training_steps").as_bytes(),
+    )?;
     write_atomic(&dir.join("horizon.csv"), sweep_csv(&out.horizons, "k").as_bytes())?;
     write_atomic(&dir.join("guidance.csv"), sweep_csv(&out.guidance, "w").as_bytes())?;
     write_atomic(&dir.join("analytic.csv"), analytic_csv(&out.analytic).as_bytes())?;
