@@ -142,7 +142,8 @@ fn a_kept_checkpoint_is_the_shorter_run() {
 }
 
 /// Every stage of the study at toy size: every artifact, finite intervals in the CSV, a
-/// finding sentence per step count, and the horizon sweep spanning k = 1 … N.
+/// finding sentence per step count, the horizon sweep spanning k = 1 … N, and the report
+/// rewritten from study.json alone.
 #[test]
 fn study_smoke_writes_every_artifact() {
     let dir = std::env::temp_dir().join(format!("dcm-study-{}", std::process::id()));
@@ -187,6 +188,15 @@ fn study_smoke_writes_every_artifact() {
     );
     let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
     assert_eq!(readme.matches("- The paper's claim").count(), 2 * 4 + 4, "{readme}");
+    // The report is a function of study.json alone: rewriting it gives the same text.
+    std::fs::remove_file(dir.join("README.md")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(["reproduce", "--preset", "study", "--rewrite-report", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(dir.join("README.md")).unwrap(), readme);
     let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
         .args(["reproduce", "--preset", "study", "--lr", "1e-3"])
         .output()

@@ -23,9 +23,9 @@ use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
 use anyhow::{Context, Result};
 use candle_core::Tensor;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AnalyticConfig {
     /// A Gaussian-mixture toy (`ring` or `grid`).
     pub toy: String,
@@ -58,7 +58,7 @@ impl AnalyticConfig {
 }
 
 /// One (model, seed, steps) of the control. `teacher` rows are the N-step solve itself.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AnalyticRow {
     pub method: String,
     pub seed: u64,

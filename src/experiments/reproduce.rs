@@ -204,7 +204,7 @@ impl Models {
 }
 
 /// Every number of one (model, steps, seed) row of the table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metrics {
     pub ode_error_latent: f64,
     pub ode_error_pixel: f64,
@@ -218,7 +218,7 @@ pub struct Metrics {
     pub class_accuracy: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub method: String,
     pub steps: usize,
@@ -227,7 +227,7 @@ pub struct Row {
 }
 
 /// A distilled student's record: its loss curve and the work its targets cost.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainingRecord {
     pub method: String,
     pub seed: u64,
@@ -305,6 +305,10 @@ pub struct ReproduceArgs {
     pub cosine_decay: bool,
     #[command(flatten)]
     pub lora: LoraArgs,
+    /// With `--preset study`: rewrite the report in --out from its study.json (a finished
+    /// or part-finished run) instead of running the study.
+    #[arg(long)]
+    pub rewrite_report: bool,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
@@ -313,6 +317,7 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     if a.preset.starts_with("study") {
         return study_command(&a);
     }
+    ensure!(!a.rewrite_report, "--rewrite-report: only with --preset study");
     let mut cfg = ReproduceConfig::preset(&a.preset).context("--preset")?;
     cfg.seeds = a.seeds.unwrap_or(cfg.seeds);
     cfg.intervals = a.intervals.unwrap_or(cfg.intervals);
@@ -638,6 +643,13 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
     ];
     if let Some((flag, _)) = overrides.iter().find(|o| o.1) {
         bail!("{flag}: --preset study has fixed settings (only --out, --models and --data apply)");
+    }
+    if a.rewrite_report {
+        let dir = a
+            .out
+            .as_deref()
+            .context("--rewrite-report needs --out DIR (the study's run folder)")?;
+        return study::rewrite_report(dir);
     }
     let cfg = StudyConfig::named(&a.preset)?;
     cfg.validate()?;

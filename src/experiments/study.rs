@@ -16,11 +16,11 @@ use crate::nets::layers::Params;
 use crate::train::checkpoint::load_checkpoint;
 use crate::train::trainer::{kept_checkpoint, Checkpointing};
 use anyhow::{bail, ensure, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StudyConfig {
     /// The baseline the default preset uses (chosen by CM's stability).
     pub main: ReproduceConfig,
@@ -122,7 +122,7 @@ impl StudyConfig {
 }
 
 /// A trained model's metrics in a sweep: `setting` is the training length, horizon k or w.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SweepRow {
     pub setting: f64,
     pub method: String,
@@ -131,14 +131,14 @@ pub struct SweepRow {
 }
 
 /// One baseline's comparison: every (model, steps, seed) row and the students' training.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Comparison {
     pub preset: String,
     pub rows: Vec<Row>,
     pub training: Vec<TrainingRecord>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct StudyOutcome {
     /// Classes of the MNIST teacher (evaluation samples are `per_class` of each).
     pub classes: usize,
@@ -237,6 +237,20 @@ pub fn run(cfg: &StudyConfig, models: &Models, source: &StudentSource, out: &Pat
     o.guidance = guidance_sweep(cfg, models, &setup, &o.lengths)?;
     done(&mut o, "guidance".into(), clock)?;
     Ok(o)
+}
+
+/// Rewrites `dir`'s report from its `study.json` (what `write_study` saved).
+pub fn rewrite_report(dir: &Path) -> Result<()> {
+    let path = dir.join("study.json");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("--out: cannot read {}", path.display()))?;
+    let bad = || format!("{}: not a study report", path.display());
+    let mut json: serde_json::Value = serde_json::from_str(&text).with_context(bad)?;
+    let cfg: StudyConfig = serde_json::from_value(json["config"].take()).with_context(bad)?;
+    let outcome: StudyOutcome = serde_json::from_value(json["outcome"].take()).with_context(bad)?;
+    let seconds = json["seconds"].as_f64().with_context(bad)?;
+    write_study(dir, &cfg, &outcome, seconds)?;
+    eprintln!("rewrote {}", dir.join("README.md").display());
+    Ok(())
 }
 
 /// CM and Direct at every seed, judged at every step count beside the teacher's own
