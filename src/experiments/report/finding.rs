@@ -77,9 +77,9 @@ pub fn sentence(metric: &str, steps: usize, better: Better, ci: &Interval) -> St
 }
 
 /// The paper's claim at one step count — Direct solves the ODE better (lower ODE error)
-/// yet its samples are worse (higher FD against the teacher's samples) — judged from
-/// the two intervals.
-pub fn claim(steps: usize, ode_error: &Interval, fd_teacher: &Interval) -> String {
+/// yet its samples are worse (higher FD against `reference`, the teacher's samples) —
+/// judged from the two intervals.
+pub fn claim(steps: usize, ode_error: &Interval, fd_teacher: &Interval, reference: &str) -> String {
     let ode = verdict(ode_error, Better::Lower);
     let fd = verdict(fd_teacher, Better::Lower);
     let at = format!("at {steps} step{}", if steps == 1 { "" } else { "s" });
@@ -89,9 +89,9 @@ pub fn claim(steps: usize, ode_error: &Interval, fd_teacher: &Interval) -> Strin
         Verdict::Unresolved => "the ODE errors do not separate",
     };
     let fd_part = match fd {
-        Verdict::Cm => "CM has the lower FD against the teacher (as the paper)",
-        Verdict::Direct => "Direct has the lower FD against the teacher (the paper's is CM)",
-        Verdict::Unresolved => "the FDs against the teacher do not separate",
+        Verdict::Cm => format!("CM has the lower FD against {reference} (as the paper)"),
+        Verdict::Direct => format!("Direct has the lower FD against {reference} (the paper's is CM)"),
+        Verdict::Unresolved => format!("the FDs against {reference} do not separate"),
     };
     let status = match (ode, fd) {
         (Verdict::Direct, Verdict::Cm) => "holds",
@@ -135,11 +135,20 @@ mod tests {
     fn the_claim_needs_both_intervals_on_the_papers_side() {
         let direct_lower_ode = ci(0.1, 0.05, 0.2);
         let cm_lower_fd = ci(-10.0, -20.0, -5.0);
-        assert!(claim(1, &direct_lower_ode, &cm_lower_fd).starts_with("The paper's claim holds at 1 step"));
+        assert_eq!(
+            claim(1, &direct_lower_ode, &cm_lower_fd, "the teacher"),
+            "The paper's claim holds at 1 step: Direct has the lower ODE error (as the paper); \
+             CM has the lower FD against the teacher (as the paper)."
+        );
         let direct_lower_fd = ci(10.0, 5.0, 20.0);
-        assert!(claim(4, &direct_lower_ode, &direct_lower_fd).starts_with("The paper's claim does not hold at 4 steps"));
+        assert!(claim(4, &direct_lower_ode, &direct_lower_fd, "x")
+            .starts_with("The paper's claim does not hold at 4 steps"));
         let unresolved = ci(1.0, -1.0, 3.0);
-        assert!(claim(2, &unresolved, &cm_lower_fd).starts_with("The paper's claim is not resolved"));
+        let s = claim(2, &direct_lower_ode, &unresolved, "the exact samples");
+        assert!(
+            s.starts_with("The paper's claim is not resolved")
+                && s.contains("the FDs against the exact samples do not")
+        );
     }
 
     #[test]

@@ -62,7 +62,7 @@ fn finding(cfg: &ReproduceConfig, out: &Outcome) -> Result<String> {
     for &k in &cfg.steps {
         let at = |m: &str| diffs.iter().find(|d| d.steps == k && d.metric == m);
         if let (Some(ode), Some(fd)) = (at("ODE error (latent)"), at("FD vs teacher")) {
-            s.push_str(&format!("- {}\n", claim(k, &ode.interval, &fd.interval)));
+            s.push_str(&format!("- {}\n", claim(k, &ode.interval, &fd.interval, "the teacher")));
             s.push_str(&format!("- {}\n", sentence(&fd.metric, k, Better::Lower, &fd.interval)));
         }
     }

@@ -112,7 +112,7 @@ fn findings(diffs: &[Difference], steps: &[usize]) -> String {
     let mut s = String::new();
     for &k in steps {
         if let (Some(ode), Some(fd)) = (find(diffs, "ODE error (latent)", k), find(diffs, "FD vs teacher", k)) {
-            let _ = writeln!(s, "- {}", claim(k, &ode.interval, &fd.interval));
+            let _ = writeln!(s, "- {}", claim(k, &ode.interval, &fd.interval, "the teacher"));
         }
     }
     s.push_str("\nMetric by metric:\n\n");
@@ -374,11 +374,7 @@ fn analytic_section(rows: &[AnalyticRow], steps: &[usize], level: f64) -> Result
             find(&diffs, "ODE error (exact)", k),
             find(&diffs, "FD vs exact samples", k),
         ) {
-            let _ = writeln!(
-                s,
-                "- {}",
-                claim(k, &ode.interval, &fd.interval).replace("FD against the teacher", "FD against the exact samples")
-            );
+            let _ = writeln!(s, "- {}", claim(k, &ode.interval, &fd.interval, "the exact samples"));
         }
     }
     let students: Vec<&AnalyticRow> = rows.iter().filter(|r| r.method != "teacher").collect();
