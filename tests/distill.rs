@@ -74,7 +74,7 @@ fn distilled_students_beat_one_interval_ddim() {
     let noise = standard_normal(&mut seeded(3), (2000, 2), &Device::Cpu).unwrap();
     let labels = Condition::unconditional(2000);
     let mut results = Vec::new();
-    for method in Method::all() {
+    for method in Method::compared() {
         let cfg = config(method);
         let out = distill(
             Some(&teacher),

@@ -39,10 +39,19 @@ fn smoke_preset_writes_a_complete_finite_report() {
     }
     let reference = &summary[0];
     assert_eq!(reference["method"], "teacher");
+    let ode = reference["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v[0] == "ODE error (latent)");
     assert_eq!(
-        reference["values"][0][1].as_f64().unwrap(),
+        ode.unwrap()[1].as_f64().unwrap(),
         0.0,
         "the teacher's own ODE error is zero by construction"
+    );
+    assert_eq!(
+        reference["values"][0][0], "FD vs teacher",
+        "the paper's metric heads the table"
     );
     let csv = std::fs::read_to_string(dir.join("results.csv")).unwrap();
     assert_eq!(csv.lines().count(), 1 + 2 * 13);
@@ -80,7 +89,13 @@ fn eval_repeats_the_runs_ode_errors(dir: &std::path::Path, csv: &str) {
         .filter(|l| l.starts_with("CM,") && l.split(',').nth(2) == Some("0"))
     {
         let f: Vec<&str> = line.split(',').collect();
-        let (steps, ode_error): (&str, f64) = (f[1], f[3].parse().unwrap());
+        let column = csv
+            .lines()
+            .next()
+            .unwrap()
+            .split(',')
+            .position(|c| c == "ODE_error_latent");
+        let (steps, ode_error): (&str, f64) = (f[1], f[column.unwrap()].parse().unwrap());
         let row = table
             .lines()
             .find(|l| l.starts_with(&format!("| {steps} |")))

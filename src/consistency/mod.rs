@@ -4,6 +4,7 @@
 pub mod cm;
 pub mod direct;
 pub mod distance;
+pub mod horizon;
 pub mod objective;
 pub mod parameterization;
 pub mod sampler;

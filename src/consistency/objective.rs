@@ -6,6 +6,7 @@
 use super::cm::Cm;
 use super::direct::Direct;
 use super::distance::Distance;
+use super::horizon::{HORIZON_10, HORIZON_2, HORIZON_25, HORIZON_5};
 use super::parameterization::consistency;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
@@ -15,7 +16,7 @@ use anyhow::{Context, Result};
 use candle_core::Tensor;
 
 /// Every objective `dcm` knows, by name.
-static REGISTRY: &[&dyn Objective] = &[&Cm, &Direct];
+static REGISTRY: &[&dyn Objective] = &[&Cm, &Direct, &HORIZON_2, &HORIZON_5, &HORIZON_10, &HORIZON_25];
 
 /// What an objective sees of one training batch.
 pub struct Batch<'a> {
@@ -59,6 +60,11 @@ impl Method {
         REGISTRY.iter().map(|&o| Method(o))
     }
 
+    /// CM and Direct CM: the pair the paper compares.
+    pub fn compared() -> [Method; 2] {
+        [Method(&Cm), Method(&Direct)]
+    }
+
     pub fn objective(self) -> &'static dyn Objective {
         self.0
     }
@@ -89,7 +95,7 @@ impl std::str::FromStr for Method {
     fn from_str(s: &str) -> Result<Self> {
         Self::all().find(|m| m.name() == s).with_context(|| {
             let names: Vec<&str> = Self::all().map(Method::name).collect();
-            format!("unknown method '{s}' (expected {})", names.join(" or "))
+            format!("unknown method '{s}' (expected {})", names.join(", "))
         })
     }
 }

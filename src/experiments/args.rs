@@ -108,6 +108,7 @@ impl RunArgs {
             every: self.checkpoint_every,
             resume: self.resume.is_some(),
             context,
+            keep: Vec::new(),
         };
         Ok((dir, ckpt))
     }

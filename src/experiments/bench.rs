@@ -344,7 +344,7 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
         labels.clone(),
         teacher.num_classes(),
     )?;
-    for method in Method::all() {
+    for method in Method::compared() {
         let cfg = DistillConfig {
             method,
             solver: Solver::Ddim,

@@ -258,7 +258,7 @@ impl UNetBench {
         let mut workloads = Vec::new();
         let mut all_times = Vec::new();
         let mut estimate = None;
-        for method in Method::all() {
+        for method in Method::compared() {
             let distill_cfg = DistillConfig {
                 intervals,
                 guidance,

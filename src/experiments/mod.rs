@@ -2,6 +2,7 @@
 //! flags): sampling, distillation, evaluation, training, the paper's comparison
 //! (`reproduce`), benchmarks, and the reports they write.
 
+pub mod analytic_control;
 pub mod args;
 pub mod bench;
 pub mod bench_unet;
@@ -12,4 +13,5 @@ pub mod report;
 pub mod reproduce;
 pub mod reproduce_sd;
 pub mod sample;
+pub mod study;
 pub mod train;

@@ -5,6 +5,7 @@
 use super::args::{refuse, LoraArgs, RuntimeArgs};
 use super::report::run::write_run;
 use super::reproduce_sd::SdReproduceArgs;
+use super::study::{self, StudyConfig};
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::multistep_sample;
@@ -33,6 +34,7 @@ use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::{eval_noise_rng, renoise_rng, standard_normal};
 use crate::train::distill::{distill, DistillConfig};
 use crate::train::optim::OptimConfig;
+use crate::train::trainer::Checkpointing;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
@@ -69,34 +71,43 @@ pub struct ReproduceConfig {
 }
 
 impl ReproduceConfig {
+    /// The named presets. Both faithful baselines keep the learning rate constant, as both
+    /// references do; `default` is the one whose CM stays stable (docs/study/).
     pub fn preset(name: &str) -> Result<Self> {
-        let base = Self {
+        // diffusers' consistency distillation: full fine-tuning, EMA target of decay 0.95.
+        let ema = Self {
             preset: name.to_string(),
             per_class: 100,
             solver: Solver::Ddim,
             intervals: 50,
             guidance: 2.0,
-            distill_steps: 2000,
-            batch: 128,
+            distill_steps: 1000,
+            batch: 64,
             lr: 1e-4,
-            cosine_decay: true,
+            cosine_decay: false,
             weight_decay: 1e-2,
             loss: Distance::L2,
-            ema_decay: None,
+            ema_decay: Some(0.95),
             lora: None,
             steps: vec![1, 2, 4, 8],
             seeds: 1,
             grid_columns: 8,
         };
         Ok(match name {
-            "default" => base,
+            "default" | "ema" => ema,
+            // The paper's code: LoRA students (rank 64, α 64), θ⁻ = θ under stop-gradient.
+            "lora" => Self {
+                ema_decay: None,
+                lora: Some(LoraConfig { rank: 64, alpha: 64.0 }),
+                ..ema
+            },
             "smoke" => Self {
                 per_class: 20,
                 intervals: 10,
                 distill_steps: 20,
                 batch: 32,
                 grid_columns: 4,
-                ..base
+                ..ema
             },
             "paper" => Self {
                 per_class: 500,
@@ -104,9 +115,9 @@ impl ReproduceConfig {
                 distill_steps: 6000,
                 batch: 256,
                 loss: Distance::PseudoHuber { c: 0.001 },
-                ..base
+                ..ema
             },
-            _ => bail!("unknown preset '{name}' (expected smoke, default or paper)"),
+            _ => bail!("unknown preset '{name}' (expected smoke, default, ema, lora, paper or study)"),
         })
     }
 
@@ -134,7 +145,7 @@ impl ReproduceConfig {
         Ok(())
     }
 
-    fn distill_config(&self, method: Method, seed: u64) -> DistillConfig {
+    pub fn distill_config(&self, method: Method, seed: u64) -> DistillConfig {
         DistillConfig {
             method,
             solver: self.solver,
@@ -195,7 +206,7 @@ impl Models {
 }
 
 /// Every number of one (model, steps, seed) row of the table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metrics {
     pub ode_error_latent: f64,
     pub ode_error_pixel: f64,
@@ -209,7 +220,7 @@ pub struct Metrics {
     pub class_accuracy: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Row {
     pub method: String,
     pub steps: usize,
@@ -218,7 +229,7 @@ pub struct Row {
 }
 
 /// A distilled student's record: its loss curve and the work its targets cost.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainingRecord {
     pub method: String,
     pub seed: u64,
@@ -248,8 +259,9 @@ pub struct Outcome {
 
 #[derive(Args)]
 pub struct ReproduceArgs {
-    /// smoke (≤ 60 s), default (≤ 15 min on 2 cores), paper (N = 100, for a GPU), or sd (a
-    /// Stable Diffusion teacher's LoRA students: --teacher sd:DIR --data FOLDER --prompts FILE).
+    /// smoke (≤ 60 s), default or ema (≤ 6 min on 2 cores), lora, paper (N = 100, for a GPU),
+    /// study (≈ 1.5 h: docs/study/), study-smoke, or sd (a Stable Diffusion teacher's LoRA
+    /// students: --teacher sd:DIR --data FOLDER --prompts FILE).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// Repeat with this many seeds and report mean ± std.
@@ -288,14 +300,18 @@ pub struct ReproduceArgs {
     /// Override the preset's distance: l2, huber or huber:C.
     #[arg(long)]
     pub loss: Option<Distance>,
-    /// Use an EMA target network with this decay for CM.
+    /// Use an EMA target network with this decay (the presets `default` and `ema`: 0.95).
     #[arg(long)]
     pub ema_decay: Option<f64>,
-    /// Keep the learning rate constant instead of the preset's cosine decay.
+    /// Decay the learning rate to 0 on a cosine instead of the presets' constant rate.
     #[arg(long)]
-    pub constant_lr: bool,
+    pub cosine_decay: bool,
     #[command(flatten)]
     pub lora: LoraArgs,
+    /// With `--preset study`: rewrite the report in --out from its study.json (a finished
+    /// or part-finished run) instead of running the study.
+    #[arg(long)]
+    pub rewrite_report: bool,
     #[command(flatten)]
     pub sd: SdReproduceArgs,
     #[command(flatten)]
@@ -307,6 +323,10 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
         return super::reproduce_sd::command(a);
     }
     refuse(&a.sd.given(), "applies to --preset sd only")?;
+    if a.preset.starts_with("study") {
+        return study_command(&a);
+    }
+    ensure!(!a.rewrite_report, "--rewrite-report: only with --preset study");
     let mut cfg = ReproduceConfig::preset(&a.preset).context("--preset")?;
     cfg.seeds = a.seeds.unwrap_or(cfg.seeds);
     cfg.intervals = a.intervals.unwrap_or(cfg.intervals);
@@ -319,7 +339,7 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     cfg.loss = a.loss.unwrap_or(cfg.loss);
     cfg.ema_decay = a.ema_decay.or(cfg.ema_decay);
     cfg.lora = a.lora.lora()?.or(cfg.lora);
-    cfg.cosine_decay &= !a.constant_lr;
+    cfg.cosine_decay |= a.cosine_decay;
     cfg.validate()?;
     let rt = a.runtime.runtime()?;
     let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
@@ -332,13 +352,12 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     let models = Models::load(&models_dir, data, &rt)?;
     let start = std::time::Instant::now();
     let outcome = run(&cfg, &models)?;
-    save_students(
-        &out_dir,
-        &models_dir.join("teacher"),
-        &a.data,
-        &models.teacher_net,
-        &outcome,
-    )?;
+    let source = StudentSource {
+        teacher: models_dir.join("teacher"),
+        data: a.data.clone(),
+        net: models.teacher_net.clone(),
+    };
+    save_students(&out_dir.join("students"), &source, &outcome.students)?;
     let table = write_run(&out_dir, &cfg, &outcome, start.elapsed().as_secs_f64())?;
     println!("{table}");
     eprintln!(
@@ -349,33 +368,151 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every trained student as a student folder, `OUT/students/<method>[-seed<K>]`, which
+/// Every trained student as a student folder, `DIR/<method>[-seed<K>]`, which
 /// `dcm sample` and `dcm eval` take (`dcm eval --seed K` repeats this run's evaluation).
-fn save_students(out: &Path, teacher: &Path, data: &str, net: &NetConfig, outcome: &Outcome) -> Result<()> {
-    for s in &outcome.students {
+pub fn save_students(dir: &Path, source: &StudentSource, students: &[TrainedStudent]) -> Result<()> {
+    for s in students {
         let name = match s.seed {
             0 => s.method.name().to_string(),
             k => format!("{}-seed{k}", s.method.name()),
         };
         let config = StudentConfig {
-            teacher: portable_spec(&teacher.to_string_lossy()),
-            data: data.to_string(),
+            teacher: portable_spec(&source.teacher.to_string_lossy()),
+            data: source.data.clone(),
             conditional: true,
-            net: net.clone(),
+            net: source.net.clone(),
             distill: s.distill.clone(),
             teacher_evaluations: s.teacher_evaluations,
             train_seconds: s.seconds,
         };
-        model_dir::save(&out.join("students").join(name), &config, &s.params)?;
+        model_dir::save(&dir.join(name), &config, &s.params)?;
     }
     Ok(())
 }
 
+/// Where a run's students come from, as their configs record it.
+pub struct StudentSource {
+    pub teacher: PathBuf,
+    pub data: String,
+    pub net: NetConfig,
+}
+
+/// What every evaluation of a run shares: the training latents, the held-out data's
+/// features, and the labels and shape of the evaluation batch.
+pub struct Setup {
+    pub classes: usize,
+    pub train_latents: Dataset,
+    real_features: DMatrix<f64>,
+    pub labels: Vec<u32>,
+    pub cond: Condition,
+    pub shape: Vec<usize>,
+}
+
+impl Setup {
+    pub fn new(cfg: &ReproduceConfig, models: &Models) -> Result<Self> {
+        cfg.validate()?;
+        let classes = models.teacher.num_classes();
+        ensure!(
+            classes > 0,
+            "the teacher is unconditional; reproduce needs a class-conditional teacher"
+        );
+        let (train, held_out) = models.data.standard_split()?;
+        let train_latents = Dataset::new(
+            encode_all(&models.autoencoder, &train.x)?,
+            train.labels.clone(),
+            train.num_classes,
+        )?;
+        let real_features = to_matrix(&features(&models.featnet, &held_out.x)?)?;
+        let n = cfg.per_class * classes;
+        // Images and latents of the reference, each model's samples, and the PRDC distances.
+        let images = models.autoencoder.image_shape().iter().product::<usize>();
+        ensure_fits(
+            f32_bytes(&[n, images]) * 16.0 + 2.0 * f32_bytes(&[n, n]),
+            &format!("--per-class {}", cfg.per_class),
+        )?;
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % classes as u32).collect();
+        let cond = Condition::Labels(labels.iter().map(|&c| Some(c)).collect());
+        let mut shape = vec![n];
+        shape.extend(models.teacher_net.sample_shape());
+        Ok(Self {
+            classes,
+            train_latents,
+            real_features,
+            labels,
+            cond,
+            shape,
+        })
+    }
+
+    /// The evaluation noise of `seed` and the teacher's reference solve from it at guidance `w`.
+    pub fn judge<'a>(&self, cfg: &ReproduceConfig, models: &'a Models, seed: u64, w: f64) -> Result<Judge<'a>> {
+        let noise = standard_normal(&mut eval_noise_rng(seed), self.shape.clone(), &models.runtime.device)?;
+        let guided = Guided::new(&*models.teacher, w);
+        let ref_latents = solve(
+            cfg.solver,
+            &guided,
+            &noise,
+            Discretization::new(cfg.intervals)?,
+            T,
+            &self.cond,
+        )?;
+        let ref_images = decode_all(&models.autoencoder, &ref_latents)?;
+        let ref_features = to_matrix(&features(&models.featnet, &ref_images)?)?;
+        Ok(Judge {
+            models,
+            labels: self.labels.clone(),
+            cond: self.cond.clone(),
+            noise,
+            seed,
+            ref_latents,
+            ref_images,
+            ref_features,
+            real_features: self.real_features.clone(),
+        })
+    }
+
+    /// Distills one student of `method` on the training latents.
+    pub fn train(
+        &self,
+        cfg: &ReproduceConfig,
+        models: &Models,
+        method: Method,
+        seed: u64,
+        checkpointing: Checkpointing,
+    ) -> Result<(TrainedStudent, Vec<f32>)> {
+        let start = std::time::Instant::now();
+        // A LoRA student's teacher is itself with its adapters off (the same weights).
+        let teacher = cfg.lora.is_none().then_some(&*models.teacher as &dyn Denoiser);
+        let distill_cfg = cfg.distill_config(method, seed);
+        let d = distill(
+            teacher,
+            &models.teacher_net,
+            &models.teacher_params,
+            &self.train_latents,
+            &distill_cfg,
+            checkpointing,
+        )?;
+        let student = TrainedStudent {
+            method,
+            seed,
+            distill: distill_cfg,
+            params: d.params,
+            teacher_evaluations: d.teacher_evaluations,
+            seconds: start.elapsed().as_secs_f64(),
+        };
+        Ok((student, d.losses))
+    }
+}
+
 /// Judges decoded samples against the teacher's reference and the held-out data.
-struct Judge<'a> {
+pub struct Judge<'a> {
     models: &'a Models,
     labels: Vec<u32>,
-    ref_latents: Tensor,
+    pub cond: Condition,
+    /// The evaluation noise x_T every model starts from.
+    pub noise: Tensor,
+    seed: u64,
+    pub ref_latents: Tensor,
     ref_images: Tensor,
     ref_features: DMatrix<f64>,
     real_features: DMatrix<f64>,
@@ -386,7 +523,8 @@ fn features(net: &Featnet, images: &Tensor) -> Result<Tensor> {
 }
 
 impl Judge<'_> {
-    fn judge(&self, latents: &Tensor) -> Result<(Metrics, Tensor)> {
+    /// Every metric of `latents` and their decoded images.
+    pub fn judge(&self, latents: &Tensor) -> Result<(Metrics, Tensor)> {
         let images = decode_all(&self.models.autoencoder, latents)?;
         let feats = features(&self.models.featnet, &images)?;
         let predicted = self.models.featnet.logits(&feats)?.argmax(1)?.to_vec1::<u32>()?;
@@ -407,6 +545,23 @@ impl Judge<'_> {
         };
         Ok((metrics, images))
     }
+
+    /// A student's K-step samples from this judge's noise (re-noise from the seed's own stream).
+    pub fn sample(&self, cfg: &ReproduceConfig, params: &Params, steps: usize) -> Result<Tensor> {
+        let student = self
+            .models
+            .teacher_net
+            .build(&self.models.runtime.frozen(params)?, None)?;
+        let grid = Discretization::new(cfg.intervals)?;
+        multistep_sample(
+            &*student,
+            &self.noise,
+            grid,
+            steps,
+            &self.cond,
+            &mut renoise_rng(self.seed),
+        )
+    }
 }
 
 /// The first `cols` samples of every class, class by class (rows of a grid).
@@ -418,31 +573,8 @@ fn grid_images(images: &Tensor, classes: usize, cols: usize) -> Result<Tensor> {
 }
 
 pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
-    cfg.validate()?;
-    let classes = models.teacher.num_classes();
-    ensure!(
-        classes > 0,
-        "the teacher is unconditional; reproduce needs a class-conditional teacher"
-    );
-    let (train, held_out) = models.data.standard_split()?;
-    let train_latents = Dataset::new(
-        encode_all(&models.autoencoder, &train.x)?,
-        train.labels.clone(),
-        train.num_classes,
-    )?;
-    let real_features = to_matrix(&features(&models.featnet, &held_out.x)?)?;
-    let grid = Discretization::new(cfg.intervals)?;
-    let n = cfg.per_class * classes;
-    // Images and latents of the reference, each model's samples, and the PRDC distances.
-    let images = models.autoencoder.image_shape().iter().product::<usize>();
-    ensure_fits(
-        f32_bytes(&[n, images]) * 16.0 + 2.0 * f32_bytes(&[n, n]),
-        &format!("--per-class {}", cfg.per_class),
-    )?;
-    let labels: Vec<u32> = (0..n as u32).map(|i| i % classes as u32).collect();
-    let cond = Condition::Labels(labels.iter().map(|&c| Some(c)).collect());
-    let mut shape = vec![n];
-    shape.extend(models.teacher_net.sample_shape());
+    let setup = Setup::new(cfg, models)?;
+    let classes = setup.classes;
     let mut out = Outcome {
         classes,
         rows: Vec::new(),
@@ -452,18 +584,7 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
     };
     let guided = Guided::new(&*models.teacher, cfg.guidance);
     for seed in 0..cfg.seeds as u64 {
-        let noise = standard_normal(&mut eval_noise_rng(seed), shape.clone(), &models.runtime.device)?;
-        let ref_latents = solve(cfg.solver, &guided, &noise, grid, T, &cond)?;
-        let ref_images = decode_all(&models.autoencoder, &ref_latents)?;
-        let ref_features = to_matrix(&features(&models.featnet, &ref_images)?)?;
-        let judge = Judge {
-            models,
-            labels: labels.clone(),
-            ref_latents: ref_latents.clone(),
-            ref_images,
-            ref_features,
-            real_features: real_features.clone(),
-        };
+        let judge = setup.judge(cfg, models, seed, cfg.guidance)?;
         let mut record = |method: &str, steps: usize, latents: &Tensor| -> Result<()> {
             let (metrics, images) = judge.judge(latents)?;
             if seed == 0 {
@@ -481,53 +602,86 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
             });
             Ok(())
         };
-        record("teacher", cfg.intervals, &ref_latents)?;
+        record("teacher", cfg.intervals, &judge.ref_latents)?;
         for &k in &cfg.steps {
-            record(
-                "teacher DDIM",
-                k,
-                &solve(Solver::Ddim, &guided, &noise, Discretization::new(k)?, T, &cond)?,
+            let coarse = solve(
+                Solver::Ddim,
+                &guided,
+                &judge.noise,
+                Discretization::new(k)?,
+                T,
+                &setup.cond,
             )?;
+            record("teacher DDIM", k, &coarse)?;
         }
-        for method in Method::all() {
-            let name = method.title();
-            let start = std::time::Instant::now();
-            // A LoRA student's teacher is itself with its adapters off (the same weights).
-            let teacher = cfg.lora.is_none().then_some(&*models.teacher as &dyn Denoiser);
-            let distill_cfg = cfg.distill_config(method, seed);
-            let d = distill(
-                teacher,
-                &models.teacher_net,
-                &models.teacher_params,
-                &train_latents,
-                &distill_cfg,
-                Default::default(),
-            )?;
-            let seconds = start.elapsed().as_secs_f64();
-            out.training.push(TrainingRecord {
-                method: name.into(),
-                seed,
-                losses: d.losses,
-                teacher_evaluations: d.teacher_evaluations,
-                seconds,
-            });
-            let student = models.teacher_net.build(&models.runtime.frozen(&d.params)?, None)?;
-            out.students.push(TrainedStudent {
-                method,
-                seed,
-                distill: distill_cfg,
-                params: d.params,
-                teacher_evaluations: d.teacher_evaluations,
-                seconds,
-            });
+        for method in Method::compared() {
+            let (student, losses) = setup.train(cfg, models, method, seed, Default::default())?;
             for &k in &cfg.steps {
-                record(
-                    name,
-                    k,
-                    &multistep_sample(&*student, &noise, grid, k, &cond, &mut renoise_rng(seed))?,
-                )?;
+                record(method.title(), k, &judge.sample(cfg, &student.params, k)?)?;
             }
+            out.training.push(TrainingRecord {
+                method: method.title().into(),
+                seed,
+                losses,
+                teacher_evaluations: student.teacher_evaluations,
+                seconds: student.seconds,
+            });
+            out.students.push(student);
         }
     }
     Ok(out)
+}
+
+/// `--preset study` (or `study-smoke`): the whole study into `--out` (default
+/// `runs/PRESET`); its settings
+/// are fixed so that its results can be compared, so other overrides are refused.
+fn study_command(a: &ReproduceArgs) -> Result<()> {
+    let overrides = [
+        ("--seeds", a.seeds.is_some()),
+        ("--solver", a.solver.is_some()),
+        ("--intervals", a.intervals.is_some()),
+        ("--guidance", a.guidance.is_some()),
+        ("--distill-steps", a.distill_steps.is_some()),
+        ("--batch", a.batch.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--per-class", a.per_class.is_some()),
+        ("--loss", a.loss.is_some()),
+        ("--ema-decay", a.ema_decay.is_some()),
+        ("--cosine-decay", a.cosine_decay),
+        ("--lora-rank", a.lora.lora()?.is_some()),
+    ];
+    if let Some((flag, _)) = overrides.iter().find(|o| o.1) {
+        bail!("{flag}: --preset study has fixed settings (only --out, --models and --data apply)");
+    }
+    if a.rewrite_report {
+        let dir = a
+            .out
+            .as_deref()
+            .context("--rewrite-report needs --out DIR (the study's run folder)")?;
+        return study::rewrite_report(dir);
+    }
+    let cfg = StudyConfig::named(&a.preset)?;
+    cfg.validate()?;
+    let rt = a.runtime.runtime()?;
+    let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
+    let out_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.preset)));
+    check_output_dir(&out_dir, "--out")?;
+    let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
+    let models = Models::load(&models_dir, data, &rt)?;
+    let source = StudentSource {
+        teacher: models_dir.join("teacher"),
+        data: a.data.clone(),
+        net: models.teacher_net.clone(),
+    };
+    let start = std::time::Instant::now();
+    study::run(&cfg, &models, &source, &out_dir)?;
+    eprintln!(
+        "study finished in {:.1} min; report in {}",
+        start.elapsed().as_secs_f64() / 60.0,
+        out_dir.join("README.md").display()
+    );
+    Ok(())
 }

@@ -149,7 +149,7 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     };
     let started = Instant::now();
     let mut results = Vec::new();
-    for method in Method::all() {
+    for method in Method::compared() {
         let run = SdRun {
             teacher: dir.clone(),
             data: PathBuf::from(&a.data),
@@ -247,6 +247,7 @@ fn paper_distill(a: &ReproduceArgs, lora: LoraConfig) -> DistillConfig {
         batch: a.batch.unwrap_or(paper.batch),
         optim: OptimConfig {
             lr: a.lr.unwrap_or(paper.optim.lr),
+            cosine_decay: a.cosine_decay,
             ..paper.optim
         },
         loss: a.loss.unwrap_or(paper.loss),
@@ -261,7 +262,7 @@ fn refuse_mnist_flags(a: &ReproduceArgs) -> Result<()> {
         ("--seeds", a.seeds.is_some()),
         ("--models", a.models.is_some()),
         ("--per-class", a.per_class.is_some()),
-        ("--constant-lr", a.constant_lr),
+        ("--rewrite-report", a.rewrite_report),
     ];
     let flags: Vec<&str> = given.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
     super::args::refuse(&flags, "applies to the MNIST presets, not --preset sd")

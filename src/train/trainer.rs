@@ -28,6 +28,14 @@ pub struct Checkpointing {
     pub resume: bool,
     /// What the caller knows defines the run beyond the training config (data, teacher).
     pub context: Value,
+    /// Also keep the state at these steps, as `DIR/checkpoint-STEP.safetensors` (one run
+    /// gives the whole training-length curve).
+    pub keep: Vec<usize>,
+}
+
+/// The file a run's state at `step` is kept in (`Checkpointing::keep`).
+pub fn kept_checkpoint(step: usize) -> String {
+    format!("checkpoint-{step}.safetensors")
 }
 
 /// The schedule of a plain supervised training run (feature network, autoencoder).
@@ -211,6 +219,9 @@ impl Trainer {
         if self.checkpointing.every > 0 && step.is_multiple_of(self.checkpointing.every) {
             self.save()?;
         }
+        if self.checkpointing.keep.contains(&step) {
+            self.save_as(&kept_checkpoint(step))?;
+        }
         Ok(value)
     }
 
@@ -233,6 +244,10 @@ impl Trainer {
     }
 
     fn save(&self) -> Result<()> {
+        self.save_as(CHECKPOINT)
+    }
+
+    fn save_as(&self, file: &str) -> Result<()> {
         let Some(dir) = &self.checkpointing.dir else {
             return Ok(());
         };
@@ -251,7 +266,7 @@ impl Trainer {
         let rng = json!({"seed": self.rng.get_seed().iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "stream": self.rng.get_stream(), "word_pos": self.rng.get_word_pos().to_string()});
         let state = json!({"adam_step": adam_step, "rng": rng, "counter": self.counter, "config": self.run_config});
-        save_checkpoint(&dir.join(CHECKPOINT), &tensors, &state)
+        save_checkpoint(&dir.join(file), &tensors, &state)
     }
 
     fn restore(&mut self) -> Result<()> {

@@ -2,15 +2,18 @@
 //! sample grids, the ODE-error-against-FD chart and the training-loss curves.
 
 use super::chart::{write_chart, Series};
+use super::finding::{claim, sentence, Better};
 use super::grid::write_grid;
-use super::table::{csv, markdown, summarise, Summary};
+use super::study::differences;
+use super::table::{csv, markdown, summarise};
 use crate::experiments::reproduce::{Outcome, ReproduceConfig};
+use crate::experiments::study::Comparison;
 use crate::runtime::files::write_atomic;
 use anyhow::{Context, Result};
 use std::path::Path;
 
 /// Machine facts for the report header.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {
@@ -39,20 +42,31 @@ fn smoothed(losses: &[f32], w: usize) -> Vec<(f64, f64, String)> {
         .collect()
 }
 
-fn finding(summary: &[Summary]) -> String {
-    let at = |m: &str| summary.iter().find(|s| s.method == m && s.steps == 1);
-    let (Some(cm), Some(direct)) = (at("CM"), at("Direct")) else {
-        return String::new();
+/// The finding sentences, generated from paired bootstrap intervals over seeds; one seed
+/// has no interval, so it states none.
+fn finding(cfg: &ReproduceConfig, out: &Outcome) -> Result<String> {
+    if cfg.seeds < 2 {
+        return Ok(
+            "One seed has no confidence interval, so this report states no finding: `--seeds 5` \
+             (or `--preset study`) gives paired bootstrap intervals and the sentences they support.\n"
+                .to_string(),
+        );
+    }
+    let comparison = Comparison {
+        preset: cfg.preset.clone(),
+        rows: out.rows.clone(),
+        training: Vec::new(),
     };
-    let (oc, od) = (cm.mean("ODE error (latent)"), direct.mean("ODE error (latent)"));
-    let (fc, fdd) = (cm.mean("FD vs data"), direct.mean("FD vs data"));
-    let cmp = |a: f64, b: f64| if a < b { "lower" } else { "higher" };
-    format!(
-        "At 1 step, Direct CM has {} ODE error than CM ({od:.4} vs {oc:.4}) and {} FD to the data ({fdd:.2} vs {fc:.2}). \
-         The paper reports lower ODE error but higher (worse) FID for Direct CMs.\n",
-        cmp(od, oc),
-        cmp(fdd, fc)
-    )
+    let diffs = differences(&comparison, &cfg.steps, 0.95)?;
+    let mut s = String::new();
+    for &k in &cfg.steps {
+        let at = |m: &str| diffs.iter().find(|d| d.steps == k && d.metric == m);
+        if let (Some(ode), Some(fd)) = (at("ODE error (latent)"), at("FD vs teacher")) {
+            s.push_str(&format!("- {}\n", claim(k, &ode.interval, &fd.interval, "the teacher")));
+            s.push_str(&format!("- {}\n", sentence(&fd.metric, k, Better::Lower, &fd.interval)));
+        }
+    }
+    Ok(s)
 }
 
 pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64) -> Result<String> {
@@ -73,7 +87,7 @@ pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64)
                 .filter(|s| s.method == *m)
                 .map(|s| {
                     (
-                        s.mean("FD vs data"),
+                        s.mean("FD vs teacher"),
                         s.mean("ODE error (latent)"),
                         format!("{}", s.steps),
                     )
@@ -84,7 +98,7 @@ pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64)
     write_chart(
         &dir.join("ode_error_vs_fd.svg"),
         "ODE error against FD (labels: steps)",
-        "FD vs data (lower is better)",
+        "FD vs teacher (lower is better)",
         "ODE error, latent MSE",
         &scatter,
         false,
@@ -134,7 +148,7 @@ pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64)
         cfg.solver,
         cfg.intervals,
         cfg.guidance,
-        finding(&summary),
+        finding(cfg, out)?,
         out.grids.iter().map(|(m, k, _)| format!("`samples_{}_{k}.png`", m.to_lowercase().replace(' ', "_"))).collect::<Vec<_>>().join(", ")
     );
     write_atomic(&dir.join("report.md"), report.as_bytes())?;

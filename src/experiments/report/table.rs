@@ -8,10 +8,11 @@ use serde::Serialize;
 /// Reads one metric from a row.
 pub type Getter = fn(&Metrics) -> f64;
 
+/// FD against the teacher's samples, the paper's metric, comes first.
 pub const COLUMNS: [(&str, Getter); 10] = [
+    ("FD vs teacher", |m| m.fd_teacher),
     ("ODE error (latent)", |m| m.ode_error_latent),
     ("ODE error (pixel)", |m| m.ode_error_pixel),
-    ("FD vs teacher", |m| m.fd_teacher),
     ("FD vs data", |m| m.fd_data),
     ("KD vs data", |m| m.kd_data),
     ("precision", |m| m.precision),

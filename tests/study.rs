@@ -1,0 +1,208 @@
+//! The study's pieces: the target-horizon objective at its ends and in between, the
+//! training-length checkpoints, and `dcm reproduce --preset study-smoke` end to end.
+
+use candle_core::{Device, Tensor};
+use dcm::consistency::cm::cm_target;
+use dcm::consistency::direct::direct_targets;
+use dcm::consistency::horizon::horizon_target;
+use dcm::consistency::objective::Method;
+use dcm::consistency::parameterization::consistency;
+use dcm::data::Dataset;
+use dcm::diffusion::analytic::GaussianMixture;
+use dcm::diffusion::condition::Condition;
+use dcm::diffusion::discretization::Discretization;
+use dcm::diffusion::schedule::Schedule;
+use dcm::diffusion::solver::Solver;
+use dcm::nets::mlp::{Mlp, MlpConfig};
+use dcm::nets::network::NetConfig;
+use dcm::runtime::noise::{seeded, standard_normal};
+use dcm::train::checkpoint::load_checkpoint;
+use dcm::train::distill::{distill, DistillConfig};
+use dcm::train::optim::OptimConfig;
+use dcm::train::trainer::{kept_checkpoint, Checkpointing};
+use std::process::Command;
+
+fn mixture() -> GaussianMixture {
+    GaussianMixture::new(
+        vec![vec![-1.0, 0.0], vec![1.0, 0.5]],
+        vec![0.3, 0.2],
+        vec![1.0, 2.0],
+        Schedule::default(),
+    )
+    .unwrap()
+}
+
+fn net() -> MlpConfig {
+    MlpConfig {
+        sample_shape: vec![2],
+        hidden: 32,
+        depth: 2,
+        time_dim: 16,
+        num_classes: 2,
+        schedule: Default::default(),
+    }
+}
+
+/// A batch whose rows start at every kind of timestep, the last interval included.
+fn batch(grid: Discretization) -> (Tensor, Vec<usize>, Condition) {
+    let t: Vec<usize> = [0, 9, 3, 1, 9, 5, 0, 7].iter().map(|&n| grid.start(n)).collect();
+    let x = standard_normal(&mut seeded(3), (t.len(), 2), &Device::Cpu).unwrap();
+    let cond = Condition::Labels((0..t.len()).map(|i| Some((i % 2) as u32)).collect());
+    (x, t, cond)
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1().unwrap()
+}
+
+/// k = 1 is CM's target and k ≥ N Direct's, to the bit: the family really runs from one to
+/// the other (the boundary condition makes the target network the identity at clean).
+#[test]
+fn horizon_ends_are_cm_and_direct_exactly() {
+    let teacher = mixture();
+    let target_net = Mlp::new(net(), &net().init(&mut seeded(9)).unwrap()).unwrap();
+    let grid = Discretization::new(10).unwrap();
+    let (x, t, cond) = batch(grid);
+    for solver in [Solver::Ddim, Solver::Heun] {
+        let one = horizon_target(solver, &teacher, &target_net, &x, &t, grid, 1, &cond).unwrap();
+        let cm = cm_target(solver, &teacher, &target_net, &x, &t, grid.k(), &cond).unwrap();
+        assert_eq!(values(&one), values(&cm), "{solver:?}: k = 1 vs CM");
+        let all = horizon_target(solver, &teacher, &target_net, &x, &t, grid, 10, &cond).unwrap();
+        let direct = direct_targets(solver, &teacher, &x, &t, grid, &cond).unwrap();
+        assert_eq!(values(&all), values(&direct), "{solver:?}: k = N vs Direct");
+    }
+}
+
+/// In between, each row is k single DDIM steps (or fewer, to clean) and then the target
+/// network at the landing timestep — composed here row by row, one step at a time.
+#[test]
+fn a_middle_horizon_is_k_teacher_steps_then_the_target_network() {
+    let teacher = mixture();
+    let target_net = Mlp::new(net(), &net().init(&mut seeded(9)).unwrap()).unwrap();
+    let grid = Discretization::new(10).unwrap();
+    let (x, t, cond) = batch(grid);
+    let k = 3;
+    let got = horizon_target(Solver::Ddim, &teacher, &target_net, &x, &t, grid, k, &cond).unwrap();
+    for (i, &start) in t.iter().enumerate() {
+        let ci = cond.select(&[i]).unwrap();
+        let mut xi = x.narrow(0, i, 1).unwrap();
+        let mut ti = start;
+        for _ in 0..k.min(start / grid.k()) {
+            xi = Solver::Ddim.step(&teacher, &xi, &[ti], grid.k(), &ci).unwrap();
+            ti -= grid.k();
+        }
+        let want = consistency(&target_net, &xi, &[ti], &ci).unwrap();
+        let (g, w) = (values(&got.narrow(0, i, 1).unwrap()), values(&want));
+        for (a, b) in g.iter().zip(&w) {
+            assert!((a - b).abs() < 1e-5, "row {i} (t = {start}): {g:?} vs {w:?}");
+        }
+    }
+}
+
+/// One long run's kept checkpoint at step S holds exactly the weights of an S-step run
+/// (constant learning rate): the training-length sweep and the main students agree.
+#[test]
+fn a_kept_checkpoint_is_the_shorter_run() {
+    let teacher = mixture();
+    let data: Dataset = teacher.sample(400, &mut seeded(1)).unwrap();
+    let cfg = |steps: usize| DistillConfig {
+        method: "horizon-2".parse::<Method>().unwrap(),
+        solver: Solver::Ddim,
+        intervals: 10,
+        guidance: 1.0,
+        steps,
+        batch: 16,
+        optim: OptimConfig {
+            lr: 1e-3,
+            weight_decay: 1e-2,
+            max_grad_norm: 1.0,
+            cosine_decay: false,
+        },
+        loss: dcm::consistency::distance::Distance::L2,
+        ema_decay: Some(0.95),
+        lora: None,
+        grad_accum: 1,
+        seed: 4,
+    };
+    let init = net().init(&mut seeded(2)).unwrap();
+    let arch = NetConfig::Mlp(net());
+    let dir = std::env::temp_dir().join(format!("dcm-kept-{}", std::process::id()));
+    let ckpt = Checkpointing {
+        dir: Some(dir.clone()),
+        keep: vec![5, 12],
+        ..Default::default()
+    };
+    distill(Some(&teacher), &arch, &init, &data, &cfg(20), ckpt).unwrap();
+    let short = distill(Some(&teacher), &arch, &init, &data, &cfg(12), Default::default()).unwrap();
+    let (kept, _) = load_checkpoint(&dir.join(kept_checkpoint(12))).unwrap();
+    for (name, w) in &short.params {
+        assert_eq!(values(&kept[&format!("param/{name}")]), values(w), "{name}");
+    }
+    assert!(dir.join(kept_checkpoint(5)).is_file() && !dir.join(kept_checkpoint(20)).is_file());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Every stage of the study at toy size: every artifact, finite intervals in the CSV, a
+/// finding sentence per step count, the horizon sweep spanning k = 1 … N, and the report
+/// rewritten from study.json alone.
+#[test]
+fn study_smoke_writes_every_artifact() {
+    let dir = std::env::temp_dir().join(format!("dcm-study-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(["reproduce", "--preset", "study-smoke", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for f in [
+        "README.md",
+        "study.json",
+        "results.csv",
+        "intervals.csv",
+        "training_length.csv",
+        "horizon.csv",
+        "guidance.csv",
+        "analytic.csv",
+        "training_length_fd.svg",
+        "training_length_ode_error.svg",
+        "ode_error_vs_fd.svg",
+        "horizon.svg",
+        "students/smoke/cm/model.safetensors",
+        "students/smoke-lora/direct-seed1/model.safetensors",
+    ] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let intervals = std::fs::read_to_string(dir.join("intervals.csv")).unwrap();
+    // 2 baselines × 4 step counts × 10 metrics, and the analytic control's 4 × 3.
+    assert_eq!(intervals.lines().count(), 1 + 2 * 4 * 10 + 4 * 3);
+    for line in intervals.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let (d, lo, hi): (f64, f64, f64) = (f[5].parse().unwrap(), f[6].parse().unwrap(), f[7].parse().unwrap());
+        assert!(lo <= d && d <= hi, "{line}");
+    }
+    let horizon = std::fs::read_to_string(dir.join("horizon.csv")).unwrap();
+    let ks: std::collections::BTreeSet<&str> = horizon.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    assert_eq!(
+        ks,
+        ["1", "10", "2", "5"].into_iter().collect(),
+        "k = 1, 2, 5 and N = 10"
+    );
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    assert_eq!(readme.matches("- The paper's claim").count(), 2 * 4 + 4, "{readme}");
+    // The report is a function of study.json alone: rewriting it gives the same text.
+    std::fs::remove_file(dir.join("README.md")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(["reproduce", "--preset", "study", "--rewrite-report", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(dir.join("README.md")).unwrap(), readme);
+    let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(["reproduce", "--preset", "study", "--lr", "1e-3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--lr"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
