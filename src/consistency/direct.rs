@@ -35,6 +35,21 @@ pub fn direct_targets(
     grid: Discretization,
     cond: &Condition,
 ) -> Result<Tensor> {
+    solve_rows_to(solver, teacher, x, t, &vec![0; t.len()], grid, cond)
+}
+
+/// Solves each row from its start `t[i]` down to `ends[i]`. Rows sorted by start
+/// (descending): at timestep τ the rows still to step — started (start ≥ τ) and not yet
+/// arrived (end < τ) — are one contiguous range, so each step is one teacher call.
+pub fn solve_rows_to(
+    solver: Solver,
+    teacher: &dyn Denoiser,
+    x: &Tensor,
+    t: &[usize],
+    ends: &[usize],
+    grid: Discretization,
+    cond: &Condition,
+) -> Result<Tensor> {
     let b = t.len();
     let mut order: Vec<usize> = (0..b).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(t[i]));
@@ -42,16 +57,33 @@ pub fn direct_targets(
     let sorted = cond.select(&order)?;
     let mut xs = x.index_select(&ids(&order)?, 0)?;
     let k = grid.k();
-    let top = t[order[0]];
-    for tau in (1..=top / k).rev().map(|i| i * k) {
-        let m = order.iter().take_while(|&&i| t[i] >= tau).count();
+    for tau in (1..=t[order[0]] / k).rev().map(|i| i * k) {
+        let hi = order.iter().take_while(|&&i| t[i] >= tau).count();
+        let lo = order.iter().take_while(|&&i| ends[i] >= tau).count();
+        if lo == hi {
+            continue;
+        }
         let stepped = solver
-            .step(teacher, &xs.narrow(0, 0, m)?, &vec![tau; m], k, &sorted.narrow(0, m)?)?
+            .step(
+                teacher,
+                &xs.narrow(0, lo, hi - lo)?,
+                &vec![tau; hi - lo],
+                k,
+                &sorted.narrow(lo, hi - lo)?,
+            )?
             .detach();
-        xs = if m == b {
-            stepped
+        let mut parts = Vec::with_capacity(3);
+        if lo > 0 {
+            parts.push(xs.narrow(0, 0, lo)?);
+        }
+        parts.push(stepped);
+        if hi < b {
+            parts.push(xs.narrow(0, hi, b - hi)?);
+        }
+        xs = if parts.len() == 1 {
+            parts.remove(0)
         } else {
-            Tensor::cat(&[&stepped, &xs.narrow(0, m, b - m)?], 0)?
+            Tensor::cat(&parts, 0)?
         };
     }
     let mut inverse = vec![0usize; b];
