@@ -341,22 +341,9 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     cfg.lora = a.lora.lora()?.or(cfg.lora);
     cfg.cosine_decay |= a.cosine_decay;
     cfg.validate()?;
-    let rt = a.runtime.runtime()?;
-    let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
-    let out_dir = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("runs/reproduce-{}", cfg.preset)));
-    check_output_dir(&out_dir, "--out")?;
-    let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
-    let models = Models::load(&models_dir, data, &rt)?;
+    let (out_dir, models, source) = open_run(&a, &format!("reproduce-{}", cfg.preset))?;
     let start = std::time::Instant::now();
     let outcome = run(&cfg, &models)?;
-    let source = StudentSource {
-        teacher: models_dir.join("teacher"),
-        data: a.data.clone(),
-        net: models.teacher_net.clone(),
-    };
     save_students(&out_dir.join("students"), &source, &outcome.students)?;
     let table = write_run(&out_dir, &cfg, &outcome, start.elapsed().as_secs_f64())?;
     println!("{table}");
@@ -635,6 +622,23 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
 /// `--preset study` (or `study-smoke`): the whole study into `--out` (default
 /// `runs/PRESET`); its settings
 /// are fixed so that its results can be compared, so other overrides are refused.
+/// The run folder (checked writable; default `runs/NAME`), the shipped or given models with
+/// `--data`, and where the run's students come from.
+fn open_run(a: &ReproduceArgs, name: &str) -> Result<(PathBuf, Models, StudentSource)> {
+    let rt = a.runtime.runtime()?;
+    let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
+    let out_dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(name));
+    check_output_dir(&out_dir, "--out")?;
+    let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
+    let models = Models::load(&models_dir, data, &rt)?;
+    let source = StudentSource {
+        teacher: models_dir.join("teacher"),
+        data: a.data.clone(),
+        net: models.teacher_net.clone(),
+    };
+    Ok((out_dir, models, source))
+}
+
 fn study_command(a: &ReproduceArgs) -> Result<()> {
     let overrides = [
         ("--seeds", a.seeds.is_some()),
@@ -662,20 +666,7 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
     }
     let cfg = StudyConfig::named(&a.preset)?;
     cfg.validate()?;
-    let rt = a.runtime.runtime()?;
-    let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
-    let out_dir = a
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("runs/{}", a.preset)));
-    check_output_dir(&out_dir, "--out")?;
-    let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
-    let models = Models::load(&models_dir, data, &rt)?;
-    let source = StudentSource {
-        teacher: models_dir.join("teacher"),
-        data: a.data.clone(),
-        net: models.teacher_net.clone(),
-    };
+    let (out_dir, models, source) = open_run(a, &a.preset)?;
     let start = std::time::Instant::now();
     study::run(&cfg, &models, &source, &out_dir)?;
     eprintln!(
