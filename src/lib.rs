@@ -4,7 +4,7 @@
 //!
 //! Data flows one way, and each module imports only from those listed before it
 //! (`tests/layout.rs` checks this; `rustfmt.toml` keeps the order):
-//! runtime → data → diffusion → nets → consistency → train → models → eval → experiments.
+//! runtime → data → diffusion → nets → consistency → train → models → eval → families → experiments.
 
 pub mod runtime;
 pub mod data;
@@ -14,4 +14,5 @@ pub mod consistency;
 pub mod train;
 pub mod models;
 pub mod eval;
+pub mod families;
 pub mod experiments;

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use dcm::experiments::{bench, distill, eval, reproduce, sample, train};
-use dcm::models::teacher::SPEC_HELP;
+use dcm::models::spec::SPEC_HELP;
 use std::process::ExitCode;
 
 /// candle allocates a fresh buffer per op; mimalloc reuses freed memory instead of

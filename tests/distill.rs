@@ -11,7 +11,8 @@ use dcm::diffusion::condition::Condition;
 use dcm::diffusion::discretization::Discretization;
 use dcm::diffusion::schedule::Schedule;
 use dcm::diffusion::solver::Solver;
-use dcm::eval::evaluate::{ode_errors, EvalSetup};
+use dcm::diffusion::teacher_ode::TeacherOde;
+use dcm::eval::evaluate::ode_errors;
 use dcm::nets::mlp::{Mlp, MlpConfig};
 use dcm::nets::network::NetConfig;
 use dcm::runtime::noise::{seeded, standard_normal};
@@ -86,13 +87,12 @@ fn distilled_students_beat_one_interval_ddim() {
         )
         .unwrap();
         let student = Mlp::new(net.clone(), &out.params).unwrap();
-        let setup = EvalSetup {
-            teacher: &teacher,
+        let ode = TeacherOde {
             solver: cfg.solver,
             grid: Discretization::new(cfg.intervals).unwrap(),
             guidance: 1.0,
         };
-        let rows = ode_errors(&setup, &student, &noise, &labels, &[1, 2, 4], 0).unwrap();
+        let rows = ode_errors(&teacher, &ode, &student, &noise, &labels, &[1, 2, 4], 0).unwrap();
         for r in &rows {
             println!(
                 "{method:?} K={} student ODE error {:.4e}  teacher DDIM {:.4e}",

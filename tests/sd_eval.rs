@@ -11,10 +11,11 @@ use dcm::diffusion::discretization::Discretization;
 use dcm::diffusion::guidance::Guided;
 use dcm::diffusion::schedule::T;
 use dcm::diffusion::solver::{solve, Solver};
+use dcm::diffusion::teacher_ode::TeacherOde;
 use dcm::eval::metrics::fd::frechet_distance;
 use dcm::eval::metrics::to_matrix;
 use dcm::eval::sd_eval::{load_clip, student_samples, SdEvalSetup};
-use dcm::eval::sd_reference::{read_pngs, ReferenceCache, TeacherOde};
+use dcm::eval::sd_reference::{read_pngs, ReferenceCache};
 use dcm::models::sd::text::NullText;
 use dcm::models::sd::SdTeacher;
 use dcm::runtime::device::Runtime;
@@ -136,12 +137,7 @@ fn mse(a: &Tensor, b: &Tensor) -> f64 {
 }
 
 fn ode() -> TeacherOde {
-    TeacherOde {
-        solver: Solver::Ddim,
-        intervals: INTERVALS,
-        guidance: GUIDANCE,
-        null: NullText::Pipeline,
-    }
+    TeacherOde::new(Solver::Ddim, INTERVALS, GUIDANCE).unwrap()
 }
 
 /// The library run: the teacher's row has ODE error 0 and FD 0 (its samples against
@@ -159,6 +155,7 @@ fn teacher_against_itself_is_zero() {
         teacher: &teacher,
         rt: &rt,
         ode: ode(),
+        null: NullText::Pipeline,
         prompts: &prompts,
         noise: &noise,
         steps: vec![1, 2],

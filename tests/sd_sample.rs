@@ -190,7 +190,7 @@ fn cli_samples_sd1_latents_and_pngs() {
     assert!(err <= TOL, "CLI latents off by {err:e}");
     let rt = Runtime::default();
     let sd = SdTeacher::load(&fixture("sd1"), &rt).unwrap();
-    let images = dcm::models::sd::images::decode(&sd, &rt, &latents).unwrap();
+    let images = dcm::models::sd::images::decode(sd.pipeline(), &rt, &latents).unwrap();
     assert_eq!(images.dims(), &[2, 3, 16, 16]);
     let want: Vec<f32> = images.flatten_all().unwrap().to_vec1().unwrap();
     for row in 0..2 {
@@ -236,7 +236,7 @@ fn cli_samples_sd1_latents_and_pngs() {
         .unwrap();
     let grid = Discretization::new(4).unwrap();
     let latents = solve(Solver::Ddim, &Guided::new(&sd, 3.0), x_t, grid, T, &cond).unwrap();
-    let want = dcm::models::sd::images::decode(&sd, &rt, &latents).unwrap();
+    let want = dcm::models::sd::images::decode(sd.pipeline(), &rt, &latents).unwrap();
     let got = npy::read(&out).unwrap();
     assert_eq!(got.dims(), &[2, 3, 16, 16]);
     assert!(

@@ -1,4 +1,4 @@
-//! Noise schedules in the Stable Diffusion convention (DESIGN.md, "Schedule"):
+//! Noise schedules in the Stable Diffusion convention (docs/MATHEMATICS.md, "Schedule"):
 //! T = 1000 training steps; timestep `t ∈ 1..=T` indexes `ᾱ[t-1]`, and `t = 0`
 //! stands for clean data (α = 1, σ = 0).
 
@@ -142,6 +142,11 @@ impl Schedule {
     /// The named kind of these betas; `None` for a pretrained model's own (e.g. `trained_betas`).
     pub fn kind(&self) -> Option<ScheduleKind> {
         self.kind
+    }
+
+    /// The length T of its time axis: timesteps 1..=T.
+    pub fn steps(&self) -> usize {
+        self.betas.len()
     }
 
     /// `ᾱ_t`; 1 at the clean end `t = 0`.

@@ -1,10 +1,10 @@
-//! Teacher ODE solvers over the N-interval grid (DESIGN.md, "DDIM step",
+//! Teacher ODE solvers over the N-interval grid (docs/MATHEMATICS.md, "DDIM step",
 //! "Euler / Heun"). Each row of a batch may sit at its own timestep.
 
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::{per_row, per_row_of, Denoiser};
 use crate::diffusion::discretization::Discretization;
-use crate::diffusion::schedule::{Schedule, T};
+use crate::diffusion::schedule::Schedule;
 use crate::runtime::signals;
 use anyhow::{bail, ensure, Result};
 use candle_core::Tensor;
@@ -43,11 +43,12 @@ fn euler_update(s: &Schedule, x: &Tensor, slope_x: &Tensor, eps: &Tensor, t: &[u
 impl Solver {
     /// One step of every row from `t[b]` to `t[b] − k`.
     pub fn step(self, teacher: &dyn Denoiser, x: &Tensor, t: &[usize], k: usize, cond: &Condition) -> Result<Tensor> {
-        ensure!(
-            t.iter().all(|&t| t >= k && t <= T),
-            "solver step from a timestep below k = {k} or above T"
-        );
         let s = teacher.schedule();
+        ensure!(
+            t.iter().all(|&t| t >= k && t <= s.steps()),
+            "solver step from a timestep below k = {k} or above T = {}",
+            s.steps()
+        );
         let to: Vec<usize> = t.iter().map(|&t| t - k).collect();
         let eps = teacher.eps(x, t, cond)?;
         match self {
@@ -89,7 +90,7 @@ pub fn solve(
 ) -> Result<Tensor> {
     let k = grid.k();
     ensure!(
-        t_start.is_multiple_of(k) && t_start <= T,
+        t_start.is_multiple_of(k) && t_start <= grid.top(),
         "start timestep {t_start} is not on the {}-interval grid",
         grid.intervals()
     );

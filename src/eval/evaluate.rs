@@ -5,10 +5,8 @@
 use crate::consistency::sampler::multistep_sample;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
-use crate::diffusion::discretization::Discretization;
-use crate::diffusion::guidance::Guided;
-use crate::diffusion::schedule::T;
-use crate::diffusion::solver::{solve, Solver};
+use crate::diffusion::solver::Solver;
+use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::ode_error::ode_error;
 use crate::runtime::noise::renoise_rng;
 use anyhow::Result;
@@ -21,29 +19,24 @@ pub struct OdeErrorRow {
     pub teacher_ddim: f64,
 }
 
-pub struct EvalSetup<'a> {
-    pub teacher: &'a dyn Denoiser,
-    pub solver: Solver,
-    pub grid: Discretization,
-    pub guidance: f64,
-}
-
 /// ODE errors at each K in `steps` (K must not exceed N and must divide T for the baseline).
 pub fn ode_errors(
-    setup: &EvalSetup,
+    teacher: &dyn Denoiser,
+    ode: &TeacherOde,
     student: &dyn Denoiser,
     noise: &Tensor,
     cond: &Condition,
     steps: &[usize],
     seed: u64,
 ) -> Result<Vec<OdeErrorRow>> {
-    let guided = Guided::new(setup.teacher, setup.guidance);
-    let reference = solve(setup.solver, &guided, noise, setup.grid, T, cond)?;
+    let reference = ode.solve(teacher, noise, cond)?;
     steps
         .iter()
         .map(|&k| {
-            let sample = multistep_sample(student, noise, setup.grid, k, cond, &mut renoise_rng(seed))?;
-            let coarse = solve(Solver::Ddim, &guided, noise, Discretization::new(k)?, T, cond)?;
+            let sample = multistep_sample(student, noise, ode.grid, k, cond, &mut renoise_rng(seed))?;
+            let coarse = ode
+                .on_grid(Solver::Ddim, ode.grid.coarser(k)?)
+                .solve(teacher, noise, cond)?;
             Ok(OdeErrorRow {
                 steps: k,
                 student: ode_error(&sample, &reference)?,

@@ -9,15 +9,14 @@
 use super::metrics::fd::frechet_distance;
 use super::metrics::to_matrix;
 use super::ode_error::ode_error;
-use super::sd_reference::{
-    quantize, reference_samples, teacher_solve, Reference, ReferenceCache, ReferenceKey, TeacherOde,
-};
+use super::sd_reference::{quantize, reference_samples, teacher_solve, Reference, ReferenceCache, ReferenceKey};
 use crate::consistency::sampler::{multistep_sample_with, picked_timesteps, Picking};
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
-use crate::diffusion::discretization::Discretization;
 use crate::diffusion::schedule::Schedule;
+use crate::diffusion::teacher_ode::TeacherOde;
 use crate::models::sd::images::decode_with;
+use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
 use crate::nets::layers::map_chunks;
 use crate::nets::sd::clip_model::{clip_score_of, cosine_scores, ClipModel};
@@ -38,6 +37,8 @@ pub struct SdEvalSetup<'a> {
     pub rt: &'a Runtime,
     /// The teacher's solve the students are measured against (and the student's grid N).
     pub ode: TeacherOde,
+    /// The unconditional input of the teacher's guidance.
+    pub null: NullText,
     /// One prompt per noise row.
     pub prompts: &'a [String],
     /// Initial latents x_T `[B, C, h, w]`, shared by the teacher and every student.
@@ -271,9 +272,8 @@ impl SdEvalSetup<'_> {
             dims[0]
         );
         ensure!(!self.steps.is_empty(), "--steps: give at least one step count");
-        let grid = Discretization::new(self.ode.intervals).context("--intervals")?;
         for &k in &self.steps {
-            picked_timesteps(grid, k, self.picking)?;
+            picked_timesteps(self.ode.grid, k, self.picking)?;
         }
         Ok(())
     }
@@ -281,9 +281,7 @@ impl SdEvalSetup<'_> {
     /// The teacher's row and one row per K for `student`.
     pub fn run(&self, student: &dyn Denoiser) -> Result<SdEvaluation> {
         self.validate()?;
-        let cond = self
-            .teacher
-            .condition(self.rt, self.prompts, &self.ode.null, self.noise)?;
+        let cond = self.teacher.condition(self.rt, self.prompts, &self.null, self.noise)?;
         let started = Instant::now();
         let reference = self.reference(&cond)?;
         let teacher_seconds = if reference.from_cache {
@@ -314,7 +312,7 @@ impl SdEvalSetup<'_> {
         if reference.from_cache {
             eprintln!("teacher reference: read from {dir}");
         } else {
-            let (rows, evals) = (self.noise.dim(0)?, self.ode.unet_evals_per_sample());
+            let (rows, evals) = (self.noise.dim(0)?, self.ode.network_evals_per_sample());
             eprintln!(
                 "teacher reference: {rows} samples × {evals} UNet evaluations in {seconds:.1} s, cached in {dir}"
             );
@@ -326,6 +324,7 @@ impl SdEvalSetup<'_> {
         let key = ReferenceKey {
             teacher: self.teacher,
             ode: &self.ode,
+            null: &self.null,
             dtype: self.rt.dtype,
             prompts: self.prompts,
             noise: self.noise,
@@ -347,9 +346,12 @@ impl SdEvalSetup<'_> {
     /// Images u8 of latents through the teacher's VAE, with a progress bar.
     fn decode(&self, latents: &Tensor, what: &str) -> Result<Tensor> {
         let bar = progress::bar(latents.dim(0)?, what);
-        let images = decode_with(self.teacher, self.rt, &latents.to_device(&self.rt.device)?, &|| {
-            bar.inc(1)
-        })?;
+        let images = decode_with(
+            self.teacher.pipeline(),
+            self.rt,
+            &latents.to_device(&self.rt.device)?,
+            &|| bar.inc(1),
+        )?;
         bar.finish_and_clear();
         quantize(&images)
     }
@@ -375,8 +377,8 @@ impl SdEvalSetup<'_> {
         };
         Ok(SdEvalRow {
             model: "teacher".into(),
-            steps: self.ode.intervals,
-            unet_evals_per_sample: self.ode.unet_evals_per_sample(),
+            steps: self.ode.intervals(),
+            unet_evals_per_sample: self.ode.network_evals_per_sample(),
             // Zero by construction (DESIGN.md), computed rather than written in.
             ode_error: ode_error(&reference.latents, &reference.latents)?,
             fd_clip_vs_teacher: fd_teacher,
@@ -395,7 +397,7 @@ impl SdEvalSetup<'_> {
         metrics: Option<&ClipMetrics>,
     ) -> Result<(SdEvalRow, StudentSamples)> {
         let started = Instant::now();
-        let ts = picked_timesteps(Discretization::new(self.ode.intervals)?, k, self.picking)?;
+        let ts = picked_timesteps(self.ode.grid, k, self.picking)?;
         let bar = progress::bar(self.noise.dim(0)? * k, &format!("student, {k} steps"));
         let ticking = Ticking {
             inner: student,

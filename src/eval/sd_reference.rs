@@ -13,10 +13,7 @@
 use crate::data::npy;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
-use crate::diffusion::discretization::Discretization;
-use crate::diffusion::guidance::Guided;
-use crate::diffusion::schedule::T;
-use crate::diffusion::solver::{solve, Solver};
+use crate::diffusion::teacher_ode::TeacherOde;
 use crate::models::sd::images::{png_path, write_pngs};
 use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
@@ -25,31 +22,6 @@ use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-
-/// The teacher's probability-flow ODE the reference solves.
-#[derive(Clone, Debug)]
-pub struct TeacherOde {
-    pub solver: Solver,
-    pub intervals: usize,
-    pub guidance: f64,
-    /// The unconditional input of guidance.
-    pub null: NullText,
-}
-
-impl TeacherOde {
-    /// UNet evaluations per sample of the whole solve: one or two per step (Heun's corrector),
-    /// each doubled by guidance (both halves in one batched call).
-    pub fn unet_evals_per_sample(&self) -> usize {
-        let halves = if self.guidance > 1.0 { 2 } else { 1 };
-        self.teacher_calls_per_sample() * halves
-    }
-
-    /// Teacher calls per sample of the whole solve (Heun: a corrector call per step).
-    pub fn teacher_calls_per_sample(&self) -> usize {
-        let per_step = if self.solver == Solver::Heun { 2 } else { 1 };
-        self.intervals * per_step
-    }
-}
 
 /// Where the reference samples live, and whether they may be made there.
 #[derive(Clone, Debug)]
@@ -71,6 +43,8 @@ pub struct Reference {
 pub struct ReferenceKey<'a> {
     pub teacher: &'a SdTeacher,
     pub ode: &'a TeacherOde,
+    /// The unconditional input of guidance.
+    pub null: &'a NullText,
     pub dtype: DType,
     pub prompts: &'a [String],
     pub noise: &'a Tensor,
@@ -148,9 +122,9 @@ impl ReferenceKey<'_> {
         Ok(json!({
             "teacher": {"dir": canonical.to_string_lossy(), "files": file_stamps(dir)?},
             "solver": format!("{:?}", self.ode.solver).to_lowercase(),
-            "intervals": self.ode.intervals,
+            "intervals": self.ode.intervals(),
             "guidance": self.ode.guidance,
-            "uncond": null_text_name(&self.ode.null),
+            "uncond": null_text_name(self.null),
             "dtype": format!("{:?}", self.dtype).to_lowercase(),
             "noise": {"shape": self.noise.dims(), "fnv1a64": fnv1a(noise)},
             "prompts": {"count": self.prompts.len(), "fnv1a64": fnv1a(prompts)},
@@ -248,21 +222,12 @@ pub fn teacher_solve(
     cond: &Condition,
     batch: usize,
 ) -> Result<Tensor> {
-    let grid = Discretization::new(ode.intervals).context("--intervals")?;
-    let guided = Guided::new(teacher, ode.guidance);
     let n = noise.dim(0)?;
     let parts = (0..n)
         .step_by(batch.max(1))
         .map(|start| {
             let len = batch.max(1).min(n - start);
-            solve(
-                ode.solver,
-                &guided,
-                &noise.narrow(0, start, len)?,
-                grid,
-                T,
-                &cond.narrow(start, len)?,
-            )
+            ode.solve(teacher, &noise.narrow(0, start, len)?, &cond.narrow(start, len)?)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0)?)

@@ -18,10 +18,10 @@ pub struct OdeArgs {
     /// Teacher ODE solver: ddim, euler or heun [default: ddim].
     #[arg(long)]
     pub solver: Option<Solver>,
-    /// Number of solver intervals N (must divide T = 1000) [default: 50].
+    /// Number of solver intervals N (must divide T = 1000) [default: 50; distilling sd:DIR: 100].
     #[arg(long)]
     pub intervals: Option<usize>,
-    /// Classifier-free guidance scale w of the teacher (1: none) [default: 1].
+    /// Classifier-free guidance scale w of the teacher (1: none) [default: 1; distilling sd:DIR: 9].
     #[arg(long)]
     pub guidance: Option<f64>,
 }
@@ -37,7 +37,12 @@ impl OdeArgs {
 
     /// The guidance scale, finite and within `MAX_GUIDANCE`.
     pub fn guidance(&self) -> Result<f64> {
-        finite_flag(self.guidance.unwrap_or(1.0), "--guidance", MAX_GUIDANCE)
+        self.guidance_or(1.0)
+    }
+
+    /// The guidance scale given, else `default`; finite and within `MAX_GUIDANCE`.
+    pub fn guidance_or(&self, default: f64) -> Result<f64> {
+        finite_flag(self.guidance.unwrap_or(default), "--guidance", MAX_GUIDANCE)
     }
 
     /// The flags given, by name (for refusing them where they mean nothing).
@@ -117,7 +122,8 @@ impl RunArgs {
 /// LoRA students: `--lora-rank R [--lora-alpha A]` (none: full fine-tuning).
 #[derive(Args, Clone, Debug)]
 pub struct LoraArgs {
-    /// Train rank-R LoRA adapters on every linear layer instead of every weight (the paper's reference uses 64).
+    /// Train rank-R LoRA adapters on every linear layer instead of every weight (the paper's
+    /// reference uses 64) [default: full fine-tuning; sd:DIR: 64].
     #[arg(long)]
     pub lora_rank: Option<usize>,
     /// LoRA strength α (the update is scaled by α/R) [default: R].

@@ -6,8 +6,8 @@
 use super::bench::{median, peak_memory_mib, times, Workload};
 use crate::consistency::objective::Method;
 use crate::diffusion::condition::{Condition, TextEmbedding};
+use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::{Schedule, ScheduleKind};
-use crate::models::sd::scheduler::Prediction;
 use crate::models::sd::student::LoraUnet;
 use crate::models::sd::training_memory::TrainingMemory;
 use crate::nets::lora::LoraConfig;

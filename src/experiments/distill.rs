@@ -1,25 +1,16 @@
-//! `dcm distill`: a consistency student (CM or Direct CM) from a teacher.
+//! `dcm distill`: a consistency student (CM or Direct CM) of any teacher, through its model
+//! family (defaults, data, student and run folder are the family's).
 
-use super::args::{refuse, LoraArgs, OdeArgs, RunArgs, RuntimeArgs};
-use super::distill_sd::SdDistillArgs;
+use super::args::{LoraArgs, OdeArgs, RunArgs, RuntimeArgs};
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
-use crate::data::toy::DEFAULT_SIZE;
-use crate::data::Dataset;
-use crate::diffusion::denoiser::Denoiser;
-use crate::models::model_dir::{self, save_run};
-use crate::models::student::{portable_spec, StudentConfig};
-use crate::models::teacher::Teacher;
-use crate::nets::autoencoder::encode_all;
+use crate::families::distillation;
+use crate::families::family::{refuse_other_flags, DistillDefaults, DistillRequest, FamilyFlags};
+use crate::families::open::open;
 use crate::nets::lora::LoraConfig;
-use crate::nets::mlp::MlpConfig;
-use crate::nets::network::NetConfig;
-use crate::runtime::device::Runtime;
-use crate::runtime::memory::{ensure_fits, f32_bytes};
-use crate::runtime::noise::seeded;
-use crate::train::distill::{distill, DistillConfig};
+use crate::train::distill::DistillConfig;
 use crate::train::optim::OptimConfig;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 #[derive(Args)]
@@ -37,10 +28,10 @@ pub struct DistillArgs {
     pub data: Option<String>,
     #[command(flatten)]
     pub ode: OdeArgs,
-    /// Training steps.
-    #[arg(long, default_value_t = 3000)]
-    pub steps: usize,
-    /// Rows per batch [default: 256; 16 with sd:DIR].
+    /// Training steps [default: 3000; sd:DIR: 250].
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Rows per batch [default: 256; sd:DIR: 16].
     #[arg(long)]
     pub batch: Option<usize>,
     /// Batches whose mean gradient makes one step (for batches that don't fit at once).
@@ -54,9 +45,12 @@ pub struct DistillArgs {
     /// Clip the global gradient norm (0: off).
     #[arg(long, default_value_t = 1.0)]
     pub max_grad_norm: f64,
-    /// Keep the learning rate constant (default: cosine decay to 0).
-    #[arg(long)]
+    /// Keep the learning rate constant [default for sd:DIR; else cosine decay to 0].
+    #[arg(long, conflicts_with = "cosine_decay")]
     pub constant_lr: bool,
+    /// Decay the learning rate to 0 on a cosine [default, except for sd:DIR].
+    #[arg(long)]
+    pub cosine_decay: bool,
     /// Distance: l2, huber (c = 0.001) or huber:C.
     #[arg(long, default_value = "l2")]
     pub loss: Distance,
@@ -72,38 +66,51 @@ pub struct DistillArgs {
     /// Hidden layers of a fresh student MLP (analytic teachers) [default: 3].
     #[arg(long)]
     pub depth: Option<usize>,
+    /// Image size R (sd:DIR): each image is resized and centre-cropped to R×R before the VAE
+    /// [default: the UNet's sample_size × the VAE's scale factor, e.g. 512 for SD 1.5].
+    #[arg(long)]
+    pub resolution: Option<usize>,
+    /// Unconditional input of the teacher's guidance (sd:DIR): zeros (the paper's and LCM's
+    /// training code) or empty (the empty prompt's encoding) [default: zeros].
+    #[arg(long, value_name = "zeros|empty")]
+    pub uncond: Option<String>,
+    /// Comma-separated module-path suffixes of the UNet layers that get adapters (sd:DIR)
+    /// [default: LCM-LoRA's list: to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,
+    /// conv1,conv2,conv_shortcut,downsamplers.0.conv,upsamplers.0.conv,time_emb_proj].
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub lora_targets: Option<Vec<String>>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
     pub lora: LoraArgs,
-    #[command(flatten)]
-    pub sd: SdDistillArgs,
     #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
-/// Working copies of a batch one distillation step holds (x₀, noise, x_t, targets, the
-/// student's activations and their gradients).
-const WORKING_COPIES: usize = 32;
-
 impl DistillArgs {
-    /// The distillation settings the flags give, with the teacher kind's defaults for the
-    /// batch and learning rate.
-    pub fn config(&self, batch: usize, default_lr: f64, lora: Option<LoraConfig>) -> Result<DistillConfig> {
+    /// The distillation settings the flags give over the family's defaults.
+    pub fn config(&self, d: &DistillDefaults) -> Result<DistillConfig> {
+        let lora = match self.lora.lora()? {
+            Some(l) => Some(l),
+            None => d.lora_rank.map(|rank| LoraConfig {
+                rank,
+                alpha: rank as f64,
+            }),
+        };
         Ok(DistillConfig {
             method: self.method,
             solver: self.ode.solver(),
-            intervals: self.ode.intervals(),
-            guidance: self.ode.guidance()?,
-            steps: self.steps,
-            batch,
+            intervals: self.ode.intervals.unwrap_or(d.intervals),
+            guidance: self.ode.guidance_or(d.guidance)?,
+            steps: self.steps.unwrap_or(d.steps),
+            batch: self.batch.unwrap_or(d.batch),
             optim: OptimConfig {
-                lr: self.lr.unwrap_or(default_lr),
+                lr: self.lr.unwrap_or(d.lr),
                 weight_decay: self.weight_decay,
                 max_grad_norm: self.max_grad_norm,
-                cosine_decay: !self.constant_lr,
+                cosine_decay: (d.cosine_decay || self.cosine_decay) && !self.constant_lr,
             },
             loss: self.loss,
             ema_decay: self.ema_decay,
@@ -112,95 +119,42 @@ impl DistillArgs {
             seed: self.seed,
         })
     }
+
+    fn family_flags(&self) -> FamilyFlags {
+        FamilyFlags {
+            hidden: self.hidden,
+            depth: self.depth,
+            unconditional: self.unconditional,
+            resolution: self.resolution,
+            uncond: self.uncond.clone(),
+            lora_targets: self.lora_targets.clone(),
+        }
+    }
 }
 
 pub fn command(a: DistillArgs) -> Result<()> {
     let rt = a.runtime.runtime()?;
-    if let Some(dir) = a.teacher.strip_prefix("sd:") {
-        return super::distill_sd::command(&a, std::path::Path::new(dir), &rt);
-    }
-    refuse(&a.sd.given(), "applies to Stable Diffusion teachers (sd:DIR) only")?;
-    let teacher = Teacher::parse(&a.teacher, &rt)?;
-    let unconditional = a.unconditional || teacher.num_classes() == 0;
-    if unconditional && a.ode.guidance.is_some_and(|w| w != 1.0) {
-        bail!("--guidance: the distilled ODE is unconditional (the teacher has no classes, or --unconditional), so guidance would change nothing");
-    }
-    let data = training_data(&a, &teacher, &rt)?;
-    let conditional = !unconditional && data.labels.iter().any(Option::is_some);
-    let data = if conditional { data } else { data.without_labels() };
-    let (net, init, default_lr) = match &teacher {
-        Teacher::Network { config, dir, .. } => (config.clone(), rt.trainable(&model_dir::load_params(dir)?)?, 1e-4),
-        _ => {
-            let net = MlpConfig {
-                sample_shape: data.sample_shape(),
-                hidden: a.hidden.unwrap_or(128),
-                depth: a.depth.unwrap_or(3),
-                time_dim: 32,
-                num_classes: teacher.num_classes(),
-                schedule: teacher.schedule_kind()?,
-            };
-            net.validate()?;
-            let init = rt.trainable(&net.init(&mut seeded(a.seed.wrapping_add(1)))?)?;
-            (NetConfig::Mlp(net), init, 1e-3)
-        }
+    let family = open(&a.teacher, &rt)?;
+    let flags = a.family_flags();
+    refuse_other_flags(&*family, &flags.given())?;
+    let config = a.config(&family.distill_defaults())?;
+    let req = DistillRequest {
+        config: &config,
+        data: a.data.as_deref(),
+        flags: &flags,
+        seed: a.seed,
+        rt: &rt,
     };
-    let cfg = a.config(a.batch.unwrap_or(256), default_lr, a.lora.lora()?)?;
-    // A LoRA student of a network teacher starts from the teacher's own weights, so the
-    // teacher is the student with its adapters off.
-    let shares_weights = cfg.lora.is_some() && matches!(teacher, Teacher::Network { .. });
-    let target_source = (!shares_weights).then_some(&teacher as &dyn Denoiser);
-    cfg.validate()?;
-    let (out_dir, ckpt) = a
-        .run
-        .checkpointing(serde_json::json!({"teacher": a.teacher, "data": a.data, "unconditional": a.unconditional}))?;
-    let per_step = f32_bytes(&[cfg.batch, data.x.elem_count() / data.len()]) * WORKING_COPIES as f64;
-    ensure_fits(per_step, &format!("--batch {}", cfg.batch))?;
-    let start = std::time::Instant::now();
-    let out = distill(target_source, &net, &init, &data, &cfg, ckpt)?;
-    let config = StudentConfig {
-        teacher: portable_spec(&a.teacher),
-        data: a.data.clone().unwrap_or_else(|| "teacher distribution".into()),
-        conditional,
-        net,
-        distill: cfg,
-        teacher_evaluations: out.teacher_evaluations,
-        train_seconds: start.elapsed().as_secs_f64(),
-    };
-    save_run(&out_dir, &config, &out.params, &out.losses)?;
-    if let Some(adapters) = &out.adapters {
-        model_dir::save_tensors(&out_dir.join(model_dir::ADAPTERS), adapters)?;
-    }
+    let plan = family.plan_distillation(&req)?;
+    config.validate()?;
+    let (out, checkpointing) = a.run.checkpointing(plan.context())?;
+    let done = distillation::run(&*plan, &config, &out, checkpointing)?;
     eprintln!(
         "distilled in {:.1} s ({} per-sample teacher evaluations); final loss {:.3e}; wrote {}",
-        config.train_seconds,
-        out.teacher_evaluations,
-        out.losses.last().copied().unwrap_or(f32::NAN),
-        out_dir.display()
+        done.train_seconds,
+        done.distilled.teacher_evaluations,
+        done.distilled.losses.last().copied().unwrap_or(f32::NAN),
+        done.written
     );
     Ok(())
-}
-
-/// `--data` (images are encoded with a latent teacher's autoencoder, its train split),
-/// or an analytic teacher's own distribution.
-fn training_data(a: &DistillArgs, teacher: &Teacher, rt: &Runtime) -> Result<Dataset> {
-    let Some(spec) = &a.data else {
-        return teacher.sample_data(DEFAULT_SIZE, &mut seeded(a.seed ^ 0x5eed));
-    };
-    let data = Dataset::load(spec, a.seed).with_context(|| format!("--data {spec}"))?;
-    let data = match teacher.autoencoder(rt)? {
-        Some(ae) if data.sample_shape() == ae.image_shape() => {
-            let (train, _) = data.standard_split()?;
-            Dataset::new(encode_all(&ae, &train.x)?, train.labels, train.num_classes)?
-        }
-        _ => data,
-    };
-    if let Some(shape) = teacher.sample_shape() {
-        ensure!(
-            shape == data.sample_shape(),
-            "--data {spec}: samples have shape {:?} but the teacher expects {:?}",
-            data.sample_shape(),
-            shape
-        );
-    }
-    Ok(data)
 }

@@ -7,7 +7,6 @@ pub mod args;
 pub mod bench;
 pub mod bench_unet;
 pub mod distill;
-pub mod distill_sd;
 pub mod eval;
 pub mod report;
 pub mod reproduce;

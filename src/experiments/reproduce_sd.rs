@@ -3,27 +3,31 @@
 //! settings and data order, every student at 1, 2, 4 and 8 steps on the same noise, judged by
 //! ODE error, FD against the teacher's samples on CLIP features and CLIP score.
 
-use super::distill_sd::{default_resolution, SdRun};
 use super::report::chart::{write_chart, Series};
 use super::report::grid::write_grid;
 use super::reproduce::ReproduceArgs;
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::Picking;
 use crate::data::npy;
+use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::sd_eval::{load_clip, SdEvalRow, SdEvalSetup};
-use crate::eval::sd_reference::{ReferenceCache, TeacherOde};
-use crate::models::sd::pipeline::Pipeline;
+use crate::eval::sd_reference::ReferenceCache;
+use crate::families::distillation::{self, Finished};
+use crate::families::sd::distill::{default_resolution, SdRun, TRAINING_UNCOND};
+use crate::families::sd::family::{SdFamily, PAPER_RANK};
 use crate::models::sd::text::NullText;
-use crate::models::sd::SdTeacher;
+use crate::models::spec::TeacherSpec;
 use crate::nets::lora::LoraConfig;
+use crate::nets::sd::clip_model::ClipModel;
 use crate::nets::sd::lora_files::KOHYA_FILE;
 use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
+use crate::runtime::device::Runtime;
 use crate::runtime::files::{check_output_dir, write_atomic};
 use crate::runtime::noise::{eval_noise_rng, standard_normal};
 use crate::train::distill::DistillConfig;
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::Checkpointing;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::DType;
 use clap::Args;
 use serde::Serialize;
@@ -99,10 +103,9 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     refuse_mnist_flags(&a)?;
     let rt = a.runtime.runtime()?;
     let spec = a.sd.teacher.clone().context("--preset sd needs --teacher sd:DIR")?;
-    let dir = PathBuf::from(
-        spec.strip_prefix("sd:")
-            .with_context(|| format!("--teacher '{spec}': --preset sd takes sd:DIR"))?,
-    );
+    let TeacherSpec::Sd(dir) = TeacherSpec::parse(&spec)? else {
+        bail!("--teacher '{spec}': --preset sd takes sd:DIR");
+    };
     ensure!(
         a.data != "mnist",
         "--data FOLDER: --preset sd trains on a folder of captioned images"
@@ -112,32 +115,9 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     ensure!(per_prompt > 0, "--per-prompt must be positive");
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/reproduce-sd"));
     check_output_dir(&out, "--out")?;
-    let pipeline = Pipeline::open(&dir)?;
-    let resolution = match a.sd.resolution {
-        Some(r) => r,
-        None => default_resolution(&pipeline)?,
-    };
-    let lora = a.lora.lora()?.unwrap_or(LoraConfig { rank: 64, alpha: 64.0 });
+    let family = SdFamily::open(&dir, &rt)?;
     let lines = read_lines(&prompts_file)?;
-    let cfg = SdReproduceConfig {
-        teacher: spec.clone(),
-        data: a.data.clone(),
-        prompts: prompts_file.display().to_string(),
-        prompt_lines: lines.len(),
-        per_prompt,
-        clip: a.sd.clip.as_ref().map(|p| p.display().to_string()),
-        resolution,
-        uncond: "zeros".into(),
-        lora,
-        distill: paper_distill(&a, lora),
-        steps: STEPS
-            .iter()
-            .copied()
-            .filter(|&k| k <= a.intervals.unwrap_or(100))
-            .collect(),
-        seed: 0,
-    };
-    cfg.distill.validate()?;
+    let cfg = run_config(&a, &family, &spec, &prompts_file, lines.len(), per_prompt)?;
     let prompts: Vec<String> = lines
         .iter()
         .flat_map(|p| std::iter::repeat_n(p.clone(), per_prompt))
@@ -148,15 +128,74 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
         None => None,
     };
     let started = Instant::now();
+    let trained = train_students(&family, &rt, &cfg, &out)?;
+    let evaluated = evaluate_students(&family, &rt, &cfg, &prompts, clip.as_ref(), &out, trained)?;
+    let notes = evaluated.1;
+    write_report(&out, &cfg, &evaluated.0, &notes, started.elapsed().as_secs_f64())?;
+    eprintln!(
+        "finished in {:.0} s; report in {}",
+        started.elapsed().as_secs_f64(),
+        out.join("report.md").display()
+    );
+    Ok(())
+}
+
+/// The run's settings: the paper's, with the flags' overrides.
+fn run_config(
+    a: &ReproduceArgs,
+    family: &SdFamily,
+    spec: &str,
+    prompts_file: &Path,
+    prompt_lines: usize,
+    per_prompt: usize,
+) -> Result<SdReproduceConfig> {
+    let resolution = match a.sd.resolution {
+        Some(r) => r,
+        None => default_resolution(family.pipeline())?,
+    };
+    let lora = a.lora.lora()?.unwrap_or(LoraConfig {
+        rank: PAPER_RANK,
+        alpha: PAPER_RANK as f64,
+    });
+    let cfg = SdReproduceConfig {
+        teacher: spec.to_string(),
+        data: a.data.clone(),
+        prompts: prompts_file.display().to_string(),
+        prompt_lines,
+        per_prompt,
+        clip: a.sd.clip.as_ref().map(|p| p.display().to_string()),
+        resolution,
+        uncond: TRAINING_UNCOND.into(),
+        lora,
+        distill: paper_distill(a, lora),
+        steps: STEPS
+            .iter()
+            .copied()
+            .filter(|&k| k <= a.intervals.unwrap_or(100))
+            .collect(),
+        seed: 0,
+    };
+    cfg.distill.validate()?;
+    Ok(cfg)
+}
+
+/// Trains the CM and the Direct student with identical settings into OUT/students/METHOD.
+fn train_students(
+    family: &SdFamily,
+    rt: &Runtime,
+    cfg: &SdReproduceConfig,
+    out: &Path,
+) -> Result<Vec<(Method, Finished)>> {
     let mut results = Vec::new();
     for method in Method::compared() {
         let run = SdRun {
-            teacher: dir.clone(),
-            data: PathBuf::from(&a.data),
-            resolution,
+            pipeline: family.pipeline(),
+            rt,
+            data: PathBuf::from(&cfg.data),
+            resolution: cfg.resolution,
             uncond: cfg.uncond.clone(),
             targets: DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect(),
-            lora,
+            lora: cfg.lora,
             distill: DistillConfig {
                 method,
                 ..cfg.distill.clone()
@@ -166,34 +205,45 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
         std::fs::create_dir_all(&student_dir)
             .with_context(|| format!("{}: cannot create folder", student_dir.display()))?;
         // Both students share one latent cache: same images, same encoding.
-        link_latent_cache(&out, &student_dir)?;
+        link_latent_cache(out, &student_dir)?;
         eprintln!("training the {} student", method.title());
-        let trained = run.train(&pipeline, &rt, &student_dir, Checkpointing::default())?;
-        results.push((method, trained));
+        let done = distillation::run(&run, &run.distill, &student_dir, Checkpointing::default())?;
+        results.push((method, done));
     }
-    let teacher = SdTeacher::load(&dir, &rt)?;
-    let side = resolution / teacher.vae_scale_factor();
+    Ok(results)
+}
+
+/// Judges each trained student on the same noise and prompts; writes the sample grids.
+fn evaluate_students(
+    family: &SdFamily,
+    rt: &Runtime,
+    cfg: &SdReproduceConfig,
+    prompts: &[String],
+    clip: Option<&ClipModel>,
+    out: &Path,
+    trained: Vec<(Method, Finished)>,
+) -> Result<(Vec<MethodResult>, Vec<String>)> {
+    let teacher = family.sd_teacher()?;
+    let side = cfg.resolution / teacher.vae_scale_factor();
     let shape = (prompts.len(), teacher.unet().config().in_channels, side, side);
     let noise = standard_normal(&mut eval_noise_rng(cfg.seed), shape, &rt.device)?;
     npy::write(&out.join("noise.npy"), &noise)?;
-    let mut evaluated = Vec::new();
-    for (method, trained) in results {
+    let (lines, per_prompt) = (cfg.prompt_lines, cfg.per_prompt);
+    let mut results = Vec::new();
+    let mut notes = Vec::new();
+    for (i, (method, done)) in trained.into_iter().enumerate() {
         let setup = SdEvalSetup {
-            teacher: &teacher,
-            rt: &rt,
-            ode: TeacherOde {
-                solver: cfg.distill.solver,
-                intervals: cfg.distill.intervals,
-                guidance: cfg.distill.guidance,
-                null: NullText::from_flags(None, Some(&cfg.uncond))?,
-            },
-            prompts: &prompts,
+            teacher,
+            rt,
+            ode: TeacherOde::new(cfg.distill.solver, cfg.distill.intervals, cfg.distill.guidance)?,
+            null: NullText::from_flags(None, Some(&cfg.uncond))?,
+            prompts,
             noise: &noise,
             steps: cfg.steps.clone(),
             picking: Picking::Floor,
             seed: cfg.seed,
             batch: 8,
-            clip: clip.as_ref(),
+            clip,
             real: None,
             reference: ReferenceCache {
                 dir: out.join("reference"),
@@ -201,38 +251,28 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
             },
         };
         let lora_file = out.join("students").join(method.name()).join(KOHYA_FILE);
-        let student = SdTeacher::load_with_lora(&dir, &rt, Some(&lora_file))?;
+        let student = family.with_adapters(&lora_file, rt)?;
         eprintln!("evaluating the {} student", method.title());
         let eval = setup.run(&student)?;
         for s in &eval.samples {
             let images = (s.images.to_dtype(DType::F32)? / 255.0)?;
             let path = out.join(format!("samples_{}_{}step.png", method.name(), s.steps));
-            write_grid(&path, &images, lines.len(), per_prompt)?;
+            write_grid(&path, &images, lines, per_prompt)?;
         }
-        if evaluated.is_empty() {
+        if i == 0 {
             let images = (eval.reference.images.to_dtype(DType::F32)? / 255.0)?;
-            write_grid(&out.join("samples_teacher.png"), &images, lines.len(), per_prompt)?;
+            write_grid(&out.join("samples_teacher.png"), &images, lines, per_prompt)?;
+            notes = eval.notes.clone();
         }
-        evaluated.push((method, trained, eval));
-    }
-    let results: Vec<MethodResult> = evaluated
-        .iter()
-        .map(|(method, t, e)| MethodResult {
+        results.push(MethodResult {
             method: method.name().into(),
-            teacher_evaluations: t.teacher_evaluations,
-            train_seconds: t.train_seconds,
-            final_loss: t.final_loss,
-            rows: e.rows.clone(),
-        })
-        .collect();
-    let notes = evaluated.first().map(|(_, _, e)| e.notes.clone()).unwrap_or_default();
-    write_report(&out, &cfg, &results, &notes, started.elapsed().as_secs_f64())?;
-    eprintln!(
-        "finished in {:.0} s; report in {}",
-        started.elapsed().as_secs_f64(),
-        out.join("report.md").display()
-    );
-    Ok(())
+            teacher_evaluations: done.distilled.teacher_evaluations,
+            train_seconds: done.train_seconds,
+            final_loss: done.distilled.losses.last().copied().unwrap_or(f32::NAN),
+            rows: eval.rows,
+        });
+    }
+    Ok((results, notes))
 }
 
 /// The paper's settings (N = 100, w = 9, lr 1e-4, 250 steps, batch 16, L2, constant learning

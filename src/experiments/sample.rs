@@ -1,28 +1,19 @@
 //! `dcm sample`: the teacher's ODE solve, or a student's few-step sampler, from given noise.
 
 use super::args::{refuse, OdeArgs, RuntimeArgs};
-use crate::consistency::sampler::{multistep_sample, multistep_sample_with, picked_timesteps, Picking};
 use crate::data::npy;
-use crate::diffusion::condition::Condition;
-use crate::diffusion::denoiser::Denoiser;
-use crate::diffusion::discretization::Discretization;
-use crate::diffusion::guidance::Guided;
-use crate::diffusion::schedule::T;
-use crate::diffusion::solver::solve;
+use crate::diffusion::teacher_ode::TeacherOde;
+use crate::families::family::{ConditionFlags, ModelFamily, StudentSource};
+use crate::families::open::{open, open_recorded};
 use crate::models::sd::images::write_pngs;
-use crate::models::sd::prompts;
-use crate::models::sd::text::NullText;
-use crate::models::sd::SdTeacher;
-use crate::models::student::Student;
-use crate::models::teacher::Teacher;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::{check_output_dir, check_output_file};
 use crate::runtime::memory::{ensure_fits, f32_bytes};
-use crate::runtime::noise::{seeded, standard_normal};
+use crate::runtime::noise::seeded;
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{Shape, Tensor};
+use candle_core::Tensor;
 use clap::Args;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -87,6 +78,43 @@ pub fn command(a: SampleArgs) -> Result<()> {
     if let Some(Some(dir)) = &a.decode {
         check_output_dir(dir, "--decode")?;
     }
+    let noise = read_noise(&a, &rt)?;
+    let (family, out) = match (&a.student, &a.lora) {
+        (Some(dir), _) => {
+            let family = open_recorded(dir, &rt)?;
+            let out = student_samples(&a, &*family, StudentSource::Folder(dir), &noise, &rt)?;
+            (family, out)
+        }
+        (None, lora) => {
+            let family = open(
+                a.teacher.as_deref().context("give --teacher SPEC or --student DIR")?,
+                &rt,
+            )?;
+            let out = match lora {
+                Some(file) => {
+                    let source = StudentSource::Adapters {
+                        file,
+                        intervals: a.ode.intervals(),
+                    };
+                    student_samples(&a, &*family, source, &noise, &rt)?
+                }
+                None => teacher_solve(&a, &*family, &noise, &rt)?,
+            };
+            (family, out)
+        }
+    };
+    match &a.decode {
+        None => npy::write(&a.out, &out),
+        Some(None) => npy::write(&a.out, &family.decode(&out, &rt)?),
+        Some(Some(dir)) => {
+            npy::write(&a.out, &out)?;
+            write_pngs(dir, &family.decode(&out, &rt)?)
+        }
+    }
+}
+
+/// `--noise`, shape `[B, …]`, checked against memory and moved to the device.
+fn read_noise(a: &SampleArgs, rt: &Runtime) -> Result<Tensor> {
     let noise = npy::read(&a.noise)?;
     ensure!(
         noise.rank() >= 2,
@@ -98,82 +126,41 @@ pub fn command(a: SampleArgs) -> Result<()> {
         f32_bytes(noise.dims()) * WORKING_COPIES as f64,
         &format!("--noise {}", a.noise.display()),
     )?;
-    let noise = noise.to_device(&rt.device)?;
-    let (out, teacher_spec, teacher) = if let Some(lora) = &a.lora {
-        let spec = a.teacher.clone().context("--lora needs --teacher sd:DIR")?;
-        let teacher = lora_student(&spec, lora, &rt)?;
-        let cond = condition(&a, Some(&teacher), &noise, &rt)?;
-        check_class(a.class, teacher.num_classes())?;
-        let grid = Discretization::new(a.ode.intervals()).context("--intervals")?;
-        let ts = picked_timesteps(grid, a.steps.unwrap_or(1), Picking::Floor)?;
-        let (mut rng, device) = (seeded(a.seed.unwrap_or(0)), noise.device().clone());
-        let mut draw = |shape: &Shape| standard_normal(&mut rng, shape.clone(), &device);
-        let out = multistep_sample_with(&teacher, &noise, &ts, &cond, &mut draw, &mut |_| ())?;
-        (out, spec, Some(teacher))
-    } else if let Some(dir) = &a.student {
-        let labels = condition(&a, None, &noise, &rt)?;
-        let student = Student::load(dir, &rt)?;
-        check_class(a.class, student.net.num_classes())?;
-        let grid = Discretization::new(student.config.distill.intervals)?;
-        let (steps, seed) = (a.steps.unwrap_or(1), a.seed.unwrap_or(0));
-        let out = multistep_sample(&*student.net, &noise, grid, steps, &labels, &mut seeded(seed))?;
-        (out, student.config.teacher, None)
-    } else {
-        let spec = a.teacher.clone().context("give --teacher SPEC or --student DIR")?;
-        let teacher = Teacher::parse(&spec, &rt)?;
-        let cond = condition(&a, Some(&teacher), &noise, &rt)?;
-        check_class(a.class, teacher.num_classes())?;
-        let grid = Discretization::new(a.ode.intervals()).context("--intervals")?;
-        let guided = Guided::new(&teacher, a.ode.guidance()?);
-        (
-            solve(a.ode.solver(), &guided, &noise, grid, T, &cond)?,
-            spec,
-            Some(teacher),
-        )
-    };
-    let Some(decode) = &a.decode else {
-        return npy::write(&a.out, &out);
-    };
-    let teacher = match teacher {
-        Some(t) => t,
-        None => Teacher::parse(&teacher_spec, &rt)?,
-    };
-    let images = teacher.decode(&rt, &out)?;
-    match decode {
-        None => npy::write(&a.out, &images),
-        Some(dir) => {
-            npy::write(&a.out, &out)?;
-            write_pngs(dir, &images)
-        }
+    Ok(noise.to_device(&rt.device)?)
+}
+
+fn condition_flags(a: &SampleArgs) -> ConditionFlags {
+    ConditionFlags {
+        class: a.class,
+        prompt: a.prompt.clone(),
+        prompts: a.prompts.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        uncond: a.uncond.clone(),
     }
 }
 
-/// The sd:DIR teacher of `spec` with the LoRA file's adapters on its UNet.
-fn lora_student(spec: &str, lora: &Path, rt: &Runtime) -> Result<Teacher> {
-    let Some(dir) = spec.strip_prefix("sd:") else {
-        bail!(
-            "--lora {}: a LoRA student needs an sd:DIR teacher, not '{spec}'",
-            lora.display()
-        );
-    };
-    let sd =
-        SdTeacher::load_with_lora(Path::new(dir), rt, Some(lora)).with_context(|| format!("--teacher '{spec}'"))?;
-    Ok(Teacher::Sd(Box::new(sd)))
+/// The teacher's guided N-interval solve of every noise row.
+fn teacher_solve(a: &SampleArgs, family: &dyn ModelFamily, noise: &Tensor, rt: &Runtime) -> Result<Tensor> {
+    let cond = family.condition(&condition_flags(a), noise, rt)?;
+    let teacher = family.teacher()?;
+    check_class(a.class, teacher.num_classes())?;
+    let ode = TeacherOde::new(a.ode.solver(), a.ode.intervals(), a.ode.guidance()?)?;
+    ode.solve(teacher, noise, &cond)
 }
 
-/// The condition of every noise row: the prompts of a text-conditioned teacher, else `--class`.
-fn condition(a: &SampleArgs, teacher: Option<&Teacher>, noise: &Tensor, rt: &Runtime) -> Result<Condition> {
-    let rows = noise.dim(0)?;
-    if let Some(Teacher::Sd(sd)) = teacher {
-        let prompts = prompts::per_row(a.prompt.as_deref(), a.prompts.as_deref(), rows)?;
-        let null = NullText::from_flags(a.negative_prompt.as_deref(), a.uncond.as_deref())?;
-        return sd.condition(rt, &prompts, &null, noise);
-    }
-    ensure!(
-        a.prompt.is_none() && a.prompts.is_none() && a.negative_prompt.is_none() && a.uncond.is_none(),
-        "--prompt, --prompts, --negative-prompt and --uncond need a text-conditioned teacher (sd:DIR)"
-    );
-    Ok(Condition::repeat(a.class, rows))
+/// A student's K-step samples of every noise row.
+fn student_samples(
+    a: &SampleArgs,
+    family: &dyn ModelFamily,
+    source: StudentSource,
+    noise: &Tensor,
+    rt: &Runtime,
+) -> Result<Tensor> {
+    let cond = family.condition(&condition_flags(a), noise, rt)?;
+    let student = family.student(source, rt)?;
+    check_class(a.class, student.net.num_classes())?;
+    let mut rng = seeded(a.seed.unwrap_or(0));
+    student.sample(noise, a.steps.unwrap_or(1), &cond, &mut rng)
 }
 
 /// A student samples with its own N, solver and guidance (fixed when it was distilled); a LoRA

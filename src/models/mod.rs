@@ -3,5 +3,6 @@
 
 pub mod model_dir;
 pub mod sd;
+pub mod spec;
 pub mod student;
 pub mod teacher;

@@ -3,6 +3,7 @@
 
 use crate::diffusion::schedule::T;
 use crate::models::model_dir;
+use crate::models::spec::TeacherSpec;
 use crate::models::teacher::Teacher;
 use crate::nets::network::{NetConfig, Network};
 use crate::runtime::device::Runtime;
@@ -51,8 +52,8 @@ impl Student {
         Ok(Self { config, net })
     }
 
-    pub fn teacher(&self, rt: &Runtime) -> Result<Teacher> {
-        let teacher = Teacher::parse(&self.config.teacher, rt)?;
+    /// Refuses a teacher that no longer matches the student's sample shape.
+    pub fn check_teacher(&self, teacher: &Teacher) -> Result<()> {
         ensure!(
             teacher
                 .sample_shape()
@@ -61,7 +62,7 @@ impl Student {
             self.config.teacher,
             self.config.net.sample_shape()
         );
-        Ok(teacher)
+        Ok(())
     }
 }
 
@@ -83,8 +84,5 @@ fn check_stored(config: &StudentConfig, dir: &Path) -> Result<()> {
 
 /// A network teacher's path made absolute so the student folder works from any directory.
 pub fn portable_spec(spec: &str) -> String {
-    match std::fs::canonicalize(spec) {
-        Ok(p) if p.is_dir() => p.to_string_lossy().into_owned(),
-        _ => spec.to_string(),
-    }
+    TeacherSpec::portable(spec)
 }

@@ -1,37 +1,20 @@
-//! Teacher specifications: an analytic Gaussian or Gaussian mixture, or a trained
-//! network folder. The grammar is documented in `SPEC_HELP`.
+//! The small-model family's teachers: an analytic Gaussian or Gaussian mixture, or a network
+//! folder written by `dcm train-teacher` (specs are parsed by `models::spec`).
 
-use crate::data::toy::Toy;
 use crate::data::Dataset;
 use crate::diffusion::analytic::{Gaussian, GaussianMixture};
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::{Schedule, ScheduleKind};
 use crate::models::model_dir;
-use crate::models::sd::SdTeacher;
+use crate::models::spec::TeacherSpec;
 use crate::nets::network::{NetConfig, Network};
 use crate::runtime::device::Runtime;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::Rng;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::Path;
-
-pub const SPEC_HELP: &str = "\
-Teacher SPEC, one of:
-  gaussian:mean=M,std=S[,dim=D][,schedule=K]   isotropic N(M, S^2 I); any dimension unless dim= is given
-  mixture:ring | mixture:grid [,schedule=K]     the toy mixtures behind toy:ring (8 components) and toy:grid (25)
-  mixture:means=X:Y/X:Y/...,std=S[/S...][,weights=W/W/...][,schedule=K]
-                                                components separated by '/', coordinates by ':';
-                                                component k is class k
-  sd:DIR                                        a diffusers Stable Diffusion pipeline folder (SD 1.x/2.x/SDXL):
-                                                model_index.json, unet/, vae/, text_encoder/, tokenizer/,
-                                                scheduler/ (SDXL: text_encoder_2/, tokenizer_2/); needs --prompt
-                                                or --prompts; guidance W ≤ 1 is none, as diffusers
-  PATH                                          a folder written by `dcm train-teacher`
-K is scaled_linear (default), linear or cosine.";
 
 /// What a trained network folder's `config.json` holds.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -52,95 +35,28 @@ pub enum Teacher {
         config: NetConfig,
         dir: std::path::PathBuf,
     },
-    /// A Stable Diffusion pipeline folder (`sd:DIR`), conditioned on text.
-    Sd(Box<SdTeacher>),
-}
-
-fn parse_keys(body: &str, allowed: &[&str]) -> Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    for part in body.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = part
-            .split_once('=')
-            .with_context(|| format!("'{part}' is not key=value"))?;
-        ensure!(
-            allowed.contains(&k),
-            "unknown key '{k}' (expected {})",
-            allowed.join(", ")
-        );
-        ensure!(
-            map.insert(k.to_string(), v.to_string()).is_none(),
-            "key '{k}' given twice"
-        );
-    }
-    Ok(map)
-}
-
-/// The largest coordinate, mean or std an analytic teacher takes: its samples, their
-/// squares and the denoiser's arithmetic must stay well inside f32.
-const MAX_SPEC_VALUE: f64 = 1e6;
-
-fn spec_number(v: &str, what: &str) -> Result<f64> {
-    match v.parse::<f64>() {
-        Ok(x) if x.is_finite() && x.abs() <= MAX_SPEC_VALUE => Ok(x),
-        _ => bail!("{what}='{v}' is not a finite number of magnitude at most {MAX_SPEC_VALUE:e}"),
-    }
-}
-
-fn number(map: &BTreeMap<String, String>, key: &str) -> Result<Option<f64>> {
-    map.get(key).map(|v| spec_number(v, key)).transpose()
-}
-
-fn numbers(s: &str, sep: char, what: &str) -> Result<Vec<f64>> {
-    s.split(sep).map(|v| spec_number(v, what)).collect()
-}
-
-fn schedule_of(map: &BTreeMap<String, String>) -> Result<Schedule> {
-    Ok(Schedule::new(
-        map.get("schedule").map(|s| s.parse()).transpose()?.unwrap_or_default(),
-    ))
 }
 
 impl Teacher {
     /// The teacher `spec` names, frozen on `rt`.
     pub fn parse(spec: &str, rt: &Runtime) -> Result<Self> {
-        Self::parse_inner(spec, rt).with_context(|| format!("--teacher '{spec}'"))
+        let parsed = TeacherSpec::parse(spec)?;
+        Self::load(parsed, rt).with_context(|| format!("--teacher '{spec}'"))
     }
 
-    fn parse_inner(spec: &str, rt: &Runtime) -> Result<Self> {
-        if let Some(body) = spec.strip_prefix("gaussian:") {
-            let map = parse_keys(body, &["mean", "std", "dim", "schedule"])?;
-            let std = number(&map, "std")?.context("gaussian needs std=S")?;
-            ensure!(std > 0.0, "std must be positive");
-            let dim = map
-                .get("dim")
-                .map(|d| {
-                    d.parse::<usize>()
-                        .ok()
-                        .filter(|&d| d > 0)
-                        .with_context(|| format!("dim='{d}' must be a positive integer"))
-                })
-                .transpose()?;
-            let mean = number(&map, "mean")?.context("gaussian needs mean=M")?;
-            return Ok(Self::Gaussian(Gaussian {
-                mean,
-                std,
-                dim,
-                schedule: schedule_of(&map)?,
-            }));
-        }
-        if let Some(body) = spec.strip_prefix("mixture:") {
-            return Self::parse_mixture(body).map(Self::Mixture);
-        }
-        if let Some(dir) = spec.strip_prefix("sd:") {
-            return Ok(Self::Sd(Box::new(SdTeacher::load(Path::new(dir), rt)?)));
-        }
-        let dir = Path::new(spec);
-        ensure!(
-            dir.is_dir(),
-            "not gaussian:…, mixture:… nor an existing model folder (see `dcm sample --help`)"
-        );
-        let cfg: NetworkTeacherConfig = model_dir::load_config(dir, model_dir::Kind::Teacher)?;
-        let params = rt.frozen(&model_dir::load_params(dir)?)?;
+    /// The teacher of a parsed spec, frozen on `rt`.
+    pub fn load(spec: TeacherSpec, rt: &Runtime) -> Result<Self> {
+        let dir = match spec {
+            TeacherSpec::Gaussian(g) => return Ok(Self::Gaussian(g)),
+            TeacherSpec::Mixture(m) => return Ok(Self::Mixture(m)),
+            TeacherSpec::Sd(dir) => bail!(
+                "{}: a Stable Diffusion pipeline, not a teacher of the small-model family",
+                dir.display()
+            ),
+            TeacherSpec::Network(dir) => dir,
+        };
+        let cfg: NetworkTeacherConfig = model_dir::load_config(&dir, model_dir::Kind::Teacher)?;
+        let params = rt.frozen(&model_dir::load_params(&dir)?)?;
         let net = cfg
             .net
             .build(&params, None)
@@ -148,44 +64,8 @@ impl Teacher {
         Ok(Self::Network {
             net,
             config: cfg.net,
-            dir: dir.to_path_buf(),
+            dir,
         })
-    }
-
-    fn parse_mixture(body: &str) -> Result<GaussianMixture> {
-        let (preset, rest) = match body.split_once(',') {
-            Some((p, r)) if !p.contains('=') => (Some(p), r),
-            None if !body.contains('=') => (Some(body), ""),
-            _ => (None, body),
-        };
-        if let Some(name) = preset {
-            let map = parse_keys(rest, &["schedule"])?;
-            let toy = Toy::parse(name)?;
-            let schedule = schedule_of(&map)?;
-            return toy
-                .components()
-                .map(|c| GaussianMixture {
-                    components: c,
-                    schedule,
-                })
-                .with_context(|| format!("toy '{name}' is not a Gaussian mixture (use ring or grid)"));
-        }
-        let map = parse_keys(rest, &["means", "std", "weights", "schedule"])?;
-        let means = map
-            .get("means")
-            .context("mixture needs means=X:Y/X:Y/...")?
-            .split('/')
-            .map(|m| numbers(m, ':', "means"))
-            .collect::<Result<Vec<_>>>()?;
-        let k = means.len();
-        let stds = numbers(map.get("std").context("mixture needs std=S")?, '/', "std")?;
-        let stds = if stds.len() == 1 { vec![stds[0]; k] } else { stds };
-        let weights = map
-            .get("weights")
-            .map(|w| numbers(w, '/', "weights"))
-            .transpose()?
-            .unwrap_or(vec![1.0; k]);
-        GaussianMixture::new(means, stds, weights, schedule_of(&map)?)
     }
 
     pub fn as_denoiser(&self) -> &dyn Denoiser {
@@ -193,7 +73,6 @@ impl Teacher {
             Self::Gaussian(g) => g,
             Self::Mixture(m) => m,
             Self::Network { net, .. } => &**net,
-            Self::Sd(sd) => &**sd,
         }
     }
 
@@ -203,7 +82,6 @@ impl Teacher {
             Self::Gaussian(g) => g.dim.map(|d| vec![d]),
             Self::Mixture(m) => Some(vec![m.dim()]),
             Self::Network { config, .. } => Some(config.sample_shape().to_vec()),
-            Self::Sd(_) => None,
         }
     }
 
@@ -218,12 +96,8 @@ impl Teacher {
             .transpose()
     }
 
-    /// Images in [0, 1] of samples `latents`: through an SD pipeline's VAE (`[B, 3, H, W]`) or a
-    /// latent-space teacher's autoencoder.
+    /// Images in [0, 1] of samples `latents`, through a latent-space teacher's autoencoder.
     pub fn decode(&self, rt: &Runtime, latents: &Tensor) -> Result<Tensor> {
-        if let Self::Sd(sd) = self {
-            return crate::models::sd::images::decode(sd, rt, latents);
-        }
         let ae = self.autoencoder(rt)?;
         let ae = ae.context("--decode: the teacher has no autoencoder (not a latent-space teacher)")?;
         crate::nets::autoencoder::decode_all(&ae, latents)
@@ -253,10 +127,6 @@ impl Teacher {
                 Dataset::new(((z * g.std)? + g.mean)?, vec![None; n], 0)
             }
             Self::Network { dir, .. } => bail!("a network teacher ({}) needs --data", dir.display()),
-            Self::Sd(sd) => bail!(
-                "a Stable Diffusion teacher ({}) needs --data",
-                sd.pipeline().dir().display()
-            ),
         }
     }
 }

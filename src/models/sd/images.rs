@@ -1,7 +1,7 @@
 //! Latents to pictures: the VAE's decode as diffusers' pipelines postprocess it, and one PNG
 //! file per row.
 
-use super::teacher::SdTeacher;
+use super::pipeline::Pipeline;
 use crate::nets::layers::map_chunks;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 /// Images `[B, 3, H, W]` in [0, 1] from UNet latents `[B, C, h, w]`:
 /// `clamp(vae.decode(z / scaling_factor)/2 + ½, 0, 1)` (`output_type="pil"` before rounding),
 /// one row at a time (the VAE's decoder is the memory-hungriest network of a pipeline).
-pub fn decode(teacher: &SdTeacher, rt: &Runtime, latents: &Tensor) -> Result<Tensor> {
-    decode_with(teacher, rt, latents, &|| ())
+pub fn decode(pipeline: &Pipeline, rt: &Runtime, latents: &Tensor) -> Result<Tensor> {
+    decode_with(pipeline, rt, latents, &|| ())
 }
 
 /// `decode`, calling `tick` after each row (progress of a long decode).
-pub fn decode_with(teacher: &SdTeacher, rt: &Runtime, latents: &Tensor, tick: &dyn Fn()) -> Result<Tensor> {
-    let vae = teacher.pipeline().vae(rt)?;
+pub fn decode_with(pipeline: &Pipeline, rt: &Runtime, latents: &Tensor, tick: &dyn Fn()) -> Result<Tensor> {
+    let vae = pipeline.vae(rt)?;
     let scale = vae.scaling_factor();
     map_chunks(latents, 1, |z| {
         let x = vae.decode(&(z / scale)?)?;

@@ -3,18 +3,10 @@
 //! solvers, so a pipeline's sampling settings (`timestep_spacing`, `steps_offset`, …) are ignored.
 
 use super::json::JsonFile;
+use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::{DiffusersBetas, Schedule, T};
 use anyhow::{ensure, Result};
 use std::path::Path;
-
-/// What the UNet's output is (`prediction_type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Prediction {
-    /// The noise ε.
-    Epsilon,
-    /// The velocity `v = α_t ε − σ_t x₀` (Salimans & Ho 2022; SD 2.x 768): `ε = σ_t x_t + α_t v`.
-    V,
-}
 
 /// The parts of a scheduler config that define the teacher.
 #[derive(Clone, Debug)]

@@ -4,10 +4,10 @@
 //! one UNet in memory, not two.
 
 use super::pipeline::Pipeline;
-use super::scheduler::Prediction;
 use super::weights::{load, weights_file};
 use crate::diffusion::condition::{Condition, TextEmbedding};
-use crate::diffusion::denoiser::{per_row_of, Denoiser};
+use crate::diffusion::denoiser::Denoiser;
+use crate::diffusion::prediction::{network_timesteps, Prediction};
 use crate::diffusion::schedule::Schedule;
 use crate::nets::layers::Params;
 use crate::nets::lora::{init_adapters, LoraConfig, Switch};
@@ -48,24 +48,13 @@ impl UnetDenoiser {
         self.prediction
     }
 
-    /// The UNet's raw output (ε or v) at diffusers timesteps `t − 1`. At t = 0, the clean
-    /// boundary where the consistency function is `x` itself whatever ε̂ is (c_out(0) = σ_0 = 0),
-    /// the UNet is asked at its lowest timestep, as LCM's training script clamps its targets'.
+    /// The UNet's raw output (ε or v) at its own timesteps (`network_timesteps`).
     fn output(&self, x: &Tensor, t: &[usize], text: &TextEmbedding) -> Result<Tensor> {
-        let steps: Vec<f64> = t.iter().map(|&t| t.saturating_sub(1) as f64).collect();
-        self.unet.forward(x, &steps, text, None)
+        self.unet.forward(x, &network_timesteps(t), text, None)
     }
 
-    /// ε̂ from the UNet's output: itself, or `σ_t x_t + α_t v`.
     fn to_eps(&self, x: &Tensor, out: Tensor, t: &[usize]) -> Result<Tensor> {
-        match self.prediction {
-            Prediction::Epsilon => Ok(out),
-            Prediction::V => {
-                let sigma = per_row_of(t, |t| self.schedule.sigma(t), x)?;
-                let alpha = per_row_of(t, |t| self.schedule.alpha(t), x)?;
-                Ok((x.broadcast_mul(&sigma)? + out.broadcast_mul(&alpha)?)?)
-            }
-        }
+        self.prediction.to_eps(&self.schedule, x, out, t)
     }
 }
 

@@ -1,13 +1,13 @@
-//! A Stable Diffusion teacher: a pipeline folder's UNet as a `Denoiser` (DESIGN.md,
+//! A Stable Diffusion teacher: a pipeline folder's UNet as a `Denoiser` (docs/MATHEMATICS.md,
 //! "Pretrained diffusers UNets"; the timestep and prediction conventions are `UnetDenoiser`'s),
 //! with the text encoders and the VAE on demand.
 
 use super::pipeline::{Family, Pipeline};
-use super::scheduler::Prediction;
 use super::student::UnetDenoiser;
 use super::text::NullText;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
+use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::Schedule;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::vae::VaeConfig;
@@ -82,27 +82,44 @@ impl SdTeacher {
         1 << self.vae.block_out_channels.len().saturating_sub(1).min(16)
     }
 
-    /// The text condition of latents `[B, C, h, w]`, one prompt per row: loads the text
-    /// encoders on `rt`, encodes, and drops them. SDXL's size ids are those of the decoded
-    /// image, `(8h, 8w)` for SDXL's VAE (the pipeline's default for its default latent size).
+    /// The text condition of latents `[B, C, h, w]`, one prompt per row (`text_condition`).
     pub fn condition(&self, rt: &Runtime, prompts: &[String], null: &NullText, latents: &Tensor) -> Result<Condition> {
-        let (b, _, h, w) = latents.dims4().map_err(|_| {
-            anyhow!(
-                "latents of shape {:?}: a Stable Diffusion teacher needs [B, C, h, w]",
-                latents.dims()
-            )
-        })?;
-        ensure!(prompts.len() == b, "{} prompts for {b} rows of latents", prompts.len());
-        let force_zeros = matches!(
-            self.pipeline.family(),
-            Family::Sdxl {
-                force_zeros_for_empty_prompt: true
-            }
-        );
-        let f = self.vae_scale_factor();
-        let encoder = self.pipeline.prompt_encoder(rt)?;
-        encoder.condition(prompts, null, force_zeros, (h * f, w * f))
+        text_condition(&self.pipeline, rt, prompts, null, latents)
     }
+}
+
+/// The text condition of latents `[B, C, h, w]`, one prompt per row: loads `pipeline`'s text
+/// encoders on `rt`, encodes, and drops them. SDXL's size ids are those of the decoded image,
+/// `(8h, 8w)` for SDXL's VAE (the pipeline's default for its default latent size).
+pub fn text_condition(
+    pipeline: &Pipeline,
+    rt: &Runtime,
+    prompts: &[String],
+    null: &NullText,
+    latents: &Tensor,
+) -> Result<Condition> {
+    let (b, _, h, w) = latents.dims4().map_err(|_| {
+        anyhow!(
+            "latents of shape {:?}: a Stable Diffusion teacher needs [B, C, h, w]",
+            latents.dims()
+        )
+    })?;
+    ensure!(prompts.len() == b, "{} prompts for {b} rows of latents", prompts.len());
+    let force_zeros = matches!(
+        pipeline.family(),
+        Family::Sdxl {
+            force_zeros_for_empty_prompt: true
+        }
+    );
+    let f = 1
+        << pipeline
+            .vae_config()?
+            .block_out_channels
+            .len()
+            .saturating_sub(1)
+            .min(16);
+    let encoder = pipeline.prompt_encoder(rt)?;
+    encoder.condition(prompts, null, force_zeros, (h * f, w * f))
 }
 
 impl Denoiser for SdTeacher {

@@ -150,8 +150,8 @@ const MEASURED: f64 = 3.8;
 mod tests {
     use super::*;
     use crate::consistency::objective::Method;
+    use crate::diffusion::prediction::Prediction;
     use crate::diffusion::schedule::{Schedule, ScheduleKind};
-    use crate::models::sd::scheduler::Prediction;
     use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
     use crate::nets::sd::unet_config::UNetConfig;
     use candle_core::DType;

@@ -1,0 +1,215 @@
+//! A model family: the teachers of one kind (the small models — analytic teachers, MLPs, the
+//! MNIST autoencoder's latents — or Stable Diffusion pipelines) and everything the commands
+//! need of them, behind one trait. `dcm distill`, `sample` and `eval` run one path over it;
+//! a new family is a new folder under `families/` implementing `ModelFamily` (README,
+//! "Adding a model family").
+
+use crate::consistency::sampler::{multistep_sample_with, picked_timesteps, Picking};
+use crate::diffusion::condition::Condition;
+use crate::diffusion::denoiser::Denoiser;
+use crate::diffusion::discretization::Discretization;
+use crate::diffusion::solver::Solver;
+use crate::nets::layers::Params;
+use crate::nets::network::Architecture;
+use crate::runtime::device::Runtime;
+use crate::runtime::noise::{standard_normal, Rng};
+use crate::train::distill::{DistillConfig, Distilled, TrainingData};
+use anyhow::{bail, Result};
+use candle_core::{Shape, Tensor};
+use std::path::{Path, PathBuf};
+
+/// The distillation settings a family starts from; each is overridden by its flag.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DistillDefaults {
+    pub intervals: usize,
+    pub guidance: f64,
+    pub steps: usize,
+    pub batch: usize,
+    pub lr: f64,
+    pub cosine_decay: bool,
+    /// LoRA rank of a student when none is asked for (`None`: full fine-tuning).
+    pub lora_rank: Option<usize>,
+}
+
+/// The flags only some families take, as given (`None`: not given).
+#[derive(Clone, Debug, Default)]
+pub struct FamilyFlags {
+    /// Hidden width of a fresh student MLP.
+    pub hidden: Option<usize>,
+    /// Hidden layers of a fresh student MLP.
+    pub depth: Option<usize>,
+    /// Distill the unconditional ODE (ignore class labels).
+    pub unconditional: bool,
+    /// Image size of a Stable Diffusion student's training images.
+    pub resolution: Option<usize>,
+    /// The unconditional input of a text teacher's guidance: zeros or empty.
+    pub uncond: Option<String>,
+    /// Module-path suffixes of the UNet layers that get adapters.
+    pub lora_targets: Option<Vec<String>>,
+}
+
+/// Per flag, what it is for: the one message every family-only flag is refused with.
+const FLAG_PURPOSE: [(&str, &str); 6] = [
+    ("--hidden", "sizes a fresh MLP student"),
+    ("--depth", "sizes a fresh MLP student"),
+    (
+        "--unconditional",
+        "distills a class-conditional teacher's unconditional ODE",
+    ),
+    ("--resolution", "sizes a Stable Diffusion student's training images"),
+    ("--uncond", "sets a text teacher's unconditional input"),
+    ("--lora-targets", "chooses a Stable Diffusion UNet's adapted layers"),
+];
+
+impl FamilyFlags {
+    /// The flags given, by name.
+    pub fn given(&self) -> Vec<&'static str> {
+        let given = [
+            self.hidden.is_some(),
+            self.depth.is_some(),
+            self.unconditional,
+            self.resolution.is_some(),
+            self.uncond.is_some(),
+            self.lora_targets.is_some(),
+        ];
+        FLAG_PURPOSE
+            .iter()
+            .zip(given)
+            .filter(|(_, g)| *g)
+            .map(|((flag, _), _)| *flag)
+            .collect()
+    }
+}
+
+/// Refuses the first flag of `given` that `family` does not take, saying what it is for.
+pub fn refuse_other_flags(family: &dyn ModelFamily, given: &[&str]) -> Result<()> {
+    let Some(flag) = given.iter().find(|f| !family.takes(f)) else {
+        return Ok(());
+    };
+    let purpose = FLAG_PURPOSE
+        .iter()
+        .find(|(f, _)| f == flag)
+        .map_or("applies to another model family", |(_, p)| *p);
+    bail!("{flag} {purpose}; it does not apply to {}", family.name())
+}
+
+/// What a distillation run is asked for: the settings (family defaults already applied), the
+/// data and the family-only flags.
+pub struct DistillRequest<'a> {
+    pub config: &'a DistillConfig,
+    /// `--data` as given.
+    pub data: Option<&'a str>,
+    pub flags: &'a FamilyFlags,
+    pub seed: u64,
+    pub rt: &'a Runtime,
+}
+
+/// Everything `train::distill::distill` takes besides the settings.
+pub struct DistillJob<'a> {
+    pub architecture: Box<dyn Architecture + 'a>,
+    /// Start weights (a LoRA student's frozen base).
+    pub start: Params,
+    pub data: Box<dyn TrainingData + 'a>,
+    /// Where targets come from; `None`: the student with its adapters off (it *is* the teacher).
+    pub target_source: Option<&'a dyn Denoiser>,
+}
+
+/// A distillation run of one family, checked and ready to start.
+pub trait DistillPlan {
+    /// What a resumed run must share besides the distillation settings.
+    fn context(&self) -> serde_json::Value;
+    /// Loads (or encodes into `out`) the training data and builds the student.
+    fn prepare(&self, out: &Path) -> Result<DistillJob<'_>>;
+    /// Writes the trained student into `out`; returns what was written, for the summary line.
+    fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String>;
+}
+
+/// A trained student ready to sample: its network, the grid it was distilled on, and how its
+/// sampler picks timesteps from that grid.
+pub struct StudentSampler {
+    pub net: Box<dyn Denoiser>,
+    pub grid: Discretization,
+    pub picking: Picking,
+    /// Conditioned on class labels (small models) — sampled per class when evaluated.
+    pub conditional: bool,
+}
+
+impl StudentSampler {
+    /// The K-step consistency sampler from `noise`, re-noising with draws from `rng`.
+    pub fn sample(&self, noise: &Tensor, steps: usize, cond: &Condition, rng: &mut Rng) -> Result<Tensor> {
+        let ts = picked_timesteps(self.grid, steps, self.picking)?;
+        let device = noise.device().clone();
+        let mut draw = |shape: &Shape| standard_normal(rng, shape.clone(), &device);
+        multistep_sample_with(&*self.net, noise, &ts, cond, &mut draw, &mut |_| ())
+    }
+}
+
+/// Where a student comes from.
+pub enum StudentSource<'a> {
+    /// A run folder written by `dcm distill`.
+    Folder(&'a Path),
+    /// An adapter file (a LoRA student of a Stable Diffusion teacher), sampled on a grid of
+    /// `intervals`.
+    Adapters { file: &'a Path, intervals: usize },
+}
+
+/// The per-row conditions `dcm sample` and `dcm eval` can be given.
+#[derive(Clone, Debug, Default)]
+pub struct ConditionFlags {
+    pub class: Option<u32>,
+    pub prompt: Option<String>,
+    pub prompts: Option<PathBuf>,
+    pub negative_prompt: Option<String>,
+    pub uncond: Option<String>,
+}
+
+/// What `dcm eval` is asked for; each family reads the fields that apply to it and refuses
+/// the others by name.
+#[derive(Clone, Debug, Default)]
+pub struct EvalRequest {
+    /// A student run folder, or an adapter file.
+    pub student: Option<PathBuf>,
+    pub lora: Option<PathBuf>,
+    /// `--teacher` as given.
+    pub teacher: Option<String>,
+    pub prompts: Option<PathBuf>,
+    pub noise: Option<PathBuf>,
+    pub solver: Option<Solver>,
+    pub intervals: Option<usize>,
+    pub guidance: Option<f64>,
+    pub negative_prompt: Option<String>,
+    pub uncond: Option<String>,
+    pub clip: Option<PathBuf>,
+    pub reference: Option<PathBuf>,
+    pub real: Option<PathBuf>,
+    pub batch: Option<usize>,
+    pub out: Option<PathBuf>,
+    pub samples: Option<usize>,
+    pub steps: Vec<usize>,
+    pub seed: u64,
+    /// `--device` and `--dtype` as given (recorded in reports).
+    pub device: String,
+    pub dtype: String,
+}
+
+pub trait ModelFamily {
+    /// The family's teachers, as messages name them.
+    fn name(&self) -> &'static str;
+    /// Whether the family takes the family-only flag `flag`.
+    fn takes(&self, flag: &str) -> bool;
+    /// The teacher, frozen (loaded on first use where it is large).
+    fn teacher(&self) -> Result<&dyn Denoiser>;
+    /// The teacher's spec, portable (folders absolute).
+    fn spec(&self) -> String;
+    fn distill_defaults(&self) -> DistillDefaults;
+    /// A distillation run, its settings and inputs checked.
+    fn plan_distillation<'a>(&'a self, req: &DistillRequest<'a>) -> Result<Box<dyn DistillPlan + 'a>>;
+    /// A trained student of this teacher.
+    fn student(&self, source: StudentSource, rt: &Runtime) -> Result<StudentSampler>;
+    /// The condition of each row of `noise`.
+    fn condition(&self, flags: &ConditionFlags, noise: &Tensor, rt: &Runtime) -> Result<Condition>;
+    /// Images in [0, 1] of samples `latents`.
+    fn decode(&self, latents: &Tensor, rt: &Runtime) -> Result<Tensor>;
+    /// `dcm eval`: the student's ODE error, and the family's sample-quality metrics.
+    fn evaluate(&self, req: &EvalRequest, rt: &Runtime) -> Result<()>;
+}

@@ -1,0 +1,230 @@
+//! `dcm eval` of a LoRA student of a Stable Diffusion teacher: the paper's table
+//! (`eval::sd_eval`) written to a folder — eval.json, eval.csv, eval.md, the teacher's cached
+//! reference samples and each step count's latents and PNGs.
+
+use super::family::SdFamily;
+use crate::consistency::sampler::Picking;
+use crate::data::npy;
+use crate::diffusion::solver::Solver;
+use crate::diffusion::teacher_ode::TeacherOde;
+use crate::eval::sd_eval::{load_clip, real_image_features, SdEvalSetup, SdEvaluation};
+use crate::eval::sd_reference::ReferenceCache;
+use crate::families::family::{EvalRequest, ModelFamily};
+use crate::models::sd::images::write_pngs;
+use crate::models::sd::prompts;
+use crate::models::sd::student::SdStudentConfig;
+use crate::models::sd::text::NullText;
+use crate::nets::sd::lora_files::KOHYA_FILE;
+use crate::runtime::device::Runtime;
+use crate::runtime::files::{check_output_dir, write_atomic};
+use crate::runtime::finite::finite_flag;
+use crate::runtime::memory::{ensure_fits, f32_bytes};
+use crate::train::distill::MAX_GUIDANCE;
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Tensor};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+
+/// Rows per UNet, VAE and CLIP call when `--batch` is not given.
+const DEFAULT_BATCH: usize = 8;
+/// The teacher's grid when neither `--intervals` nor a run's settings give one.
+const DEFAULT_INTERVALS: usize = 50;
+
+/// The LoRA file of `--lora FILE` or `--student OUT`, and the run's settings for the latter.
+struct SdStudent {
+    lora: PathBuf,
+    config: Option<SdStudentConfig>,
+}
+
+/// `--student OUT`: OUT/lora.safetensors and the settings in OUT/student.json, both written
+/// by `dcm distill --teacher sd:DIR`.
+fn sd_student(r: &EvalRequest) -> Result<SdStudent> {
+    if let Some(lora) = &r.lora {
+        ensure!(lora.is_file(), "--lora {}: no such file", lora.display());
+        return Ok(SdStudent {
+            lora: lora.clone(),
+            config: None,
+        });
+    }
+    let out = r.student.as_deref().context("give --lora FILE or --student OUT")?;
+    let lora = out.join(KOHYA_FILE);
+    ensure!(
+        lora.is_file(),
+        "--student {}: no {KOHYA_FILE} (give a folder written by dcm distill --teacher sd:DIR, or --lora FILE)",
+        out.display()
+    );
+    Ok(SdStudent {
+        lora,
+        config: Some(SdStudentConfig::load(out)?),
+    })
+}
+
+/// The teacher's ODE from the flags, else the student run's settings (its N, w, solver and
+/// unconditional input), else the defaults.
+fn teacher_ode(r: &EvalRequest, s: &SdStudent) -> Result<(TeacherOde, NullText)> {
+    let trained = s.config.as_ref().map(|c| &c.distill);
+    let null = match (&r.negative_prompt, &r.uncond, &s.config) {
+        (None, None, Some(c)) => NullText::from_flags(None, Some(&c.uncond))?,
+        _ => NullText::from_flags(r.negative_prompt.as_deref(), r.uncond.as_deref())?,
+    };
+    let solver = r.solver.or(trained.map(|d| d.solver)).unwrap_or(Solver::Ddim);
+    let intervals = r
+        .intervals
+        .or(trained.map(|d| d.intervals))
+        .unwrap_or(DEFAULT_INTERVALS);
+    let guidance = match (r.guidance, trained) {
+        (None, Some(d)) => d.guidance,
+        (w, _) => finite_flag(w.unwrap_or(1.0), "--guidance", MAX_GUIDANCE)?,
+    };
+    Ok((TeacherOde::new(solver, intervals, guidance)?, null))
+}
+
+/// The evaluation noise and one prompt per row, checked against memory.
+fn noise_and_prompts(r: &EvalRequest, rt: &Runtime) -> Result<(Tensor, Vec<String>)> {
+    let noise_file = r
+        .noise
+        .as_deref()
+        .context("--noise IN.npy is needed for an SD evaluation")?;
+    let noise = npy::read(noise_file)?;
+    let rows = noise.dim(0).unwrap_or(0);
+    let prompts = prompts::per_row(
+        None,
+        Some(r.prompts.as_deref().context("--prompts FILE is needed")?),
+        rows,
+    )?;
+    // Held at once: the reference, one student's latents and its K − 1 re-noise draws, working copies.
+    let max_k = r.steps.iter().copied().max().unwrap_or(1);
+    ensure_fits(
+        f32_bytes(noise.dims()) * (max_k + 8) as f64,
+        &format!("--noise {}", noise_file.display()),
+    )?;
+    Ok((noise.to_dtype(DType::F32)?.to_device(&rt.device)?, prompts))
+}
+
+/// Where the teacher's reference samples are read or made.
+fn reference_cache(r: &EvalRequest, out: &Path) -> Result<ReferenceCache> {
+    Ok(match &r.reference {
+        Some(d) if !d.join("key.json").is_file() => bail!(
+            "--reference {}: no key.json, so not a folder of reference samples (EVAL_DIR/reference of an earlier dcm eval)",
+            d.display()
+        ),
+        Some(d) => ReferenceCache {
+            dir: d.clone(),
+            create: false,
+        },
+        None => ReferenceCache {
+            dir: out.join("reference"),
+            create: true,
+        },
+    })
+}
+
+/// Evaluates the LoRA student of `req` against `family`'s teacher and writes `--out`.
+pub fn evaluate(family: &SdFamily, r: &EvalRequest, rt: &Runtime) -> Result<()> {
+    ensure!(
+        r.samples.is_none(),
+        "--samples: an SD evaluation takes its rows from --noise"
+    );
+    let out = r.out.clone().context("--out EVAL_DIR is needed for an SD evaluation")?;
+    check_output_dir(&out, "--out")?;
+    let student = sd_student(r)?;
+    let (ode, null) = teacher_ode(r, &student)?;
+    let batch = r.batch.unwrap_or(DEFAULT_BATCH);
+    ensure!(batch > 0, "--batch 0: must be at least 1");
+    let (noise, prompts) = noise_and_prompts(r, rt)?;
+    let teacher = family.sd_teacher()?;
+    let mut setup = SdEvalSetup {
+        teacher,
+        rt,
+        ode,
+        null,
+        prompts: &prompts,
+        noise: &noise,
+        steps: r.steps.clone(),
+        picking: Picking::Floor,
+        seed: r.seed,
+        batch,
+        clip: None,
+        real: None,
+        reference: reference_cache(r, &out)?,
+    };
+    // Cheap checks before the student, CLIP and real images load.
+    setup.validate()?;
+    // The loader's errors name the LoRA file.
+    let lora_student = family.with_adapters(&student.lora, rt)?;
+    let clip = r
+        .clip
+        .as_ref()
+        .map(|d| load_clip(d, rt).with_context(|| format!("--clip {}", d.display())))
+        .transpose()?;
+    let real = match (&clip, &r.real) {
+        (Some(c), Some(d)) => {
+            Some(real_image_features(c, d, batch).with_context(|| format!("--real {}", d.display()))?)
+        }
+        _ => None,
+    };
+    setup.clip = clip.as_ref();
+    setup.real = real.as_ref();
+    let eval = setup.run(&lora_student)?;
+    let teacher_spec = r.teacher.clone().unwrap_or_else(|| family.spec());
+    write_outputs(&out, &teacher_spec, r, &student.lora, &setup, &eval)?;
+    print!("{}", eval.to_markdown());
+    Ok(())
+}
+
+/// eval.json, eval.csv, eval.md and each K's latents and PNGs under students/kK/.
+fn write_outputs(
+    out: &Path,
+    teacher: &str,
+    r: &EvalRequest,
+    lora: &Path,
+    setup: &SdEvalSetup,
+    eval: &SdEvaluation,
+) -> Result<()> {
+    for s in &eval.samples {
+        let dir = out.join("students").join(format!("k{}", s.steps));
+        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        npy::write(&dir.join("latents.npy"), &s.latents)?;
+        write_pngs(&dir, &(s.images.to_dtype(DType::F32)? / 255.0)?)?;
+    }
+    let report = json!({
+        "settings": settings(teacher, r, lora, setup),
+        "reference": {
+            "dir": setup.reference.dir.display().to_string(),
+            "from_cache": eval.reference.from_cache,
+        },
+        "rows": eval.rows,
+        "notes": eval.notes,
+    });
+    write_atomic(
+        &out.join("eval.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    write_atomic(&out.join("eval.csv"), eval.to_csv().as_bytes())?;
+    write_atomic(&out.join("eval.md"), eval.to_markdown().as_bytes())
+}
+
+/// The settings block of eval.json.
+fn settings(teacher: &str, r: &EvalRequest, lora: &Path, setup: &SdEvalSetup) -> serde_json::Value {
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let ode = &setup.ode;
+    json!({
+        "teacher": teacher,
+        "lora": lora.display().to_string(),
+        "prompts": path(&r.prompts),
+        "noise": path(&r.noise),
+        "noise_shape": setup.noise.dims(),
+        "solver": format!("{:?}", ode.solver).to_lowercase(),
+        "intervals": ode.intervals(),
+        "guidance": ode.guidance,
+        "uncond": format!("{:?}", setup.null),
+        "steps": setup.steps,
+        "sampler_timesteps": "diffusers LCMScheduler (floor of linspace(0, N, K, endpoint=false))",
+        "seed": setup.seed,
+        "batch": setup.batch,
+        "clip": path(&r.clip),
+        "real": path(&r.real),
+        "device": r.device,
+        "dtype": r.dtype,
+    })
+}

@@ -1,0 +1,150 @@
+//! The Stable Diffusion family: a diffusers pipeline folder (SD 1.x, 2.x, SDXL) as the
+//! teacher, conditioned on prompts; LoRA students of its UNet; images through its VAE.
+
+use super::distill::SdRun;
+use crate::consistency::objective::Method;
+use crate::consistency::sampler::Picking;
+use crate::diffusion::condition::Condition;
+use crate::diffusion::denoiser::Denoiser;
+use crate::diffusion::discretization::Discretization;
+use crate::families::family::{
+    ConditionFlags, DistillDefaults, DistillPlan, DistillRequest, EvalRequest, ModelFamily, StudentSampler,
+    StudentSource,
+};
+use crate::models::sd::images;
+use crate::models::sd::pipeline::Pipeline;
+use crate::models::sd::prompts;
+use crate::models::sd::student::SdStudentConfig;
+use crate::models::sd::teacher::text_condition;
+use crate::models::sd::text::NullText;
+use crate::models::sd::SdTeacher;
+use crate::models::spec::TeacherSpec;
+use crate::nets::lora::LoraConfig;
+use crate::nets::sd::lora_files::KOHYA_FILE;
+use crate::runtime::device::Runtime;
+use crate::train::distill::DistillConfig;
+use anyhow::{ensure, Context, Result};
+use candle_core::Tensor;
+use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
+
+/// The family-only flags Stable Diffusion teachers take.
+const FLAGS: [&str; 3] = ["--resolution", "--uncond", "--lora-targets"];
+
+/// The paper's LoRA: rank 64, α = rank unless given.
+pub const PAPER_RANK: usize = 64;
+
+pub struct SdFamily {
+    dir: PathBuf,
+    pipeline: Pipeline,
+    rt: Runtime,
+    /// The UNet, loaded when first needed (distillation loads its own copy as the student's base).
+    teacher: OnceCell<SdTeacher>,
+}
+
+impl SdFamily {
+    /// Opens the pipeline folder `dir` (its configs are read now, the networks when needed).
+    pub fn open(dir: &Path, rt: &Runtime) -> Result<Self> {
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            pipeline: Pipeline::open(dir)?,
+            rt: rt.clone(),
+            teacher: OnceCell::new(),
+        })
+    }
+
+    /// The teacher's UNet, text encoders and VAE, loaded on first use.
+    pub fn sd_teacher(&self) -> Result<&SdTeacher> {
+        if let Some(t) = self.teacher.get() {
+            return Ok(t);
+        }
+        let teacher = SdTeacher::load(&self.dir, &self.rt)
+            .with_context(|| format!("--teacher '{}'", TeacherSpec::sd(&self.dir)))?;
+        Ok(self.teacher.get_or_init(|| teacher))
+    }
+
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The UNet with a LoRA file's adapters on (the loader's errors name the file).
+    pub fn with_adapters(&self, file: &Path, rt: &Runtime) -> Result<SdTeacher> {
+        SdTeacher::load_with_lora(&self.dir, rt, Some(file))
+            .with_context(|| format!("--teacher '{}'", TeacherSpec::sd(&self.dir)))
+    }
+}
+
+impl ModelFamily for SdFamily {
+    fn name(&self) -> &'static str {
+        "Stable Diffusion teachers (sd:DIR)"
+    }
+
+    fn takes(&self, flag: &str) -> bool {
+        FLAGS.contains(&flag)
+    }
+
+    fn teacher(&self) -> Result<&dyn Denoiser> {
+        Ok(self.sd_teacher()?)
+    }
+
+    fn spec(&self) -> String {
+        TeacherSpec::portable(&TeacherSpec::sd(&self.dir))
+    }
+
+    /// The paper's settings (DistillConfig::paper_lora): N = 100, w = 9, rank 64, lr 1e-4 at a
+    /// constant rate, batch 16, 250 steps.
+    fn distill_defaults(&self) -> DistillDefaults {
+        let lora = LoraConfig {
+            rank: PAPER_RANK,
+            alpha: PAPER_RANK as f64,
+        };
+        let paper = DistillConfig::paper_lora(Method::compared()[0], lora);
+        DistillDefaults {
+            intervals: paper.intervals,
+            guidance: paper.guidance,
+            steps: paper.steps,
+            batch: paper.batch,
+            lr: paper.optim.lr,
+            cosine_decay: paper.optim.cosine_decay,
+            lora_rank: Some(PAPER_RANK),
+        }
+    }
+
+    fn plan_distillation<'a>(&'a self, req: &DistillRequest<'a>) -> Result<Box<dyn DistillPlan + 'a>> {
+        Ok(Box::new(SdRun::plan(&self.pipeline, req)?))
+    }
+
+    /// A LoRA file, or a run folder's (with the N it was distilled on); sampled at diffusers'
+    /// LCMScheduler timesteps.
+    fn student(&self, source: StudentSource, rt: &Runtime) -> Result<StudentSampler> {
+        let (file, intervals) = match source {
+            StudentSource::Adapters { file, intervals } => (file.to_path_buf(), intervals),
+            StudentSource::Folder(dir) => {
+                let config = SdStudentConfig::load(dir)?;
+                (dir.join(KOHYA_FILE), config.distill.intervals)
+            }
+        };
+        ensure!(file.is_file(), "--lora {}: no such file", file.display());
+        Ok(StudentSampler {
+            grid: Discretization::new(intervals).context("--intervals")?,
+            picking: Picking::Floor,
+            conditional: true,
+            net: Box::new(self.with_adapters(&file, rt)?),
+        })
+    }
+
+    fn condition(&self, flags: &ConditionFlags, noise: &Tensor, rt: &Runtime) -> Result<Condition> {
+        let rows = noise.dim(0)?;
+        let prompts = prompts::per_row(flags.prompt.as_deref(), flags.prompts.as_deref(), rows)?;
+        let null = NullText::from_flags(flags.negative_prompt.as_deref(), flags.uncond.as_deref())?;
+        text_condition(&self.pipeline, rt, &prompts, &null, noise)
+    }
+
+    fn decode(&self, latents: &Tensor, rt: &Runtime) -> Result<Tensor> {
+        images::decode(&self.pipeline, rt, latents)
+    }
+
+    fn evaluate(&self, req: &EvalRequest, rt: &Runtime) -> Result<()> {
+        super::evaluate::evaluate(self, req, rt)
+    }
+}

@@ -1,0 +1,5 @@
+//! The Stable Diffusion family (`family::SdFamily`).
+
+pub mod distill;
+pub mod evaluate;
+pub mod family;

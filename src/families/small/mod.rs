@@ -1,0 +1,5 @@
+//! The small-model family (`family::SmallFamily`).
+
+pub mod distill;
+pub mod evaluate;
+pub mod family;
