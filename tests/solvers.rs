@@ -186,3 +186,33 @@ fn heun_is_second_order() {
         assert!(r >= 3.0, "Heun error ratio per doubling {r}");
     }
 }
+
+/// The time axis comes with the schedule and the grid, not a global: a teacher trained on a
+/// 400-step axis (its own linear β) solves on `Discretization::on_axis(400, N)` with the
+/// unchanged solvers, reaches its exact solution at N = 400, and the top timestep beyond its
+/// axis is refused.
+#[test]
+fn a_teacher_on_another_time_axis_needs_no_solver_change() {
+    let steps = 400;
+    let betas: Vec<f64> = (0..steps)
+        .map(|i| 1e-4 + (0.02 - 1e-4) * i as f64 / (steps - 1) as f64)
+        .collect();
+    let g = Gaussian {
+        schedule: Schedule::on_axis(betas).unwrap(),
+        ..gaussian(ScheduleKind::Linear)
+    };
+    assert_eq!(g.schedule.steps(), steps);
+    let x = noise(64);
+    let exact = values(&g.exact_solution(&x, &[steps; 64]).unwrap());
+    let cond = Condition::unconditional(64);
+    for solver in [Solver::Ddim, Solver::Euler, Solver::Heun] {
+        let grid = Discretization::on_axis(steps, steps).unwrap();
+        let got = values(&solve(solver, &g, &x, grid, grid.top(), &cond).unwrap());
+        let err = mse(&got, &exact);
+        println!("{solver:?} on a {steps}-step axis, N = {steps}: MSE to exact {err:.3e}");
+        assert!(err < 1e-3, "{solver:?}: {err}");
+    }
+    let beyond = Discretization::new(50).unwrap();
+    assert!(solve(Solver::Ddim, &g, &x, beyond, beyond.top(), &cond).is_err());
+    assert!(Discretization::on_axis(steps, 300).is_err());
+}

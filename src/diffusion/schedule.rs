@@ -87,6 +87,20 @@ impl Schedule {
         Self::with_betas(Some(kind), betas_of(kind))
     }
 
+    /// A schedule on its own time axis: timesteps 1..=len(β) (a teacher trained with another T).
+    /// Grids on it come from `Discretization::on_axis(schedule.steps(), N)`.
+    pub fn on_axis(betas: Vec<f64>) -> Result<Self> {
+        ensure!(!betas.is_empty(), "a schedule needs at least one β");
+        if let Some((i, bad)) = betas
+            .iter()
+            .enumerate()
+            .find(|(_, b)| !(b.is_finite() && **b > 0.0 && **b < 1.0))
+        {
+            bail!("β[{i}] = {bad} lies outside (0, 1)");
+        }
+        Ok(Self::with_betas(None, betas))
+    }
+
     /// `ᾱ_i = Π_{j≤i}(1 − β_j)`.
     fn with_betas(kind: Option<ScheduleKind>, betas: Vec<f64>) -> Self {
         let alphas_cumprod = betas

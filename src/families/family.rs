@@ -50,15 +50,24 @@ pub struct FamilyFlags {
 
 /// Per flag, what it is for: the one message every family-only flag is refused with.
 const FLAG_PURPOSE: [(&str, &str); 6] = [
-    ("--hidden", "sizes a fresh MLP student"),
-    ("--depth", "sizes a fresh MLP student"),
+    ("--hidden", "sizes a fresh MLP student of an analytic teacher"),
+    ("--depth", "sizes a fresh MLP student of an analytic teacher"),
     (
         "--unconditional",
         "distills a class-conditional teacher's unconditional ODE",
     ),
-    ("--resolution", "sizes a Stable Diffusion student's training images"),
-    ("--uncond", "sets a text teacher's unconditional input"),
-    ("--lora-targets", "chooses a Stable Diffusion UNet's adapted layers"),
+    (
+        "--resolution",
+        "sizes the training images of a Stable Diffusion (sd:DIR) student",
+    ),
+    (
+        "--uncond",
+        "sets the unconditional input of a Stable Diffusion (sd:DIR) teacher's guidance",
+    ),
+    (
+        "--lora-targets",
+        "chooses the adapted layers of a Stable Diffusion (sd:DIR) UNet",
+    ),
 ];
 
 impl FamilyFlags {
@@ -200,7 +209,7 @@ pub trait ModelFamily {
     /// The teacher, frozen (loaded on first use where it is large).
     fn teacher(&self) -> Result<&dyn Denoiser>;
     /// The teacher's spec, portable (folders absolute).
-    fn spec(&self) -> String;
+    fn spec(&self) -> Result<String>;
     fn distill_defaults(&self) -> DistillDefaults;
     /// A distillation run, its settings and inputs checked.
     fn plan_distillation<'a>(&'a self, req: &DistillRequest<'a>) -> Result<Box<dyn DistillPlan + 'a>>;

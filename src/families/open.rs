@@ -4,11 +4,10 @@
 use super::family::ModelFamily;
 use super::sd::family::SdFamily;
 use super::small::family::SmallFamily;
-use crate::models::model_dir;
-use crate::models::sd::student::SD_STUDENT;
+use crate::models::sd::student::{SdStudentConfig, SD_STUDENT};
 use crate::models::spec::TeacherSpec;
 use crate::runtime::device::Runtime;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::Path;
 
 /// The family of the teacher `spec`, its teacher checked (a small teacher loaded, a Stable
@@ -20,27 +19,16 @@ pub fn open(spec: &str, rt: &Runtime) -> Result<Box<dyn ModelFamily>> {
     })
 }
 
-/// The teacher spec a student's run folder records (a small student's `config.json`, a
-/// Stable Diffusion student's `student.json`).
-pub fn recorded_teacher(dir: &Path) -> Result<String> {
-    ensure!(dir.is_dir(), "--student {}: not a folder", dir.display());
-    if dir.join(SD_STUDENT).is_file() {
-        return Ok(crate::models::sd::student::SdStudentConfig::load(dir)?.teacher);
-    }
-    #[derive(serde::Deserialize)]
-    struct Teacher {
-        teacher: String,
-    }
-    let record: Teacher = model_dir::load_config(dir, model_dir::Kind::Student)?;
-    Ok(record.teacher)
-}
-
-/// The family of a student's run folder, from the teacher it records; a small teacher loads
-/// only when needed (a student samples without it).
+/// The family of a student's run folder: a Stable Diffusion run's `student.json` names its
+/// pipeline; a small student's teacher is read from its record and loaded only when needed (a
+/// student samples without it).
 pub fn open_recorded(dir: &Path, rt: &Runtime) -> Result<Box<dyn ModelFamily>> {
-    let spec = recorded_teacher(dir)?;
-    Ok(match TeacherSpec::parse(&spec)? {
-        TeacherSpec::Sd(teacher) => Box::new(SdFamily::open(&teacher, rt)?),
-        _ => Box::new(SmallFamily::lazy(&spec, rt)),
-    })
+    if !dir.join(SD_STUDENT).is_file() {
+        return Ok(Box::new(SmallFamily::recorded(dir, rt)));
+    }
+    let spec = SdStudentConfig::load(dir)?.teacher;
+    match TeacherSpec::parse(&spec)? {
+        TeacherSpec::Sd(teacher) => Ok(Box::new(SdFamily::open(&teacher, rt)?)),
+        _ => bail!("{}: teacher '{spec}' is not sd:DIR", dir.join(SD_STUDENT).display()),
+    }
 }

@@ -52,6 +52,12 @@ impl Student {
         Ok(Self { config, net })
     }
 
+    /// The teacher spec a student folder's `config.json` records.
+    pub fn recorded_teacher(dir: &Path) -> Result<String> {
+        ensure!(dir.is_dir(), "--student {}: not a folder", dir.display());
+        Ok(model_dir::load_config::<StudentConfig>(dir, model_dir::Kind::Student)?.teacher)
+    }
+
     /// Refuses a teacher that no longer matches the student's sample shape.
     pub fn check_teacher(&self, teacher: &Teacher) -> Result<()> {
         ensure!(

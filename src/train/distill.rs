@@ -125,6 +125,44 @@ pub struct Distilled {
     pub teacher_evaluations: u64,
 }
 
+/// The three networks of a distillation step: the (guided, counted) teacher, the student and
+/// the target network θ⁻.
+struct Nets<'a> {
+    teacher: &'a dyn Denoiser,
+    student: &'a dyn Denoiser,
+    target: &'a dyn Denoiser,
+}
+
+/// One micro-batch's loss: x₀ and its condition, a grid timestep per row and the noise, drawn
+/// from the run's stream in that order, then the objective on `x_t`.
+fn micro_batch_loss(
+    nets: &Nets,
+    data: &dyn TrainingData,
+    cfg: &DistillConfig,
+    grid: Discretization,
+    rng: &mut Rng,
+    device: &Device,
+) -> Result<Tensor> {
+    let (x0, cond) = data.batch(rng, cfg.batch, device)?;
+    let t: Vec<usize> = (0..cfg.batch)
+        .map(|_| grid.start(rng.random_range(0..grid.intervals())))
+        .collect();
+    let eps = standard_normal(rng, x0.shape(), x0.device())?;
+    let xt = diffuse(nets.student.schedule(), &x0, &eps, &t)?;
+    let batch = Batch {
+        teacher: nets.teacher,
+        student: nets.student,
+        target_net: nets.target,
+        solver: cfg.solver,
+        grid,
+        distance: cfg.loss,
+        x: &xt,
+        t: &t,
+        cond: &cond,
+    };
+    cfg.method.objective().loss(&batch)
+}
+
 /// Trains a student of architecture `net` starting from the weights `start` on `data`.
 /// `teacher` gives the targets; `None` takes them from the student with its adapters
 /// off — the start weights themselves, as the paper's reference does with LoRA.
@@ -176,25 +214,12 @@ pub fn distill(
     while !trainer.finished() {
         for _ in 0..cfg.grad_accum {
             let device = trainer.device();
-            let rng = trainer.rng();
-            let (x0, cond) = data.batch(rng, cfg.batch, &device)?;
-            let t: Vec<usize> = (0..cfg.batch)
-                .map(|_| grid.start(rng.random_range(0..grid.intervals())))
-                .collect();
-            let eps = standard_normal(rng, x0.shape(), x0.device())?;
-            let xt = diffuse(student.schedule(), &x0, &eps, &t)?;
-            let batch = Batch {
+            let nets = Nets {
                 teacher: &counted,
                 student: &*student,
-                target_net: &*target_net,
-                solver: cfg.solver,
-                grid,
-                distance: cfg.loss,
-                x: &xt,
-                t: &t,
-                cond: &cond,
+                target: &*target_net,
             };
-            let loss = cfg.method.objective().loss(&batch)?;
+            let loss = micro_batch_loss(&nets, data, cfg, grid, trainer.rng(), &device)?;
             trainer.counter = resumed_evaluations + counted.evaluations();
             trainer.accumulate(&loss, cfg.grad_accum)?;
         }

@@ -2,18 +2,18 @@
 //! (`eval::sd_eval`) written to a folder — eval.json, eval.csv, eval.md, the teacher's cached
 //! reference samples and each step count's latents and PNGs.
 
-use super::family::SdFamily;
 use crate::consistency::sampler::Picking;
 use crate::data::npy;
 use crate::diffusion::solver::Solver;
 use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::sd_eval::{load_clip, real_image_features, SdEvalSetup, SdEvaluation};
 use crate::eval::sd_reference::ReferenceCache;
-use crate::families::family::{EvalRequest, ModelFamily};
+use crate::families::family::EvalRequest;
 use crate::models::sd::images::write_pngs;
 use crate::models::sd::prompts;
 use crate::models::sd::student::SdStudentConfig;
 use crate::models::sd::text::NullText;
+use crate::models::sd::SdTeacher;
 use crate::nets::sd::lora_files::KOHYA_FILE;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::{check_output_dir, write_atomic};
@@ -119,8 +119,8 @@ fn reference_cache(r: &EvalRequest, out: &Path) -> Result<ReferenceCache> {
     })
 }
 
-/// Evaluates the LoRA student of `req` against `family`'s teacher and writes `--out`.
-pub fn evaluate(family: &SdFamily, r: &EvalRequest, rt: &Runtime) -> Result<()> {
+/// Evaluates the LoRA student of `req` against `teacher` (the spec `spec`) and writes `--out`.
+pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) -> Result<()> {
     ensure!(
         r.samples.is_none(),
         "--samples: an SD evaluation takes its rows from --noise"
@@ -132,7 +132,6 @@ pub fn evaluate(family: &SdFamily, r: &EvalRequest, rt: &Runtime) -> Result<()> 
     let batch = r.batch.unwrap_or(DEFAULT_BATCH);
     ensure!(batch > 0, "--batch 0: must be at least 1");
     let (noise, prompts) = noise_and_prompts(r, rt)?;
-    let teacher = family.sd_teacher()?;
     let mut setup = SdEvalSetup {
         teacher,
         rt,
@@ -151,7 +150,7 @@ pub fn evaluate(family: &SdFamily, r: &EvalRequest, rt: &Runtime) -> Result<()> 
     // Cheap checks before the student, CLIP and real images load.
     setup.validate()?;
     // The loader's errors name the LoRA file.
-    let lora_student = family.with_adapters(&student.lora, rt)?;
+    let lora_student = SdTeacher::load_with_lora(teacher.pipeline().dir(), rt, Some(&student.lora))?;
     let clip = r
         .clip
         .as_ref()
@@ -166,8 +165,7 @@ pub fn evaluate(family: &SdFamily, r: &EvalRequest, rt: &Runtime) -> Result<()> 
     setup.clip = clip.as_ref();
     setup.real = real.as_ref();
     let eval = setup.run(&lora_student)?;
-    let teacher_spec = r.teacher.clone().unwrap_or_else(|| family.spec());
-    write_outputs(&out, &teacher_spec, r, &student.lora, &setup, &eval)?;
+    write_outputs(&out, spec, r, &student.lora, &setup, &eval)?;
     print!("{}", eval.to_markdown());
     Ok(())
 }

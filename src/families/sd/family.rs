@@ -87,8 +87,8 @@ impl ModelFamily for SdFamily {
         Ok(self.sd_teacher()?)
     }
 
-    fn spec(&self) -> String {
-        TeacherSpec::portable(&TeacherSpec::sd(&self.dir))
+    fn spec(&self) -> Result<String> {
+        Ok(TeacherSpec::portable(&TeacherSpec::sd(&self.dir)))
     }
 
     /// The paper's settings (DistillConfig::paper_lora): N = 100, w = 9, rank 64, lr 1e-4 at a
@@ -145,6 +145,10 @@ impl ModelFamily for SdFamily {
     }
 
     fn evaluate(&self, req: &EvalRequest, rt: &Runtime) -> Result<()> {
-        super::evaluate::evaluate(self, req, rt)
+        let spec = match &req.teacher {
+            Some(given) => given.clone(),
+            None => self.spec()?,
+        };
+        super::evaluate::evaluate(self.sd_teacher()?, &spec, req, rt)
     }
 }

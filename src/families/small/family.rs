@@ -16,16 +16,20 @@ use crate::models::spec::TeacherSpec;
 use crate::models::student::Student;
 use crate::models::teacher::Teacher;
 use crate::runtime::device::Runtime;
-use anyhow::{bail, ensure, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
 use std::cell::OnceCell;
+use std::path::{Path, PathBuf};
 
 /// The family-only flags small-model teachers take.
 const FLAGS: [&str; 3] = ["--hidden", "--depth", "--unconditional"];
 
 pub struct SmallFamily {
-    /// The spec as given (a resumed run compares it as written).
-    spec: String,
+    /// The spec as given (a resumed run compares it as written), or read from a student's
+    /// folder when first needed.
+    spec: OnceCell<String>,
+    /// The student folder whose record names the teacher, when no spec was given.
+    recorded_in: Option<PathBuf>,
     rt: Runtime,
     teacher: OnceCell<Teacher>,
 }
@@ -33,20 +37,34 @@ pub struct SmallFamily {
 impl SmallFamily {
     /// The teacher of `spec`, loaded on `rt` (its errors come first).
     pub fn open(spec: &str, parsed: TeacherSpec, rt: &Runtime) -> Result<Self> {
-        let family = Self::lazy(spec, rt);
-        let _ = family
-            .teacher
-            .set(Teacher::load(parsed, rt).map_err(|e| e.context(format!("--teacher '{spec}'")))?);
-        Ok(family)
+        let teacher = Teacher::load(parsed, rt).map_err(|e| e.context(format!("--teacher '{spec}'")))?;
+        Ok(Self {
+            spec: OnceCell::from(spec.to_string()),
+            recorded_in: None,
+            rt: rt.clone(),
+            teacher: OnceCell::from(teacher),
+        })
     }
 
-    /// The family of `spec`, whose teacher loads when first needed (a student samples without it).
-    pub fn lazy(spec: &str, rt: &Runtime) -> Self {
+    /// The family of the teacher a student's folder records, read and loaded when first needed
+    /// (a student samples without it).
+    pub fn recorded(dir: &Path, rt: &Runtime) -> Self {
         Self {
-            spec: spec.to_string(),
+            spec: OnceCell::new(),
+            recorded_in: Some(dir.to_path_buf()),
             rt: rt.clone(),
             teacher: OnceCell::new(),
         }
+    }
+
+    /// The teacher's spec as given or recorded.
+    fn given_spec(&self) -> Result<&str> {
+        if let Some(s) = self.spec.get() {
+            return Ok(s);
+        }
+        let dir = self.recorded_in.as_deref().context("a family without a teacher spec")?;
+        let spec = Student::recorded_teacher(dir)?;
+        Ok(self.spec.get_or_init(|| spec))
     }
 
     /// The teacher, loaded on first use.
@@ -54,7 +72,7 @@ impl SmallFamily {
         if let Some(t) = self.teacher.get() {
             return Ok(t);
         }
-        let teacher = Teacher::parse(&self.spec, &self.rt)?;
+        let teacher = Teacher::parse(self.given_spec()?, &self.rt)?;
         Ok(self.teacher.get_or_init(|| teacher))
     }
 }
@@ -72,8 +90,8 @@ impl ModelFamily for SmallFamily {
         Ok(self.small_teacher()?)
     }
 
-    fn spec(&self) -> String {
-        TeacherSpec::portable(&self.spec)
+    fn spec(&self) -> Result<String> {
+        Ok(TeacherSpec::portable(self.given_spec()?))
     }
 
     fn distill_defaults(&self) -> DistillDefaults {
@@ -94,7 +112,8 @@ impl ModelFamily for SmallFamily {
     }
 
     fn plan_distillation<'a>(&'a self, req: &DistillRequest<'a>) -> Result<Box<dyn DistillPlan + 'a>> {
-        Ok(Box::new(distill::plan(self.small_teacher()?, self.spec.clone(), req)?))
+        let spec = self.given_spec()?.to_string();
+        Ok(Box::new(distill::plan(self.small_teacher()?, spec, req)?))
     }
 
     fn student(&self, source: StudentSource, rt: &Runtime) -> Result<StudentSampler> {
