@@ -4,7 +4,7 @@
 //! k = 1 is CM's target; k ≥ N is Direct's (at clean `f_θ⁻(x, 0) = x` exactly).
 
 use super::direct::solve_rows_to;
-use super::objective::{Batch, Objective};
+use super::batch::{Batch, Objective};
 use super::parameterization::consistency;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;

@@ -5,7 +5,7 @@
 use super::pipeline::{Family, Pipeline};
 use super::scheduler::Prediction;
 use super::student::UnetDenoiser;
-use super::text::NullText;
+use super::text::{NullText, PromptEncoder};
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::Schedule;
@@ -100,7 +100,7 @@ impl SdTeacher {
             }
         );
         let f = self.vae_scale_factor();
-        let encoder = self.pipeline.prompt_encoder(rt)?;
+        let encoder = PromptEncoder::load(&self.pipeline, rt)?;
         encoder.condition(prompts, null, force_zeros, (h * f, w * f))
     }
 }
