@@ -1,8 +1,8 @@
 //! Distillation of a teacher into a consistency student, by either objective:
 //! `cm` (one solver step + self target) or `direct` (full teacher solve as target).
 
-use crate::consistency::distance::Distance;
 use crate::consistency::batch::Batch;
+use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::data::Dataset;
 use crate::diffusion::condition::Condition;
