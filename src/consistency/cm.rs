@@ -2,7 +2,7 @@
 //! solver step `x_{t_n} → x_{t_n−k}`, then the target network under stop-gradient,
 //! `d(f_θ(x_{t_n}, t_n), sg[f_θ⁻(x_{t_n−k}, t_n − k)])`.
 
-use super::objective::{Batch, Objective};
+use super::batch::{Batch, Objective};
 use super::parameterization::consistency;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;

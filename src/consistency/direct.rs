@@ -2,7 +2,7 @@
 //! each row's own start timestep down to clean,
 //! `d(f_θ(x_{t_n}, t_n), sg[Solve(x_{t_n}, t_n → 0)])`.
 
-use super::objective::{Batch, Objective};
+use super::batch::{Batch, Objective};
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::discretization::Discretization;

@@ -3,8 +3,8 @@
 //! result to clean, `d(f_θ(x_{t_n}, t_n), sg[f_θ⁻(Φ_k(x_{t_n}), t_n − k Δ)])`.
 //! k = 1 is CM's target; k ≥ N is Direct's (at clean `f_θ⁻(x, 0) = x` exactly).
 
+use super::batch::{Batch, Objective};
 use super::direct::solve_rows_to;
-use super::objective::{Batch, Objective};
 use super::parameterization::consistency;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;

@@ -1,6 +1,7 @@
 //! Consistency models: the boundary-condition parameterization, the multistep
 //! sampler, and the distillation objectives (CM and Direct CM) with their distances.
 
+pub mod batch;
 pub mod cm;
 pub mod direct;
 pub mod distance;

@@ -1,55 +1,14 @@
-//! A distillation objective: the whole loss of one training batch — the target the
-//! teacher provides and the distance the student's prediction is judged by. Each
-//! objective lives in its own file; `REGISTRY` lists them, so a new one is one file
-//! and one line there.
+//! The objectives `dcm` knows, by name: `REGISTRY` lists them, so a new objective is
+//! one file implementing `Objective` (see `batch.rs`) and one line here.
 
+use super::batch::Objective;
 use super::cm::Cm;
 use super::direct::Direct;
-use super::distance::Distance;
 use super::horizon::{HORIZON_10, HORIZON_2, HORIZON_25, HORIZON_5};
-use super::parameterization::consistency;
-use crate::diffusion::condition::Condition;
-use crate::diffusion::denoiser::Denoiser;
-use crate::diffusion::discretization::Discretization;
-use crate::diffusion::solver::Solver;
 use anyhow::{Context, Result};
-use candle_core::Tensor;
 
 /// Every objective `dcm` knows, by name.
 static REGISTRY: &[&dyn Objective] = &[&Cm, &Direct, &HORIZON_2, &HORIZON_5, &HORIZON_10, &HORIZON_25];
-
-/// What an objective sees of one training batch.
-pub struct Batch<'a> {
-    /// The guided teacher ε̂ (counted).
-    pub teacher: &'a dyn Denoiser,
-    /// The network being trained, θ.
-    pub student: &'a dyn Denoiser,
-    /// The target network θ⁻: θ under stop-gradient, or its EMA.
-    pub target_net: &'a dyn Denoiser,
-    pub solver: Solver,
-    pub grid: Discretization,
-    pub distance: Distance,
-    /// `x_{t_n}`, each row noised to its own start timestep.
-    pub x: &'a Tensor,
-    pub t: &'a [usize],
-    pub cond: &'a Condition,
-}
-
-impl Batch<'_> {
-    /// The student's consistency prediction `f_θ(x_{t_n}, t_n)` (carries the gradient).
-    pub fn prediction(&self) -> Result<Tensor> {
-        consistency(self.student, self.x, self.t, self.cond)
-    }
-}
-
-pub trait Objective: Sync {
-    /// The name `--method` takes and configs store.
-    fn name(&self) -> &'static str;
-    /// The name in reports and tables.
-    fn title(&self) -> &'static str;
-    /// The batch's loss, differentiable with respect to the student only.
-    fn loss(&self, batch: &Batch) -> Result<Tensor>;
-}
 
 /// A registered objective, stored by name in configs.
 #[derive(Clone, Copy)]

@@ -1,7 +1,7 @@
 //! 2-D toy distributions for tests, trajectory plots and analytic-teacher studies.
 //! `ring` and `grid` are Gaussian mixtures, so an exact analytic teacher exists for them.
 
-use super::Dataset;
+use super::dataset::Dataset;
 use crate::runtime::noise::{seeded, Rng};
 use anyhow::{bail, ensure, Result};
 use candle_core::{Device, Tensor};

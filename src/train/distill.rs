@@ -1,8 +1,9 @@
 //! Distillation of a teacher into a consistency student, by either objective:
 //! `cm` (one solver step + self target) or `direct` (full teacher solve as target).
 
+use crate::consistency::batch::Batch;
 use crate::consistency::distance::Distance;
-use crate::consistency::objective::{Batch, Method};
+use crate::consistency::objective::Method;
 use crate::data::Dataset;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::{diffuse, Counted, Denoiser};

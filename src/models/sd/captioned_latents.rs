@@ -48,7 +48,7 @@ impl CaptionedLatents {
             }
         );
         Ok(Self {
-            encoder: pipeline.prompt_encoder(rt)?,
+            encoder: PromptEncoder::load(pipeline, rt)?,
             latents,
             null,
             force_zeros,

@@ -1,15 +1,13 @@
 //! A diffusers Stable Diffusion pipeline folder (`sd:DIR`): `model_index.json` names the
 //! components, each in its own folder — `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
 //! `scheduler/`, and for SDXL `text_encoder_2/`, `tokenizer_2/`. Each component loads frozen,
-//! on the runtime's device in its precision; every error is one line naming the file or key.
+//! on the runtime's device in its precision (the text encoders in `text.rs`); every error is
+//! one line naming the file or key.
 
 use super::json::JsonFile;
 use super::scheduler::SchedulerConfig;
-use super::text::{PromptEncoder, TextEncoder};
 use super::weights::{load, weights_file};
-use crate::nets::sd::clip_text::{ClipTextConfig, ClipTextModel};
 use crate::nets::sd::lora_files::import;
-use crate::nets::sd::tokenizer::ClipTokenizer;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::unet_config::UNetConfig;
 use crate::nets::sd::vae::{AutoencoderKl, VaeConfig};
@@ -85,7 +83,8 @@ impl Pipeline {
         self.family
     }
 
-    fn component(&self, name: &str) -> PathBuf {
+    /// The folder of one component, as `model_index.json` names it.
+    pub fn component(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 
@@ -141,31 +140,6 @@ impl Pipeline {
         let path = weights_file(&self.component("vae"), "diffusion_pytorch_model")?;
         let params = load(&path, &rt.device, dtype)?;
         AutoencoderKl::new(cfg, &params).map_err(|e| anyhow!("{}: {e}", path.display()))
-    }
-
-    /// The tokenizers and text encoders, in the runtime's precision.
-    pub fn prompt_encoder(&self, rt: &Runtime) -> Result<PromptEncoder> {
-        let pair = |tok: &str, enc: &str| -> Result<TextEncoder> {
-            Ok(TextEncoder {
-                tokenizer: ClipTokenizer::from_dir(&self.component(tok))?,
-                model: self.text_model(enc, rt)?,
-            })
-        };
-        Ok(PromptEncoder {
-            first: pair("tokenizer", "text_encoder")?,
-            second: match self.family {
-                Family::Sd => None,
-                Family::Sdxl { .. } => Some(pair("tokenizer_2", "text_encoder_2")?),
-            },
-        })
-    }
-
-    fn text_model(&self, name: &str, rt: &Runtime) -> Result<ClipTextModel> {
-        let dir = self.component(name);
-        let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let path = weights_file(&dir, "model")?;
-        let params = load(&path, &rt.device, rt.dtype)?;
-        ClipTextModel::new(&cfg, &params).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::pipeline::{Family, Pipeline};
 use super::student::UnetDenoiser;
-use super::text::NullText;
+use super::text::{NullText, PromptEncoder};
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::prediction::Prediction;
@@ -118,7 +118,7 @@ pub fn text_condition(
             .len()
             .saturating_sub(1)
             .min(16);
-    let encoder = pipeline.prompt_encoder(rt)?;
+    let encoder = PromptEncoder::load(pipeline, rt)?;
     encoder.condition(prompts, null, force_zeros, (h * f, w * f))
 }
 

@@ -5,10 +5,13 @@
 //! states concatenated, the second's pooled projection (`text_embeds`) and the six size ids
 //! `(H, W, 0, 0, H, W)` (original size, crop corner, target size) of the generated image.
 
+use super::pipeline::{Family, Pipeline};
+use super::weights::{load, weights_file};
 use crate::diffusion::condition::{Condition, TextEmbedding};
-use crate::nets::sd::clip_text::{sd_prompt_embeds, sdxl_prompt_embeds, ClipTextModel};
+use crate::nets::sd::clip_text::{sd_prompt_embeds, sdxl_prompt_embeds, ClipTextConfig, ClipTextModel};
 use crate::nets::sd::tokenizer::ClipTokenizer;
-use anyhow::{bail, ensure, Result};
+use crate::runtime::device::Runtime;
+use anyhow::{anyhow, bail, ensure, Result};
 use candle_core::Tensor;
 
 /// A tokenizer and the text encoder it feeds.
@@ -18,6 +21,18 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
+    /// A pipeline's tokenizer and text encoder, the model in the runtime's precision.
+    fn load(pipeline: &Pipeline, tokenizer: &str, encoder: &str, rt: &Runtime) -> Result<Self> {
+        let dir = pipeline.component(encoder);
+        let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
+        let path = weights_file(&dir, "model")?;
+        let params = load(&path, &rt.device, rt.dtype)?;
+        Ok(Self {
+            tokenizer: ClipTokenizer::from_dir(&pipeline.component(tokenizer))?,
+            model: ClipTextModel::new(&cfg, &params).map_err(|e| anyhow!("{}: {e}", path.display()))?,
+        })
+    }
+
     fn ids(&self, prompts: &[String]) -> Result<Tensor> {
         self.tokenizer.encode_batch(prompts)
     }
@@ -57,6 +72,17 @@ impl NullText {
 }
 
 impl PromptEncoder {
+    /// A pipeline's tokenizers and text encoders, in the runtime's precision.
+    pub fn load(pipeline: &Pipeline, rt: &Runtime) -> Result<Self> {
+        Ok(Self {
+            first: TextEncoder::load(pipeline, "tokenizer", "text_encoder", rt)?,
+            second: match pipeline.family() {
+                Family::Sd => None,
+                Family::Sdxl { .. } => Some(TextEncoder::load(pipeline, "tokenizer_2", "text_encoder_2", rt)?),
+            },
+        })
+    }
+
     /// Prompt embeddings `[B, 77, D]` and, for SDXL, the pooled embedding `[B, P]`.
     pub fn encode(&self, prompts: &[String]) -> Result<(Tensor, Option<Tensor>)> {
         ensure!(!prompts.is_empty(), "no prompts to encode");
@@ -140,9 +166,7 @@ fn size_ids((h, w): (usize, usize), rows: usize, device: &candle_core::Device) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::sd::pipeline::Pipeline;
     use crate::models::sd::test_util::{fixture, golden, max_abs_diff, prompts};
-    use crate::runtime::device::Runtime;
 
     const TOL: f64 = 1e-5;
 
@@ -160,10 +184,7 @@ mod tests {
     }
 
     fn encoder(model: &str) -> PromptEncoder {
-        Pipeline::open(&fixture(model))
-            .unwrap()
-            .prompt_encoder(&Runtime::default())
-            .unwrap()
+        PromptEncoder::load(&Pipeline::open(&fixture(model)).unwrap(), &Runtime::default()).unwrap()
     }
 
     /// SD 1.x/2.x: the prompts' and the empty prompt's last hidden states (`encode_prompt`).
