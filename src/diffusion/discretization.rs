@@ -1,4 +1,4 @@
-//! The N-interval grid (DESIGN.md, "Discretization"): k = T/N, start timesteps
+//! The N-interval grid (docs/MATHEMATICS.md, "Discretization"): k = T/N, start timesteps
 //! `T, T−k, …, k`; each solver step goes from `t_n` to `t_n − k`, the last one to clean.
 
 use crate::diffusion::schedule::T;

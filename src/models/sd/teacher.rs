@@ -1,4 +1,4 @@
-//! A Stable Diffusion teacher: a pipeline folder's UNet as a `Denoiser` (DESIGN.md,
+//! A Stable Diffusion teacher: a pipeline folder's UNet as a `Denoiser` (docs/MATHEMATICS.md,
 //! "Pretrained diffusers UNets"; the timestep and prediction conventions are `UnetDenoiser`'s),
 //! with the text encoders and the VAE on demand.
 
