@@ -7,7 +7,8 @@
 # (dcm throughput / PyTorch throughput on the worst workload).
 # Usage: bench/compare.sh [extra flags for both, e.g. --batch 128 or --device cuda];
 # THREADS=2, ROUNDS=3 by default. DCM="cmd…" runs that instead of building target/release/dcm
-# (on a GPU machine: DCM="../shared/cuda/run_on_gpu.sh target-cuda/release/dcm").
+# (on a GPU machine: DCM="$CUDA_RECIPE/run_on_gpu.sh target-cuda/release/dcm", CUDA_RECIPE as in
+# scripts/build-cuda.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}

@@ -8,7 +8,7 @@
 # --repeats N, --device cuda, --dtype f16|bf16]; THREADS=2, ROUNDS=3 by default;
 # PYTHON=/path/to/python with torch and diffusers (default python3). DCM="cmd…" runs that
 # instead of building target/release/dcm (on a GPU machine:
-# DCM="../shared/cuda/run_on_gpu.sh target-cuda/release/dcm").
+# DCM="$CUDA_RECIPE/run_on_gpu.sh target-cuda/release/dcm", CUDA_RECIPE as in scripts/build-cuda.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}

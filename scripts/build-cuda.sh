@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds dcm with the `cuda` feature on a machine without a GPU or CUDA toolkit, using the
-# tested recipe in ../shared/cuda (nvcc and headers from PyPI wheels, link-time stubs;
-# CUDA 13.0, sm_90: H100/H200). The binary lands in target-cuda/release/dcm; run it on the
-# GPU machine through ../shared/cuda/run_on_gpu.sh, which finds the CUDA libraries there.
+# tested recipe in $CUDA_RECIPE, by default a `shared/cuda` folder beside the repository
+# (nvcc and headers from PyPI wheels, link-time stubs; CUDA 13.0, sm_90: H100/H200). The
+# binary lands in target-cuda/release/dcm; run it on the GPU machine through
+# $CUDA_RECIPE/run_on_gpu.sh, which finds the CUDA libraries there.
 # A cold build takes 12–22 minutes on 2 cores; rebuilds of dcm itself are quick.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)

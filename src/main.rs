@@ -7,7 +7,7 @@ use dcm::models::spec::SPEC_HELP;
 use std::process::ExitCode;
 
 /// candle allocates a fresh buffer per op; mimalloc reuses freed memory instead of
-/// returning it to the system and page-faulting it back (CANDLE_NOTES.md).
+/// returning it to the system and page-faulting it back (docs/CANDLE_TRAPS.md, "Memory allocator").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -133,7 +133,7 @@ fn gaussian_eps(schedule: &Schedule, mu: f64, s: f64, x: f64, t: usize) -> f64 {
     sig * (x - a * mu) / (a * a * s * s + sig * sig)
 }
 
-/// f(x, t) = c_skip x + c_out x̂₀ in f64, with the scalings written out from DESIGN.md.
+/// f(x, t) = c_skip x + c_out x̂₀ in f64, with the scalings written out from docs/MATHEMATICS.md.
 fn f_expected(schedule: &Schedule, mu: f64, s: f64, x: f64, t: usize) -> f64 {
     let st = 10.0 * t as f64;
     let (skip, out) = (0.25 / (st * st + 0.25), st / (st * st + 0.25).sqrt());

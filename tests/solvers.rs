@@ -1,4 +1,4 @@
-//! Solvers against an independent float64 implementation of DESIGN.md's formulas,
+//! Solvers against an independent float64 implementation of docs/MATHEMATICS.md's formulas,
 //! against the Gaussian's exact ODE solution, and their convergence orders.
 
 use candle_core::{Device, Tensor};
@@ -9,7 +9,7 @@ use dcm::diffusion::schedule::{Schedule, ScheduleKind, T};
 use dcm::diffusion::solver::{solve, Solver};
 use dcm::runtime::noise::{seeded, standard_normal};
 
-/// Independent reference: DESIGN.md's formulas on plain f64, for a Gaussian N(m, s²) teacher.
+/// Independent reference: docs/MATHEMATICS.md's formulas on plain f64, for a Gaussian N(m, s²) teacher.
 fn reference_solve(solver: Solver, sch: &Schedule, m: f64, s: f64, x: f64, n: usize) -> f64 {
     let eps = |x: f64, t: usize| {
         let (a, sg) = ((sch_ab(sch, t)).sqrt(), (1.0 - sch_ab(sch, t)).sqrt());

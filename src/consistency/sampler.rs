@@ -14,7 +14,7 @@ use candle_core::{Shape, Tensor};
 /// How the K evenly spaced grid indices `linspace(0, N, K, endpoint=false)` become integers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Picking {
-    /// numpy's rounding, ties to even (dcm's students, DESIGN.md).
+    /// numpy's rounding, ties to even (dcm's students, docs/MATHEMATICS.md, "Few-step sampling").
     Round,
     /// `np.floor`, as diffusers' `LCMScheduler.set_timesteps` (LoRA students of SD teachers).
     Floor,

@@ -1,6 +1,6 @@
 //! Analytic teachers: data distributions whose optimal denoiser and (for the
-//! Gaussian) probability-flow ODE solution are known in closed form (DESIGN.md,
-//! "Oracles for tests").
+//! Gaussian) probability-flow ODE solution are known in closed form (docs/MATHEMATICS.md,
+//! "Analytic oracles").
 
 use crate::data::toy::Components;
 use crate::data::Dataset;

@@ -1,4 +1,4 @@
-//! Noise schedules in the Stable Diffusion convention (docs/MATHEMATICS.md, "Schedule"):
+//! Noise schedules in the Stable Diffusion convention (docs/MATHEMATICS.md, "Schedules"):
 //! T = 1000 training steps; timestep `t ∈ 1..=T` indexes `ᾱ[t-1]`, and `t = 0`
 //! stands for clean data (α = 1, σ = 0).
 

@@ -1,5 +1,5 @@
 //! Teacher ODE solvers over the N-interval grid (docs/MATHEMATICS.md, "DDIM step",
-//! "Euler / Heun"). Each row of a batch may sit at its own timestep.
+//! "Euler and Heun steps"). Each row of a batch may sit at its own timestep.
 
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::{per_row, per_row_of, Denoiser};

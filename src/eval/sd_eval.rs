@@ -379,7 +379,7 @@ impl SdEvalSetup<'_> {
             model: "teacher".into(),
             steps: self.ode.intervals(),
             unet_evals_per_sample: self.ode.network_evals_per_sample(),
-            // Zero by construction (DESIGN.md), computed rather than written in.
+            // Zero by construction (docs/MATHEMATICS.md, "ODE solving error"), computed rather than written in.
             ode_error: ode_error(&reference.latents, &reference.latents)?,
             fd_clip_vs_teacher: fd_teacher,
             fd_clip_vs_real: fd_real,

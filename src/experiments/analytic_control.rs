@@ -1,6 +1,6 @@
 //! The analytic control of the study: a class-conditional Gaussian-mixture teacher (a
 //! toy of `data::toy`, class = component) at w = 1. Given its class, a row's PF-ODE is
-//! that component's Gaussian one, whose solution is exact (DESIGN.md, "Oracles"):
+//! that component's Gaussian one, whose solution is exact (docs/MATHEMATICS.md, "Analytic oracles"):
 //! `x₀ = μ_k + s_k (x_T − α_T μ_k)/√(α_T² s_k² + σ_T²)`. So ODE error is measured against
 //! the true solution, not the teacher's N-step solve, and there is no teacher error.
 

@@ -373,7 +373,7 @@ mod tests {
     }
 
     /// A gradient that exists but is wrong is caught too: candle 0.11's `upsample_nearest2d`
-    /// backward overwrites its input's gradient instead of adding to it (CANDLE_NOTES.md), so
+    /// backward overwrites its input's gradient instead of adding to it (docs/CANDLE_TRAPS.md), so
     /// `sum(up(x) ⊙ r) + sum(x ⊙ q)` gets only the second term's gradient.
     #[test]
     fn detects_a_wrong_gradient() {

@@ -148,7 +148,8 @@ impl<'a> Init<'a> {
 }
 
 /// Nearest-neighbour 2× upsampling by reshape + broadcast: candle's
-/// `upsample_nearest2d` backward overwrites gradients instead of accumulating (CANDLE_NOTES.md).
+/// `upsample_nearest2d` backward overwrites gradients instead of accumulating
+/// (docs/CANDLE_TRAPS.md, "upsample_nearest2d backward").
 pub fn upsample2x(x: &Tensor) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
     Ok(x.reshape((b, c, h, 1, w, 1))?

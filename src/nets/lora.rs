@@ -258,7 +258,8 @@ impl LoraLinear {
     /// base layer's computation.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // candle 0.11's CPU matmul mis-batches a non-contiguous left side against a broadcast
-        // right side, silently (CANDLE_NOTES.md); `Linear` does exactly that product.
+        // right side, silently (docs/CANDLE_TRAPS.md, "Matmul with a non-contiguous left side");
+        // `Linear` does exactly that product.
         let x = &x.contiguous()?;
         let y = self.base_forward(x)?;
         match (&self.adapter, self.switch.is_on()) {

@@ -3,6 +3,7 @@
 
 pub mod autoencoder;
 pub mod featnet;
+#[cfg(test)]
 pub mod gradcheck;
 pub mod input_gradient;
 pub mod kernels;

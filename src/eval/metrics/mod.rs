@@ -1,4 +1,4 @@
-//! Sample-quality metrics on features (DESIGN.md, "Metrics of sample quality").
+//! Sample-quality metrics on features (docs/MATHEMATICS.md, "Metrics of sample quality").
 //! Feature sets are `n × d` float64 matrices, one row per sample.
 
 pub mod fd;

@@ -25,6 +25,7 @@ pub fn serve(t: &Tensor) -> bool {
 
 /// Runs `f` with the fused kernels off on this thread, so a test can compare them with
 /// the generic ops a GPU runs.
+#[cfg(test)]
 pub fn with_generic_ops<R>(f: impl FnOnce() -> R) -> R {
     let before = GENERIC_ONLY.replace(true);
     let out = f();

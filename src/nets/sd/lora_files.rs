@@ -1,5 +1,5 @@
 //! LoRA files for the adapters of a [`UNet`](crate::nets::sd::unet::UNet), in the layouts that
-//! diffusers, ComfyUI and A1111 load (SD_NOTES.md, "LoRA"; fixtures in
+//! diffusers, ComfyUI and A1111 load (docs/SD_FORMATS.md, "LoRA layouts"; fixtures in
 //! `tests/fixtures/sd/lora/`).
 //!
 //! **Export** writes one adapter set (dcm names `PATH.lora_A.weight` / `PATH.lora_B.weight`,

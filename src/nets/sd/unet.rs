@@ -19,7 +19,7 @@ use crate::nets::sd::weights::{AdaptedLayer, Weights};
 use anyhow::{anyhow, ensure, Result};
 use candle_core::{DType, Device, Tensor};
 
-/// The LoRA targets of diffusers' LCM-LoRA script and the paper's code (SD_NOTES.md).
+/// The LoRA targets of diffusers' LCM-LoRA script and the paper's code (docs/SD_FORMATS.md, "LoRA targets").
 pub const DEFAULT_LORA_TARGETS: [&str; 14] = [
     "to_q",
     "to_k",

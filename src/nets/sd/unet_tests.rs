@@ -268,7 +268,7 @@ fn forward_rejects_missing_conditioning() {
 
 /// SD 1.5's and SDXL's real UNet configurations (as on the Hub) resolve, and LoRA at rank 64
 /// on the default targets has the parameter counts of the published LCM-LoRA files
-/// (67.25 M and 196.75 M, SD_NOTES.md), computed from the configurations alone.
+/// (67.25 M and 196.75 M, docs/SD_FORMATS.md, "LoRA targets"), computed from the configurations alone.
 #[test]
 fn real_configs_give_the_published_lora_sizes() {
     let sd15 = r#"{"_class_name": "UNet2DConditionModel", "act_fn": "silu", "attention_head_dim": 8,
