@@ -17,8 +17,8 @@ use anyhow::{bail, ensure, Context, Result};
 /// Noise samples when `--samples` is not given.
 const DEFAULT_SAMPLES: usize = 2000;
 
-/// The flags of a Stable Diffusion evaluation, given: a small student takes none of them.
-fn text_flags_given(r: &EvalRequest) -> Vec<&'static str> {
+/// Refuses the flags of a Stable Diffusion evaluation: a small student takes none of them.
+pub fn refuse_text_flags(r: &EvalRequest) -> Result<()> {
     let flags = [
         ("--solver", r.solver.is_some()),
         ("--intervals", r.intervals.is_some()),
@@ -33,18 +33,19 @@ fn text_flags_given(r: &EvalRequest) -> Vec<&'static str> {
         ("--batch", r.batch.is_some()),
         ("--out", r.out.is_some()),
     ];
-    flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect()
+    let given: Vec<&str> = flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    if given.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} applies to a Stable Diffusion evaluation (--teacher sd:DIR with --lora FILE or --student OUT)",
+        given.join(", ")
+    )
 }
 
-/// Prints the ODE-error table of the student folder `req.student` (whose teacher is `teacher`).
+/// Prints the ODE-error table of the student folder `req.student` (whose teacher is `teacher`;
+/// the flags were checked with `refuse_text_flags`).
 pub fn evaluate(teacher: &Teacher, req: &EvalRequest, rt: &Runtime) -> Result<()> {
-    let given = text_flags_given(req);
-    if !given.is_empty() {
-        bail!(
-            "{} applies to a Stable Diffusion evaluation (--teacher sd:DIR with --lora FILE or --student OUT)",
-            given.join(", ")
-        );
-    }
     let samples = req.samples.unwrap_or(DEFAULT_SAMPLES);
     ensure!(samples > 0, "--samples must be positive");
     let student = Student::load(req.student.as_deref().context("give --student DIR")?, rt)?;

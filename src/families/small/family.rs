@@ -117,8 +117,13 @@ impl ModelFamily for SmallFamily {
     }
 
     fn student(&self, source: StudentSource, rt: &Runtime) -> Result<StudentSampler> {
-        let StudentSource::Folder(dir) = source else {
-            bail!("--lora: a LoRA file is a student of a Stable Diffusion teacher (sd:DIR)");
+        let dir = match source {
+            StudentSource::Folder(dir) => dir,
+            StudentSource::Adapters { file, .. } => bail!(
+                "--lora {}: a LoRA student needs an sd:DIR teacher, not '{}'",
+                file.display(),
+                self.given_spec()?
+            ),
         };
         let student = Student::load(dir, rt)?;
         Ok(StudentSampler {
@@ -149,6 +154,7 @@ impl ModelFamily for SmallFamily {
         if let Some(spec) = &req.teacher {
             bail!("--teacher '{spec}': dcm eval takes sd:DIR teachers (a student of another teacher: --student DIR alone)");
         }
+        super::evaluate::refuse_text_flags(req)?;
         super::evaluate::evaluate(self.small_teacher()?, req, rt)
     }
 }
