@@ -160,6 +160,21 @@ fn one_step_students_beat_the_one_interval_teacher() {
             "{method}: loss {first:.4} → {last:.4}; 1-step ODE error {err:.4} vs teacher 1-interval {one_interval:.4}"
         );
         assert!(err < one_interval, "{method}: {err} ≥ {one_interval}");
+        // The run folder alone is the same student: its teacher and N come from student.json.
+        let (prompts, noise) = eval_inputs(&d);
+        let by_folder = d.join(format!("{method}-folder.npy"));
+        ok(&[
+            "sample",
+            "--student",
+            run.to_str().unwrap(),
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--noise",
+            noise.to_str().unwrap(),
+            "--out",
+            by_folder.to_str().unwrap(),
+        ]);
+        assert_eq!(read_npy(&by_folder), student, "{method}: --student OUT differs from --lora");
         let peft = run.join("pytorch_lora_weights.safetensors");
         let same = sample(
             &d,
@@ -345,4 +360,43 @@ fn sdxl_and_v_prediction_students_export_loadable_loras() {
         assert_eq!(kohya, sample("pytorch_lora_weights.safetensors"), "{model}");
     }
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Without settings flags a Stable Diffusion student gets its family's defaults, the paper's:
+/// DDIM with N = 100 and w = 9, rank-64 LoRA (α 64), AdamW at a constant 1e-4 — not the small
+/// family's N = 50, w = 1 and cosine decay.
+#[test]
+fn stable_diffusion_defaults_are_the_papers() {
+    let d = dir("defaults");
+    let data = captioned_folder(&d);
+    let run = d.join("run");
+    let teacher = fixture();
+    ok(&[
+        "distill",
+        "--method",
+        "cm",
+        "--teacher",
+        &teacher,
+        "--data",
+        data.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch",
+        "1",
+        "--resolution",
+        "16",
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(run.join("student.json")).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let d = &cfg["distill"];
+    assert_eq!(d["solver"], "ddim");
+    assert_eq!(d["intervals"], 100);
+    assert_eq!(d["guidance"], 9.0);
+    assert_eq!(d["lora"]["rank"], 64);
+    assert_eq!(d["lora"]["alpha"], 64.0);
+    assert_eq!(d["optim"]["lr"], 1e-4);
+    assert_eq!(d["optim"]["cosine_decay"], false);
+    assert_eq!(d["loss"], "l2");
 }
