@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use dcm::experiments::{bench, distill, eval, reproduce, sample, train};
+use dcm::experiments::{bench, distill, eval, reproduce, reproduce_args, sample, train};
 use dcm::models::spec::SPEC_HELP;
 use std::process::ExitCode;
 
@@ -41,7 +41,7 @@ enum Command {
     /// Train the CNN classifier whose features the image metrics use.
     TrainFeatnet(train::TrainFeatnetArgs),
     /// Rerun the paper's comparison on the shipped MNIST latent setting and print its table.
-    Reproduce(reproduce::ReproduceArgs),
+    Reproduce(reproduce_args::ReproduceArgs),
     /// Time teacher forward, guided sampling, and one CM and one Direct distillation step
     /// (--workload unet: a Stable Diffusion UNet forward).
     Bench(bench::BenchArgs),

@@ -1,10 +1,21 @@
 //! Judging students: ODE-solving error against the teacher's solve and the
-//! sample-quality metrics.
+//! sample-quality metrics; the paper's comparison on the MNIST latent setting and the
+//! study built on it, whose records the reports read.
 
 pub mod bootstrap;
+pub mod comparison;
+pub mod difference;
 pub mod evaluate;
+pub mod features;
+pub mod judge;
 pub mod metrics;
+pub mod model_set;
 pub mod ode_error;
+pub mod records;
+pub mod reproduce_config;
 pub mod sd_eval;
 pub mod sd_reference;
+pub mod setup;
 pub mod spearman;
+pub mod students;
+pub mod study;

@@ -2,7 +2,6 @@
 //! flags): sampling, distillation, evaluation, training, the paper's comparison
 //! (`reproduce`), benchmarks, and the reports they write.
 
-pub mod analytic_control;
 pub mod args;
 pub mod bench;
 pub mod bench_unet;
@@ -10,7 +9,7 @@ pub mod distill;
 pub mod eval;
 pub mod report;
 pub mod reproduce;
+pub mod reproduce_args;
 pub mod reproduce_sd;
 pub mod sample;
-pub mod study;
 pub mod train;

@@ -5,7 +5,7 @@
 
 use super::report::chart::{write_chart, Series};
 use super::report::grid::write_grid;
-use super::reproduce::ReproduceArgs;
+use super::reproduce_args::ReproduceArgs;
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::Picking;
 use crate::data::npy;
@@ -29,46 +29,9 @@ use crate::train::optim::OptimConfig;
 use crate::train::trainer::Checkpointing;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::DType;
-use clap::Args;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-
-/// Flags of `--preset sd`.
-#[derive(Args, Clone, Debug, Default)]
-pub struct SdReproduceArgs {
-    /// sd preset: the teacher, `sd:DIR` (a diffusers SD 1.x/2.x/SDXL pipeline folder).
-    #[arg(long)]
-    pub teacher: Option<String>,
-    /// sd preset: evaluation prompts, one per line (each gets --per-prompt samples).
-    #[arg(long, value_name = "FILE")]
-    pub prompts: Option<PathBuf>,
-    /// sd preset: samples per prompt [default: 4].
-    #[arg(long)]
-    pub per_prompt: Option<usize>,
-    /// sd preset: a Hugging Face CLIPModel folder for FD on CLIP features and CLIP score.
-    #[arg(long, value_name = "CLIP_DIR")]
-    pub clip: Option<PathBuf>,
-    /// sd preset: training image size [default: the pipeline's native size].
-    #[arg(long)]
-    pub resolution: Option<usize>,
-}
-
-impl SdReproduceArgs {
-    pub fn given(&self) -> Vec<&'static str> {
-        [
-            ("--teacher", self.teacher.is_some()),
-            ("--prompts", self.prompts.is_some()),
-            ("--per-prompt", self.per_prompt.is_some()),
-            ("--clip", self.clip.is_some()),
-            ("--resolution", self.resolution.is_some()),
-        ]
-        .iter()
-        .filter(|(_, g)| *g)
-        .map(|(f, _)| *f)
-        .collect()
-    }
-}
 
 /// The run's settings, written as `config.json` beside the report.
 #[derive(Clone, Debug, Serialize)]

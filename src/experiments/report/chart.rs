@@ -1,6 +1,7 @@
 //! SVG charts (plotters): the paper's ODE-error-against-quality scatter and training-loss curves.
 
 use anyhow::{anyhow, Result};
+use plotters::coord::ranged1d::ValueFormatter;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -40,6 +41,55 @@ fn bounds(series: &[Series], log_y: bool) -> (f64, f64, f64, f64) {
     }
 }
 
+/// Draws the mesh, every series (points or lines, with their point labels) and the legend.
+fn draw<'a, 'b: 'a, X, Y>(
+    mut chart: ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+    (x_label, y_label): (&str, &str),
+    series: &[Series],
+    lines: bool,
+    log_y: bool,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    for (i, s) in series.iter().enumerate() {
+        let colour = COLOURS[i % COLOURS.len()];
+        // A log axis has no place for values ≤ 0.
+        let shown = |p: &&(f64, f64, String)| !log_y || p.1 > 0.0;
+        let pts: Vec<(f64, f64)> = s.points.iter().filter(shown).map(|p| (p.0, p.1)).collect();
+        let legend = if lines {
+            chart
+                .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
+                .map_err(|e| anyhow!("{e:?}"))?
+        } else {
+            chart
+                .draw_series(pts.iter().map(|&p| Circle::new(p, 5, colour.filled())))
+                .map_err(|e| anyhow!("{e:?}"))?
+        };
+        legend
+            .label(s.name.clone())
+            .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+        let labels = s.points.iter().filter(|p| !p.2.is_empty()).filter(shown);
+        chart
+            .draw_series(labels.map(|p| Text::new(p.2.clone(), (p.0, p.1), ("sans-serif", 13).into_font())))
+            .map_err(|e| anyhow!("{e:?}"))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow!("{e:?}"))?;
+    Ok(())
+}
+
 /// Scatter (`lines = false`) or line chart of several series, written as SVG.
 pub fn write_chart(
     path: &Path,
@@ -61,59 +111,17 @@ pub fn write_chart(
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(70);
-        macro_rules! draw {
-            ($chart:expr) => {{
-                let mut chart = $chart;
-                chart
-                    .configure_mesh()
-                    .x_desc(x_label)
-                    .y_desc(y_label)
-                    .draw()
-                    .map_err(|e| anyhow!("{e:?}"))?;
-                for (i, s) in series.iter().enumerate() {
-                    let colour = COLOURS[i % COLOURS.len()];
-                    let pts: Vec<(f64, f64)> = s
-                        .points
-                        .iter()
-                        .map(|p| (p.0, p.1))
-                        .filter(|p| !log_y || p.1 > 0.0)
-                        .collect();
-                    let legend = if lines {
-                        chart
-                            .draw_series(LineSeries::new(pts.clone(), colour.stroke_width(2)))
-                            .map_err(|e| anyhow!("{e:?}"))?
-                    } else {
-                        chart
-                            .draw_series(pts.iter().map(|&p| Circle::new(p, 5, colour.filled())))
-                            .map_err(|e| anyhow!("{e:?}"))?
-                    };
-                    legend
-                        .label(s.name.clone())
-                        .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
-                    let labels = s
-                        .points
-                        .iter()
-                        .filter(|p| !p.2.is_empty() && (!log_y || p.1 > 0.0));
-                    chart
-                        .draw_series(labels.map(|p| Text::new(p.2.clone(), (p.0, p.1), ("sans-serif", 13).into_font())))
-                        .map_err(|e| anyhow!("{e:?}"))?;
-                }
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(|e| anyhow!("{e:?}"))?;
-            }};
-        }
+        let labels = (x_label, y_label);
         if log_y {
-            draw!(builder
+            let chart = builder
                 .build_cartesian_2d(x0..x1, (y0..y1).log_scale())
-                .map_err(|e| anyhow!("{e:?}"))?);
+                .map_err(|e| anyhow!("{e:?}"))?;
+            draw(chart, labels, series, lines, log_y)?;
         } else {
-            draw!(builder
+            let chart = builder
                 .build_cartesian_2d(x0..x1, y0..y1)
-                .map_err(|e| anyhow!("{e:?}"))?);
+                .map_err(|e| anyhow!("{e:?}"))?;
+            draw(chart, labels, series, lines, log_y)?;
         }
         root.present().map_err(|e| anyhow!("{e:?}"))?;
     }

@@ -3,6 +3,7 @@
 pub mod chart;
 pub mod finding;
 pub mod grid;
+pub mod machine;
 pub mod run;
 pub mod study;
 pub mod table;

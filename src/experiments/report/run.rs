@@ -4,28 +4,15 @@
 use super::chart::{write_chart, Series};
 use super::finding::{claim, sentence, Better};
 use super::grid::write_grid;
-use super::study::differences;
-use super::table::{csv, markdown, summarise};
-use crate::experiments::reproduce::{Outcome, ReproduceConfig};
-use crate::experiments::study::Comparison;
+use super::machine::machine;
+use super::table::{csv, markdown, summarise, Summary};
+use crate::eval::comparison::Outcome;
+use crate::eval::difference::differences;
+use crate::eval::records::TrainingRecord;
+use crate::eval::reproduce_config::ReproduceConfig;
 use crate::runtime::files::write_atomic;
 use anyhow::{Context, Result};
 use std::path::Path;
-
-/// Machine facts for the report header.
-pub(crate) fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu}, {threads} threads, {}", std::env::consts::OS)
-}
 
 /// Moving average over `w` steps, as (step, loss) points.
 fn smoothed(losses: &[f32], w: usize) -> Vec<(f64, f64, String)> {
@@ -52,12 +39,7 @@ fn finding(cfg: &ReproduceConfig, out: &Outcome) -> Result<String> {
                 .to_string(),
         );
     }
-    let comparison = Comparison {
-        preset: cfg.preset.clone(),
-        rows: out.rows.clone(),
-        training: Vec::new(),
-    };
-    let diffs = differences(&comparison, &cfg.steps, 0.95)?;
+    let diffs = differences(&out.rows, &cfg.steps, 0.95)?;
     let mut s = String::new();
     for &k in &cfg.steps {
         let at = |m: &str| diffs.iter().find(|d| d.steps == k && d.metric == m);
@@ -69,16 +51,14 @@ fn finding(cfg: &ReproduceConfig, out: &Outcome) -> Result<String> {
     Ok(s)
 }
 
-pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64) -> Result<String> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    let summary = summarise(&out.rows);
-    let table = markdown(&summary);
-    for (method, steps, images) in &out.grids {
-        let name = format!("samples_{}_{steps}.png", method.to_lowercase().replace(' ', "_"));
-        write_grid(&dir.join(name), images, out.classes, cfg.grid_columns)?;
-    }
-    let methods = ["teacher DDIM", "CM", "Direct"];
-    let scatter: Vec<Series> = methods
+/// The grid's file name of a (method, steps).
+fn grid_name(method: &str, steps: usize) -> String {
+    format!("samples_{}_{steps}.png", method.to_lowercase().replace(' ', "_"))
+}
+
+/// ODE error against FD vs teacher of every (method, steps) mean, and seed 0's loss curves.
+fn write_charts(dir: &Path, summary: &[Summary], training: &[TrainingRecord]) -> Result<()> {
+    let scatter: Vec<Series> = ["teacher DDIM", "CM", "Direct"]
         .iter()
         .map(|m| Series {
             name: m.to_string(),
@@ -104,8 +84,7 @@ pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64)
         false,
         true,
     )?;
-    let curves: Vec<Series> = out
-        .training
+    let curves: Vec<Series> = training
         .iter()
         .filter(|t| t.seed == 0)
         .map(|t| Series {
@@ -121,9 +100,12 @@ pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64)
         &curves,
         true,
         true,
-    )?;
-    let training: String = out
-        .training
+    )
+}
+
+/// One line per trained student: its time, teacher work and final loss.
+fn training_rows(training: &[TrainingRecord]) -> String {
+    training
         .iter()
         .map(|t| {
             format!(
@@ -135,10 +117,14 @@ pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64)
                 t.losses.last().copied().unwrap_or(f32::NAN)
             )
         })
-        .collect();
-    let report = format!(
+        .collect()
+}
+
+/// report.md: the settings, the table, the findings, the training and the figures.
+fn report(cfg: &ReproduceConfig, out: &Outcome, table: &str, seconds: f64) -> Result<String> {
+    Ok(format!(
         "# dcm reproduce — preset `{}`\n\nMachine: {}. Wall time: {seconds:.0} s. Seeds: {}. {} samples ({} per class), teacher {:?} with N = {} intervals, guidance w = {}.\n\n{table}\n{}\n\
-         ## Training\n\n| method | seed | seconds | teacher evaluations (per sample) | final loss |\n|---|---|---|---|---|\n{training}\n\
+         ## Training\n\n| method | seed | seconds | teacher evaluations (per sample) | final loss |\n|---|---|---|---|---|\n{}\n\
          ## Figures\n\n![ODE error against FD](ode_error_vs_fd.svg)\n\n![loss curves](loss_curves.svg)\n\nSample grids (one row per class, same noise for every model): {}.\n",
         cfg.preset,
         machine(),
@@ -149,8 +135,26 @@ pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64)
         cfg.intervals,
         cfg.guidance,
         finding(cfg, out)?,
-        out.grids.iter().map(|(m, k, _)| format!("`samples_{}_{k}.png`", m.to_lowercase().replace(' ', "_"))).collect::<Vec<_>>().join(", ")
-    );
+        training_rows(&out.training),
+        out.grids.iter().map(|(m, k, _)| format!("`{}`", grid_name(m, *k))).collect::<Vec<_>>().join(", ")
+    ))
+}
+
+/// Writes the run folder; returns the Markdown table.
+pub fn write_run(dir: &Path, cfg: &ReproduceConfig, out: &Outcome, seconds: f64) -> Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let summary = summarise(&out.rows);
+    let table = markdown(&summary);
+    for (method, steps, images) in &out.grids {
+        write_grid(
+            &dir.join(grid_name(method, *steps)),
+            images,
+            out.classes,
+            cfg.grid_columns,
+        )?;
+    }
+    write_charts(dir, &summary, &out.training)?;
+    let report = report(cfg, out, &table, seconds)?;
     write_atomic(&dir.join("report.md"), report.as_bytes())?;
     write_atomic(&dir.join("results.csv"), csv(&out.rows).as_bytes())?;
     write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(cfg)?.as_bytes())?;

@@ -4,15 +4,15 @@
 
 use super::chart::{write_chart, Series};
 use super::finding::{claim, interval_text, num, sentence, verdict, Better, Verdict};
-use super::table::{Getter, COLUMNS};
-use crate::eval::bootstrap::{paired_interval, Interval};
+use super::machine::machine;
+use crate::eval::difference::{analytic_differences, analytic_per_seed, differences, mean, per_seed, Difference};
+use crate::eval::records::{Comparison, Metrics, Row, SweepRow, COLUMNS};
 use crate::eval::spearman::spearman;
-use crate::experiments::analytic_control::AnalyticRow;
-use crate::experiments::reproduce::{Metrics, Row};
-use crate::experiments::study::{Comparison, StudyConfig, StudyOutcome, SweepRow};
+use crate::eval::study::analytic_control::AnalyticRow;
+use crate::eval::study::config::StudyConfig;
+use crate::eval::study::outcome::StudyOutcome;
 use crate::runtime::files::write_atomic;
 use anyhow::{Context, Result};
-use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -24,49 +24,6 @@ pub fn better(column: &str) -> Better {
     } else {
         Better::Higher
     }
-}
-
-/// CM − Direct at one step count for one metric, paired by seed.
-#[derive(Clone, Debug, Serialize)]
-pub struct Difference {
-    pub steps: usize,
-    pub metric: String,
-    pub cm: f64,
-    pub direct: f64,
-    pub interval: Interval,
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
-}
-
-/// The per-seed values of `get` for `method` at `steps`, in seed order.
-fn per_seed(rows: &[Row], method: &str, steps: usize, get: Getter) -> Vec<f64> {
-    let mut r: Vec<&Row> = rows.iter().filter(|r| r.method == method && r.steps == steps).collect();
-    r.sort_by_key(|r| r.seed);
-    r.iter().map(|r| get(&r.metrics)).collect()
-}
-
-/// Every metric's paired interval at every step count of a comparison.
-/// (None before the comparison has run.)
-pub fn differences(c: &Comparison, steps: &[usize], level: f64) -> Result<Vec<Difference>> {
-    let mut out = Vec::new();
-    if c.rows.is_empty() {
-        return Ok(out);
-    }
-    for &k in steps {
-        for (name, get) in COLUMNS {
-            let (cm, direct) = (per_seed(&c.rows, "CM", k, get), per_seed(&c.rows, "Direct", k, get));
-            out.push(Difference {
-                steps: k,
-                metric: name.to_string(),
-                cm: mean(&cm),
-                direct: mean(&direct),
-                interval: paired_interval(&cm, &direct, level).with_context(|| format!("{name} at {k} steps"))?,
-            });
-        }
-    }
-    Ok(out)
 }
 
 fn favours(d: &Difference) -> &'static str {
@@ -209,33 +166,33 @@ fn rho(rows: &[&SweepRow]) -> Option<f64> {
     spearman(&x, &y).ok()
 }
 
-/// Charts of the training-length sweep; returns the rank-correlation sentences.
-fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<String> {
-    if rows.is_empty() {
-        return Ok(NOT_RUN.to_string());
-    }
-    let curve = |get: fn(&Metrics) -> f64| -> Vec<Series> {
-        ["CM", "Direct"]
-            .iter()
-            .flat_map(|m| {
-                steps.iter().map(move |&k| Series {
-                    name: format!("{m}, {k} step{}", if k == 1 { "" } else { "s" }),
-                    points: rows
-                        .iter()
-                        .filter(|r| r.method == *m && r.steps == k)
-                        .map(|r| (r.setting.log2(), get(&r.metrics), String::new()))
-                        .collect(),
-                })
+/// One curve per (method, step count) of `get` against log₂ training steps.
+fn length_curves(rows: &[SweepRow], steps: &[usize], get: fn(&Metrics) -> f64) -> Vec<Series> {
+    ["CM", "Direct"]
+        .iter()
+        .flat_map(|m| {
+            steps.iter().map(move |&k| Series {
+                name: format!("{m}, {k} step{}", if k == 1 { "" } else { "s" }),
+                points: rows
+                    .iter()
+                    .filter(|r| r.method == *m && r.steps == k)
+                    .map(|r| (r.setting.log2(), get(&r.metrics), String::new()))
+                    .collect(),
             })
-            .collect()
-    };
+        })
+        .collect()
+}
+
+/// Charts of the training-length sweep: FD and ODE error against length, and ODE error
+/// against FD over every checkpoint.
+fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<()> {
     let x = "log₂ training steps (8 = 250, 13 = 8,000)";
     write_chart(
         &dir.join("training_length_fd.svg"),
         "FD vs teacher against training length",
         x,
         "FD vs teacher",
-        &curve(|m| m.fd_teacher),
+        &length_curves(rows, steps, |m| m.fd_teacher),
         true,
         true,
     )?;
@@ -244,7 +201,7 @@ fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<Strin
         "ODE error against training length",
         x,
         "ODE error (latent MSE)",
-        &curve(|m| m.ode_error_latent),
+        &length_curves(rows, steps, |m| m.ode_error_latent),
         true,
         true,
     )?;
@@ -267,7 +224,12 @@ fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<Strin
         &scatter,
         false,
         true,
-    )?;
+    )
+}
+
+/// The rank correlations of the training-length sweep: over everything, per method and
+/// per step count.
+fn rho_sentences(rows: &[SweepRow], steps: &[usize]) -> String {
     let mut s = String::new();
     let all: Vec<&SweepRow> = rows.iter().collect();
     let fmt = |r: Option<f64>| r.map_or("undefined".to_string(), |v| format!("{v:.2}"));
@@ -290,7 +252,16 @@ fn length_charts(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<Strin
             fmt(rho(&sub))
         );
     }
-    Ok(s)
+    s
+}
+
+/// The training-length charts and the rank-correlation sentences.
+fn length_section(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<String> {
+    if rows.is_empty() {
+        return Ok(NOT_RUN.to_string());
+    }
+    length_charts(dir, rows, steps)?;
+    Ok(rho_sentences(rows, steps))
 }
 
 fn horizon_chart(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<()> {
@@ -324,46 +295,23 @@ fn analytic_section(rows: &[AnalyticRow], steps: &[usize], level: f64) -> Result
     if rows.is_empty() {
         return Ok((NOT_RUN.to_string(), Vec::new()));
     }
-    type Get = fn(&AnalyticRow) -> f64;
-    let metrics: [(&str, Get); 3] = [
-        ("FD vs exact samples", |r| r.fd_exact),
-        ("ODE error (exact)", |r| r.exact_ode_error),
-        ("ODE error (vs N-step solve)", |r| r.solver_ode_error),
-    ];
-    let values = |method: &str, k: usize, get: Get| -> Vec<f64> {
-        let mut r: Vec<&AnalyticRow> = rows.iter().filter(|r| r.method == method && r.steps == k).collect();
-        r.sort_by_key(|r| r.seed);
-        r.iter().map(|r| get(r)).collect()
-    };
-    let mut diffs = Vec::new();
+    let diffs = analytic_differences(rows, steps, level)?;
     let mut s =
         String::from("| steps | metric | CM | Direct | CM − Direct [95 % CI] | better |\n|---|---|---|---|---|---|\n");
-    for &k in steps {
-        for (name, get) in metrics {
-            let (cm, direct) = (values("CM", k, get), values("Direct", k, get));
-            let d = Difference {
-                steps: k,
-                metric: name.to_string(),
-                cm: mean(&cm),
-                direct: mean(&direct),
-                interval: paired_interval(&cm, &direct, level)?,
-            };
-            let _ = writeln!(
-                s,
-                "| {k} | {name} | {} | {} | {} | {} |",
-                num(d.cm),
-                num(d.direct),
-                interval_text(&d.interval),
-                favours(&d)
-            );
-            diffs.push(d);
-        }
+    for d in &diffs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            d.steps,
+            d.metric,
+            num(d.cm),
+            num(d.direct),
+            interval_text(&d.interval),
+            favours(d)
+        );
     }
-    let teacher = values(
-        "teacher",
-        rows.iter().find(|r| r.method == "teacher").map_or(0, |r| r.steps),
-        |r| r.exact_ode_error,
-    );
+    let teacher_steps = rows.iter().find(|r| r.method == "teacher").map_or(0, |r| r.steps);
+    let teacher = analytic_per_seed(rows, "teacher", teacher_steps, |r| r.exact_ode_error);
     let _ = writeln!(
         s,
         "\nThe teacher's own N-step solve: ODE error against the exact solution {} (mean over seeds).\n",
@@ -457,20 +405,14 @@ fn baseline_section(title: &str, c: &Comparison, diffs: &[Difference], steps: &[
     )
 }
 
-pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f64) -> Result<String> {
-    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-    let steps = &cfg.main.steps;
-    let main = differences(&out.main, steps, cfg.level)?;
-    let other = differences(&out.other, steps, cfg.level)?;
-    let rho = length_charts(dir, &out.lengths, steps)?;
-    horizon_chart(dir, &out.horizons, steps)?;
-    let (analytic, analytic_diffs) = analytic_section(&out.analytic, steps, cfg.level)?;
+/// The title, how the numbers were made, and each stage's time.
+fn preamble(cfg: &StudyConfig, out: &StudyOutcome, seconds: f64) -> String {
     let stages: String = out
         .stages
         .iter()
         .map(|(s, t)| format!("| {s} | {:.1} |\n", t / 60.0))
         .collect();
-    let report = format!(
+    format!(
         "# The study: CM against Direct CM on MNIST latents\n\n\
          Generated by `dcm reproduce --preset study` ({:.0} min on {}). Every number below is from \
          `study.json`; the finding sentences are generated from the paired bootstrap intervals \
@@ -479,7 +421,28 @@ pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f
          own evaluation noise, so its difference carries training and evaluation randomness alike. \
          {} evaluation samples per seed ({} per class). FD against the teacher's samples (the paper's \
          metric) heads every table.\n\n\
-         | stage | minutes |\n|---|---|\n{stages}\n{}\n{}\n\
+         | stage | minutes |\n|---|---|\n{stages}\n",
+        seconds / 60.0,
+        machine(),
+        cfg.main.seeds,
+        cfg.level * 100.0,
+        cfg.main.per_class * out.classes,
+        cfg.main.per_class,
+    )
+}
+
+/// README.md: the preamble, both baselines, the sweeps and the analytic control.
+fn readme(
+    cfg: &StudyConfig,
+    out: &StudyOutcome,
+    seconds: f64,
+    diffs: [&[Difference]; 2],
+    rho: &str,
+    analytic: &str,
+) -> String {
+    let steps = &cfg.main.steps;
+    format!(
+        "{}{}\n{}\n\
          ## Training length (seed 0 of `{}`, one run to {} steps)\n\n{}\n\
          Spearman's ρ between ODE error and FD vs teacher:\n\n{rho}\n\
          ![FD against training length](training_length_fd.svg)\n\n![ODE error against training length](training_length_ode_error.svg)\n\n\
@@ -487,14 +450,9 @@ pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f
          ## Target horizon (seed 0, {} training steps): k teacher steps, then the target network\n\n{}\n![horizon](horizon.svg)\n\n\
          ## Guidance (seed 0, {} training steps, each w judged against its own teacher solve)\n\n{}\n\
          ## Analytic control: `{}` mixture, exact ODE solution ({} seeds, {} samples each)\n\n{analytic}\n",
-        seconds / 60.0,
-        super::run::machine(),
-        cfg.main.seeds,
-        cfg.level * 100.0,
-        cfg.main.per_class * out.classes,
-        cfg.main.per_class,
-        baseline_section("Faithful baseline chosen by CM's stability: full fine-tuning, EMA target 0.95", &out.main, &main, steps, &out.main.rows),
-        baseline_section("The paper's code: LoRA students, θ⁻ = θ", &out.other, &other, steps, &out.main.rows),
+        preamble(cfg, out, seconds),
+        baseline_section("Faithful baseline chosen by CM's stability: full fine-tuning, EMA target 0.95", &out.main, diffs[0], steps, &out.main.rows),
+        baseline_section("The paper's code: LoRA students, θ⁻ = θ", &out.other, diffs[1], steps, &out.main.rows),
         cfg.main.preset,
         cfg.lengths.iter().max().copied().unwrap_or(0),
         sweep_table(&out.lengths, "training steps", steps),
@@ -505,13 +463,22 @@ pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f
         cfg.analytic.toy,
         cfg.analytic.seeds,
         out.analytic_samples,
-    );
-    write_atomic(&dir.join("README.md"), report.as_bytes())?;
+    )
+}
+
+/// The CSV files and `study.json` (everything, from which `--rewrite-report` rewrites).
+fn write_data(
+    dir: &Path,
+    cfg: &StudyConfig,
+    out: &StudyOutcome,
+    seconds: f64,
+    diffs: [&[Difference]; 3],
+) -> Result<()> {
     write_atomic(&dir.join("results.csv"), rows_csv(&[&out.main, &out.other]).as_bytes())?;
     let sets: [(&str, &[Difference]); 3] = [
-        (&out.main.preset, &main),
-        (&out.other.preset, &other),
-        ("analytic", &analytic_diffs),
+        (&out.main.preset, diffs[0]),
+        (&out.other.preset, diffs[1]),
+        ("analytic", diffs[2]),
     ];
     write_atomic(&dir.join("intervals.csv"), intervals_csv(&sets).as_bytes())?;
     write_atomic(
@@ -521,8 +488,22 @@ pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f
     write_atomic(&dir.join("horizon.csv"), sweep_csv(&out.horizons, "k").as_bytes())?;
     write_atomic(&dir.join("guidance.csv"), sweep_csv(&out.guidance, "w").as_bytes())?;
     write_atomic(&dir.join("analytic.csv"), analytic_csv(&out.analytic).as_bytes())?;
-    let json = serde_json::json!({"config": cfg, "seconds": seconds, "machine": super::run::machine(),
-        "intervals": {"main": main, "other": other, "analytic": analytic_diffs}, "outcome": out});
-    write_atomic(&dir.join("study.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+    let json = serde_json::json!({"config": cfg, "seconds": seconds, "machine": machine(),
+        "intervals": {"main": diffs[0], "other": diffs[1], "analytic": diffs[2]}, "outcome": out});
+    write_atomic(&dir.join("study.json"), serde_json::to_string_pretty(&json)?.as_bytes())
+}
+
+/// Writes the study's folder; returns README.md's text.
+pub fn write_study(dir: &Path, cfg: &StudyConfig, out: &StudyOutcome, seconds: f64) -> Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+    let steps = &cfg.main.steps;
+    let main = differences(&out.main.rows, steps, cfg.level)?;
+    let other = differences(&out.other.rows, steps, cfg.level)?;
+    let rho = length_section(dir, &out.lengths, steps)?;
+    horizon_chart(dir, &out.horizons, steps)?;
+    let (analytic, analytic_diffs) = analytic_section(&out.analytic, steps, cfg.level)?;
+    let report = readme(cfg, out, seconds, [&main, &other], &rho, &analytic);
+    write_atomic(&dir.join("README.md"), report.as_bytes())?;
+    write_data(dir, cfg, out, seconds, [&main, &other, &analytic_diffs])?;
     Ok(report)
 }

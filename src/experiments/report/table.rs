@@ -1,26 +1,8 @@
 //! The paper's table from a run: per-seed rows aggregated to mean ± std per
 //! (method, steps), written as Markdown, CSV and JSON.
 
-use crate::experiments::reproduce::{Metrics, Row};
+use crate::eval::records::{Row, COLUMNS};
 use serde::Serialize;
-
-/// Column name and accessor of every reported metric, in table order.
-/// Reads one metric from a row.
-pub type Getter = fn(&Metrics) -> f64;
-
-/// FD against the teacher's samples, the paper's metric, comes first.
-pub const COLUMNS: [(&str, Getter); 10] = [
-    ("FD vs teacher", |m| m.fd_teacher),
-    ("ODE error (latent)", |m| m.ode_error_latent),
-    ("ODE error (pixel)", |m| m.ode_error_pixel),
-    ("FD vs data", |m| m.fd_data),
-    ("KD vs data", |m| m.kd_data),
-    ("precision", |m| m.precision),
-    ("recall", |m| m.recall),
-    ("density", |m| m.density),
-    ("coverage", |m| m.coverage),
-    ("class accuracy", |m| m.class_accuracy),
-];
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Summary {
@@ -125,6 +107,7 @@ pub fn csv(rows: &[Row]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eval::records::Metrics;
 
     fn row(method: &str, steps: usize, seed: u64, v: f64) -> Row {
         let m = Metrics {

@@ -4,10 +4,10 @@
 //! `x₀ = μ_k + s_k (x_T − α_T μ_k)/√(α_T² s_k² + σ_T²)`. So ODE error is measured against
 //! the true solution, not the teacher's N-step solve, and there is no teacher error.
 
-use super::reproduce::ReproduceConfig;
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::multistep_sample;
 use crate::data::toy::Toy;
+use crate::data::Dataset;
 use crate::diffusion::analytic::GaussianMixture;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::discretization::Discretization;
@@ -15,6 +15,7 @@ use crate::diffusion::schedule::{Schedule, ScheduleKind, T};
 use crate::diffusion::solver::solve;
 use crate::eval::metrics::{fd::frechet_distance, to_matrix};
 use crate::eval::ode_error::ode_error;
+use crate::eval::reproduce_config::ReproduceConfig;
 use crate::nets::mlp::{Mlp, MlpConfig};
 use crate::nets::network::NetConfig;
 use crate::runtime::device::Runtime;
@@ -55,6 +56,42 @@ impl AnalyticConfig {
             depth: 3,
         }
     }
+
+    /// The fresh residual MLP each student starts as.
+    fn student_net(&self, dim: usize, classes: usize) -> MlpConfig {
+        MlpConfig {
+            sample_shape: vec![dim],
+            hidden: self.hidden,
+            depth: self.depth,
+            time_dim: 32,
+            num_classes: classes,
+            schedule: ScheduleKind::default(),
+        }
+    }
+
+    /// The main baseline's distillation settings at this control's length, batch and
+    /// rate, with the teacher unguided (w = 1) and no LoRA (the student is fresh).
+    fn distill_config(&self, main: &ReproduceConfig, method: Method, seed: u64) -> DistillConfig {
+        DistillConfig {
+            method,
+            solver: main.solver,
+            intervals: main.intervals,
+            guidance: 1.0,
+            steps: self.distill_steps,
+            batch: self.batch,
+            optim: OptimConfig {
+                lr: self.lr,
+                weight_decay: main.weight_decay,
+                max_grad_norm: 1.0,
+                cosine_decay: main.cosine_decay,
+            },
+            loss: main.loss,
+            ema_decay: main.ema_decay,
+            lora: None,
+            grad_accum: 1,
+            seed,
+        }
+    }
 }
 
 /// One (model, seed, steps) of the control. `teacher` rows are the N-step solve itself.
@@ -84,28 +121,46 @@ pub fn exact_solution(m: &GaussianMixture, x: &Tensor, t: usize, labels: &[u32])
     Ok(Tensor::from_vec(out, (rows.len(), m.dim()), x.device())?)
 }
 
-/// Every row of the control and the number of evaluation samples per seed.
-pub fn run(cfg: &AnalyticConfig, main: &ReproduceConfig, rt: &Runtime) -> Result<(Vec<AnalyticRow>, usize)> {
+/// The control's teacher: the toy's mixture under the default schedule.
+fn mixture(cfg: &AnalyticConfig) -> Result<GaussianMixture> {
     let components = Toy::parse(&cfg.toy)?
         .components()
         .with_context(|| format!("toy '{}' is not a Gaussian mixture", cfg.toy))?;
-    let mixture = GaussianMixture {
+    Ok(GaussianMixture {
         components,
         schedule: Schedule::new(ScheduleKind::default()),
-    };
+    })
+}
+
+/// A fresh MLP (its own init stream per seed) distilled from the mixture on `data`.
+fn train_student(
+    mixture: &GaussianMixture,
+    net: &MlpConfig,
+    data: &Dataset,
+    distill_cfg: &DistillConfig,
+    rt: &Runtime,
+) -> Result<Mlp> {
+    let init = rt.trainable(&net.init(&mut seeded(distill_cfg.seed.wrapping_add(1)))?)?;
+    let d = distill(
+        Some(mixture),
+        &NetConfig::Mlp(net.clone()),
+        &init,
+        data,
+        distill_cfg,
+        Default::default(),
+    )?;
+    Mlp::new(net.clone(), &rt.frozen(&d.params)?)
+}
+
+/// Every row of the control and the number of evaluation samples per seed.
+pub fn run(cfg: &AnalyticConfig, main: &ReproduceConfig, rt: &Runtime) -> Result<(Vec<AnalyticRow>, usize)> {
+    let mixture = mixture(cfg)?;
     let classes = mixture.components.means.len();
     let n = cfg.per_class * classes;
     let labels: Vec<u32> = (0..n as u32).map(|i| i % classes as u32).collect();
     let cond = Condition::Labels(labels.iter().map(|&c| Some(c)).collect());
     let grid = Discretization::new(main.intervals)?;
-    let net = MlpConfig {
-        sample_shape: vec![mixture.dim()],
-        hidden: cfg.hidden,
-        depth: cfg.depth,
-        time_dim: 32,
-        num_classes: classes,
-        schedule: ScheduleKind::default(),
-    };
+    let net = cfg.student_net(mixture.dim(), classes);
     let mut rows = Vec::new();
     for seed in 0..cfg.seeds as u64 {
         let data = mixture.sample(cfg.train_samples, &mut seeded(seed ^ 0x5eed))?;
@@ -126,35 +181,8 @@ pub fn run(cfg: &AnalyticConfig, main: &ReproduceConfig, rt: &Runtime) -> Result
         };
         record("teacher", main.intervals, &reference)?;
         for method in Method::compared() {
-            let distill_cfg = DistillConfig {
-                method,
-                solver: main.solver,
-                intervals: main.intervals,
-                guidance: 1.0,
-                steps: cfg.distill_steps,
-                batch: cfg.batch,
-                optim: OptimConfig {
-                    lr: cfg.lr,
-                    weight_decay: main.weight_decay,
-                    max_grad_norm: 1.0,
-                    cosine_decay: main.cosine_decay,
-                },
-                loss: main.loss,
-                ema_decay: main.ema_decay,
-                lora: None,
-                grad_accum: 1,
-                seed,
-            };
-            let init = rt.trainable(&net.init(&mut seeded(seed.wrapping_add(1)))?)?;
-            let d = distill(
-                Some(&mixture),
-                &NetConfig::Mlp(net.clone()),
-                &init,
-                &data,
-                &distill_cfg,
-                Default::default(),
-            )?;
-            let student = Mlp::new(net.clone(), &rt.frozen(&d.params)?)?;
+            let distill_cfg = cfg.distill_config(main, method, seed);
+            let student = train_student(&mixture, &net, &data, &distill_cfg, rt)?;
             for &k in &main.steps {
                 let x = multistep_sample(&student, &noise, grid, k, &cond, &mut renoise_rng(seed))?;
                 record(method.title(), k, &x)?;

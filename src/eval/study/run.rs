@@ -1,0 +1,104 @@
+//! The study's stages in order — references, the two baselines (the main one with the
+//! training lengths), the analytic control, the target horizon and guidance sweeps —
+//! saving the baselines' students beside the report.
+
+use crate::eval::judge::Judge;
+use crate::eval::model_set::Models;
+use crate::eval::records::Comparison;
+use crate::eval::reproduce_config::ReproduceConfig;
+use crate::eval::setup::Setup;
+use crate::eval::students::{save_students, StudentSource};
+use crate::eval::study::analytic_control;
+use crate::eval::study::baselines::baseline;
+use crate::eval::study::config::StudyConfig;
+use crate::eval::study::outcome::StudyOutcome;
+use crate::eval::study::sweeps::{guidance_sweep, horizon_sweep};
+use anyhow::Result;
+use std::path::Path;
+use std::time::Instant;
+
+const STAGES: usize = 6;
+
+/// Prints a stage's start and returns its clock.
+fn stage(n: usize, what: &str, started: Instant) -> Instant {
+    eprintln!(
+        "[study {n}/{STAGES}] {what} (study elapsed {:.1} min)",
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Instant::now()
+}
+
+/// The outcome before any stage has run.
+fn nothing_yet(cfg: &StudyConfig, classes: usize) -> StudyOutcome {
+    let empty = |c: &ReproduceConfig| Comparison {
+        preset: c.preset.clone(),
+        rows: Vec::new(),
+        training: Vec::new(),
+    };
+    StudyOutcome {
+        classes,
+        main: empty(&cfg.main),
+        other: empty(&cfg.other),
+        lengths: Vec::new(),
+        horizons: Vec::new(),
+        guidance: Vec::new(),
+        analytic: Vec::new(),
+        analytic_samples: 0,
+        stages: Vec::new(),
+    }
+}
+
+/// Runs every stage into `out` (checkpoints and students), handing the outcome so far and
+/// the study's seconds to `report` after each, so that a run stopped part-way leaves the
+/// report of the stages it finished.
+pub fn run(
+    cfg: &StudyConfig,
+    models: &Models,
+    source: &StudentSource,
+    out: &Path,
+    mut report: impl FnMut(&StudyOutcome, f64) -> Result<()>,
+) -> Result<StudyOutcome> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let setup = Setup::new(&cfg.main, models)?;
+    let mut o = nothing_yet(cfg, setup.classes);
+    let mut done = |o: &mut StudyOutcome, name: String, clock: Instant| -> Result<()> {
+        o.stages.push((name, clock.elapsed().as_secs_f64()));
+        report(o, started.elapsed().as_secs_f64())
+    };
+    let mut clock = stage(
+        1,
+        "references: the teacher's solve from each seed's evaluation noise",
+        started,
+    );
+    let judges: Vec<Judge> = (0..cfg.main.seeds as u64)
+        .map(|seed| Judge::new(&setup, &cfg.main, models, seed, cfg.main.guidance))
+        .collect::<Result<_>>()?;
+    done(&mut o, "references".into(), clock)?;
+    clock = stage(
+        2,
+        "main baseline (seed 0 runs on to the longest training length)",
+        started,
+    );
+    let lengths = (cfg.lengths.as_slice(), out.join("checkpoints"));
+    let main = baseline(&cfg.main, models, &setup, &judges, Some((lengths.0, &lengths.1)))?;
+    save_students(&out.join("students").join(&cfg.main.preset), source, &main.students)?;
+    (o.main, o.lengths) = (main.comparison, main.lengths);
+    let name = format!("{} baseline and training length", cfg.main.preset);
+    done(&mut o, name, clock)?;
+    clock = stage(3, "the other baseline", started);
+    let other = baseline(&cfg.other, models, &setup, &judges, None)?;
+    save_students(&out.join("students").join(&cfg.other.preset), source, &other.students)?;
+    o.other = other.comparison;
+    done(&mut o, format!("{} baseline", cfg.other.preset), clock)?;
+    clock = stage(4, "analytic control", started);
+    (o.analytic, o.analytic_samples) = analytic_control::run(&cfg.analytic, &cfg.main, &models.runtime)?;
+    done(&mut o, "analytic control".into(), clock)?;
+    clock = stage(5, "target horizon", started);
+    o.horizons = horizon_sweep(cfg, models, &setup, &judges[0], &o.lengths)?;
+    done(&mut o, "target horizon".into(), clock)?;
+    clock = stage(6, "guidance", started);
+    o.guidance = guidance_sweep(cfg, models, &setup, &o.lengths)?;
+    done(&mut o, "guidance".into(), clock)?;
+    Ok(o)
+}

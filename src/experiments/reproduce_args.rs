@@ -1,0 +1,105 @@
+//! The flags of `dcm reproduce`, shared by its MNIST presets (the paper's comparison and
+//! the study) and `--preset sd`.
+
+use super::args::{LoraArgs, RuntimeArgs};
+use crate::consistency::distance::Distance;
+use crate::diffusion::solver::Solver;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct ReproduceArgs {
+    /// smoke (≤ 60 s), default or ema (≤ 6 min on 2 cores), lora, paper (N = 100, for a GPU),
+    /// study (≈ 1.5 h: docs/study/), study-smoke, or sd (a Stable Diffusion teacher's LoRA
+    /// students: --teacher sd:DIR --data FOLDER --prompts FILE).
+    #[arg(long, default_value = "default")]
+    pub preset: String,
+    /// Repeat with this many seeds and report mean ± std.
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// Run folder [default: runs/reproduce-PRESET].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Folder holding autoencoder/, teacher/ and featnet/ [default: the shipped models].
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Images the held-out split comes from [default: the shipped MNIST digits].
+    #[arg(long, default_value = "mnist")]
+    pub data: String,
+    /// Override the preset's teacher solver (ddim, euler or heun).
+    #[arg(long)]
+    pub solver: Option<Solver>,
+    /// Override the preset's number of teacher solver intervals N.
+    #[arg(long)]
+    pub intervals: Option<usize>,
+    /// Override the preset's guidance scale w.
+    #[arg(long)]
+    pub guidance: Option<f64>,
+    /// Override the preset's distillation steps (per student).
+    #[arg(long)]
+    pub distill_steps: Option<usize>,
+    /// Override the preset's distillation batch size.
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Override the preset's learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Override the preset's evaluation samples per class.
+    #[arg(long)]
+    pub per_class: Option<usize>,
+    /// Override the preset's distance: l2, huber or huber:C.
+    #[arg(long)]
+    pub loss: Option<Distance>,
+    /// Use an EMA target network with this decay (the presets `default` and `ema`: 0.95).
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Decay the learning rate to 0 on a cosine instead of the presets' constant rate.
+    #[arg(long)]
+    pub cosine_decay: bool,
+    #[command(flatten)]
+    pub lora: LoraArgs,
+    /// With `--preset study`: rewrite the report in --out from its study.json (a finished
+    /// or part-finished run) instead of running the study.
+    #[arg(long)]
+    pub rewrite_report: bool,
+    #[command(flatten)]
+    pub sd: SdReproduceArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+}
+
+/// Flags of `--preset sd`.
+#[derive(Args, Clone, Debug, Default)]
+pub struct SdReproduceArgs {
+    /// sd preset: the teacher, `sd:DIR` (a diffusers SD 1.x/2.x/SDXL pipeline folder).
+    #[arg(long)]
+    pub teacher: Option<String>,
+    /// sd preset: evaluation prompts, one per line (each gets --per-prompt samples).
+    #[arg(long, value_name = "FILE")]
+    pub prompts: Option<PathBuf>,
+    /// sd preset: samples per prompt [default: 4].
+    #[arg(long)]
+    pub per_prompt: Option<usize>,
+    /// sd preset: a Hugging Face CLIPModel folder for FD on CLIP features and CLIP score.
+    #[arg(long, value_name = "CLIP_DIR")]
+    pub clip: Option<PathBuf>,
+    /// sd preset: training image size [default: the pipeline's native size].
+    #[arg(long)]
+    pub resolution: Option<usize>,
+}
+
+impl SdReproduceArgs {
+    pub fn given(&self) -> Vec<&'static str> {
+        [
+            ("--teacher", self.teacher.is_some()),
+            ("--prompts", self.prompts.is_some()),
+            ("--per-prompt", self.per_prompt.is_some()),
+            ("--clip", self.clip.is_some()),
+            ("--resolution", self.resolution.is_some()),
+        ]
+        .iter()
+        .filter(|(_, g)| *g)
+        .map(|(f, _)| *f)
+        .collect()
+    }
+}
