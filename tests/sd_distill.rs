@@ -174,7 +174,11 @@ fn one_step_students_beat_the_one_interval_teacher() {
             "--out",
             by_folder.to_str().unwrap(),
         ]);
-        assert_eq!(read_npy(&by_folder), student, "{method}: --student OUT differs from --lora");
+        assert_eq!(
+            read_npy(&by_folder),
+            student,
+            "{method}: --student OUT differs from --lora"
+        );
         let peft = run.join("pytorch_lora_weights.safetensors");
         let same = sample(
             &d,

@@ -3,10 +3,8 @@
 //! identical hyper-parameters, every model judged at each step count on the same noise.
 
 use crate::consistency::objective::Method;
-use crate::diffusion::discretization::Discretization;
-use crate::diffusion::guidance::Guided;
-use crate::diffusion::schedule::T;
-use crate::diffusion::solver::{solve, Solver};
+use crate::diffusion::solver::Solver;
+use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::judge::Judge;
 use crate::eval::model_set::Models;
 use crate::eval::records::{Row, TrainingRecord};
@@ -43,7 +41,6 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
         students: Vec::new(),
         grids: Vec::new(),
     };
-    let guided = Guided::new(&*models.teacher, cfg.guidance);
     for seed in 0..cfg.seeds as u64 {
         let judge = Judge::new(&setup, cfg, models, seed, cfg.guidance)?;
         let mut record = |method: &str, steps: usize, latents: &Tensor| -> Result<()> {
@@ -65,14 +62,8 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
         };
         record("teacher", cfg.intervals, &judge.ref_latents)?;
         for &k in &cfg.steps {
-            let coarse = solve(
-                Solver::Ddim,
-                &guided,
-                &judge.noise,
-                Discretization::new(k)?,
-                T,
-                &setup.cond,
-            )?;
+            let coarse =
+                TeacherOde::new(Solver::Ddim, k, cfg.guidance)?.solve(&*models.teacher, &judge.noise, &setup.cond)?;
             record("teacher DDIM", k, &coarse)?;
         }
         for method in Method::compared() {

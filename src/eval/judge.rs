@@ -4,9 +4,7 @@
 use crate::consistency::sampler::multistep_sample;
 use crate::diffusion::condition::Condition;
 use crate::diffusion::discretization::Discretization;
-use crate::diffusion::guidance::Guided;
-use crate::diffusion::schedule::T;
-use crate::diffusion::solver::solve;
+use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::features::features;
 use crate::eval::metrics::{fd::frechet_distance, kd::kernel_distance, prdc::prdc, to_matrix};
 use crate::eval::model_set::Models;
@@ -39,15 +37,8 @@ impl<'a> Judge<'a> {
     /// The evaluation noise of `seed` and the teacher's reference solve from it at guidance `w`.
     pub fn new(setup: &Setup, cfg: &ReproduceConfig, models: &'a Models, seed: u64, w: f64) -> Result<Self> {
         let noise = standard_normal(&mut eval_noise_rng(seed), setup.shape.clone(), &models.runtime.device)?;
-        let guided = Guided::new(&*models.teacher, w);
-        let ref_latents = solve(
-            cfg.solver,
-            &guided,
-            &noise,
-            Discretization::new(cfg.intervals)?,
-            T,
-            &setup.cond,
-        )?;
+        let ode = TeacherOde::new(cfg.solver, cfg.intervals, w)?;
+        let ref_latents = ode.solve(&*models.teacher, &noise, &setup.cond)?;
         let ref_images = decode_all(&models.autoencoder, &ref_latents)?;
         let ref_features = to_matrix(&features(&models.featnet, &ref_images)?)?;
         Ok(Self {

@@ -3,10 +3,8 @@
 //! run on to the longest training length, judged at each kept checkpoint.
 
 use crate::consistency::objective::Method;
-use crate::diffusion::discretization::Discretization;
-use crate::diffusion::guidance::Guided;
-use crate::diffusion::schedule::T;
-use crate::diffusion::solver::{solve, Solver};
+use crate::diffusion::solver::Solver;
+use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::judge::Judge;
 use crate::eval::model_set::Models;
 use crate::eval::records::{Comparison, Metrics, Row, SweepRow, TrainingRecord};
@@ -117,15 +115,7 @@ fn train_lengths(
 
 /// The teacher's own `k`-interval DDIM from the judge's noise.
 fn teacher_ddim(cfg: &ReproduceConfig, models: &Models, judge: &Judge, k: usize) -> Result<Tensor> {
-    let guided = Guided::new(&*models.teacher, cfg.guidance);
-    solve(
-        Solver::Ddim,
-        &guided,
-        &judge.noise,
-        Discretization::new(k)?,
-        T,
-        &judge.cond,
-    )
+    TeacherOde::new(Solver::Ddim, k, cfg.guidance)?.solve(&*models.teacher, &judge.noise, &judge.cond)
 }
 
 /// `method`'s student at each training length, judged at every step count.
