@@ -71,13 +71,7 @@ pub fn run(cfg: &ReproduceConfig, models: &Models) -> Result<Outcome> {
             for &k in &cfg.steps {
                 record(method.title(), k, &judge.sample(cfg, &student.params, k)?)?;
             }
-            out.training.push(TrainingRecord {
-                method: method.title().into(),
-                seed,
-                losses,
-                teacher_evaluations: student.teacher_evaluations,
-                seconds: student.seconds,
-            });
+            out.training.push(student.record(losses));
             out.students.push(student);
         }
     }

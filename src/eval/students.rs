@@ -2,6 +2,7 @@
 //! again, and saved as student folders.
 
 use crate::consistency::objective::Method;
+use crate::eval::records::TrainingRecord;
 use crate::models::model_dir;
 use crate::models::student::{portable_spec, StudentConfig};
 use crate::nets::layers::Params;
@@ -18,6 +19,19 @@ pub struct TrainedStudent {
     pub params: Params,
     pub teacher_evaluations: u64,
     pub seconds: f64,
+}
+
+impl TrainedStudent {
+    /// Its training as a report records it, with the loss of every step.
+    pub fn record(&self, losses: Vec<f32>) -> TrainingRecord {
+        TrainingRecord {
+            method: self.method.title().into(),
+            seed: self.seed,
+            losses,
+            teacher_evaluations: self.teacher_evaluations,
+            seconds: self.seconds,
+        }
+    }
 }
 
 /// Where a run's students come from, as their configs record it.

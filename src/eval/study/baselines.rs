@@ -7,7 +7,7 @@ use crate::diffusion::solver::Solver;
 use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::judge::Judge;
 use crate::eval::model_set::Models;
-use crate::eval::records::{Comparison, Metrics, Row, SweepRow, TrainingRecord};
+use crate::eval::records::{Comparison, Metrics, Row, SweepRow};
 use crate::eval::reproduce_config::ReproduceConfig;
 use crate::eval::setup::Setup;
 use crate::eval::students::TrainedStudent;
@@ -84,13 +84,7 @@ pub fn baseline(
                 student.seconds,
                 cfg.steps
             );
-            out.comparison.training.push(TrainingRecord {
-                method: method.title().into(),
-                seed,
-                losses,
-                teacher_evaluations: student.teacher_evaluations,
-                seconds: student.seconds,
-            });
+            out.comparison.training.push(student.record(losses));
             out.students.push(student);
         }
     }
