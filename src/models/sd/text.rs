@@ -166,7 +166,7 @@ fn size_ids((h, w): (usize, usize), rows: usize, device: &candle_core::Device) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::sd::test_util::{fixture, golden, max_abs_diff, prompts};
+    use crate::models::sd::test_util::{copy_pipeline, fixture, golden, max_abs_diff, prompts};
 
     const TOL: f64 = 1e-5;
 
@@ -265,6 +265,26 @@ mod tests {
             parts(&c).0.time_ids.as_ref().unwrap().to_vec2::<f32>().unwrap(),
             vec![vec![24f32, 40., 0., 0., 24., 40.]]
         );
+    }
+
+    /// A pipeline whose `tokenizer/` holds only `tokenizer.json` (transformers ≥ 5) conditions
+    /// the UNet exactly as the `vocab.json` + `merges.txt` one.
+    #[test]
+    fn tokenizer_json_layout_conditions_the_same() {
+        let dir = copy_pipeline("sd1", "tokenizer-json");
+        for file in ["vocab.json", "merges.txt"] {
+            std::fs::remove_file(dir.join("tokenizer").join(file)).unwrap();
+        }
+        let json_only = PromptEncoder::load(&Pipeline::open(&dir).unwrap(), &Runtime::default()).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let p = prompts("sd1");
+        let c = json_only.condition(&p, &NullText::Pipeline, false, (16, 16)).unwrap();
+        let want = encoder("sd1")
+            .condition(&p, &NullText::Pipeline, false, (16, 16))
+            .unwrap();
+        for (got, want) in [(parts(&c).0, parts(&want).0), (parts(&c).1, parts(&want).1)] {
+            assert_eq!(max_abs_diff(&got.tokens, &want.tokens), 0.0);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! CLIP's byte-level BPE tokenizer, built from a diffusers `tokenizer/` folder (`vocab.json`,
-//! `merges.txt`, `tokenizer_config.json`, `special_tokens_map.json`; real pipelines ship no
-//! `tokenizer.json`).
+//! CLIP's byte-level BPE tokenizer, built from a diffusers `tokenizer/` folder in either
+//! layout: `vocab.json` + `merges.txt` (the SD repositories), or only `tokenizer.json` (what
+//! transformers ≥ 5's `save_pretrained` writes), each beside `tokenizer_config.json` and
+//! optionally `special_tokens_map.json` (docs/SD_FORMATS.md, "Tokenizer").
 //!
 //! Assembled from the `tokenizers` crate's parts exactly as transformers' `CLIPTokenizer` does:
 //! special tokens (bos, eos, pad, unk) are split out of the raw text first, the rest is
@@ -43,9 +44,9 @@ pub struct ClipTokenizer {
 impl ClipTokenizer {
     /// Reads a tokenizer folder; errors name the file (and line) at fault.
     pub fn from_dir(dir: &Path) -> Result<Self> {
-        let vocab = read_vocab(&dir.join("vocab.json"))?;
-        let merges = read_merges(&dir.join("merges.txt"), &vocab)?;
-        let special = SpecialTokens::read(dir, &vocab)?;
+        let bpe = Bpe::read(dir)?;
+        let special = SpecialTokens::read(dir, &bpe)?;
+        let Bpe { vocab, merges, .. } = bpe;
         let id = |token: &str| vocab.get(token).copied().unwrap_or_default(); // presence checked by `read`
         let (bos, eos, pad) = (id(&special.bos), id(&special.eos), id(&special.pad));
         let inner = assemble(vocab, merges, &special).map_err(|e| anyhow!("tokenizer in {}: {e}", dir.display()))?;
@@ -130,6 +131,39 @@ fn assemble(vocab: Vocab, merges: Merges, special: &SpecialTokens) -> Result<Tok
     Ok(tokenizer)
 }
 
+/// The BPE model's vocabulary and merges (rank order), and where they were read from.
+struct Bpe {
+    vocab: Vocab,
+    merges: Merges,
+    /// Names the vocabulary's source in errors: `vocab.json` or `tokenizer.json`'s `model.vocab`.
+    source: &'static str,
+}
+
+impl Bpe {
+    /// The classic pair when both files are there, else `tokenizer.json`; a folder with half
+    /// the pair and no `tokenizer.json` reports the missing file.
+    fn read(dir: &Path) -> Result<Self> {
+        let (vocab_path, merges_path) = (dir.join("vocab.json"), dir.join("merges.txt"));
+        let json_path = dir.join("tokenizer.json");
+        let pair = (vocab_path.exists(), merges_path.exists());
+        if pair != (true, true) && json_path.exists() {
+            return read_tokenizer_json(&json_path);
+        }
+        ensure!(
+            pair != (false, false),
+            "{}: no tokenizer: neither vocab.json + merges.txt nor tokenizer.json",
+            dir.display()
+        );
+        let vocab = read_vocab(&vocab_path)?;
+        let merges = read_merges(&merges_path, &vocab)?;
+        Ok(Self {
+            vocab,
+            merges,
+            source: "vocab.json",
+        })
+    }
+}
+
 fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))
 }
@@ -157,16 +191,78 @@ fn read_merges(path: &Path, vocab: &Vocab) -> Result<Merges> {
             [l, r] if !l.is_empty() && !r.is_empty() => (l, r),
             _ => bail!("{}: expected two tokens separated by one space, found {line:?}", at()),
         };
-        for token in [left.to_string(), right.to_string(), format!("{left}{right}")] {
-            ensure!(
-                vocab.contains_key(&token),
-                "{}: merge {line:?} needs {token:?}, absent from vocab.json",
-                at()
-            );
-        }
+        check_merge(vocab, left, right, || format!("{}: merge {line:?}", at()), "vocab.json")?;
         merges.push((left.to_string(), right.to_string()));
     }
     Ok(merges)
+}
+
+/// Both sides of a merge and their concatenation must be in the vocabulary.
+fn check_merge(vocab: &Vocab, left: &str, right: &str, at: impl Fn() -> String, source: &str) -> Result<()> {
+    for token in [left.to_string(), right.to_string(), format!("{left}{right}")] {
+        ensure!(
+            vocab.contains_key(&token),
+            "{} needs {token:?}, absent from {source}",
+            at()
+        );
+    }
+    Ok(())
+}
+
+/// `tokenizer.json`'s BPE `model`: `vocab` (token → id) and `merges` in rank order, each merge
+/// `"left right"` (tokenizers < 0.20) or `["left", "right"]` (later). Its `added_tokens` must
+/// already be in the vocabulary at the same id, as `check_added_tokens` asks of the config.
+fn read_tokenizer_json(path: &Path) -> Result<Bpe> {
+    let source = "tokenizer.json's model.vocab";
+    let json: Value =
+        serde_json::from_str(&read_text(path)?).map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+    let model = &json["model"];
+    if let Some(kind) = model.get("type").and_then(Value::as_str) {
+        ensure!(kind == "BPE", "{}: model.type is {kind:?}, not \"BPE\"", path.display());
+    }
+    let vocab = model
+        .get("vocab")
+        .ok_or_else(|| anyhow!("{}: no model.vocab", path.display()))?;
+    let vocab: HashMap<String, u32> = serde_json::from_value(vocab.clone())
+        .map_err(|e| anyhow!("{}: model.vocab is not a token → id map: {e}", path.display()))?;
+    let vocab: Vocab = vocab.into_iter().collect();
+    let entries = model.get("merges").and_then(Value::as_array);
+    let entries = entries.ok_or_else(|| anyhow!("{}: no model.merges list", path.display()))?;
+    let mut merges = Merges::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = || format!("{} model.merges[{i}] {entry}", path.display());
+        let (left, right) = match entry {
+            Value::String(s) => match s.split(' ').collect::<Vec<_>>()[..] {
+                [l, r] => (l, r),
+                _ => bail!("{}: expected two tokens separated by one space", at()),
+            },
+            Value::Array(pair) => match pair.iter().map(Value::as_str).collect::<Vec<_>>()[..] {
+                [Some(l), Some(r)] => (l, r),
+                _ => bail!("{}: expected two strings", at()),
+            },
+            _ => bail!("{}: expected \"left right\" or [\"left\", \"right\"]", at()),
+        };
+        ensure!(!left.is_empty() && !right.is_empty(), "{}: empty token", at());
+        check_merge(&vocab, left, right, at, source)?;
+        merges.push((left.to_string(), right.to_string()));
+    }
+    check_json_added_tokens(&json, path, &vocab)?;
+    Ok(Bpe { vocab, merges, source })
+}
+
+/// `added_tokens` of `tokenizer.json`: each one `model.vocab`'s token at the same id.
+fn check_json_added_tokens(json: &Value, path: &Path, vocab: &Vocab) -> Result<()> {
+    for token in json.get("added_tokens").and_then(Value::as_array).into_iter().flatten() {
+        let content = token.get("content").and_then(Value::as_str).unwrap_or_default();
+        let id = token.get("id").and_then(Value::as_u64);
+        ensure!(
+            id.is_some() && vocab.get(content).map(|&v| v as u64) == id,
+            "{}: added token {content:?} (id {}) is not model.vocab's; extra added tokens are unsupported",
+            path.display(),
+            token.get("id").unwrap_or(&Value::Null)
+        );
+    }
+    Ok(())
 }
 
 /// bos/eos/pad/unk and the fixed length, from CLIP's defaults, overridden by
@@ -180,7 +276,8 @@ struct SpecialTokens {
 }
 
 impl SpecialTokens {
-    fn read(dir: &Path, vocab: &Vocab) -> Result<Self> {
+    fn read(dir: &Path, bpe: &Bpe) -> Result<Self> {
+        let vocab = &bpe.vocab;
         let mut tokens = Self {
             bos: "<|startoftext|>".into(),
             eos: "<|endoftext|>".into(),
@@ -192,7 +289,7 @@ impl SpecialTokens {
         if let Some(config) = read_json_if_present(&config_path)? {
             tokens.apply(&config, &config_path)?;
             tokens.max_length = max_length(&config, &config_path)?;
-            check_added_tokens(&config, &config_path, vocab)?;
+            check_added_tokens(&config, &config_path, bpe)?;
         }
         let map_path = dir.join("special_tokens_map.json");
         if let Some(map) = read_json_if_present(&map_path)? {
@@ -201,8 +298,9 @@ impl SpecialTokens {
         for token in [&tokens.bos, &tokens.eos, &tokens.pad, &tokens.unk] {
             ensure!(
                 vocab.contains_key(token.as_str()),
-                "{}: special token {token:?} is absent from vocab.json",
-                dir.display()
+                "{}: special token {token:?} is absent from {}",
+                dir.display(),
+                bpe.source
             );
         }
         Ok(tokens)
@@ -255,18 +353,19 @@ fn max_length(config: &Value, path: &Path) -> Result<usize> {
 }
 
 /// Extra tokens in `added_tokens_decoder` would change the encoding; only tokens that are
-/// already in `vocab.json` at the same id (bos, eos, pad) are accepted.
-fn check_added_tokens(config: &Value, path: &Path, vocab: &Vocab) -> Result<()> {
+/// already in the vocabulary at the same id (bos, eos, pad) are accepted.
+fn check_added_tokens(config: &Value, path: &Path, bpe: &Bpe) -> Result<()> {
     let Some(added) = config.get("added_tokens_decoder").and_then(Value::as_object) else {
         return Ok(());
     };
     for (id, token) in added {
         let content = token.get("content").and_then(Value::as_str).unwrap_or_default();
-        let in_vocab = vocab.get(content).map(|v| v.to_string());
+        let in_vocab = bpe.vocab.get(content).map(|v| v.to_string());
         ensure!(
             in_vocab.as_deref() == Some(id.as_str()),
-            "{}: added token {content:?} (id {id}) is not vocab.json's; extra added tokens are unsupported",
-            path.display()
+            "{}: added token {content:?} (id {id}) is not {}'s; extra added tokens are unsupported",
+            path.display(),
+            bpe.source
         );
     }
     Ok(())
@@ -277,12 +376,12 @@ mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    fn fixtures() -> PathBuf {
+    pub(super) fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd")
     }
 
     /// The prompts a fixture's goldens were computed from (`settings.prompts` of golden.json).
-    fn golden_prompts(folder: &str) -> Vec<String> {
+    pub(super) fn golden_prompts(folder: &str) -> Vec<String> {
         let json: Value =
             serde_json::from_str(&std::fs::read_to_string(fixtures().join(folder).join("golden.json")).unwrap())
                 .unwrap();
@@ -360,7 +459,7 @@ mod tests {
     /// (`tokenizer(p, truncation=True, max_length=77).input_ids`, before padding). With
     /// `tokenizer_2` the pad token "!" is special: "!!" is two pad ids, not `!` + `!</w>`.
     #[rustfmt::skip]
-    const EDGE_CASES: &[(&str, &str, &[u32])] = &[
+    pub(super) const EDGE_CASES: &[(&str, &str, &[u32])] = &[
         ("sdxl/tokenizer_2", "wow!! great!", &[512, 86, 78, 342, 0, 0, 70, 81, 68, 64, 339, 0, 513]),
         ("sdxl/tokenizer_2", "a<|endoftext|>b <|startoftext|>", &[512, 320, 513, 321, 512, 513]),
         ("sdxl/tokenizer_2", "<|ENDOFTEXT|>", &[512, 27, 347, 68, 77, 67, 78, 69, 83, 68, 87, 339, 91, 285, 513]),
@@ -476,3 +575,7 @@ mod tests {
         assert_eq!(ids[10], 0);
     }
 }
+
+#[cfg(test)]
+#[path = "tokenizer_json_tests.rs"]
+mod json_tests;
