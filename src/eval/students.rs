@@ -4,7 +4,8 @@
 use crate::consistency::objective::Method;
 use crate::eval::records::TrainingRecord;
 use crate::models::model_dir;
-use crate::models::student::{portable_spec, StudentConfig};
+use crate::models::spec::TeacherSpec;
+use crate::models::student::StudentConfig;
 use crate::nets::layers::Params;
 use crate::nets::network::NetConfig;
 use crate::train::distill::DistillConfig;
@@ -50,7 +51,7 @@ pub fn save_students(dir: &Path, source: &StudentSource, students: &[TrainedStud
             k => format!("{}-seed{k}", s.method.name()),
         };
         let config = StudentConfig {
-            teacher: portable_spec(&source.teacher.to_string_lossy()),
+            teacher: TeacherSpec::portable(&source.teacher.to_string_lossy()),
             data: source.data.clone(),
             conditional: true,
             net: source.net.clone(),

@@ -139,8 +139,6 @@ pub struct StudentSampler {
     pub net: Box<dyn Denoiser>,
     pub grid: Discretization,
     pub picking: Picking,
-    /// Conditioned on class labels (small models) — sampled per class when evaluated.
-    pub conditional: bool,
 }
 
 impl StudentSampler {

@@ -3,7 +3,6 @@
 
 use crate::diffusion::schedule::T;
 use crate::models::model_dir;
-use crate::models::spec::TeacherSpec;
 use crate::models::teacher::Teacher;
 use crate::nets::network::{NetConfig, Network};
 use crate::runtime::device::Runtime;
@@ -86,9 +85,4 @@ fn check_stored(config: &StudentConfig, dir: &Path) -> Result<()> {
         .net
         .validate()
         .with_context(|| format!("{}: net", path.display()))
-}
-
-/// A network teacher's path made absolute so the student folder works from any directory.
-pub fn portable_spec(spec: &str) -> String {
-    TeacherSpec::portable(spec)
 }

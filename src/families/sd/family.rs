@@ -128,7 +128,6 @@ impl ModelFamily for SdFamily {
         Ok(StudentSampler {
             grid: Discretization::new(intervals).context("--intervals")?,
             picking: Picking::Floor,
-            conditional: true,
             net: Box::new(self.with_adapters(&file, rt)?),
         })
     }

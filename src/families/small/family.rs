@@ -129,7 +129,6 @@ impl ModelFamily for SmallFamily {
         Ok(StudentSampler {
             grid: Discretization::new(student.config.distill.intervals)?,
             picking: Picking::Round,
-            conditional: student.config.conditional,
             net: student.net,
         })
     }
