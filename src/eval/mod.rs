@@ -1,6 +1,7 @@
 //! Judging students: ODE-solving error against the teacher's solve and the
 //! sample-quality metrics.
 
+pub mod bench;
 pub mod bootstrap;
 pub mod evaluate;
 pub mod metrics;

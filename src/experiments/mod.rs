@@ -5,7 +5,6 @@
 pub mod analytic_control;
 pub mod args;
 pub mod bench;
-pub mod bench_unet;
 pub mod distill;
 pub mod distill_sd;
 pub mod eval;
