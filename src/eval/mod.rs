@@ -2,6 +2,7 @@
 //! sample-quality metrics; the paper's comparison on the MNIST latent setting and the
 //! study built on it, whose records the reports read.
 
+pub mod bench;
 pub mod bootstrap;
 pub mod comparison;
 pub mod difference;

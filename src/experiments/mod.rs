@@ -4,7 +4,6 @@
 
 pub mod args;
 pub mod bench;
-pub mod bench_unet;
 pub mod distill;
 pub mod eval;
 pub mod report;
