@@ -325,7 +325,9 @@ fn bad_pipelines_and_flags_fail_cleanly() {
 
     let no_merges = dir.join("no_merges");
     copy_pipeline("sd1", &no_merges);
+    // Without merges.txt the folder's tokenizer.json is read instead; without both, refused.
     std::fs::remove_file(no_merges.join("tokenizer/merges.txt")).unwrap();
+    std::fs::remove_file(no_merges.join("tokenizer/tokenizer.json")).unwrap();
     run(&no_merges, prompt, &["merges.txt"]);
 
     let bad_scheduler = dir.join("bad_scheduler");
