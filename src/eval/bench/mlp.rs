@@ -12,7 +12,8 @@ use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::discretization::Discretization;
 use crate::diffusion::guidance::Guided;
 use crate::diffusion::schedule::{ScheduleKind, T};
-use crate::diffusion::solver::{solve, Solver};
+use crate::diffusion::solver::Solver;
+use crate::diffusion::teacher_ode::TeacherOde;
 use crate::models::model_dir;
 use crate::nets::layers::Params;
 use crate::nets::mlp::MlpConfig;
@@ -181,7 +182,12 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
     let inputs = Inputs::draw(s, teacher, &mut rng)?;
     let grid = Discretization::new(s.intervals)?;
     let guided = Guided::new(teacher, s.guidance);
-    let mut workloads = teacher_workloads(s, teacher, &guided, &inputs, grid)?;
+    let ode = TeacherOde {
+        solver: Solver::Ddim,
+        grid,
+        guidance: s.guidance,
+    };
+    let mut workloads = teacher_workloads(s, teacher, &ode, &inputs)?;
     workloads.extend(distillation_workloads(s, teacher, &inputs, &mut rng)?);
     let (conv, conv_parameters) = conv_workloads(&s.runtime, s.batch, s.repeats)?;
     workloads.extend(conv);
@@ -204,15 +210,14 @@ pub fn run(s: &BenchSetup) -> Result<BenchReport> {
 fn teacher_workloads(
     s: &BenchSetup,
     teacher: &dyn Denoiser,
-    guided: &Guided,
+    ode: &TeacherOde,
     inputs: &Inputs,
-    grid: Discretization,
 ) -> Result<Vec<Workload>> {
     let dev = &s.runtime.device;
     let Inputs { x, t, cond, .. } = inputs;
     let forward = time(dev, 3, s.repeats, || teacher.eps(x, t, cond).map(|_| ()))?;
     let sampling = time(dev, 1, s.repeats.div_ceil(4), || {
-        solve(Solver::Ddim, guided, x, grid, T, cond).map(|_| ())
+        ode.solve(teacher, x, cond).map(|_| ())
     })?;
     Ok(vec![
         Workload::timed("teacher forward", forward, s.batch),
