@@ -27,6 +27,7 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::path::PathBuf;
 
+/// What `run` measured, with the settings it ran.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub net: NetConfig,
@@ -135,6 +136,7 @@ impl MlpBench {
     }
 }
 
+/// A network teacher and the sizes of the work, ready to time.
 pub struct BenchSetup {
     pub net: NetConfig,
     pub params: Params,
@@ -174,6 +176,7 @@ impl Inputs {
     }
 }
 
+/// Times every workload of `s` (teacher, distillation, image networks) in that order.
 pub fn run(s: &BenchSetup) -> Result<BenchReport> {
     let params = s.runtime.frozen(&s.params)?;
     let teacher = s.net.build(&params, None)?;

@@ -29,6 +29,7 @@ impl Workload {
     }
 }
 
+/// The upper median (the middle value; of two, the larger): `v` must not be empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]

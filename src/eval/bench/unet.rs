@@ -38,6 +38,7 @@ impl UNetPreset {
     }
 }
 
+/// A released UNet configuration and the sizes of the work, on a runtime.
 pub struct UNetBench {
     pub preset: UNetPreset,
     pub batch: usize,
@@ -48,6 +49,7 @@ pub struct UNetBench {
     pub runtime: Runtime,
 }
 
+/// What a UNet workload measured, with the settings it ran.
 #[derive(Clone, Debug, Serialize)]
 pub struct UNetBenchReport {
     pub workload: &'static str,
@@ -90,6 +92,7 @@ impl UNetBench {
         }
     }
 
+    /// Times the UNet's forward on fresh random weights (seed 0) and inputs (seed 1).
     pub fn run(&self) -> Result<UNetBenchReport> {
         let cfg = self.preset.config();
         self.check(&cfg)?;
