@@ -1,6 +1,6 @@
 //! Judging students: ODE-solving error against the teacher's solve and the
 //! sample-quality metrics; the paper's comparison on the MNIST latent setting and the
-//! study built on it, whose records the reports read.
+//! study built on it, whose records the reports read; and the timed workloads of `dcm bench`.
 
 pub mod bench;
 pub mod bootstrap;

@@ -12,9 +12,6 @@ use crate::train::optim::OptimConfig;
 use anyhow::{bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 
-/// The paper's code trains LoRA students of rank 64 with α = 64.
-pub const PAPER_LORA: LoraConfig = LoraConfig { rank: 64, alpha: 64.0 };
-
 /// Everything a run depends on; written beside the report as `config.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +68,7 @@ impl ReproduceConfig {
             // The paper's code: LoRA students, θ⁻ = θ under stop-gradient.
             "lora" => Self {
                 ema_decay: None,
-                lora: Some(PAPER_LORA),
+                lora: Some(LoraConfig::PAPER),
                 ..ema
             },
             "smoke" => Self {

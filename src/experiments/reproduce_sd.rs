@@ -14,7 +14,7 @@ use crate::eval::sd_eval::{load_clip, SdEvalRow, SdEvalSetup};
 use crate::eval::sd_reference::ReferenceCache;
 use crate::families::distillation::{self, Finished};
 use crate::families::sd::distill::{default_resolution, SdRun, TRAINING_UNCOND};
-use crate::families::sd::family::{SdFamily, PAPER_RANK};
+use crate::families::sd::family::SdFamily;
 use crate::models::sd::text::NullText;
 use crate::models::spec::TeacherSpec;
 use crate::nets::lora::LoraConfig;
@@ -116,10 +116,7 @@ fn run_config(
         Some(r) => r,
         None => default_resolution(family.pipeline())?,
     };
-    let lora = a.lora.lora()?.unwrap_or(LoraConfig {
-        rank: PAPER_RANK,
-        alpha: PAPER_RANK as f64,
-    });
+    let lora = a.lora.lora()?.unwrap_or(LoraConfig::PAPER);
     let cfg = SdReproduceConfig {
         teacher: spec.to_string(),
         data: a.data.clone(),

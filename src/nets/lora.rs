@@ -33,6 +33,9 @@ pub struct LoraConfig {
 }
 
 impl LoraConfig {
+    /// The paper's adapters (and LCM-LoRA's): rank 64, α 64.
+    pub const PAPER: Self = Self { rank: 64, alpha: 64.0 };
+
     /// The update's factor `s = α / r`.
     pub fn scale(&self) -> f64 {
         self.alpha / self.rank as f64

@@ -4,7 +4,6 @@
 
 use super::conv::conv_workloads;
 use super::timing::{peak_memory_mib, time, Workload};
-use super::unet_lora::PAPER_LORA;
 use crate::consistency::objective::Method;
 use crate::data::Dataset;
 use crate::diffusion::condition::Condition;
@@ -16,6 +15,7 @@ use crate::diffusion::solver::Solver;
 use crate::diffusion::teacher_ode::TeacherOde;
 use crate::models::model_dir;
 use crate::nets::layers::Params;
+use crate::nets::lora::LoraConfig;
 use crate::nets::mlp::MlpConfig;
 use crate::nets::network::NetConfig;
 use crate::runtime::device::Runtime;
@@ -241,7 +241,7 @@ fn one_step(s: &BenchSetup, method: Method) -> DistillConfig {
         steps: 1,
         batch: s.batch,
         lora: None,
-        ..DistillConfig::paper_lora(method, PAPER_LORA)
+        ..DistillConfig::paper_lora(method, LoraConfig::PAPER)
     }
 }
 

@@ -21,9 +21,6 @@ use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use std::time::Instant;
 
-/// The adapters of the paper's (and LCM-LoRA's) Stable Diffusion distillation: rank 64, α = 64.
-pub const PAPER_LORA: LoraConfig = LoraConfig { rank: 64, alpha: 64.0 };
-
 /// Solver intervals N of the timed step when `--intervals` is not given.
 const INTERVALS: usize = 50;
 
@@ -84,7 +81,7 @@ impl UNetBench {
             estimated_memory_mib: None,
         };
         for method in Method::compared() {
-            let paper = DistillConfig::paper_lora(method, PAPER_LORA);
+            let paper = DistillConfig::paper_lora(method, LoraConfig::PAPER);
             let step = DistillConfig {
                 intervals: intervals.unwrap_or(INTERVALS),
                 guidance: guidance.unwrap_or(paper.guidance),
@@ -118,7 +115,7 @@ impl UNetBench {
         step: &DistillConfig,
         into: &mut Measured,
     ) -> Result<()> {
-        let memory = TrainingMemory::estimate(arch, PAPER_LORA, &data.shape, step)?;
+        let memory = TrainingMemory::estimate(arch, LoraConfig::PAPER, &data.shape, step)?;
         into.estimated_memory_mib = Some(memory.total() / (1024.0 * 1024.0));
         let mut evaluations = 0;
         let times = times(&self.runtime.device, 1, self.repeats, || {

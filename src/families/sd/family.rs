@@ -31,9 +31,6 @@ use std::path::{Path, PathBuf};
 /// The family-only flags Stable Diffusion teachers take.
 const FLAGS: [&str; 3] = ["--resolution", "--uncond", "--lora-targets"];
 
-/// The paper's LoRA: rank 64, α = rank unless given.
-pub const PAPER_RANK: usize = 64;
-
 pub struct SdFamily {
     dir: PathBuf,
     pipeline: Pipeline,
@@ -94,11 +91,7 @@ impl ModelFamily for SdFamily {
     /// The paper's settings (DistillConfig::paper_lora): N = 100, w = 9, rank 64, lr 1e-4 at a
     /// constant rate, batch 16, 250 steps.
     fn distill_defaults(&self) -> DistillDefaults {
-        let lora = LoraConfig {
-            rank: PAPER_RANK,
-            alpha: PAPER_RANK as f64,
-        };
-        let paper = DistillConfig::paper_lora(Method::compared()[0], lora);
+        let paper = DistillConfig::paper_lora(Method::compared()[0], LoraConfig::PAPER);
         DistillDefaults {
             intervals: paper.intervals,
             guidance: paper.guidance,
@@ -106,7 +99,7 @@ impl ModelFamily for SdFamily {
             batch: paper.batch,
             lr: paper.optim.lr,
             cosine_decay: paper.optim.cosine_decay,
-            lora_rank: Some(PAPER_RANK),
+            lora_rank: Some(LoraConfig::PAPER.rank),
         }
     }
 

@@ -167,7 +167,7 @@ mod tests {
     }
 
     fn cfg(batch: usize) -> DistillConfig {
-        let lora = LoraConfig { rank: 64, alpha: 64.0 };
+        let lora = LoraConfig::PAPER;
         DistillConfig {
             batch,
             ..DistillConfig::paper_lora(Method::all().next().unwrap(), lora)
@@ -181,7 +181,7 @@ mod tests {
     #[test]
     fn sdxl_estimate_at_1024() {
         let a = arch(UNetConfig::sdxl(), DType::BF16);
-        let lora = LoraConfig { rank: 64, alpha: 64.0 };
+        let lora = LoraConfig::PAPER;
         let at = |side: usize, batch: usize| TrainingMemory::estimate(&a, lora, &[4, side, side], &cfg(batch)).unwrap();
         let (m64, m128) = (at(64, 1), at(128, 16));
         eprintln!("SDXL 64²: {m64}\nSDXL 128²: {m128}");
