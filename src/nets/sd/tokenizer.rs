@@ -513,7 +513,7 @@ mod tests {
         dir
     }
 
-    fn error_of(dir: &Path) -> String {
+    pub(super) fn error_of(dir: &Path) -> String {
         let err = ClipTokenizer::from_dir(dir)
             .err()
             .expect("loading must fail")

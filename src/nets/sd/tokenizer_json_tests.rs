@@ -1,7 +1,7 @@
 //! The `tokenizer.json`-only layout (transformers ≥ 5) against the `vocab.json` + `merges.txt`
 //! one: every fixture folder holds both, written from the same tokenizer.
 
-use super::tests::{fixtures, golden_prompts, EDGE_CASES};
+use super::tests::{error_of, fixtures, golden_prompts, EDGE_CASES};
 use super::*;
 use std::path::PathBuf;
 
@@ -108,16 +108,6 @@ fn string_and_pair_merges_agree() {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_same_ids(&classic, &json, &prompts, tag);
     }
-}
-
-fn error_of(dir: &Path) -> String {
-    let err = ClipTokenizer::from_dir(dir)
-        .err()
-        .expect("loading must fail")
-        .to_string();
-    std::fs::remove_dir_all(dir).unwrap();
-    assert!(!err.contains('\n'), "one-line error: {err}");
-    err
 }
 
 #[test]
