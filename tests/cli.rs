@@ -530,3 +530,45 @@ fn lora_students_train_save_and_sample() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(npy::read(&out).unwrap().dims(), &[8, 4, 7, 7]);
 }
+
+/// Inputs that once gave a silent result are refused by name: noise that holds no values, and
+/// an integer tensor in a network teacher's weights file.
+#[test]
+fn empty_noise_and_integer_weights_are_refused() {
+    use candle_core::{DType, Device, Tensor};
+    let (empty, out) = (tmp("empty.npy"), tmp("empty-out.npy"));
+    npy::write(&empty, &Tensor::zeros((0, 2), DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let sample = |teacher: &str, noise: &Path| {
+        vec![
+            "sample".to_string(),
+            "--teacher".into(),
+            teacher.into(),
+            "--noise".into(),
+            noise.display().to_string(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    let args = sample("gaussian:mean=0,std=1", &empty);
+    assert_clean_failure(&args.iter().map(String::as_str).collect::<Vec<_>>(), "holds no values");
+    assert!(!out.exists(), "no output for empty noise");
+
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/teacher");
+    let teacher = tmp("int-teacher");
+    std::fs::create_dir_all(&teacher).unwrap();
+    std::fs::copy(shipped.join("config.json"), teacher.join("config.json")).unwrap();
+    let weights = candle_core::safetensors::load(shipped.join("model.safetensors"), &Device::Cpu).unwrap();
+    let (first, _) = weights.iter().next().unwrap();
+    let first = first.clone();
+    let mut weights = weights;
+    let int = weights[&first].to_dtype(DType::I64).unwrap();
+    weights.insert(first.clone(), int);
+    candle_core::safetensors::save(&weights, teacher.join("model.safetensors")).unwrap();
+    let noise = tmp("int-noise.npy");
+    write_noise(&noise, 2, 196);
+    let args = sample(teacher.to_str().unwrap(), &noise);
+    assert_clean_failure(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &format!("tensor '{first}' is I64, but weights must be floating point"),
+    );
+}

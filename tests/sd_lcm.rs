@@ -205,4 +205,13 @@ fn cli_lora_flags_fail_cleanly() {
         "--steps 11",
     );
     assert_one_line_error(&[&sd[..], &["/nonexistent/l.safetensors"]].concat(), "nonexistent");
+    // A student samples without guidance, so an unconditional input would change nothing.
+    assert_one_line_error(
+        &[&with_lora[..], &["--negative-prompt", "blurry"]].concat(),
+        "--negative-prompt has no effect on a student",
+    );
+    assert_one_line_error(
+        &[&with_lora[..], &["--uncond", "zeros"]].concat(),
+        "--uncond has no effect on a student",
+    );
 }

@@ -356,6 +356,17 @@ fn bad_pipelines_and_flags_fail_cleanly() {
         &["--uncond ones: expected zeros or empty"],
     );
     run(&sd1, &["--prompt", "a", "--class", "3"], &["--class"]);
+    // Without guidance (w ≤ 1, as diffusers) the unconditional input is never read.
+    run(
+        &sd1,
+        &["--prompt", "a", "--negative-prompt", "blurry", "--guidance", "1"],
+        &["--negative-prompt has no effect without guidance"],
+    );
+    run(
+        &sd1,
+        &["--prompt", "a", "--uncond", "empty"],
+        &["--uncond has no effect without guidance"],
+    );
     run(&dir.join("nowhere"), prompt, &["nowhere: not a folder"]);
     let flat = dir.join("flat.npy");
     npy::write(&flat, &Tensor::zeros((2, 256), DType::F32, &Device::Cpu).unwrap()).unwrap();

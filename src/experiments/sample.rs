@@ -122,6 +122,12 @@ fn read_noise(a: &SampleArgs, rt: &Runtime) -> Result<Tensor> {
         a.noise.display(),
         noise.dims()
     );
+    ensure!(
+        noise.elem_count() > 0,
+        "--noise {}: shape {:?} holds no values, so there is nothing to sample",
+        a.noise.display(),
+        noise.dims()
+    );
     ensure_fits(
         f32_bytes(noise.dims()) * WORKING_COPIES as f64,
         &format!("--noise {}", a.noise.display()),
@@ -142,9 +148,12 @@ fn condition_flags(a: &SampleArgs) -> ConditionFlags {
 /// The teacher's guided N-interval solve of every noise row.
 fn teacher_solve(a: &SampleArgs, family: &dyn ModelFamily, noise: &Tensor, rt: &Runtime) -> Result<Tensor> {
     let cond = family.condition(&condition_flags(a), noise, rt)?;
+    let ode = TeacherOde::new(a.ode.solver(), a.ode.intervals(), a.ode.guidance()?)?;
+    if ode.guidance <= 1.0 {
+        refuse_unused_null(a, "has no effect without guidance (--guidance W > 1)")?;
+    }
     let teacher = family.teacher()?;
     check_class(a.class, teacher.num_classes())?;
-    let ode = TeacherOde::new(a.ode.solver(), a.ode.intervals(), a.ode.guidance()?)?;
     ode.solve(teacher, noise, &cond)
 }
 
@@ -157,6 +166,7 @@ fn student_samples(
     rt: &Runtime,
 ) -> Result<Tensor> {
     let cond = family.condition(&condition_flags(a), noise, rt)?;
+    refuse_unused_null(a, "has no effect on a student: its sampler uses no guidance")?;
     let student = family.student(source, rt)?;
     check_class(a.class, student.net.num_classes())?;
     let mut rng = seeded(a.seed.unwrap_or(0));
@@ -186,6 +196,16 @@ fn refuse_other_modes_flags(a: &SampleArgs) -> Result<()> {
         &given,
         "applies to a student's few-step sampler (--student DIR, or --lora FILE with an sd:DIR teacher); a teacher solves with --intervals",
     )
+}
+
+/// Refuses `--negative-prompt` and `--uncond` where no guidance reads them.
+fn refuse_unused_null(a: &SampleArgs, why: &str) -> Result<()> {
+    let flags = [
+        ("--negative-prompt", a.negative_prompt.is_some()),
+        ("--uncond", a.uncond.is_some()),
+    ];
+    let given: Vec<&str> = flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
+    refuse(&given, why)
 }
 
 fn check_class(class: Option<u32>, classes: usize) -> Result<()> {

@@ -105,6 +105,13 @@ pub fn load_params(dir: &Path) -> Result<Params> {
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .with_context(|| format!("{}: malformed safetensors", path.display()))?;
     let params: Params = map.into_iter().collect();
+    if let Some((name, t)) = params.iter().find(|(_, t)| !t.dtype().is_float()) {
+        bail!(
+            "{}: tensor '{name}' is {:?}, but weights must be floating point (f32, f16 or bf16)",
+            path.display(),
+            t.dtype()
+        );
+    }
     ensure_finite_weights(&params, &path.display().to_string())?;
     Ok(params)
 }
