@@ -3,6 +3,7 @@
 
 pub mod autoencoder;
 pub mod featnet;
+pub mod feature_net;
 #[cfg(test)]
 pub mod gradcheck;
 pub mod input_gradient;
