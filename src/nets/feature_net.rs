@@ -1,5 +1,5 @@
 //! A network that maps images to feature vectors, on which Fréchet and kernel distances and
-//! CLIP-style scores are computed (docs/MATHEMATICS.md, "Metrics"). Each implementation
+//! CLIP-style scores are computed (docs/MATHEMATICS.md, "Metrics of sample quality"). Each implementation
 //! includes its reference implementation's preprocessing, so every caller hands over the same
 //! thing: RGB images in [0, 1].
 
