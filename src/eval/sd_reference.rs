@@ -66,8 +66,10 @@ fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> String {
 /// Every file under `dir` as `[relative path, size, modification time in ns]`, sorted: a
 /// changed or replaced weight file changes the key.
 fn file_stamps(dir: &Path) -> Result<Vec<Value>> {
-    let mut files = Vec::new();
-    let mut pending = vec![dir.to_path_buf()];
+    let (mut files, mut pending) = match dir.is_file() {
+        true => (vec![dir.to_path_buf()], vec![]),
+        false => (vec![], vec![dir.to_path_buf()]),
+    };
     while let Some(d) = pending.pop() {
         for entry in std::fs::read_dir(&d).with_context(|| format!("{}: cannot list", d.display()))? {
             let path = entry?.path();
@@ -108,7 +110,7 @@ fn null_text_name(null: &NullText) -> String {
 impl ReferenceKey<'_> {
     /// The key as JSON; fields in the order a mismatch is reported.
     pub fn to_json(&self) -> Result<Value> {
-        let dir = self.teacher.pipeline().dir();
+        let dir = self.teacher.pipeline().path();
         let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
         let noise: Vec<u8> = self
             .noise
@@ -120,7 +122,11 @@ impl ReferenceKey<'_> {
             .collect();
         let prompts = self.prompts.iter().flat_map(|p| p.bytes().chain([b'\n']));
         Ok(json!({
-            "teacher": {"dir": canonical.to_string_lossy(), "files": file_stamps(dir)?},
+            "teacher": {
+                "dir": canonical.to_string_lossy(),
+                "files": file_stamps(dir)?,
+                "options": serde_json::to_value(self.teacher.pipeline().options())?,
+            },
             "solver": format!("{:?}", self.ode.solver).to_lowercase(),
             "intervals": self.ode.intervals(),
             "guidance": self.ode.guidance,

@@ -1,6 +1,7 @@
 //! Flags shared by several commands: the teacher's ODE, the run folder, and where to compute.
 
 use crate::diffusion::solver::Solver;
+use crate::models::sd::single_file::SingleFileOptions;
 use crate::nets::lora::LoraConfig;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::check_output_dir;
@@ -160,4 +161,41 @@ impl RuntimeArgs {
     pub fn runtime(&self) -> Result<Runtime> {
         Runtime::parse(&self.device, &self.dtype)
     }
+}
+
+/// How to read a single-file Stable Diffusion checkpoint (`--teacher sd:FILE.safetensors|.ckpt`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct SingleFileArgs {
+    /// For sd:FILE: a diffusers pipeline folder whose configs, tokenizers and scheduler describe
+    /// the file, or a UNet config.json (the rest as released); needed for architectures other than
+    /// released SD 1.x, SD 2.x and SDXL base.
+    #[arg(long, value_name = "DIR|FILE")]
+    pub config: Option<PathBuf>,
+    /// For sd:FILE: what the UNet predicts, epsilon or v (required for SD 2.x, whose files do not say).
+    #[arg(long, value_name = "epsilon|v")]
+    pub prediction: Option<String>,
+}
+
+impl SingleFileArgs {
+    /// The options, `--config` made absolute so that a run folder recording them works anywhere.
+    pub fn options(&self) -> Result<SingleFileOptions> {
+        let config = match &self.config {
+            Some(p) => Some(std::path::absolute(p).map_err(|e| anyhow::anyhow!("--config {}: {e}", p.display()))?),
+            None => None,
+        };
+        Ok(SingleFileOptions {
+            config,
+            prediction: self.prediction.clone(),
+        })
+    }
+}
+
+/// A student's run folder records how its teacher is read: `--config` / `--prediction` would
+/// contradict it.
+pub fn refuse_recorded_options(args: &SingleFileArgs) -> Result<()> {
+    ensure!(
+        args.config.is_none() && args.prediction.is_none(),
+        "--config and --prediction: a --student folder's student.json already records how its teacher is read"
+    );
+    Ok(())
 }

@@ -1,7 +1,7 @@
 //! `dcm distill`: a consistency student (CM or Direct CM) of any teacher, through its model
 //! family (defaults, data, student and run folder are the family's).
 
-use super::args::{LoraArgs, OdeArgs, RunArgs, RuntimeArgs};
+use super::args::{LoraArgs, OdeArgs, RunArgs, RuntimeArgs, SingleFileArgs};
 use crate::consistency::distance::Distance;
 use crate::consistency::objective::Method;
 use crate::families::distillation;
@@ -86,6 +86,8 @@ pub struct DistillArgs {
     #[command(flatten)]
     pub run: RunArgs,
     #[command(flatten)]
+    pub single_file: SingleFileArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
@@ -134,7 +136,7 @@ impl DistillArgs {
 
 pub fn command(a: DistillArgs) -> Result<()> {
     let rt = a.runtime.runtime()?;
-    let family = open(&a.teacher, &rt)?;
+    let family = open(&a.teacher, &a.single_file.options()?, &rt)?;
     let flags = a.family_flags();
     refuse_other_flags(&*family, &flags.given())?;
     let config = a.config(&family.distill_defaults())?;

@@ -2,7 +2,7 @@
 //! sample-quality metrics (a LoRA student of a Stable Diffusion teacher: the paper's table,
 //! written to a folder).
 
-use super::args::{OdeArgs, RuntimeArgs};
+use super::args::{refuse_recorded_options, OdeArgs, RuntimeArgs, SingleFileArgs};
 use crate::families::family::EvalRequest;
 use crate::families::open::{open, open_recorded};
 use anyhow::{bail, Result};
@@ -61,14 +61,19 @@ pub struct EvalArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
+    pub single_file: SingleFileArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
 pub fn command(a: EvalArgs) -> Result<()> {
     let rt = a.runtime.runtime()?;
     let family = match (&a.teacher, &a.student) {
-        (Some(spec), _) => open(spec, &rt)?,
-        (None, Some(dir)) => open_recorded(dir, &rt)?,
+        (Some(spec), _) => open(spec, &a.single_file.options()?, &rt)?,
+        (None, Some(dir)) => {
+            refuse_recorded_options(&a.single_file)?;
+            open_recorded(dir, &rt)?
+        }
         (None, None) => bail!("give --student DIR (or --teacher sd:DIR with --lora FILE)"),
     };
     family.evaluate(&request(&a), &rt)

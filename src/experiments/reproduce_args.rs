@@ -1,7 +1,7 @@
 //! The flags of `dcm reproduce`, shared by its MNIST presets (the paper's comparison and
 //! the study) and `--preset sd`.
 
-use super::args::{LoraArgs, RuntimeArgs};
+use super::args::{LoraArgs, RuntimeArgs, SingleFileArgs};
 use crate::consistency::distance::Distance;
 use crate::diffusion::solver::Solver;
 use clap::Args;
@@ -86,6 +86,8 @@ pub struct SdReproduceArgs {
     /// sd preset: training image size [default: the pipeline's native size].
     #[arg(long)]
     pub resolution: Option<usize>,
+    #[command(flatten)]
+    pub single_file: SingleFileArgs,
 }
 
 impl SdReproduceArgs {
@@ -96,6 +98,8 @@ impl SdReproduceArgs {
             ("--per-prompt", self.per_prompt.is_some()),
             ("--clip", self.clip.is_some()),
             ("--resolution", self.resolution.is_some()),
+            ("--config", self.single_file.config.is_some()),
+            ("--prediction", self.single_file.prediction.is_some()),
         ]
         .iter()
         .filter(|(_, g)| *g)

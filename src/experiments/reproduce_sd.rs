@@ -78,7 +78,7 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     ensure!(per_prompt > 0, "--per-prompt must be positive");
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/reproduce-sd"));
     check_output_dir(&out, "--out")?;
-    let family = SdFamily::open(&dir, &rt)?;
+    let family = SdFamily::open(&dir, &a.sd.single_file.options()?, &rt)?;
     let lines = read_lines(&prompts_file)?;
     let cfg = run_config(&a, &family, &spec, &prompts_file, lines.len(), per_prompt)?;
     let prompts: Vec<String> = lines

@@ -1,6 +1,6 @@
 //! `dcm sample`: the teacher's ODE solve, or a student's few-step sampler, from given noise.
 
-use super::args::{refuse, OdeArgs, RuntimeArgs};
+use super::args::{refuse, refuse_recorded_options, OdeArgs, RuntimeArgs, SingleFileArgs};
 use crate::data::npy;
 use crate::diffusion::teacher_ode::TeacherOde;
 use crate::families::family::{ConditionFlags, ModelFamily, StudentSource};
@@ -65,6 +65,8 @@ pub struct SampleArgs {
     #[arg(long, num_args = 0..=1, value_name = "OUT_DIR")]
     pub decode: Option<Option<PathBuf>>,
     #[command(flatten)]
+    pub single_file: SingleFileArgs,
+    #[command(flatten)]
     pub runtime: RuntimeArgs,
 }
 
@@ -81,6 +83,7 @@ pub fn command(a: SampleArgs) -> Result<()> {
     let noise = read_noise(&a, &rt)?;
     let (family, out) = match (&a.student, &a.lora) {
         (Some(dir), _) => {
+            refuse_recorded_options(&a.single_file)?;
             let family = open_recorded(dir, &rt)?;
             let out = student_samples(&a, &*family, StudentSource::Folder(dir), &noise, &rt)?;
             (family, out)
@@ -88,6 +91,7 @@ pub fn command(a: SampleArgs) -> Result<()> {
         (None, lora) => {
             let family = open(
                 a.teacher.as_deref().context("give --teacher SPEC or --student DIR")?,
+                &a.single_file.options()?,
                 &rt,
             )?;
             let out = match lora {

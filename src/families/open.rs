@@ -4,18 +4,27 @@
 use super::family::ModelFamily;
 use super::sd::family::SdFamily;
 use super::small::family::SmallFamily;
+use crate::models::sd::single_file::SingleFileOptions;
 use crate::models::sd::student::{SdStudentConfig, SD_STUDENT};
 use crate::models::spec::TeacherSpec;
 use crate::runtime::device::Runtime;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use std::path::Path;
 
 /// The family of the teacher `spec`, its teacher checked (a small teacher loaded, a Stable
-/// Diffusion pipeline's configs read).
-pub fn open(spec: &str, rt: &Runtime) -> Result<Box<dyn ModelFamily>> {
+/// Diffusion pipeline's configs read); `options` read a single-file checkpoint.
+pub fn open(spec: &str, options: &SingleFileOptions, rt: &Runtime) -> Result<Box<dyn ModelFamily>> {
     Ok(match TeacherSpec::parse(spec)? {
-        TeacherSpec::Sd(dir) => Box::new(SdFamily::open(&dir, rt).with_context(|| format!("--teacher '{spec}'"))?),
-        parsed => Box::new(SmallFamily::open(spec, parsed, rt)?),
+        TeacherSpec::Sd(path) => {
+            Box::new(SdFamily::open(&path, options, rt).with_context(|| format!("--teacher '{spec}'"))?)
+        }
+        parsed => {
+            ensure!(
+                options.is_empty(),
+                "--config and --prediction read single-file Stable Diffusion checkpoints (sd:FILE), not '{spec}'"
+            );
+            Box::new(SmallFamily::open(spec, parsed, rt)?)
+        }
     })
 }
 
@@ -26,9 +35,10 @@ pub fn open_recorded(dir: &Path, rt: &Runtime) -> Result<Box<dyn ModelFamily>> {
     if !dir.join(SD_STUDENT).is_file() {
         return Ok(Box::new(SmallFamily::recorded(dir, rt)));
     }
-    let spec = SdStudentConfig::load(dir)?.teacher;
+    let record = SdStudentConfig::load(dir)?;
+    let spec = record.teacher;
     match TeacherSpec::parse(&spec)? {
-        TeacherSpec::Sd(teacher) => Ok(Box::new(SdFamily::open(&teacher, rt)?)),
+        TeacherSpec::Sd(teacher) => Ok(Box::new(SdFamily::open(&teacher, &record.teacher_options, rt)?)),
         _ => bail!("{}: teacher '{spec}' is not sd:DIR", dir.join(SD_STUDENT).display()),
     }
 }

@@ -20,6 +20,8 @@ Teacher SPEC, one of:
                                                 model_index.json, unet/, vae/, text_encoder/, tokenizer/,
                                                 scheduler/ (SDXL: text_encoder_2/, tokenizer_2/); needs --prompt
                                                 or --prompts; guidance W ≤ 1 is none, as diffusers
+  sd:FILE.safetensors | sd:FILE.ckpt            a single-file SD 1.x/2.x/SDXL checkpoint (original layout);
+                                                --prediction for SD 2.x, --config for other architectures
   PATH                                          a folder written by `dcm train-teacher`
 K is scaled_linear (default), linear or cosine.";
 
@@ -28,7 +30,7 @@ K is scaled_linear (default), linear or cosine.";
 pub enum TeacherSpec {
     Gaussian(Gaussian),
     Mixture(GaussianMixture),
-    /// A diffusers Stable Diffusion pipeline folder.
+    /// A diffusers Stable Diffusion pipeline folder or a single-file checkpoint.
     Sd(PathBuf),
     /// A folder written by `dcm train-teacher`.
     Network(PathBuf),

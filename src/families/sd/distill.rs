@@ -70,7 +70,7 @@ impl<'a> SdRun<'a> {
     }
 
     fn teacher_spec(&self) -> String {
-        TeacherSpec::portable(&TeacherSpec::sd(self.pipeline.dir()))
+        TeacherSpec::portable(&TeacherSpec::sd(self.pipeline.path()))
     }
 }
 
@@ -89,6 +89,7 @@ impl DistillPlan for SdRun<'_> {
     fn context(&self) -> serde_json::Value {
         serde_json::json!({
             "teacher": self.teacher_spec(),
+            "teacher_options": self.pipeline.options(),
             "data": TeacherSpec::portable(&self.data.to_string_lossy()),
             "resolution": self.resolution, "uncond": self.uncond,
         })
@@ -138,6 +139,7 @@ impl DistillPlan for SdRun<'_> {
         export(out, &unet, adapters, self.lora)?;
         let config = SdStudentConfig {
             teacher: self.teacher_spec(),
+            teacher_options: self.pipeline.options().clone(),
             data: TeacherSpec::portable(&self.data.to_string_lossy()),
             resolution: self.resolution,
             uncond: self.uncond.clone(),

@@ -150,7 +150,7 @@ pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) 
     // Cheap checks before the student, CLIP and real images load.
     setup.validate()?;
     // The loader's errors name the LoRA file.
-    let lora_student = SdTeacher::load_with_lora(teacher.pipeline().dir(), rt, Some(&student.lora))?;
+    let lora_student = SdTeacher::from_pipeline(teacher.pipeline().clone(), rt, Some(&student.lora))?;
     let clip = r
         .clip
         .as_ref()

@@ -13,6 +13,7 @@ use crate::families::family::{
 };
 use crate::models::sd::images;
 use crate::models::sd::pipeline::Pipeline;
+use crate::models::sd::single_file::SingleFileOptions;
 use crate::models::sd::prompts;
 use crate::models::sd::student::SdStudentConfig;
 use crate::models::sd::teacher::text_condition;
@@ -26,13 +27,12 @@ use crate::train::distill::DistillConfig;
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 use std::cell::OnceCell;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The family-only flags Stable Diffusion teachers take.
 const FLAGS: [&str; 3] = ["--resolution", "--uncond", "--lora-targets"];
 
 pub struct SdFamily {
-    dir: PathBuf,
     pipeline: Pipeline,
     rt: Runtime,
     /// The UNet, loaded when first needed (distillation loads its own copy as the student's base).
@@ -40,11 +40,11 @@ pub struct SdFamily {
 }
 
 impl SdFamily {
-    /// Opens the pipeline folder `dir` (its configs are read now, the networks when needed).
-    pub fn open(dir: &Path, rt: &Runtime) -> Result<Self> {
+    /// Opens the pipeline folder or single file `path` (its configs are read now, the networks
+    /// when needed).
+    pub fn open(path: &Path, options: &SingleFileOptions, rt: &Runtime) -> Result<Self> {
         Ok(Self {
-            dir: dir.to_path_buf(),
-            pipeline: Pipeline::open(dir)?,
+            pipeline: Pipeline::open_with(path, options)?,
             rt: rt.clone(),
             teacher: OnceCell::new(),
         })
@@ -55,8 +55,8 @@ impl SdFamily {
         if let Some(t) = self.teacher.get() {
             return Ok(t);
         }
-        let teacher = SdTeacher::load(&self.dir, &self.rt)
-            .with_context(|| format!("--teacher '{}'", TeacherSpec::sd(&self.dir)))?;
+        let teacher = SdTeacher::from_pipeline(self.pipeline.clone(), &self.rt, None)
+            .with_context(|| format!("--teacher '{}'", TeacherSpec::sd(self.pipeline.path())))?;
         Ok(self.teacher.get_or_init(|| teacher))
     }
 
@@ -66,8 +66,8 @@ impl SdFamily {
 
     /// The UNet with a LoRA file's adapters on (the loader's errors name the file).
     pub fn with_adapters(&self, file: &Path, rt: &Runtime) -> Result<SdTeacher> {
-        SdTeacher::load_with_lora(&self.dir, rt, Some(file))
-            .with_context(|| format!("--teacher '{}'", TeacherSpec::sd(&self.dir)))
+        SdTeacher::from_pipeline(self.pipeline.clone(), rt, Some(file))
+            .with_context(|| format!("--teacher '{}'", TeacherSpec::sd(self.pipeline.path())))
     }
 }
 
@@ -85,7 +85,7 @@ impl ModelFamily for SdFamily {
     }
 
     fn spec(&self) -> Result<String> {
-        Ok(TeacherSpec::portable(&TeacherSpec::sd(&self.dir)))
+        Ok(TeacherSpec::portable(&TeacherSpec::sd(self.pipeline.path())))
     }
 
     /// The paper's settings (DistillConfig::paper_lora): N = 100, w = 9, rank 64, lr 1e-4 at a

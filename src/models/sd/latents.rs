@@ -45,13 +45,7 @@ fn cache_key(pipeline: &Pipeline, data: &Path, r: usize) -> Result<Value> {
             modified.map(|d| d.as_nanos().to_string())
         ]))
     };
-    let vae_dir = pipeline.dir().join("vae");
-    let mut vae_files: Vec<_> = std::fs::read_dir(&vae_dir)
-        .with_context(|| format!("{}: cannot list", vae_dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    vae_files.sort();
-    let vae = vae_files.iter().map(|p| stamp(p)).collect::<Result<Vec<_>>>()?;
+    let vae = pipeline.vae_files()?.iter().map(|p| stamp(p)).collect::<Result<Vec<_>>>()?;
     let files = captioned::pairs(data)?
         .iter()
         .map(|(p, caption)| Ok(json!([stamp(p)?, caption])))

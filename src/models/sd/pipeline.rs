@@ -1,106 +1,117 @@
-//! A diffusers Stable Diffusion pipeline folder (`sd:DIR`): `model_index.json` names the
-//! components, each in its own folder — `unet/`, `vae/`, `text_encoder/`, `tokenizer/`,
-//! `scheduler/`, and for SDXL `text_encoder_2/`, `tokenizer_2/`. Each component loads frozen,
-//! on the runtime's device in its precision (the text encoders in `text.rs`); every error is
-//! one line naming the file or key.
+//! A Stable Diffusion pipeline as `sd:PATH` names it: a diffusers folder ([`Folder`]) or a
+//! single-file checkpoint ([`SingleFile`], read with `--config` / `--prediction`). Both give
+//! the same configurations and the same weights under diffusers' names; the networks are
+//! built here, frozen, on the runtime's device in its precision (the text encoders in
+//! `text.rs`). Every error is one line naming the file or key.
 
-use super::json::JsonFile;
+pub use super::folder::Family;
+use super::folder::Folder;
 use super::scheduler::SchedulerConfig;
-use super::weights::{load, weights_file};
+use super::single_file::{SingleFile, SingleFileOptions};
+use crate::nets::layers::Params;
+use crate::nets::sd::clip_text::ClipTextConfig;
 use crate::nets::sd::lora_files::import;
+use crate::nets::sd::tokenizer::ClipTokenizer;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::unet_config::UNetConfig;
 use crate::nets::sd::vae::{AutoencoderKl, VaeConfig};
 use crate::runtime::device::Runtime;
-use anyhow::{anyhow, ensure, Result};
+use anyhow::{anyhow, bail, ensure, Result};
 use candle_core::DType;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-/// Which text conditioning the pipeline computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Family {
-    /// SD 1.x / 2.x: one CLIP text encoder's last hidden state.
-    Sd,
-    /// SDXL: two encoders' penultimate states, the second's pooled projection and size ids;
-    /// `force_zeros_for_empty_prompt` zeroes the unconditional input when no negative prompt is given.
-    Sdxl { force_zeros_for_empty_prompt: bool },
+#[derive(Clone)]
+enum Source {
+    Folder(Folder),
+    File(Arc<SingleFile>),
 }
 
-/// An opened pipeline folder whose components all exist.
-#[derive(Clone, Debug)]
+/// An opened pipeline whose configurations have been read.
+#[derive(Clone)]
 pub struct Pipeline {
-    dir: PathBuf,
-    family: Family,
+    path: PathBuf,
+    options: SingleFileOptions,
+    source: Source,
 }
 
-const MODEL_INDEX: &str = "model_index.json";
-const SD_COMPONENTS: [&str; 5] = ["unet", "vae", "text_encoder", "tokenizer", "scheduler"];
-const SDXL_COMPONENTS: [&str; 2] = ["text_encoder_2", "tokenizer_2"];
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pipeline({})", self.path.display())
+    }
+}
 
 impl Pipeline {
-    /// Reads `DIR/model_index.json` (SDXL when it lists `text_encoder_2`) and checks that every
-    /// component it needs is listed and has its folder.
-    pub fn open(dir: &Path) -> Result<Self> {
-        ensure!(dir.is_dir(), "{}: not a folder", dir.display());
-        let index = JsonFile::read(&dir.join(MODEL_INDEX))?;
-        let listed = |name: &str| {
-            index
-                .get(name)
-                .is_some_and(|v| v.as_array().is_some_and(|a| a.iter().all(|e| e.is_string())))
-        };
-        let sdxl = listed(SDXL_COMPONENTS[0]);
-        let family = if sdxl {
-            Family::Sdxl {
-                force_zeros_for_empty_prompt: index.bool_or("force_zeros_for_empty_prompt", true)?,
-            }
+    /// A pipeline folder or a single-file checkpoint, read as released.
+    pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, &SingleFileOptions::default())
+    }
+
+    /// A pipeline folder, or a single-file checkpoint read with `options`.
+    pub fn open_with(path: &Path, options: &SingleFileOptions) -> Result<Self> {
+        let source = if path.is_dir() {
+            ensure!(
+                options.is_empty(),
+                "{}: a pipeline folder; --config and --prediction apply only to single-file checkpoints",
+                path.display()
+            );
+            Source::Folder(Folder::open(path)?)
+        } else if path.is_file() {
+            Source::File(Arc::new(SingleFile::open(path, options)?))
         } else {
-            Family::Sd
+            bail!("{}: neither a pipeline folder nor a checkpoint file", path.display());
         };
-        let extra: &[&str] = if sdxl { &SDXL_COMPONENTS } else { &[] };
-        for name in SD_COMPONENTS.iter().chain(extra) {
-            ensure!(
-                listed(name),
-                index.error(name, "is missing or null: a text-to-image pipeline needs it")
-            );
-            let folder = dir.join(name);
-            ensure!(
-                folder.is_dir(),
-                "{}: missing component folder (listed in {MODEL_INDEX})",
-                folder.display()
-            );
-        }
         Ok(Self {
-            dir: dir.to_path_buf(),
-            family,
+            path: path.to_path_buf(),
+            options: options.clone(),
+            source,
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The folder or file `sd:` named.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// How a single file is read (empty for a folder).
+    pub fn options(&self) -> &SingleFileOptions {
+        &self.options
     }
 
     pub fn family(&self) -> Family {
-        self.family
-    }
-
-    /// The folder of one component, as `model_index.json` names it.
-    pub fn component(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        match &self.source {
+            Source::Folder(f) => f.family(),
+            Source::File(f) => f.family(),
+        }
     }
 
     pub fn scheduler(&self) -> Result<SchedulerConfig> {
-        SchedulerConfig::from_file(&self.component("scheduler").join("scheduler_config.json"))
+        match &self.source {
+            Source::Folder(f) => f.scheduler(),
+            Source::File(f) => Ok(f.scheduler()),
+        }
     }
 
+    /// The UNet's configuration; an LCM-distilled UNet is refused as a teacher.
     pub fn unet_config(&self) -> Result<UNetConfig> {
-        let path = self.component("unet").join("config.json");
-        let cfg = UNetConfig::from_file(&path)?;
+        let cfg = match &self.source {
+            Source::Folder(f) => f.unet_config()?,
+            Source::File(f) => f.unet_config().clone(),
+        };
         ensure!(
             cfg.time_cond_proj_dim.is_none(),
             "{}: 'time_cond_proj_dim' is set: an LCM-distilled UNet is a student, not a teacher",
-            path.display()
+            self.path.display()
         );
         Ok(cfg)
+    }
+
+    /// The UNet's weights in the runtime's precision, and what they were read from.
+    pub fn unet_params(&self, rt: &Runtime) -> Result<(Params, PathBuf)> {
+        match &self.source {
+            Source::Folder(f) => f.unet_params(&rt.device, rt.dtype),
+            Source::File(f) => Ok((f.unet_params(&rt.device, rt.dtype)?, f.path().to_path_buf())),
+        }
     }
 
     /// The UNet, in the runtime's precision.
@@ -112,8 +123,7 @@ impl Pipeline {
     /// computes in the runtime's precision too.
     pub fn unet_with_lora(&self, rt: &Runtime, lora: Option<&Path>) -> Result<UNet> {
         let cfg = self.unet_config()?;
-        let path = weights_file(&self.component("unet"), "diffusion_pytorch_model")?;
-        let mut params = load(&path, &rt.device, rt.dtype)?;
+        let (mut params, path) = self.unet_params(rt)?;
         let Some(file) = lora else {
             return UNet::new(cfg, &params, None).map_err(|e| anyhow!("{}: {e}", path.display()));
         };
@@ -125,7 +135,10 @@ impl Pipeline {
     }
 
     pub fn vae_config(&self) -> Result<VaeConfig> {
-        VaeConfig::from_file(&self.component("vae").join("config.json"))
+        match &self.source {
+            Source::Folder(f) => f.vae_config(),
+            Source::File(f) => Ok(f.vae_config().clone()),
+        }
     }
 
     /// The VAE, in the runtime's precision, except f16 for a config with `force_upcast`
@@ -137,80 +150,65 @@ impl Pipeline {
         } else {
             rt.dtype
         };
-        let path = weights_file(&self.component("vae"), "diffusion_pytorch_model")?;
-        let params = load(&path, &rt.device, dtype)?;
+        let (params, path) = match &self.source {
+            Source::Folder(f) => f.vae_params(&rt.device, dtype)?,
+            Source::File(f) => (f.vae_params(&rt.device, dtype)?, f.path().to_path_buf()),
+        };
         AutoencoderKl::new(cfg, &params).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
+
+    /// The number of text encoders (SDXL: 2).
+    pub fn text_encoders(&self) -> usize {
+        match &self.source {
+            Source::Folder(f) => f.text_encoders(),
+            Source::File(f) => f.text_encoders(),
+        }
+    }
+
+    /// Text encoder `i`'s configuration and weights (runtime precision), and their file.
+    pub fn text_encoder(&self, i: usize, rt: &Runtime) -> Result<(ClipTextConfig, Params, PathBuf)> {
+        match &self.source {
+            Source::Folder(f) => f.text_encoder(i, &rt.device, rt.dtype),
+            Source::File(f) => {
+                let (cfg, params) = f.text_encoder(i, &rt.device, rt.dtype)?;
+                Ok((cfg, params, f.path().to_path_buf()))
+            }
+        }
+    }
+
+    /// Text encoder `i`'s tokenizer.
+    pub fn tokenizer(&self, i: usize) -> Result<ClipTokenizer> {
+        match &self.source {
+            Source::Folder(f) => f.tokenizer(i),
+            Source::File(f) => f.tokenizer(i),
+        }
+    }
+
+    /// The files the VAE is read from (a cache of its latents is keyed on them).
+    pub fn vae_files(&self) -> Result<Vec<PathBuf>> {
+        let mut files = match &self.source {
+            Source::Folder(f) => list_files(&f.component("vae"))?,
+            Source::File(f) => vec![f.path().to_path_buf()],
+        };
+        if let Some(config) = &self.options.config {
+            files.extend(if config.is_dir() { list_files(&config.join("vae"))? } else { vec![config.clone()] });
+        }
+        Ok(files)
+    }
+}
+
+/// The files of a folder, sorted.
+fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| anyhow!("{}: cannot list: {e}", dir.display()))?;
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    Ok(files)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::sd::test_util::{copy_pipeline, fixture};
-
-    #[test]
-    fn families_from_model_index() {
-        assert_eq!(Pipeline::open(&fixture("sd2")).unwrap().family(), Family::Sd);
-        let sdxl = Pipeline::open(&fixture("sdxl")).unwrap();
-        assert_eq!(
-            sdxl.family(),
-            Family::Sdxl {
-                force_zeros_for_empty_prompt: true
-            }
-        );
-    }
-
-    /// Each broken model_index.json or missing folder is one line naming the file or key.
-    #[test]
-    fn broken_folders_are_named() {
-        let dir = copy_pipeline("sdxl", "index");
-        let index = dir.join(MODEL_INDEX);
-        let text = std::fs::read_to_string(&index).unwrap();
-        let cases = [
-            (
-                text.replace(
-                    "\"force_zeros_for_empty_prompt\": true",
-                    "\"force_zeros_for_empty_prompt\": 1",
-                ),
-                "'force_zeros_for_empty_prompt' is 1, expected true or false",
-            ),
-            (
-                text.replacen("\"AutoencoderKL\"", "null", 1),
-                "'vae' is missing or null",
-            ),
-            (
-                text.replace("\"scheduler\": [", "\"schedulers\": ["),
-                "'scheduler' is missing or null",
-            ),
-            (text[..40].to_string(), "model_index.json: not valid JSON"),
-        ];
-        for (json, needle) in cases {
-            std::fs::write(&index, json).unwrap();
-            let e = Pipeline::open(&dir).unwrap_err().to_string();
-            assert!(e.contains(needle) && !e.contains('\n'), "{e}");
-        }
-        std::fs::write(&index, text.replace("\"force_zeros_for_empty_prompt\": true,", "")).unwrap();
-        let absent = Pipeline::open(&dir).unwrap().family();
-        assert_eq!(
-            absent,
-            Family::Sdxl {
-                force_zeros_for_empty_prompt: true
-            },
-            "diffusers' default"
-        );
-        std::fs::remove_dir_all(dir.join("tokenizer_2")).unwrap();
-        let e = Pipeline::open(&dir).unwrap_err().to_string();
-        assert!(
-            e.ends_with("tokenizer_2: missing component folder (listed in model_index.json)"),
-            "{e}"
-        );
-        std::fs::remove_file(&index).unwrap();
-        assert!(Pipeline::open(&dir)
-            .unwrap_err()
-            .to_string()
-            .contains("model_index.json: cannot read"));
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
+    use crate::models::sd::test_util::fixture;
 
     /// The VAE runs in f32 under an f16 runtime when its config asks (`force_upcast`).
     #[test]

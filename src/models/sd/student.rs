@@ -4,7 +4,7 @@
 //! one UNet in memory, not two.
 
 use super::pipeline::Pipeline;
-use super::weights::{load, weights_file};
+use super::single_file::SingleFileOptions;
 use crate::diffusion::condition::{Condition, TextEmbedding};
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::prediction::{network_timesteps, Prediction};
@@ -126,8 +126,7 @@ impl LoraUnet {
         let unet = pipeline.unet_config()?;
         unet.lora_layers(&targets)
             .map_err(|e| anyhow::anyhow!("--lora-targets: {e}"))?;
-        let path = weights_file(&pipeline.dir().join("unet"), "diffusion_pytorch_model")?;
-        let params = load(&path, &rt.device, rt.dtype)?;
+        let (params, _) = pipeline.unet_params(rt)?;
         let arch = Self {
             unet,
             targets,
@@ -194,8 +193,11 @@ impl Architecture for LoraUnet {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SdStudentConfig {
-    /// `sd:DIR` with an absolute DIR.
+    /// `sd:PATH` with an absolute PATH.
     pub teacher: String,
+    /// How a single-file teacher is read (`--config`, `--prediction`).
+    #[serde(default, skip_serializing_if = "SingleFileOptions::is_empty")]
+    pub teacher_options: SingleFileOptions,
     pub data: String,
     pub resolution: usize,
     /// The unconditional input of the teacher's guidance: zeros or empty.

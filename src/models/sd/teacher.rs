@@ -24,26 +24,30 @@ pub struct SdTeacher {
 }
 
 impl SdTeacher {
-    /// Opens the folder and loads the UNet on `rt` (its precision); the scheduler, UNet and VAE
-    /// configs are checked against each other.
-    pub fn load(dir: &std::path::Path, rt: &Runtime) -> Result<Self> {
-        Self::load_with_lora(dir, rt, None)
+    /// Opens the folder or file and loads the UNet on `rt` (its precision); the scheduler, UNet
+    /// and VAE configs are checked against each other.
+    pub fn load(path: &std::path::Path, rt: &Runtime) -> Result<Self> {
+        Self::load_with_lora(path, rt, None)
     }
 
     /// As `load`, with a LoRA file's adapters on the UNet (a LoRA student, e.g. LCM-LoRA).
-    pub fn load_with_lora(dir: &std::path::Path, rt: &Runtime, lora: Option<&std::path::Path>) -> Result<Self> {
+    pub fn load_with_lora(path: &std::path::Path, rt: &Runtime, lora: Option<&std::path::Path>) -> Result<Self> {
+        Self::from_pipeline(Pipeline::open(path)?, rt, lora)
+    }
+
+    /// The teacher of an opened pipeline, with a LoRA file's adapters on its UNet or without.
+    pub fn from_pipeline(pipeline: Pipeline, rt: &Runtime, lora: Option<&std::path::Path>) -> Result<Self> {
         ensure!(
             !(rt.device.is_cpu() && rt.dtype == DType::BF16),
             "--dtype bf16: candle's CPU convolutions have no bf16 kernel; use f32 or f16 on the CPU (bf16 on CUDA)"
         );
-        let pipeline = Pipeline::open(dir)?;
         let scheduler = pipeline.scheduler()?;
         let vae = pipeline.vae_config()?;
         let cfg = pipeline.unet_config()?;
         ensure!(
             cfg.in_channels == vae.latent_channels && cfg.out_channels == vae.latent_channels,
             "{}: a UNet of {} → {} channels does not denoise the VAE's {} latent channels (not a text-to-image UNet)",
-            dir.join("unet/config.json").display(),
+            pipeline.path().display(),
             cfg.in_channels,
             cfg.out_channels,
             vae.latent_channels

@@ -6,9 +6,8 @@
 //! `(H, W, 0, 0, H, W)` (original size, crop corner, target size) of the generated image.
 
 use super::pipeline::{Family, Pipeline};
-use super::weights::{load, weights_file};
 use crate::diffusion::condition::{Condition, TextEmbedding};
-use crate::nets::sd::clip_text::{sd_prompt_embeds, sdxl_prompt_embeds, ClipTextConfig, ClipTextModel};
+use crate::nets::sd::clip_text::{sd_prompt_embeds, sdxl_prompt_embeds, ClipTextModel};
 use crate::nets::sd::tokenizer::ClipTokenizer;
 use crate::runtime::device::Runtime;
 use anyhow::{anyhow, bail, ensure, Result};
@@ -21,14 +20,11 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    /// A pipeline's tokenizer and text encoder, the model in the runtime's precision.
-    fn load(pipeline: &Pipeline, tokenizer: &str, encoder: &str, rt: &Runtime) -> Result<Self> {
-        let dir = pipeline.component(encoder);
-        let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let path = weights_file(&dir, "model")?;
-        let params = load(&path, &rt.device, rt.dtype)?;
+    /// A pipeline's text encoder `i` and its tokenizer, the model in the runtime's precision.
+    fn load(pipeline: &Pipeline, i: usize, rt: &Runtime) -> Result<Self> {
+        let (cfg, params, path) = pipeline.text_encoder(i, rt)?;
         Ok(Self {
-            tokenizer: ClipTokenizer::from_dir(&pipeline.component(tokenizer))?,
+            tokenizer: pipeline.tokenizer(i)?,
             model: ClipTextModel::new(&cfg, &params).map_err(|e| anyhow!("{}: {e}", path.display()))?,
         })
     }
@@ -75,10 +71,10 @@ impl PromptEncoder {
     /// A pipeline's tokenizers and text encoders, in the runtime's precision.
     pub fn load(pipeline: &Pipeline, rt: &Runtime) -> Result<Self> {
         Ok(Self {
-            first: TextEncoder::load(pipeline, "tokenizer", "text_encoder", rt)?,
+            first: TextEncoder::load(pipeline, 0, rt)?,
             second: match pipeline.family() {
                 Family::Sd => None,
-                Family::Sdxl { .. } => Some(TextEncoder::load(pipeline, "tokenizer_2", "text_encoder_2", rt)?),
+                Family::Sdxl { .. } => Some(TextEncoder::load(pipeline, 1, rt)?),
             },
         })
     }

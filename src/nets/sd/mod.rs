@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod clip_model;
 pub mod clip_preprocess;
 pub mod clip_text;
+pub mod clip_vocabulary;
 pub mod clip_vision;
 pub mod embeddings;
 pub mod group_norm;

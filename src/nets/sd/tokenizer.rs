@@ -10,6 +10,7 @@
 //! gives what `tokenizer(prompt, padding="max_length", max_length=77, truncation=True)` gives:
 //! bos, the tokens truncated so that eos fits, eos, then padding.
 
+use super::clip_vocabulary;
 use anyhow::{anyhow, bail, ensure, Result};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
@@ -52,6 +53,26 @@ impl ClipTokenizer {
         let inner = assemble(vocab, merges, &special).map_err(|e| anyhow!("tokenizer in {}: {e}", dir.display()))?;
         Ok(Self {
             inner,
+            bos,
+            eos,
+            pad,
+            max_length: special.max_length,
+        })
+    }
+
+    /// The released CLIP tokenizer ([`clip_vocabulary`]) padding with `pad`: `<|endoftext|>` for
+    /// OpenAI's CLIP-L (SD 1.x, SDXL's first encoder), `!` for the OpenCLIP encoders (SD 2.x,
+    /// SDXL's second), as their published `tokenizer/` folders set it.
+    pub fn released(pad: &str) -> Result<Self> {
+        let (vocab, merges) = clip_vocabulary::released()?;
+        let special = SpecialTokens {
+            pad: pad.to_string(),
+            ..SpecialTokens::clip()
+        };
+        let id = |token: &str| vocab.get(token).copied().ok_or_else(|| anyhow!("pad token {token:?} is not in CLIP's vocabulary"));
+        let (bos, eos, pad) = (id(&special.bos)?, id(&special.eos)?, id(&special.pad)?);
+        Ok(Self {
+            inner: assemble(vocab, merges, &special)?,
             bos,
             eos,
             pad,
@@ -276,15 +297,20 @@ struct SpecialTokens {
 }
 
 impl SpecialTokens {
-    fn read(dir: &Path, bpe: &Bpe) -> Result<Self> {
-        let vocab = &bpe.vocab;
-        let mut tokens = Self {
+    /// CLIP's defaults.
+    fn clip() -> Self {
+        Self {
             bos: "<|startoftext|>".into(),
             eos: "<|endoftext|>".into(),
             pad: "<|endoftext|>".into(),
             unk: "<|endoftext|>".into(),
             max_length: CLIP_MAX_LENGTH,
-        };
+        }
+    }
+
+    fn read(dir: &Path, bpe: &Bpe) -> Result<Self> {
+        let vocab = &bpe.vocab;
+        let mut tokens = Self::clip();
         let config_path = dir.join("tokenizer_config.json");
         if let Some(config) = read_json_if_present(&config_path)? {
             tokens.apply(&config, &config_path)?;
@@ -554,6 +580,28 @@ mod tests {
             err.contains("tokenizer_config.json") && err.contains("model_max_length"),
             "{err}"
         );
+    }
+
+    /// The released vocabulary tokenizes as transformers' `CLIPTokenizer` on the same vocabulary
+    /// does with either pad token, and as OpenCLIP's own tokenizer wherever the prompt holds no
+    /// literal "!" (transformers then splits out the pad token "!" as id 0, OpenCLIP encodes
+    /// "!</w>"); goldens in `single_file/clip_bpe_golden.json`.
+    #[test]
+    fn released_tokenizer_matches_transformers_and_open_clip() {
+        let path = fixtures().join("single_file/clip_bpe_golden.json");
+        let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let field = |k: &str| -> Vec<Vec<u32>> { serde_json::from_value(golden[k].clone()).unwrap() };
+        let prompts: Vec<String> = serde_json::from_value(golden["prompts"].clone()).unwrap();
+        let (bang, eot) = (ClipTokenizer::released("!").unwrap(), ClipTokenizer::released("<|endoftext|>").unwrap());
+        let rows = prompts.iter().zip(field("transformers_pad_bang")).zip(field("transformers_pad_eot"));
+        for (((prompt, want_bang), want_eot), open_clip) in rows.zip(field("open_clip")) {
+            let ids = bang.encode(prompt).unwrap();
+            assert_eq!(ids, want_bang, "{prompt:?}");
+            assert_eq!(eot.encode(prompt).unwrap(), want_eot, "{prompt:?}");
+            if !prompt.contains('!') {
+                assert_eq!(ids, open_clip, "{prompt:?}");
+            }
+        }
     }
 
     /// transformers 4 writes special tokens as `AddedToken` objects; CRLF merges load too.
