@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use dcm::experiments::{bench, distill, eval, reproduce, reproduce_args, sample, train};
+use dcm::experiments::{bench, distill, eval, features, reproduce, reproduce_args, sample, train};
 use dcm::models::spec::SPEC_HELP;
 use std::process::ExitCode;
 
@@ -34,6 +34,10 @@ enum Command {
     /// Print a student's ODE solving error at 1, 2, 4 and 8 steps (--teacher sd:DIR: a LoRA
     /// student's ODE error, FD on CLIP features and CLIP score, written to --out).
     Eval(eval::EvalArgs),
+    /// Write the features of a folder of images under a metric network (Inception, DINOv2, CLIP).
+    Features(features::FeaturesArgs),
+    /// Fréchet distance and kernel distance between two image folders or feature files.
+    Fd(features::FdArgs),
     /// Train an ε-prediction MLP teacher by denoising score matching (on latents with --autoencoder).
     TrainTeacher(train::TrainTeacherArgs),
     /// Train the convolutional autoencoder (1×28×28 ↔ C×7×7) on the train split.
@@ -113,6 +117,8 @@ fn run(command: Command) -> Result<()> {
         Command::Sample(a) => sample::command(a),
         Command::Distill(a) => distill::command(a),
         Command::Eval(a) => eval::command(a),
+        Command::Features(a) => features::features_command(a),
+        Command::Fd(a) => features::fd_command(a),
         Command::TrainTeacher(a) => train::teacher_command(a),
         Command::TrainAutoencoder(a) => train::autoencoder_command(a),
         Command::TrainFeatnet(a) => train::featnet_command(a),

@@ -9,6 +9,7 @@ pub mod difference;
 pub mod evaluate;
 pub mod features;
 pub mod judge;
+pub mod metric_nets;
 pub mod metrics;
 pub mod model_set;
 pub mod ode_error;

@@ -6,6 +6,7 @@ pub mod args;
 pub mod bench;
 pub mod distill;
 pub mod eval;
+pub mod features;
 pub mod report;
 pub mod reproduce;
 pub mod reproduce_args;

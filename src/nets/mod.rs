@@ -1,6 +1,7 @@
 //! Networks: named-parameter layers (with LoRA adapters), the fused CPU kernels, and
 //! the ε-prediction MLP, autoencoder and feature network built from them.
 
+pub mod aesthetic;
 pub mod autoencoder;
 pub mod featnet;
 pub mod feature_net;

@@ -12,6 +12,7 @@ use super::clip_preprocess::ClipImageProcessor;
 use super::clip_text::{ClipTextConfig, ClipTextModel};
 use super::clip_vision::{ClipVisionConfig, ClipVisionModel};
 use super::tokenizer::ClipTokenizer;
+use crate::nets::feature_net::FeatureNet;
 use crate::nets::layers::Params;
 use anyhow::{anyhow, bail, ensure, Result};
 use candle_core::{DType, Device, Tensor, D};
@@ -208,6 +209,21 @@ impl ClipModel {
     /// The CLIP score: `max(mean_i 100·cos_i, 0)` (torchmetrics' `CLIPScore`).
     pub fn clip_score(&self, images: &Tensor, prompts: &[String]) -> Result<f64> {
         Ok(clip_score_of(&self.clip_scores_raw(images, prompts)?))
+    }
+}
+
+/// CLIP's image embedding as a metric network (FD-CLIP, the aesthetic predictor's input).
+impl FeatureNet for ClipModel {
+    fn name(&self) -> &'static str {
+        "clip"
+    }
+
+    fn dim(&self) -> usize {
+        self.vision.projection_dim()
+    }
+
+    fn features(&self, images: &Tensor) -> Result<Tensor> {
+        Ok(self.image_features(images)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
     }
 }
 

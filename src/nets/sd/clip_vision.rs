@@ -175,6 +175,11 @@ impl ClipVisionModel {
         Ok(patches.broadcast_matmul(&kernel.t()?)?)
     }
 
+    /// The width of `image_embeds`.
+    pub fn projection_dim(&self) -> usize {
+        self.projection.dims()[0]
+    }
+
     /// `image_embeds` `[B, projection_dim]` (`get_image_features`).
     pub fn image_embeds(&self, pixels: &Tensor) -> Result<Tensor> {
         Ok(self.pooled(pixels)?.matmul(&self.projection.t()?)?)

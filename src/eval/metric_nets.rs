@@ -1,0 +1,138 @@
+//! The networks the sample-quality metrics run on, loaded from the files people have
+//! (README, "Evaluating with the paper's metrics"): `clip:DIR` (a transformers `CLIPModel`
+//! folder), `inception:FILE` (pytorch-fid's Inception-v3 weights), `dinov2:DIR` (a
+//! transformers `Dinov2Model` folder) and the LAION aesthetic predictor's `.pth`; and the
+//! features of a folder of images, streamed in batches.
+
+use super::sd_eval::load_clip;
+use crate::models::sd::checkpoint::Checkpoint;
+use crate::nets::aesthetic::AestheticPredictor;
+use crate::nets::feature_net::FeatureNet;
+use crate::nets::layers::Params;
+use crate::runtime::device::Runtime;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+/// The forms `--model` takes.
+pub const MODEL_HELP: &str = "clip:DIR (transformers CLIPModel folder), inception:FILE (pytorch-fid's pt_inception-2015-12-05-6726825d.pth) or dinov2:DIR (transformers Dinov2Model folder)";
+
+/// The feature network `spec` names, in f32 on `rt`'s device.
+pub fn load_feature_net(spec: &str, rt: &Runtime) -> Result<Box<dyn FeatureNet>> {
+    let (kind, path) = spec
+        .split_once(':')
+        .ok_or_else(|| anyhow!("--model '{spec}': expected {MODEL_HELP}"))?;
+    let path = Path::new(path);
+    let net: Box<dyn FeatureNet> = match kind {
+        "clip" => Box::new(load_clip(path, rt)?),
+        _ => bail!("--model '{spec}': expected {MODEL_HELP}"),
+    };
+    Ok(net)
+}
+
+/// The aesthetic predictor's `.pth` (or safetensors) in f32 on the CPU.
+pub fn load_aesthetic(path: &Path) -> Result<AestheticPredictor> {
+    let file = Checkpoint::open(path)?;
+    let mut params = Params::new();
+    for name in file.names() {
+        params.insert(name.clone(), file.load(&name, &Device::Cpu, DType::F32)?);
+    }
+    AestheticPredictor::from_params(&params).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The PNG, JPEG and WebP files directly in `dir`, sorted by name; anything else but hidden
+/// files is an error naming it (a metric silently computed on part of a folder is wrong).
+pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let entries = std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if name.starts_with('.') {
+            continue;
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+        ensure!(
+            path.is_file() && matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg" | "webp")),
+            "{}: not a PNG, JPEG or WebP image (an image folder holds nothing else)",
+            path.display()
+        );
+        files.push(path);
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// One image as `[3, H, W]` f32 in [0, 1].
+pub fn read_image(path: &Path) -> Result<Tensor> {
+    let img = image::open(path)
+        .with_context(|| format!("{}: cannot decode image", path.display()))?
+        .to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let t = Tensor::from_vec(img.into_raw(), (h, w, 3), &Device::Cpu)?.permute((2, 0, 1))?;
+    Ok((t.to_dtype(DType::F32)? / 255.0)?)
+}
+
+/// Features `[N, dim]` of the images in `files` (in that order), up to `batch` same-size
+/// images per network call.
+pub fn files_features(net: &dyn FeatureNet, files: &[PathBuf], batch: usize) -> Result<Tensor> {
+    ensure!(!files.is_empty(), "no images");
+    let mut parts = Vec::new();
+    let mut pending: Vec<Tensor> = Vec::new();
+    for file in files {
+        crate::runtime::signals::check()?;
+        let image = read_image(file)?;
+        if pending.len() == batch.max(1) || pending.first().is_some_and(|p| p.dims() != image.dims()) {
+            parts.push(net.features(&Tensor::stack(&pending, 0)?)?);
+            pending.clear();
+        }
+        pending.push(image);
+    }
+    parts.push(net.features(&Tensor::stack(&pending, 0)?)?);
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metrics").join(name)
+    }
+
+    /// The predictor read from a `torch.save`d state dict scores as its own PyTorch module does
+    /// (`scripts/make_metric_fixtures.py`).
+    #[test]
+    fn aesthetic_predictor_matches_pytorch() {
+        let golden: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture("aesthetic_golden.json")).unwrap()).unwrap();
+        let rows: Vec<Vec<f32>> = serde_json::from_value(golden["embeddings"].clone()).unwrap();
+        let want: Vec<f64> = serde_json::from_value(golden["scores"].clone()).unwrap();
+        let embeddings = Tensor::new(rows, &Device::Cpu).unwrap();
+        let predictor = load_aesthetic(&fixture("aesthetic.pth")).unwrap();
+        assert_eq!(predictor.input_dim(), 8);
+        let got = predictor.scores(&embeddings).unwrap();
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
+        }
+        let wrong = Tensor::zeros((2, 7), DType::F32, &Device::Cpu).unwrap();
+        assert!(predictor.scores(&wrong).unwrap_err().to_string().contains("takes [B, 8]"));
+    }
+
+    /// A state dict that is not a chain of linear layers ending in one score is refused by name.
+    #[test]
+    fn broken_predictors_are_named() {
+        let t = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap();
+        let cases = [
+            (vec![("layers.0.weight", t(&[4, 8])), ("layers.0.bias", t(&[4]))], "4 outputs, not one score"),
+            (vec![("layers.0.weight", t(&[4, 8])), ("layers.0.bias", t(&[4])), ("layers.2.weight", t(&[1, 3])), ("layers.2.bias", t(&[1]))], "4 outputs feeds one of 3 inputs"),
+            (vec![("layers.0.weight", t(&[1, 8]))], "layers.0.bias is missing"),
+            (vec![("head.weight", t(&[1, 8]))], "'head.weight' is not a layer"),
+        ];
+        for (params, needle) in cases {
+            let params: Params = params.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+            let e = AestheticPredictor::from_params(&params).err().unwrap().to_string();
+            assert!(e.contains(needle), "{e}");
+        }
+    }
+}
