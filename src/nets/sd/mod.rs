@@ -12,6 +12,7 @@ pub mod clip_text;
 pub mod clip_vision;
 pub mod embeddings;
 pub mod group_norm;
+pub mod ldm_names;
 pub mod lora_files;
 pub mod resnet;
 pub mod tokenizer;
@@ -35,3 +36,5 @@ mod vae_tests;
 mod grad_tests;
 #[cfg(test)]
 mod lora_files_tests;
+#[cfg(test)]
+mod ldm_names_tests;
