@@ -13,6 +13,7 @@ pub mod clip_vocabulary;
 pub mod clip_vision;
 pub mod embeddings;
 pub mod group_norm;
+pub mod ldm_names;
 pub mod lora_files;
 pub mod resnet;
 pub mod tokenizer;
@@ -36,3 +37,5 @@ mod vae_tests;
 mod grad_tests;
 #[cfg(test)]
 mod lora_files_tests;
+#[cfg(test)]
+mod ldm_names_tests;
