@@ -349,6 +349,7 @@ fn sd_student_json() -> Vec<u8> {
     let method = dcm::consistency::objective::Method::compared()[0];
     let cfg = SdStudentConfig {
         teacher: "sd:/models/sd15".into(),
+        teacher_options: Default::default(),
         data: "/data/images".into(),
         resolution: 512,
         uncond: "zeros".into(),

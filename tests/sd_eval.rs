@@ -13,8 +13,10 @@ use dcm::diffusion::schedule::T;
 use dcm::diffusion::solver::{solve, Solver};
 use dcm::diffusion::teacher_ode::TeacherOde;
 use dcm::eval::metrics::fd::frechet_distance;
+use dcm::eval::metrics::kd::kernel_distance;
 use dcm::eval::metrics::to_matrix;
 use dcm::eval::sd_eval::{load_clip, student_samples, SdEvalSetup};
+use dcm::eval::sd_metrics::MetricNets;
 use dcm::eval::sd_reference::{read_pngs, ReferenceCache};
 use dcm::models::sd::text::NullText;
 use dcm::models::sd::SdTeacher;
@@ -162,8 +164,10 @@ fn teacher_against_itself_is_zero() {
         picking: Picking::Floor,
         seed: 0,
         batch: ROWS,
-        clip: Some(&clip),
-        real: None,
+        nets: MetricNets {
+            clip: Some(&clip),
+            ..Default::default()
+        },
         reference: ReferenceCache {
             dir: ws.join("reference"),
             create: true,
@@ -176,7 +180,7 @@ fn teacher_against_itself_is_zero() {
         ("teacher", 10, 20)
     );
     assert_eq!(t.ode_error, 0.0);
-    let fd = t.fd_clip_vs_teacher.unwrap();
+    let fd = t.scores["fd_clip_vs_teacher"];
     assert!(
         fd.abs() < 1e-6,
         "FD of the teacher's samples against themselves: {fd:e}"
@@ -188,7 +192,7 @@ fn teacher_against_itself_is_zero() {
     assert_eq!(mse(&cached, &own), 0.0, "cached reference vs the teacher's solve");
     // A student's samples differ from the teacher's: both metrics are positive.
     for r in &eval.rows[1..] {
-        assert!(r.ode_error > 0.0 && r.fd_clip_vs_teacher.unwrap() > 0.0, "{r:?}");
+        assert!(r.ode_error > 0.0 && r.scores["fd_clip_vs_teacher"] > 0.0, "{r:?}");
     }
     std::fs::remove_dir_all(&ws).unwrap();
 }
@@ -214,8 +218,9 @@ fn student_samples_do_not_depend_on_the_batch() {
 
 /// The command on the tiny fixtures writes every file with finite numbers; each student's
 /// ODE error is the MSE of its written latents to the written reference, its FD the Fréchet
-/// distance of CLIP features of its PNGs and the reference's, its CLIP score
-/// `max(mean 100·cos, 0)` of its PNGs, and the table lists the teacher and each K.
+/// distance of CLIP features of its PNGs and the reference's (its KD the kernel distance), its
+/// CLIP score the mean raw cosine of its PNGs and prompts (the paper's unit), n the sample
+/// count, and the table lists the teacher and each K.
 #[test]
 fn command_writes_finite_numbers_that_match_its_samples() {
     let ws = workspace("run");
@@ -225,7 +230,8 @@ fn command_writes_finite_numbers_that_match_its_samples() {
     let r = report(&out);
     assert_eq!(r["rows"].as_array().unwrap().len(), 4);
     for x in r["rows"].as_array().unwrap() {
-        for m in ["ode_error", "fd_clip_vs_teacher", "clip_score", "seconds"] {
+        assert_eq!(x["n"], ROWS as u64);
+        for m in ["ode_error", "fd_clip_vs_teacher", "kd_clip_vs_teacher", "clip_cosine", "seconds"] {
             assert!(x[m].as_f64().is_some_and(f64::is_finite), "{m} in {x}");
         }
         assert!(x["fd_clip_vs_real"].is_null());
@@ -247,15 +253,17 @@ fn command_writes_finite_numbers_that_match_its_samples() {
             (got - want).abs() <= 1e-9 * want.max(1.0),
             "K = {k}: FD {got} vs {want}"
         );
+        let want = kernel_distance(&features(&images), &features(&teacher_images)).unwrap();
+        let got = row(&r, "student", k)["kd_clip_vs_teacher"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-9 * want.abs().max(1e-3), "K = {k}: KD {got} vs {want}");
         let raw = clip.clip_scores_raw(&images, &prompts()).unwrap();
-        let want = (raw.iter().sum::<f64>() / ROWS as f64).max(0.0);
-        let got = row(&r, "student", k)["clip_score"].as_f64().unwrap();
-        assert!((got - want).abs() < 1e-9, "K = {k}: CLIP score {got} vs {want}");
-        assert!(got > 0.0, "K = {k}: a clamped CLIP score would not test the mean");
+        let want = raw.iter().sum::<f64>() / ROWS as f64 / 100.0;
+        let got = row(&r, "student", k)["clip_cosine"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "K = {k}: CLIP cosine {got} vs {want}");
     }
     let csv = std::fs::read_to_string(out.join("eval.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
-    assert!(csv.starts_with("model,steps,unet_evals_per_sample,ode_error,fd_clip_vs_teacher"));
+    assert!(csv.starts_with("model,steps,unet_evals_per_sample,n,ode_error,clip_cosine,fd_clip_vs_teacher,kd_clip_vs_teacher,seconds"), "{csv}");
     let md = std::fs::read_to_string(out.join("eval.md")).unwrap();
     assert!(
         md.contains("| teacher | 10 | 20 |") && md.contains("--real FOLDER"),
@@ -362,8 +370,9 @@ fn student_folder_gives_the_lora_and_its_settings() {
     );
     assert_eq!(r["settings"]["uncond"], "Zeros", "the run's unconditional input");
     assert_eq!(row(&r, "teacher", 20)["unet_evals_per_sample"], 40);
-    assert!(row(&r, "student", 2)["clip_score"].is_null());
-    assert!(r["notes"][0].as_str().unwrap().contains("--clip"));
+    assert!(row(&r, "student", 2)["clip_cosine"].is_null());
+    let notes = r["notes"].as_array().unwrap();
+    assert!(notes.iter().any(|n| n.as_str().unwrap().contains("no --clip CLIP_DIR")), "{notes:?}");
     std::fs::remove_file(run.join("lora.safetensors")).unwrap();
     one_line_error(&dcm(&args), &["--student", "no lora.safetensors"]);
     std::fs::remove_dir_all(&ws).unwrap();

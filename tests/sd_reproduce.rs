@@ -111,7 +111,7 @@ fn preset_sd_writes_the_table_grids_and_charts() {
         assert_eq!(ks, vec![1, 2, 4, 8]);
         for r in rows.iter().filter(|r| r["model"] == "student") {
             assert!(
-                r["ode_error"].as_f64().unwrap() > 0.0 && r["clip_score"].is_number(),
+                r["ode_error"].as_f64().unwrap() > 0.0 && r["clip_cosine"].is_number(),
                 "{r}"
             );
         }

@@ -5,6 +5,8 @@
 //! features of a folder of images, streamed in batches.
 
 use super::sd_eval::load_clip;
+use super::sd_metrics::MetricNets;
+use crate::nets::sd::clip_model::ClipModel;
 use crate::models::sd::checkpoint::Checkpoint;
 use crate::nets::aesthetic::AestheticPredictor;
 use crate::nets::feature_net::FeatureNet;
@@ -38,6 +40,69 @@ pub fn load_aesthetic(path: &Path) -> Result<AestheticPredictor> {
         params.insert(name.clone(), file.load(&name, &Device::Cpu, DType::F32)?);
     }
     AestheticPredictor::from_params(&params).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// The metric networks' files as the flags give them (`--clip`, `--inception`, `--dino`,
+/// `--aesthetic`, `--real`).
+#[derive(Clone, Debug, Default)]
+pub struct MetricFiles {
+    pub clip: Option<PathBuf>,
+    pub inception: Option<PathBuf>,
+    pub dino: Option<PathBuf>,
+    pub aesthetic: Option<PathBuf>,
+    pub real: Option<PathBuf>,
+}
+
+/// The networks of [`MetricFiles`], loaded.
+pub struct LoadedNets {
+    clip: Option<ClipModel>,
+    inception: Option<Box<dyn FeatureNet>>,
+    dino: Option<Box<dyn FeatureNet>>,
+    aesthetic: Option<AestheticPredictor>,
+    real: Option<Vec<PathBuf>>,
+}
+
+impl MetricFiles {
+    /// Loads every network given; errors name the flag. `--aesthetic` needs `--clip` (it scores
+    /// CLIP embeddings) and `--real` needs a network.
+    pub fn load(&self, rt: &Runtime) -> Result<LoadedNets> {
+        let any_net = self.clip.is_some() || self.inception.is_some() || self.dino.is_some();
+        ensure!(self.aesthetic.is_none() || self.clip.is_some(), "--aesthetic scores CLIP ViT-L/14 embeddings: give --clip too");
+        ensure!(self.real.is_none() || any_net, "--real: give a network to compare real images with (--inception, --dino or --clip)");
+        let with = |flag: &str, path: &Path| format!("{flag} {}", path.display());
+        let net = |kind: &str, flag: &str, path: &Option<PathBuf>| {
+            path.as_ref()
+                .map(|p| load_feature_net(&format!("{kind}:{}", p.display()), rt).with_context(|| with(flag, p)))
+                .transpose()
+        };
+        let real = match &self.real {
+            Some(dir) => {
+                let files = image_files(dir).with_context(|| with("--real", dir))?;
+                ensure!(files.len() >= 2, "--real {}: {} images; FD needs at least 2", dir.display(), files.len());
+                Some(files)
+            }
+            None => None,
+        };
+        Ok(LoadedNets {
+            clip: self.clip.as_ref().map(|d| load_clip(d, rt).with_context(|| with("--clip", d))).transpose()?,
+            inception: net("inception", "--inception", &self.inception)?,
+            dino: net("dinov2", "--dino", &self.dino)?,
+            aesthetic: self.aesthetic.as_ref().map(|p| load_aesthetic(p).with_context(|| with("--aesthetic", p))).transpose()?,
+            real,
+        })
+    }
+}
+
+impl LoadedNets {
+    pub fn nets(&self) -> MetricNets<'_> {
+        MetricNets {
+            clip: self.clip.as_ref(),
+            inception: self.inception.as_deref(),
+            dinov2: self.dino.as_deref(),
+            aesthetic: self.aesthetic.as_ref(),
+            real: self.real.as_deref(),
+        }
+    }
 }
 
 /// The PNG, JPEG and WebP files directly in `dir`, sorted by name; anything else but hidden

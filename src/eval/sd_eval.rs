@@ -1,14 +1,13 @@
 //! The paper's table for a few-step student of a Stable Diffusion teacher: at each step
 //! count K, the student's ODE-solving error (latent MSE against the teacher's N-interval
 //! guided solve from the same noise, the mean over all latent elements as the paper's code
-//! computes it), the Fréchet distance of CLIP image features to the teacher's samples (and
-//! optionally to real images), and the CLIP score of its images against their prompts;
-//! beside the teacher's own row. The student is any `Denoiser` (a UNet with a LoRA file's
+//! computes it) and the sample-quality columns of the metric networks given (`sd_metrics.rs`:
+//! FID, FD-DINOv2, FD-CLIP with KD beside each, CLIP cosine, aesthetic score, the DINOv2
+//! distance to the teacher's sample); beside the teacher's own row. The student is any `Denoiser` (a UNet with a LoRA file's
 //! adapters, or one being distilled in memory), sampled by the multistep consistency sampler.
 
-use super::metrics::fd::frechet_distance;
-use super::metrics::to_matrix;
 use super::ode_error::ode_error;
+use super::sd_metrics::{MetricNets, Scorer, PAPER_SAMPLES};
 use super::sd_reference::{quantize, reference_samples, teacher_solve, Reference, ReferenceCache, ReferenceKey};
 use crate::consistency::sampler::{multistep_sample_with, picked_timesteps, Picking};
 use crate::diffusion::condition::Condition;
@@ -18,16 +17,15 @@ use crate::diffusion::teacher_ode::TeacherOde;
 use crate::models::sd::images::decode_with;
 use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
-use crate::nets::layers::map_chunks;
-use crate::nets::sd::clip_model::{clip_score_of, cosine_scores, ClipModel};
+use crate::nets::sd::clip_model::ClipModel;
 use crate::runtime::device::Runtime;
 use crate::runtime::noise::{renoise_rng, standard_normal};
 use crate::runtime::progress;
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
-use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -52,10 +50,8 @@ pub struct SdEvalSetup<'a> {
     pub seed: u64,
     /// Rows per UNet, VAE and CLIP call.
     pub batch: usize,
-    /// Without it, the CLIP columns are absent.
-    pub clip: Option<&'a ClipModel>,
-    /// CLIP image features of real images (`real_image_features`), for FD against them.
-    pub real: Option<&'a DMatrix<f64>>,
+    /// The metric networks; each absent one leaves its columns out.
+    pub nets: MetricNets<'a>,
     pub reference: ReferenceCache,
 }
 
@@ -67,10 +63,12 @@ pub struct SdEvalRow {
     /// Student: sampler steps K; teacher: solver intervals N.
     pub steps: usize,
     pub unet_evals_per_sample: usize,
+    /// Samples behind every distance of the row.
+    pub n: usize,
     pub ode_error: f64,
-    pub fd_clip_vs_teacher: Option<f64>,
-    pub fd_clip_vs_real: Option<f64>,
-    pub clip_score: Option<f64>,
+    /// The sample-quality columns (`sd_metrics.rs`) that could be computed.
+    #[serde(flatten)]
+    pub scores: BTreeMap<String, f64>,
     /// Wall time of sampling and decoding (teacher: 0 when its samples came from the cache).
     pub seconds: f64,
 }
@@ -91,57 +89,6 @@ pub struct SdEvaluation {
     pub samples: Vec<StudentSamples>,
 }
 
-/// The metrics every sample set is scored with: text features of the prompts and image
-/// features of the teacher's samples (and real images).
-struct ClipMetrics<'a> {
-    clip: &'a ClipModel,
-    text: Tensor,
-    teacher_features: Tensor,
-    teacher: DMatrix<f64>,
-    real: Option<&'a DMatrix<f64>>,
-}
-
-/// (FD to the teacher's samples, FD to real images, CLIP score) of one sample set.
-type Scores = (Option<f64>, Option<f64>, Option<f64>);
-
-impl ClipMetrics<'_> {
-    fn score(&self, images: &Tensor, batch: usize) -> Result<Scores> {
-        self.score_features(&image_features(self.clip, images, batch)?)
-    }
-
-    fn score_features(&self, features: &Tensor) -> Result<Scores> {
-        let clip_score = clip_score_of(&cosine_scores(features, &self.text)?);
-        let feats = to_matrix(features)?;
-        // A Gaussian fit needs two samples; with one, FD is left out (see the notes).
-        let fd = |other: &DMatrix<f64>| {
-            (feats.nrows() >= 2)
-                .then(|| frechet_distance(&feats, other))
-                .transpose()
-        };
-        Ok((
-            fd(&self.teacher)?,
-            self.real.map(fd).transpose()?.flatten(),
-            Some(clip_score),
-        ))
-    }
-}
-
-/// CLIP image features `[B, P]` f32 on the CPU, `batch` images at a time.
-pub fn image_features(clip: &ClipModel, images: &Tensor, batch: usize) -> Result<Tensor> {
-    map_chunks(images, batch.max(1), |x| {
-        Ok(clip.image_features(x)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
-    })
-}
-
-/// CLIP text features `[B, P]` f32 on the CPU, `batch` prompts at a time.
-fn text_features(clip: &ClipModel, prompts: &[String], batch: usize) -> Result<Tensor> {
-    let parts = prompts
-        .chunks(batch.max(1))
-        .map(|p| Ok(clip.text_features(p)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
 /// A transformers `CLIPModel` folder in f32 on `rt`'s device (metrics keep full precision);
 /// a folder of another kind is a one-line error saying what CLIP_DIR must hold.
 pub fn load_clip(dir: &Path, rt: &Runtime) -> Result<ClipModel> {
@@ -159,39 +106,6 @@ pub fn load_clip(dir: &Path, rt: &Runtime) -> Result<ClipModel> {
         dir.display()
     );
     ClipModel::from_dir(dir, &rt.device, Some(DType::F32))
-}
-
-/// CLIP image features of every PNG/JPEG file in `dir` (not its sub-folders), sorted by name.
-pub fn real_image_features(clip: &ClipModel, dir: &Path, batch: usize) -> Result<DMatrix<f64>> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let ext = p.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-            p.is_file() && matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg"))
-        })
-        .collect();
-    files.sort();
-    ensure!(
-        files.len() >= 2,
-        "{}: {} PNG/JPEG images; FD needs at least 2",
-        dir.display(),
-        files.len()
-    );
-    let mut parts = Vec::new();
-    for chunk in files.chunks(batch.max(1)) {
-        crate::runtime::signals::check()?;
-        let pixels = chunk
-            .iter()
-            .map(|f| {
-                let img = image::open(f).with_context(|| format!("{}: cannot decode image", f.display()))?;
-                clip.processor().preprocess(&img, clip.device())
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let embeds = clip.image_embeds(&Tensor::stack(&pixels, 0)?)?;
-        parts.push(embeds.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
-    }
-    to_matrix(&Tensor::cat(&parts, 0)?)
 }
 
 /// A denoiser that advances a progress bar by the rows of every call.
@@ -290,17 +204,17 @@ impl SdEvalSetup<'_> {
             started.elapsed().as_secs_f64()
         };
         self.say_reference(&reference, teacher_seconds)?;
-        let metrics = self.clip_metrics(&reference)?;
-        let mut rows = vec![self.teacher_row(&reference, metrics.as_ref(), teacher_seconds)?];
+        let scorer = Scorer::new(&self.nets, &reference.images, self.prompts, self.batch)?;
+        let mut rows = vec![self.teacher_row(&reference, &scorer, teacher_seconds)?];
         let mut samples = Vec::new();
         for &k in &self.steps {
-            let (row, sample) = self.student_row(student, k, &cond, &reference, metrics.as_ref())?;
+            let (row, sample) = self.student_row(student, k, &cond, &reference, &scorer)?;
             rows.push(row);
             samples.push(sample);
         }
         Ok(SdEvaluation {
             rows,
-            notes: self.notes(),
+            notes: self.notes(&scorer)?,
             reference,
             samples,
         })
@@ -356,34 +270,15 @@ impl SdEvalSetup<'_> {
         quantize(&images)
     }
 
-    fn clip_metrics(&self, reference: &Reference) -> Result<Option<ClipMetrics<'_>>> {
-        let Some(clip) = self.clip else {
-            return Ok(None);
-        };
-        let teacher_features = image_features(clip, &reference.images, self.batch)?;
-        Ok(Some(ClipMetrics {
-            clip,
-            text: text_features(clip, self.prompts, self.batch)?,
-            teacher: to_matrix(&teacher_features)?,
-            teacher_features,
-            real: self.real,
-        }))
-    }
-
-    fn teacher_row(&self, reference: &Reference, metrics: Option<&ClipMetrics>, seconds: f64) -> Result<SdEvalRow> {
-        let (fd_teacher, fd_real, clip_score) = match metrics {
-            Some(m) => m.score_features(&m.teacher_features)?,
-            None => (None, None, None),
-        };
+    fn teacher_row(&self, reference: &Reference, scorer: &Scorer, seconds: f64) -> Result<SdEvalRow> {
         Ok(SdEvalRow {
             model: "teacher".into(),
             steps: self.ode.intervals(),
             unet_evals_per_sample: self.ode.network_evals_per_sample(),
             // Zero by construction (docs/MATHEMATICS.md, "ODE solving error"), computed rather than written in.
+            n: reference.images.dim(0)?,
             ode_error: ode_error(&reference.latents, &reference.latents)?,
-            fd_clip_vs_teacher: fd_teacher,
-            fd_clip_vs_real: fd_real,
-            clip_score,
+            scores: scorer.score(&reference.images)?,
             seconds,
         })
     }
@@ -394,7 +289,7 @@ impl SdEvalSetup<'_> {
         k: usize,
         cond: &Condition,
         reference: &Reference,
-        metrics: Option<&ClipMetrics>,
+        scorer: &Scorer,
     ) -> Result<(SdEvalRow, StudentSamples)> {
         let started = Instant::now();
         let ts = picked_timesteps(self.ode.grid, k, self.picking)?;
@@ -409,18 +304,13 @@ impl SdEvalSetup<'_> {
         let images = self.decode(&latents, &format!("student, {k} steps, decode"))?;
         let seconds = started.elapsed().as_secs_f64();
         eprintln!("student, {k} steps: sampled and decoded in {seconds:.1} s");
-        let (fd_teacher, fd_real, clip_score) = match metrics {
-            Some(m) => m.score(&images, self.batch)?,
-            None => (None, None, None),
-        };
         let row = SdEvalRow {
             model: "student".into(),
             steps: k,
             unet_evals_per_sample: k,
+            n: images.dim(0)?,
             ode_error: ode_error(&latents, &reference.latents)?,
-            fd_clip_vs_teacher: fd_teacher,
-            fd_clip_vs_real: fd_real,
-            clip_score,
+            scores: scorer.score(&images)?,
             seconds,
         };
         Ok((
@@ -433,64 +323,93 @@ impl SdEvalSetup<'_> {
         ))
     }
 
-    fn notes(&self) -> Vec<String> {
+    /// Why columns are absent, and how far FD is biased at this sample count.
+    fn notes(&self, scorer: &Scorer) -> Result<Vec<String>> {
+        let n = self.noise.dim(0)?;
         let mut notes = Vec::new();
-        if self.clip.is_none() {
-            notes.push("CLIP columns absent: no CLIP model given (--clip CLIP_DIR, a transformers CLIPModel folder such as ViT-L/14)".into());
-        } else if self.noise.dim(0).unwrap_or(0) < 2 {
-            notes.push("FD columns absent: a Gaussian fit needs at least 2 samples".into());
+        let absent = [
+            (self.nets.inception.is_none(), "fid and kd_inception absent: no --inception FILE (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)"),
+            (self.nets.dinov2.is_none(), "fd_dinov2, kd_dinov2 and dino_ode_distance absent: no --dino DIR (a transformers Dinov2Model folder such as dinov2-large)"),
+            (self.nets.clip.is_none(), "fd_clip, clip_cosine and aesthetic absent: no --clip CLIP_DIR (a transformers CLIPModel folder such as ViT-L/14)"),
+            (self.nets.clip.is_some() && self.nets.aesthetic.is_none(), "aesthetic absent: no --aesthetic FILE (sac+logos+ava1-l14-linearMSE.pth)"),
+            (scorer.has_networks() && self.nets.real.is_none(), "*_vs_real absent: no real images given (--real FOLDER)"),
+            (scorer.has_networks() && n < 2, "FD and KD absent: a Gaussian fit needs at least 2 samples"),
+        ];
+        notes.extend(absent.iter().filter(|(yes, _)| *yes).map(|(_, note)| note.to_string()));
+        if scorer.has_networks() && n < PAPER_SAMPLES {
+            let floors = scorer.fd_floors()?;
+            let floors: Vec<String> = floors.iter().map(|(stem, half, fd)| format!("{stem} {fd:.4} (n = {half} each)")).collect();
+            notes.push(format!(
+                "n = {n} samples per FD, below the paper's ~{PAPER_SAMPLES}: FD is biased upward at small n and the bias shrinks like 1/n. As a floor, the FD between the two halves of the teacher's own samples is {}; FD differences of that order are not resolved.",
+                if floors.is_empty() { "not computable".to_string() } else { floors.join(", ") }
+            ));
         }
-        if self.clip.is_some() && self.real.is_none() {
-            notes.push("fd_clip_vs_real absent: no real images given (--real FOLDER)".into());
-        }
-        notes
+        Ok(notes)
     }
 }
 
-/// A metric as a table cell: 4 significant digits, empty when absent.
-fn cell(v: Option<f64>) -> String {
-    v.map(|v| format!("{v:.4e}")).unwrap_or_default()
-}
+/// The score columns in the paper's order (its table: FID, FD-DINOv2, CLIP score, aesthetic),
+/// then KD, the real-image columns, dcm's FD-CLIP and the perceptual ODE error; with their
+/// headings in eval.md.
+pub const SCORE_COLUMNS: [(&str, &str); 16] = [
+    ("fid_vs_teacher", "FID vs teacher"),
+    ("fd_dinov2_vs_teacher", "FD-DINOv2 vs teacher"),
+    ("clip_cosine", "CLIP score (cos)"),
+    ("aesthetic", "aesthetic"),
+    ("kd_inception_vs_teacher", "KD-Inception vs teacher"),
+    ("kd_dinov2_vs_teacher", "KD-DINOv2 vs teacher"),
+    ("fid_vs_real", "FID vs real"),
+    ("kd_inception_vs_real", "KD-Inception vs real"),
+    ("fd_dinov2_vs_real", "FD-DINOv2 vs real"),
+    ("kd_dinov2_vs_real", "KD-DINOv2 vs real"),
+    ("fd_clip_vs_teacher", "FD-CLIP vs teacher"),
+    ("kd_clip_vs_teacher", "KD-CLIP vs teacher"),
+    ("fd_clip_vs_real", "FD-CLIP vs real"),
+    ("kd_clip_vs_real", "KD-CLIP vs real"),
+    ("dino_ode_distance", "DINOv2 distance to teacher"),
+    ("dino_ode_distance_ci95", "± 95 %"),
+];
 
 impl SdEvaluation {
+    /// The score columns present in any row, in `SCORE_COLUMNS` order.
+    fn columns(&self) -> Vec<(&'static str, &'static str)> {
+        SCORE_COLUMNS
+            .iter()
+            .filter(|(key, _)| self.rows.iter().any(|r| r.scores.contains_key(*key)))
+            .copied()
+            .collect()
+    }
+
     /// `eval.csv`: a header and one line per row; absent metrics are empty cells.
     pub fn to_csv(&self) -> String {
-        let mut out = String::from(
-            "model,steps,unet_evals_per_sample,ode_error,fd_clip_vs_teacher,fd_clip_vs_real,clip_score,seconds\n",
-        );
+        let columns = self.columns();
+        let mut out = String::from("model,steps,unet_evals_per_sample,n,ode_error");
+        columns.iter().for_each(|(key, _)| out += &format!(",{key}"));
+        out += ",seconds\n";
         for r in &self.rows {
-            out += &format!(
-                "{},{},{},{:e},{},{},{},{:.3}\n",
-                r.model,
-                r.steps,
-                r.unet_evals_per_sample,
-                r.ode_error,
-                r.fd_clip_vs_teacher.map(|v| format!("{v:e}")).unwrap_or_default(),
-                r.fd_clip_vs_real.map(|v| format!("{v:e}")).unwrap_or_default(),
-                r.clip_score.map(|v| format!("{v}")).unwrap_or_default(),
-                r.seconds
-            );
+            out += &format!("{},{},{},{},{:e}", r.model, r.steps, r.unet_evals_per_sample, r.n, r.ode_error);
+            for (key, _) in &columns {
+                out += &format!(",{}", r.scores.get(*key).map(|v| format!("{v:e}")).unwrap_or_default());
+            }
+            out += &format!(",{:.3}\n", r.seconds);
         }
         out
     }
 
-    /// `eval.md`: the table, then the notes.
+    /// `eval.md`: the table (n beside the distances), then the notes.
     pub fn to_markdown(&self) -> String {
-        let mut out = String::from(
-            "| model | steps | UNet evals / sample | ODE error | FD-CLIP vs teacher | FD-CLIP vs real | CLIP score | s |\n|---|---|---|---|---|---|---|---|\n",
-        );
+        let columns = self.columns();
+        let mut out = String::from("| model | steps | UNet evals / sample | n | ODE error |");
+        columns.iter().for_each(|(_, heading)| out += &format!(" {heading} |"));
+        out += " s |\n|---|---|---|---|---|";
+        out += &"---|".repeat(columns.len() + 1);
+        out += "\n";
         for r in &self.rows {
-            out += &format!(
-                "| {} | {} | {} | {:.4e} | {} | {} | {} | {:.1} |\n",
-                r.model,
-                r.steps,
-                r.unet_evals_per_sample,
-                r.ode_error,
-                cell(r.fd_clip_vs_teacher),
-                cell(r.fd_clip_vs_real),
-                r.clip_score.map(|v| format!("{v:.2}")).unwrap_or_default(),
-                r.seconds
-            );
+            out += &format!("| {} | {} | {} | {} | {:.4e} |", r.model, r.steps, r.unet_evals_per_sample, r.n, r.ode_error);
+            for (key, _) in &columns {
+                out += &format!(" {} |", r.scores.get(*key).map(|v| format!("{v:.4}")).unwrap_or_default());
+            }
+            out += &format!(" {:.1} |\n", r.seconds);
         }
         for n in &self.notes {
             out += &format!("\n{n}\n");

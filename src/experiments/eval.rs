@@ -3,6 +3,7 @@
 //! written to a folder).
 
 use super::args::{refuse_recorded_options, OdeArgs, RuntimeArgs, SingleFileArgs};
+use crate::eval::metric_nets::MetricFiles;
 use crate::families::family::EvalRequest;
 use crate::families::open::{open, open_recorded};
 use anyhow::{bail, Result};
@@ -36,14 +37,25 @@ pub struct EvalArgs {
     /// SD: unconditional input of the teacher's guidance: zeros or empty.
     #[arg(long, value_name = "zeros|empty")]
     pub uncond: Option<String>,
-    /// SD: a transformers CLIPModel folder (e.g. ViT-L/14) for FD on CLIP features and CLIP score.
+    /// SD: a transformers CLIPModel folder (ViT-L/14 as the paper) for CLIP score (raw cosine),
+    /// the aesthetic score's embeddings and FD-CLIP.
     #[arg(long, value_name = "CLIP_DIR")]
     pub clip: Option<PathBuf>,
+    /// SD: pytorch-fid's Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth) for FID and KD.
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
+    /// SD: a transformers Dinov2Model folder (dinov2-large as the paper) for FD-DINOv2, KD and the
+    /// DINOv2 distance of each sample to the teacher's.
+    #[arg(long, value_name = "DIR")]
+    pub dino: Option<PathBuf>,
+    /// SD: the LAION aesthetic predictor (sac+logos+ava1-l14-linearMSE.pth; needs --clip ViT-L/14).
+    #[arg(long, value_name = "FILE")]
+    pub aesthetic: Option<PathBuf>,
     /// SD: reuse the teacher's reference samples in this folder (an earlier EVAL_DIR/reference).
     #[arg(long, value_name = "DIR")]
     pub reference: Option<PathBuf>,
-    /// SD: a folder of real PNG/JPEG images for FD against them (needs --clip).
-    #[arg(long, value_name = "FOLDER", requires = "clip")]
+    /// SD: a folder of real PNG/JPEG/WebP images for FD and KD against them (needs a network).
+    #[arg(long, value_name = "FOLDER")]
     pub real: Option<PathBuf>,
     /// SD: rows per UNet, VAE and CLIP call [default: 8].
     #[arg(long)]
@@ -91,9 +103,14 @@ fn request(a: &EvalArgs) -> EvalRequest {
         guidance: a.ode.guidance,
         negative_prompt: a.negative_prompt.clone(),
         uncond: a.uncond.clone(),
-        clip: a.clip.clone(),
+        metrics: MetricFiles {
+            clip: a.clip.clone(),
+            inception: a.inception.clone(),
+            dino: a.dino.clone(),
+            aesthetic: a.aesthetic.clone(),
+            real: a.real.clone(),
+        },
         reference: a.reference.clone(),
-        real: a.real.clone(),
         batch: a.batch,
         out: a.out.clone(),
         samples: a.samples,

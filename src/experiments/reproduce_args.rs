@@ -80,9 +80,18 @@ pub struct SdReproduceArgs {
     /// sd preset: samples per prompt [default: 4].
     #[arg(long)]
     pub per_prompt: Option<usize>,
-    /// sd preset: a Hugging Face CLIPModel folder for FD on CLIP features and CLIP score.
+    /// sd preset: a transformers CLIPModel folder (ViT-L/14) for CLIP score, aesthetic embeddings and FD-CLIP.
     #[arg(long, value_name = "CLIP_DIR")]
     pub clip: Option<PathBuf>,
+    /// sd preset: pytorch-fid's Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth) for FID.
+    #[arg(long, value_name = "FILE")]
+    pub inception: Option<PathBuf>,
+    /// sd preset: a transformers Dinov2Model folder for FD-DINOv2 and the DINOv2 distance to the teacher.
+    #[arg(long, value_name = "DIR")]
+    pub dino: Option<PathBuf>,
+    /// sd preset: the LAION aesthetic predictor (sac+logos+ava1-l14-linearMSE.pth; needs --clip).
+    #[arg(long, value_name = "FILE")]
+    pub aesthetic: Option<PathBuf>,
     /// sd preset: training image size [default: the pipeline's native size].
     #[arg(long)]
     pub resolution: Option<usize>,
@@ -97,6 +106,9 @@ impl SdReproduceArgs {
             ("--prompts", self.prompts.is_some()),
             ("--per-prompt", self.per_prompt.is_some()),
             ("--clip", self.clip.is_some()),
+            ("--inception", self.inception.is_some()),
+            ("--dino", self.dino.is_some()),
+            ("--aesthetic", self.aesthetic.is_some()),
             ("--resolution", self.resolution.is_some()),
             ("--config", self.single_file.config.is_some()),
             ("--prediction", self.single_file.prediction.is_some()),

@@ -5,12 +5,13 @@
 
 use super::report::chart::{write_chart, Series};
 use super::report::grid::write_grid;
-use super::reproduce_args::ReproduceArgs;
+use super::reproduce_args::{ReproduceArgs, SdReproduceArgs};
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::Picking;
 use crate::data::npy;
 use crate::diffusion::teacher_ode::TeacherOde;
-use crate::eval::sd_eval::{load_clip, SdEvalRow, SdEvalSetup};
+use crate::eval::metric_nets::{LoadedNets, MetricFiles};
+use crate::eval::sd_eval::{SdEvalRow, SdEvalSetup, SCORE_COLUMNS};
 use crate::eval::sd_reference::ReferenceCache;
 use crate::families::distillation::{self, Finished};
 use crate::families::sd::distill::{default_resolution, SdRun, TRAINING_UNCOND};
@@ -18,7 +19,6 @@ use crate::families::sd::family::SdFamily;
 use crate::models::sd::text::NullText;
 use crate::models::spec::TeacherSpec;
 use crate::nets::lora::LoraConfig;
-use crate::nets::sd::clip_model::ClipModel;
 use crate::nets::sd::lora_files::KOHYA_FILE;
 use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
 use crate::runtime::device::Runtime;
@@ -30,6 +30,7 @@ use crate::train::trainer::Checkpointing;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::DType;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -41,7 +42,8 @@ struct SdReproduceConfig {
     prompts: String,
     prompt_lines: usize,
     per_prompt: usize,
-    clip: Option<String>,
+    /// The metric networks' files.
+    metrics: BTreeMap<String, String>,
     resolution: usize,
     uncond: String,
     lora: LoraConfig,
@@ -86,13 +88,18 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
         .flat_map(|p| std::iter::repeat_n(p.clone(), per_prompt))
         .collect();
     // A wrong CLIP folder is refused before hours of training.
-    let clip = match &a.sd.clip {
-        Some(d) => Some(load_clip(d, &rt).with_context(|| format!("--clip {}", d.display()))?),
-        None => None,
+    // Wrong metric files are refused before hours of training.
+    let files = MetricFiles {
+        clip: a.sd.clip.clone(),
+        inception: a.sd.inception.clone(),
+        dino: a.sd.dino.clone(),
+        aesthetic: a.sd.aesthetic.clone(),
+        real: None,
     };
+    let loaded = files.load(&rt)?;
     let started = Instant::now();
     let trained = train_students(&family, &rt, &cfg, &out)?;
-    let evaluated = evaluate_students(&family, &rt, &cfg, &prompts, clip.as_ref(), &out, trained)?;
+    let evaluated = evaluate_students(&family, &rt, &cfg, &prompts, &loaded, &out, trained)?;
     let notes = evaluated.1;
     write_report(&out, &cfg, &evaluated.0, &notes, started.elapsed().as_secs_f64())?;
     eprintln!(
@@ -123,7 +130,10 @@ fn run_config(
         prompts: prompts_file.display().to_string(),
         prompt_lines,
         per_prompt,
-        clip: a.sd.clip.as_ref().map(|p| p.display().to_string()),
+        metrics: metric_files(&a.sd)
+            .iter()
+            .filter_map(|(flag, p)| Some((flag.to_string(), p.as_ref()?.display().to_string())))
+            .collect(),
         resolution,
         uncond: TRAINING_UNCOND.into(),
         lora,
@@ -179,7 +189,7 @@ fn evaluate_students(
     rt: &Runtime,
     cfg: &SdReproduceConfig,
     prompts: &[String],
-    clip: Option<&ClipModel>,
+    nets: &LoadedNets,
     out: &Path,
     trained: Vec<(Method, Finished)>,
 ) -> Result<(Vec<MethodResult>, Vec<String>)> {
@@ -203,8 +213,7 @@ fn evaluate_students(
             picking: Picking::Floor,
             seed: cfg.seed,
             batch: 8,
-            clip,
-            real: None,
+            nets: nets.nets(),
             reference: ReferenceCache {
                 dir: out.join("reference"),
                 create: true,
@@ -306,19 +315,18 @@ fn write_report(
         &out.join("report.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    let mut csv = String::from("method,steps,ode_error,fd_clip_vs_teacher,clip_score,unet_evals_per_sample\n");
-    let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v}"));
+    let columns = present_columns(results);
+    let mut csv = String::from("method,steps,unet_evals_per_sample,n,ode_error");
+    columns.iter().for_each(|(key, _)| csv += &format!(",{key}"));
+    csv += "\n";
     for r in results {
         for row in &r.rows {
             let method = if row.model == "teacher" { "teacher" } else { &r.method };
-            csv.push_str(&format!(
-                "{method},{},{},{},{},{}\n",
-                row.steps,
-                row.ode_error,
-                cell(row.fd_clip_vs_teacher),
-                cell(row.clip_score),
-                row.unet_evals_per_sample
-            ));
+            csv += &format!("{method},{},{},{},{}", row.steps, row.unet_evals_per_sample, row.n, row.ode_error);
+            for (key, _) in &columns {
+                csv += &format!(",{}", row.scores.get(*key).map_or(String::new(), |v| format!("{v}")));
+            }
+            csv += "\n";
         }
     }
     write_atomic(&out.join("results.csv"), csv.as_bytes())?;
@@ -333,7 +341,7 @@ fn markdown(cfg: &SdReproduceConfig, results: &[MethodResult], notes: &[String],
     let mut md = format!(
         "# CM vs Direct CM on {}\n\nLoRA rank {} (α {}), {} steps × batch {}, lr {}, {:?}, teacher {} N = {}, w = {} \
          (unconditional input: {}), {} prompts × {} samples, {:.0} s in all.\n\n\
-         | method | steps | ODE error | FD (CLIP) vs teacher | CLIP score |\n|---|---|---|---|---|\n",
+",
         cfg.teacher,
         cfg.lora.rank,
         cfg.lora.alpha,
@@ -349,29 +357,18 @@ fn markdown(cfg: &SdReproduceConfig, results: &[MethodResult], notes: &[String],
         cfg.per_prompt,
         seconds
     );
-    let cell = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.4}"));
-    if let Some(teacher) = results
-        .first()
-        .and_then(|r| r.rows.iter().find(|r| r.model == "teacher"))
-    {
-        md.push_str(&format!(
-            "| teacher | {} | 0 | {} | {} |\n",
-            teacher.steps,
-            cell(teacher.fd_clip_vs_teacher),
-            cell(teacher.clip_score)
-        ));
-    }
-    for r in results {
-        for row in r.rows.iter().filter(|r| r.model != "teacher") {
-            md.push_str(&format!(
-                "| {} | {} | {:.4e} | {} | {} |\n",
-                r.method,
-                row.steps,
-                row.ode_error,
-                cell(row.fd_clip_vs_teacher),
-                cell(row.clip_score)
-            ));
+    let columns = present_columns(results);
+    md += "| method | steps | n | ODE error |";
+    columns.iter().for_each(|(_, heading)| md += &format!(" {heading} |"));
+    md += &format!("\n|---|---|---|---|{}\n", "---|".repeat(columns.len()));
+    let teacher = results.first().and_then(|r| r.rows.iter().find(|r| r.model == "teacher"));
+    let rows = results.iter().flat_map(|r| r.rows.iter().filter(|row| row.model != "teacher").map(move |row| (r.method.as_str(), row)));
+    for (method, row) in teacher.map(|t| ("teacher", t)).into_iter().chain(rows) {
+        md += &format!("| {method} | {} | {} | {:.4e} |", row.steps, row.n, row.ode_error);
+        for (key, _) in &columns {
+            md += &format!(" {} |", row.scores.get(*key).map_or("—".to_string(), |v| format!("{v:.4}")));
         }
+        md += "\n";
     }
     md.push_str("\n| method | teacher evaluations | training s | final loss |\n|---|---|---|---|\n");
     for r in results {
@@ -396,13 +393,13 @@ fn write_charts(out: &Path, results: &[MethodResult]) -> Result<()> {
                 .rows
                 .iter()
                 .filter(|row| row.model != "teacher")
-                .filter_map(|row| Some((row.ode_error, row.fd_clip_vs_teacher?, format!("{}", row.steps))))
+                .filter_map(|row| Some((row.ode_error, primary_fd(row)?.1, format!("{}", row.steps))))
                 .collect(),
         })
         .collect();
     write_chart(
         &out.join("ode_error_vs_fd.svg"),
-        "ODE error against FD (CLIP) vs the teacher",
+        "ODE error against FD vs the teacher (FID, else FD-DINOv2, else FD-CLIP)",
         "ODE error (latent MSE)",
         "FD vs teacher",
         &scatter,
@@ -434,4 +431,26 @@ fn write_charts(out: &Path, results: &[MethodResult]) -> Result<()> {
         true,
         true,
     )
+}
+
+/// The score columns any row of any method has, in the evaluation's order.
+fn present_columns(results: &[MethodResult]) -> Vec<(&'static str, &'static str)> {
+    let rows: Vec<&SdEvalRow> = results.iter().flat_map(|r| &r.rows).collect();
+    SCORE_COLUMNS
+        .iter()
+        .filter(|(key, _)| rows.iter().any(|r| r.scores.contains_key(*key)))
+        .copied()
+        .collect()
+}
+
+/// The FD the chart plots: the paper's FID if measured, else FD-DINOv2, else FD-CLIP.
+fn primary_fd(row: &SdEvalRow) -> Option<(&'static str, f64)> {
+    ["fid_vs_teacher", "fd_dinov2_vs_teacher", "fd_clip_vs_teacher"]
+        .into_iter()
+        .find_map(|key| Some((key, *row.scores.get(key)?)))
+}
+
+/// The metric flags of `--preset sd`, as given.
+fn metric_files(sd: &SdReproduceArgs) -> [(&'static str, &Option<PathBuf>); 4] {
+    [("clip", &sd.clip), ("inception", &sd.inception), ("dino", &sd.dino), ("aesthetic", &sd.aesthetic)]
 }

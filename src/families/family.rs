@@ -4,6 +4,7 @@
 //! a new family is a new folder under `families/` implementing `ModelFamily` (README,
 //! "Adding a model family").
 
+use crate::eval::metric_nets::MetricFiles;
 use crate::consistency::sampler::{multistep_sample_with, picked_timesteps, Picking};
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
@@ -186,9 +187,9 @@ pub struct EvalRequest {
     pub guidance: Option<f64>,
     pub negative_prompt: Option<String>,
     pub uncond: Option<String>,
-    pub clip: Option<PathBuf>,
+    /// The metric networks and real images (`--clip`, `--inception`, `--dino`, `--aesthetic`, `--real`).
+    pub metrics: MetricFiles,
     pub reference: Option<PathBuf>,
-    pub real: Option<PathBuf>,
     pub batch: Option<usize>,
     pub out: Option<PathBuf>,
     pub samples: Option<usize>,

@@ -6,7 +6,8 @@ use crate::consistency::sampler::Picking;
 use crate::data::npy;
 use crate::diffusion::solver::Solver;
 use crate::diffusion::teacher_ode::TeacherOde;
-use crate::eval::sd_eval::{load_clip, real_image_features, SdEvalSetup, SdEvaluation};
+use crate::eval::sd_eval::{SdEvalSetup, SdEvaluation};
+use crate::eval::sd_metrics::MetricNets;
 use crate::eval::sd_reference::ReferenceCache;
 use crate::families::family::EvalRequest;
 use crate::models::sd::images::write_pngs;
@@ -143,27 +144,15 @@ pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) 
         picking: Picking::Floor,
         seed: r.seed,
         batch,
-        clip: None,
-        real: None,
+        nets: MetricNets::default(),
         reference: reference_cache(r, &out)?,
     };
     // Cheap checks before the student, CLIP and real images load.
     setup.validate()?;
     // The loader's errors name the LoRA file.
     let lora_student = SdTeacher::from_pipeline(teacher.pipeline().clone(), rt, Some(&student.lora))?;
-    let clip = r
-        .clip
-        .as_ref()
-        .map(|d| load_clip(d, rt).with_context(|| format!("--clip {}", d.display())))
-        .transpose()?;
-    let real = match (&clip, &r.real) {
-        (Some(c), Some(d)) => {
-            Some(real_image_features(c, d, batch).with_context(|| format!("--real {}", d.display()))?)
-        }
-        _ => None,
-    };
-    setup.clip = clip.as_ref();
-    setup.real = real.as_ref();
+    let loaded = r.metrics.load(rt)?;
+    setup.nets = loaded.nets();
     let eval = setup.run(&lora_student)?;
     write_outputs(&out, spec, r, &student.lora, &setup, &eval)?;
     print!("{}", eval.to_markdown());
@@ -220,8 +209,11 @@ fn settings(teacher: &str, r: &EvalRequest, lora: &Path, setup: &SdEvalSetup) ->
         "sampler_timesteps": "diffusers LCMScheduler (floor of linspace(0, N, K, endpoint=false))",
         "seed": setup.seed,
         "batch": setup.batch,
-        "clip": path(&r.clip),
-        "real": path(&r.real),
+        "clip": path(&r.metrics.clip),
+        "inception": path(&r.metrics.inception),
+        "dino": path(&r.metrics.dino),
+        "aesthetic": path(&r.metrics.aesthetic),
+        "real": path(&r.metrics.real),
         "device": r.device,
         "dtype": r.dtype,
     })
