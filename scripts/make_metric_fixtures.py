@@ -35,9 +35,9 @@ class Predictor(nn.Module):
 def main():
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
-    model = Predictor((8, 6, 5, 4, 3)).eval()
+    model = Predictor((16, 6, 5, 4, 3)).eval()
     torch.save(model.state_dict(), os.path.join(OUT, "aesthetic.pth"))
-    embeddings = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    embeddings = np.random.default_rng(0).normal(size=(3, 16)).astype(np.float32)
     normalized = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     with torch.no_grad():
         scores = model(torch.from_numpy(normalized)).squeeze(1).tolist()

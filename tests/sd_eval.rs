@@ -412,3 +412,26 @@ fn bad_inputs_are_one_line_errors() {
     );
     std::fs::remove_dir_all(&ws).unwrap();
 }
+
+/// With `--aesthetic`, each row's aesthetic score is the predictor's mean score of the CLIP
+/// embeddings of that row's PNGs (tests/fixtures/metrics/aesthetic.pth takes the tiny CLIP's
+/// 16-wide embeddings).
+#[test]
+fn aesthetic_score_is_the_predictors_mean_on_clip_embeddings() {
+    let ws = workspace("aesthetic");
+    let predictor_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metrics/aesthetic.pth");
+    let file = predictor_file.to_str().unwrap();
+    ok(&eval_cli(&ws, "out", &["--steps", "1", "--aesthetic", file]));
+    let out = ws.join("out");
+    let r = report(&out);
+    let clip = load_clip(&fixture("clip"), &Runtime::default()).unwrap();
+    let predictor = dcm::eval::metric_nets::load_aesthetic(&predictor_file).unwrap();
+    for (model, steps, dir) in [("teacher", 10, out.join("reference/images")), ("student", 1, out.join("students/k1"))] {
+        let images = read_pngs(&dir, ROWS).unwrap();
+        let scores = predictor.scores(&clip.image_features(&images).unwrap()).unwrap();
+        let want = scores.iter().sum::<f64>() / ROWS as f64;
+        let got = row(&r, model, steps)["aesthetic"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{model}: {got} vs {want}");
+    }
+    std::fs::remove_dir_all(&ws).unwrap();
+}

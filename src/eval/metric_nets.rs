@@ -175,13 +175,29 @@ mod tests {
         let want: Vec<f64> = serde_json::from_value(golden["scores"].clone()).unwrap();
         let embeddings = Tensor::new(rows, &Device::Cpu).unwrap();
         let predictor = load_aesthetic(&fixture("aesthetic.pth")).unwrap();
-        assert_eq!(predictor.input_dim(), 8);
+        assert_eq!(predictor.input_dim(), 16);
         let got = predictor.scores(&embeddings).unwrap();
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
         }
         let wrong = Tensor::zeros((2, 7), DType::F32, &Device::Cpu).unwrap();
-        assert!(predictor.scores(&wrong).unwrap_err().to_string().contains("takes [B, 8]"));
+        assert!(predictor.scores(&wrong).unwrap_err().to_string().contains("takes [B, 16]"));
+    }
+
+    /// Flags that need another are refused naming both, before anything loads.
+    #[test]
+    fn metric_flags_that_need_another_are_refused() {
+        let rt = Runtime::default();
+        let aesthetic = MetricFiles {
+            aesthetic: Some(fixture("aesthetic.pth")),
+            ..Default::default()
+        };
+        assert!(aesthetic.load(&rt).err().unwrap().to_string().contains("--aesthetic scores CLIP ViT-L/14 embeddings: give --clip too"));
+        let real = MetricFiles {
+            real: Some(fixture("")),
+            ..Default::default()
+        };
+        assert!(real.load(&rt).err().unwrap().to_string().starts_with("--real: give a network"));
     }
 
     /// A state dict that is not a chain of linear layers ending in one score is refused by name.
