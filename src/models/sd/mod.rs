@@ -3,9 +3,11 @@
 //! conditioning, the UNet as a `Denoiser`, and decoding latents to PNG files.
 
 pub mod captioned_latents;
+pub mod checkpoint;
 pub mod images;
 pub mod json;
 pub mod latents;
+pub mod pickle_check;
 pub mod pipeline;
 pub mod prompts;
 pub mod scheduler;
