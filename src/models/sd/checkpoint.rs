@@ -126,7 +126,8 @@ fn check_archive(path: &Path) -> Result<()> {
              re-save it with torch.save (zip format) or convert it to safetensors"
         );
     }
-    let mut zip = zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| anyhow!("{at}: bad zip archive ({e})"))?;
+    let mut zip =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| anyhow!("{at}: bad zip archive ({e})"))?;
     let names = zip
         .file_names()
         .map(|n| n.map(|n| n.into_owned()))
@@ -144,4 +145,35 @@ fn check_archive(path: &Path) -> Result<()> {
         check_pickle(&data, &format!("{at} ({name})"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn formats(file: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/sd/formats")
+            .join(file)
+    }
+
+    /// Every tensor of `file`, loaded in f32.
+    fn all(file: &str) -> Vec<(String, Tensor)> {
+        let c = Checkpoint::open(&formats(file)).unwrap();
+        c.names()
+            .into_iter()
+            .map(|n| (n.clone(), c.load(&n, &Device::Cpu, DType::F32).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn smoke() {
+        let a = all("tiny.safetensors");
+        let b = all("tiny.ckpt");
+        let c = all("tiny.pt");
+        assert_eq!(a.len(), b.len());
+        assert_eq!(a.len(), c.len());
+        println!("{:?}", Checkpoint::open(&formats("malicious.ckpt")).err());
+        println!("{:?}", Checkpoint::open(&formats("legacy.pt")).err());
+    }
 }

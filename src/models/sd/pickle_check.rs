@@ -72,8 +72,31 @@ enum Arg {
 fn arg_of(op: u8) -> Option<Arg> {
     use Arg::*;
     Some(match op {
-        b'(' | b'.' | b'0' | b'1' | b'2' | b'N' | b'Q' | b'R' | b'a' | b'b' | b'd' | b'}' | b'e' | b'l' | b']' | b'o'
-        | b's' | b't' | b')' | b'u' | 0x81 | 0x85..=0x89 | 0x8f..=0x94 | 0x97 | 0x98 => None,
+        b'('
+        | b'.'
+        | b'0'
+        | b'1'
+        | b'2'
+        | b'N'
+        | b'Q'
+        | b'R'
+        | b'a'
+        | b'b'
+        | b'd'
+        | b'}'
+        | b'e'
+        | b'l'
+        | b']'
+        | b'o'
+        | b's'
+        | b't'
+        | b')'
+        | b'u'
+        | 0x81
+        | 0x85..=0x89
+        | 0x8f..=0x94
+        | 0x97
+        | 0x98 => None,
         b'F' | b'I' | b'L' | b'P' | b'S' | b'V' | b'g' | b'p' => Line,
         b'c' | b'i' => TwoLines,
         b'K' | b'h' | b'q' | 0x80 | 0x82 => Fixed(1),
@@ -167,7 +190,9 @@ fn globals(data: &[u8]) -> Result<Vec<(String, String)>> {
         match op {
             b'.' => return Ok(found),
             // Strings: unicode and the byte strings of protocols 0-2.
-            b'X' | 0x8c | 0x8d | b'V' | b'U' | b'T' | b'S' => strings.push(Some(String::from_utf8_lossy(bytes).into_owned())),
+            b'X' | 0x8c | 0x8d | b'V' | b'U' | b'T' | b'S' => {
+                strings.push(Some(String::from_utf8_lossy(bytes).into_owned()))
+            }
             b'q' | b'r' => strings.memoize(le(bytes)),
             b'p' => strings.memoize(decimal(bytes)?),
             0x94 => strings.memoize(strings.memo.len()),

@@ -6,7 +6,7 @@
 
 use super::json::JsonFile;
 use super::scheduler::SchedulerConfig;
-use super::weights::{load, weights_file};
+use super::weights::{load_component, WeightsKind};
 use crate::nets::sd::lora_files::import;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::unet_config::UNetConfig;
@@ -112,8 +112,7 @@ impl Pipeline {
     /// computes in the runtime's precision too.
     pub fn unet_with_lora(&self, rt: &Runtime, lora: Option<&Path>) -> Result<UNet> {
         let cfg = self.unet_config()?;
-        let path = weights_file(&self.component("unet"), "diffusion_pytorch_model")?;
-        let mut params = load(&path, &rt.device, rt.dtype)?;
+        let (mut params, path) = load_component(&self.component("unet"), WeightsKind::Diffusers, &rt.device, rt.dtype)?;
         let Some(file) = lora else {
             return UNet::new(cfg, &params, None).map_err(|e| anyhow!("{}: {e}", path.display()));
         };
@@ -137,8 +136,7 @@ impl Pipeline {
         } else {
             rt.dtype
         };
-        let path = weights_file(&self.component("vae"), "diffusion_pytorch_model")?;
-        let params = load(&path, &rt.device, dtype)?;
+        let (params, path) = load_component(&self.component("vae"), WeightsKind::Diffusers, &rt.device, dtype)?;
         AutoencoderKl::new(cfg, &params).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 }

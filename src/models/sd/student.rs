@@ -4,7 +4,7 @@
 //! one UNet in memory, not two.
 
 use super::pipeline::Pipeline;
-use super::weights::{load, weights_file};
+use super::weights::{load_component, WeightsKind};
 use crate::diffusion::condition::{Condition, TextEmbedding};
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::prediction::{network_timesteps, Prediction};
@@ -126,8 +126,12 @@ impl LoraUnet {
         let unet = pipeline.unet_config()?;
         unet.lora_layers(&targets)
             .map_err(|e| anyhow::anyhow!("--lora-targets: {e}"))?;
-        let path = weights_file(&pipeline.dir().join("unet"), "diffusion_pytorch_model")?;
-        let params = load(&path, &rt.device, rt.dtype)?;
+        let (params, _) = load_component(
+            &pipeline.dir().join("unet"),
+            WeightsKind::Diffusers,
+            &rt.device,
+            rt.dtype,
+        )?;
         let arch = Self {
             unet,
             targets,

@@ -6,7 +6,7 @@
 //! `(H, W, 0, 0, H, W)` (original size, crop corner, target size) of the generated image.
 
 use super::pipeline::{Family, Pipeline};
-use super::weights::{load, weights_file};
+use super::weights::{load_component, WeightsKind};
 use crate::diffusion::condition::{Condition, TextEmbedding};
 use crate::nets::sd::clip_text::{sd_prompt_embeds, sdxl_prompt_embeds, ClipTextConfig, ClipTextModel};
 use crate::nets::sd::tokenizer::ClipTokenizer;
@@ -25,8 +25,7 @@ impl TextEncoder {
     fn load(pipeline: &Pipeline, tokenizer: &str, encoder: &str, rt: &Runtime) -> Result<Self> {
         let dir = pipeline.component(encoder);
         let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let path = weights_file(&dir, "model")?;
-        let params = load(&path, &rt.device, rt.dtype)?;
+        let (params, path) = load_component(&dir, WeightsKind::Transformers, &rt.device, rt.dtype)?;
         Ok(Self {
             tokenizer: ClipTokenizer::from_dir(&pipeline.component(tokenizer))?,
             model: ClipTextModel::new(&cfg, &params).map_err(|e| anyhow!("{}: {e}", path.display()))?,
