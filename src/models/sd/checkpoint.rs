@@ -3,18 +3,16 @@
 //! by name and read one at a time, floating-point ones checked finite and converted to the
 //! precision asked for, integer ones kept as they are.
 //!
-//! A PyTorch archive's pickles are checked before anything else reads them
-//! (`pickle_check`); nothing in them is ever executed. A Lightning training checkpoint (SD's
-//! original `.ckpt` files) keeps its weights under the key `state_dict`; a plain state dict
+//! A PyTorch archive is read by `torch_archive`, which checks its pickles first and never
+//! executes anything in them. A Lightning training checkpoint (SD's original `.ckpt` files)
+//! keeps its weights under the key `state_dict`; a plain state dict
 //! (`torch.save(model.state_dict())`) has them at the top. Legacy non-zip pickles are refused.
 
-use super::pickle_check::check_pickle;
+use super::torch_archive::TorchArchive;
 use crate::runtime::finite::ensure_finite;
-use anyhow::{anyhow, bail, Context, Result};
-use candle_core::pickle::PthTensors;
+use anyhow::{anyhow, bail, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// An open weights file.
@@ -25,7 +23,7 @@ pub struct Checkpoint {
 
 enum Source {
     Safetensors(MmapedSafetensors),
-    Pickle(PthTensors),
+    Pickle(TorchArchive),
 }
 
 const PICKLE_EXTENSIONS: &[&str] = &["ckpt", "pt", "pth", "bin"];
@@ -42,7 +40,7 @@ impl Checkpoint {
                 unsafe { MmapedSafetensors::new(path) }.map_err(|e| anyhow!("{at}: not a safetensors file ({e})"))?;
             Source::Safetensors(file)
         } else if PICKLE_EXTENSIONS.contains(&ext) {
-            Source::Pickle(open_pickle(path)?)
+            Source::Pickle(TorchArchive::open(path)?)
         } else {
             bail!("{at}: unknown weights format (expected .safetensors, .ckpt, .pt, .pth or .bin)")
         };
@@ -60,7 +58,7 @@ impl Checkpoint {
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = match &self.source {
             Source::Safetensors(file) => file.tensors().into_iter().map(|(name, _)| name).collect(),
-            Source::Pickle(file) => file.tensor_infos().keys().cloned().collect(),
+            Source::Pickle(file) => file.names(),
         };
         names.sort();
         names
@@ -70,7 +68,7 @@ impl Checkpoint {
     pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
         match &self.source {
             Source::Safetensors(file) => file.get(name).ok().map(|view| view.shape().to_vec()),
-            Source::Pickle(file) => file.tensor_infos().get(name).map(|info| info.layout.dims().to_vec()),
+            Source::Pickle(file) => file.shape(name),
         }
     }
 
@@ -99,52 +97,6 @@ impl Checkpoint {
         };
         Ok(t.to_device(device)?)
     }
-}
-
-/// A PyTorch zip archive whose pickles passed the safety check, its tensors taken from
-/// `state_dict` when the top-level dict has that key, else from the top level.
-fn open_pickle(path: &Path) -> Result<PthTensors> {
-    let at = path.display();
-    check_archive(path)?;
-    // candle errors when the top-level dict lacks the key; any other failure recurs below.
-    if let Ok(file) = PthTensors::new(path, Some("state_dict")) {
-        return Ok(file);
-    }
-    PthTensors::new(path, None).map_err(|e| anyhow!("{at}: not a PyTorch checkpoint dcm can read ({e})"))
-}
-
-/// Refuses a file that is not a zip archive (a legacy `torch.save` pickle) or whose pickles
-/// name a global outside the allowed set.
-fn check_archive(path: &Path) -> Result<()> {
-    let at = path.display();
-    let mut file = std::fs::File::open(path).with_context(|| format!("{at}: cannot open"))?;
-    let mut magic = [0u8; 4];
-    let n = file.read(&mut magic).with_context(|| format!("{at}: cannot read"))?;
-    if n < 4 || &magic != b"PK\x03\x04" {
-        bail!(
-            "{at}: not a zip archive: a legacy PyTorch pickle (before torch 1.6) or not a PyTorch file at all; \
-             re-save it with torch.save (zip format) or convert it to safetensors"
-        );
-    }
-    let mut zip =
-        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| anyhow!("{at}: bad zip archive ({e})"))?;
-    let names = zip
-        .file_names()
-        .map(|n| n.map(|n| n.into_owned()))
-        .collect::<Result<Vec<String>, _>>()
-        .map_err(|e| anyhow!("{at}: bad zip archive ({e})"))?;
-    let pickles: Vec<String> = names.into_iter().filter(|n| n.ends_with(".pkl")).collect();
-    if pickles.is_empty() {
-        bail!("{at}: a zip archive without a pickle (data.pkl): not a PyTorch checkpoint");
-    }
-    for name in pickles {
-        let mut data = Vec::new();
-        zip.by_name(&name)
-            .and_then(|mut entry| Ok(entry.read_to_end(&mut data)?))
-            .map_err(|e| anyhow!("{at}: cannot read {name} ({e})"))?;
-        check_pickle(&data, &format!("{at} ({name})"))?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

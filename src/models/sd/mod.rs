@@ -14,6 +14,7 @@ pub mod scheduler;
 pub mod student;
 pub mod teacher;
 pub mod text;
+pub mod torch_archive;
 pub mod training_memory;
 pub mod weights;
 
