@@ -6,7 +6,7 @@
 
 use super::json::JsonFile;
 use super::scheduler::SchedulerConfig;
-use super::weights::{load, weights_file};
+use super::weights::{load_component, WeightsKind};
 use crate::nets::layers::Params;
 use crate::nets::sd::clip_text::ClipTextConfig;
 use crate::nets::sd::tokenizer::ClipTokenizer;
@@ -100,8 +100,7 @@ impl Folder {
 
     /// The UNet's weights and the file they came from.
     pub fn unet_params(&self, device: &Device, dtype: DType) -> Result<(Params, PathBuf)> {
-        let path = weights_file(&self.component("unet"), "diffusion_pytorch_model")?;
-        Ok((load(&path, device, dtype)?, path))
+        load_component(&self.component("unet"), WeightsKind::Diffusers, device, dtype)
     }
 
     pub fn vae_config(&self) -> Result<VaeConfig> {
@@ -110,8 +109,7 @@ impl Folder {
 
     /// The VAE's weights and the file they came from.
     pub fn vae_params(&self, device: &Device, dtype: DType) -> Result<(Params, PathBuf)> {
-        let path = weights_file(&self.component("vae"), "diffusion_pytorch_model")?;
-        Ok((load(&path, device, dtype)?, path))
+        load_component(&self.component("vae"), WeightsKind::Diffusers, device, dtype)
     }
 
     /// The number of text encoders (SDXL: 2).
@@ -126,8 +124,8 @@ impl Folder {
     pub fn text_encoder(&self, i: usize, device: &Device, dtype: DType) -> Result<(ClipTextConfig, Params, PathBuf)> {
         let dir = self.component(TEXT_ENCODERS[i]);
         let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
-        let path = weights_file(&dir, "model")?;
-        Ok((cfg, load(&path, device, dtype)?, path))
+        let (params, path) = load_component(&dir, WeightsKind::Transformers, device, dtype)?;
+        Ok((cfg, params, path))
     }
 
     /// Text encoder `i`'s tokenizer.
