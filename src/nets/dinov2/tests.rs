@@ -241,7 +241,7 @@ fn bad_images_are_refused() {
         (Tensor::zeros((0, 3, 8, 8), DType::F32, cpu).unwrap(), "empty"),
     ];
     for (images, needle) in cases {
-        let err = format!("{:#}", net.features(&images).err().expect("must fail"));
+        let err = format!("{:#}", net.features(&images).expect_err("must fail"));
         assert!(err.contains(needle) && !err.contains('\n'), "'{needle}' not in: {err}");
     }
 }
