@@ -223,8 +223,9 @@ fn pass(src: &[u8], taps: &[Taps], lines: usize, line_step: usize, tap_step: usi
 }
 
 /// PIL's `Image.resize((W', H'), BICUBIC)` of interleaved RGB `[H, W, 3]` u8: horizontal pass
-/// first, each pass skipped when its size is unchanged.
-fn resize_bicubic(rgb: &[u8], (h, w): (usize, usize), (new_h, new_w): (usize, usize)) -> Vec<u8> {
+/// first, each pass skipped when its size is unchanged. Also dgm-eval's DINOv2 resize
+/// (`src/nets/dinov2/preprocess.rs`).
+pub(crate) fn resize_bicubic(rgb: &[u8], (h, w): (usize, usize), (new_h, new_w): (usize, usize)) -> Vec<u8> {
     let horizontal = if new_w != w {
         pass(rgb, &taps(w, new_w), h, w * 3, 3)
     } else {
