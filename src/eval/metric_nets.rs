@@ -9,6 +9,7 @@ use super::sd_metrics::MetricNets;
 use crate::nets::sd::clip_model::ClipModel;
 use crate::models::sd::checkpoint::Checkpoint;
 use crate::nets::aesthetic::AestheticPredictor;
+use crate::nets::dinov2::Dinov2;
 use crate::nets::feature_net::FeatureNet;
 use crate::nets::layers::Params;
 use crate::runtime::device::Runtime;
@@ -27,6 +28,7 @@ pub fn load_feature_net(spec: &str, rt: &Runtime) -> Result<Box<dyn FeatureNet>>
     let path = Path::new(path);
     let net: Box<dyn FeatureNet> = match kind {
         "clip" => Box::new(load_clip(path, rt)?),
+        "dinov2" => Box::new(Dinov2::from_dir(path, &rt.device)?),
         _ => bail!("--model '{spec}': expected {MODEL_HELP}"),
     };
     Ok(net)
