@@ -10,6 +10,7 @@ use crate::nets::sd::clip_model::ClipModel;
 use crate::models::sd::checkpoint::Checkpoint;
 use crate::nets::aesthetic::AestheticPredictor;
 use crate::nets::dinov2::Dinov2;
+use crate::nets::inception::FidInception;
 use crate::nets::feature_net::FeatureNet;
 use crate::nets::layers::Params;
 use crate::runtime::device::Runtime;
@@ -29,6 +30,7 @@ pub fn load_feature_net(spec: &str, rt: &Runtime) -> Result<Box<dyn FeatureNet>>
     let net: Box<dyn FeatureNet> = match kind {
         "clip" => Box::new(load_clip(path, rt)?),
         "dinov2" => Box::new(Dinov2::from_dir(path, &rt.device)?),
+        "inception" => Box::new(FidInception::load(path, &rt.device, DType::F32)?),
         _ => bail!("--model '{spec}': expected {MODEL_HELP}"),
     };
     Ok(net)
