@@ -85,10 +85,15 @@ class RunsACommand:
 def single_files(out, vae):
     """Single-file checkpoints: a Lightning-style .ckpt (weights under `state_dict`, beside a
     step count and a numpy scalar as training checkpoints hold), a plain state dict .pt, a
-    legacy non-zip pickle, a malicious one, and the same tensors as safetensors."""
+    legacy non-zip pickle, a malicious one, and the same tensors as safetensors; int64 and int32
+    buffers and a transposed view among them."""
     sd = {k: v.clone() for k, v in vae.state_dict().items()}
     sd["position_ids"] = torch.arange(5, dtype=torch.int64).unsqueeze(0)
-    save_file(sd, os.path.join(out, "tiny.safetensors"))
+    sd["num_updates"] = torch.tensor([1234], dtype=torch.int32)
+    torch.manual_seed(1)
+    # A transposed view, saved as is by torch.save (strides (1, 3)); safetensors stores it contiguous.
+    sd["transposed"] = torch.randn(3, 4).t()
+    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(out, "tiny.safetensors"))
     step = np.float64(0.25)
     torch.save({"state_dict": sd, "global_step": 7, "best_score": step}, os.path.join(out, "tiny.ckpt"))
     torch.save(sd, os.path.join(out, "tiny.pt"))

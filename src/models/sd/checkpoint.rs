@@ -118,14 +118,55 @@ mod tests {
             .collect()
     }
 
+    /// A Lightning-style .ckpt (weights under `state_dict`, beside a step count and a numpy
+    /// scalar) and a plain state-dict .pt hold exactly the tensors of the same safetensors file:
+    /// same sorted names, shapes and values, int64 and int32 buffers kept, and a transposed
+    /// view (saved with its strides) read in its logical order.
     #[test]
-    fn smoke() {
+    fn ckpt_pt_and_safetensors_hold_the_same_tensors() {
         let a = all("tiny.safetensors");
-        let b = all("tiny.ckpt");
-        let c = all("tiny.pt");
-        assert_eq!(a.len(), b.len());
-        assert_eq!(a.len(), c.len());
-        println!("{:?}", Checkpoint::open(&formats("malicious.ckpt")).err());
-        println!("{:?}", Checkpoint::open(&formats("legacy.pt")).err());
+        assert!(a.iter().any(|(n, t)| n == "position_ids" && t.dtype() == DType::I64));
+        assert!(a.iter().any(|(n, t)| n == "num_updates" && t.dtype() == DType::I32));
+        for file in ["tiny.ckpt", "tiny.pt"] {
+            let c = Checkpoint::open(&formats(file)).unwrap();
+            let b = all(file);
+            assert_eq!(a.len(), b.len(), "{file}");
+            for ((n, t), (m, u)) in a.iter().zip(&b) {
+                assert_eq!(n, m, "{file}");
+                assert_eq!((t.dtype(), t.dims()), (u.dtype(), u.dims()), "{file}: {n}");
+                assert_eq!(c.shape(n).unwrap(), t.dims().to_vec());
+                let d = (t.to_dtype(DType::F64).unwrap() - u.to_dtype(DType::F64).unwrap()).unwrap();
+                assert_eq!(
+                    d.abs().unwrap().max_all().unwrap().to_scalar::<f64>().unwrap(),
+                    0.0,
+                    "{file}: {n}"
+                );
+            }
+        }
+        let c = Checkpoint::open(&formats("tiny.ckpt")).unwrap();
+        assert!(c.shape("global_step").is_none());
+        let e = c.load("nope", &Device::Cpu, DType::F32).unwrap_err().to_string();
+        assert!(e.ends_with("tiny.ckpt: tensor 'nope': not in the file"), "{e}");
+    }
+
+    /// A pickle naming os.system is refused by name without being unpickled; a legacy
+    /// (non-zip) pickle and an unknown extension are refused with what to do.
+    #[test]
+    fn unsafe_and_unreadable_files_are_refused() {
+        let e = Checkpoint::open(&formats("malicious.ckpt")).err().unwrap().to_string();
+        assert!(
+            e.contains("malicious.ckpt (malicious/data.pkl): refers to the Python global posix.system,"),
+            "{e}"
+        );
+        let e = Checkpoint::open(&formats("legacy.pt")).err().unwrap().to_string();
+        assert!(
+            e.contains("legacy.pt: not a zip archive") && e.contains("convert it to safetensors"),
+            "{e}"
+        );
+        let e = Checkpoint::open(&formats("vae/config.json")).err().unwrap().to_string();
+        assert!(
+            e.ends_with("config.json: unknown weights format (expected .safetensors, .ckpt, .pt, .pth or .bin)"),
+            "{e}"
+        );
     }
 }

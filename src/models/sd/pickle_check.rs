@@ -6,8 +6,7 @@
 //! values. The check still refuses such files, as a tensor file naming `os.system` is not what
 //! it claims to be. It walks the opcodes without building anything and collects the globals
 //! (`GLOBAL`, `INST`, and `STACK_GLOBAL` with the two strings pushed before it); anything it
-//! cannot resolve statically is refused too. The allowed set: `docs/SD_FORMATS.md`,
-//! "Single-file checkpoints".
+//! cannot resolve statically is refused too.
 
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -219,4 +218,63 @@ fn decimal(bytes: &[u8]) -> Result<usize> {
     text.trim()
         .parse()
         .map_err(|_| anyhow::anyhow!("pickle memo index '{text}' is not a number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Protocol 4 as Python writes it: `STACK_GLOBAL` after two strings, the second time
+    /// with the module fetched from the memo; both globals are seen and the second refused.
+    #[test]
+    fn stack_globals_are_resolved_through_the_memo() {
+        let mut p = vec![0x80, 4];
+        let s = |p: &mut Vec<u8>, text: &str| {
+            p.push(0x8c);
+            p.push(text.len() as u8);
+            p.extend_from_slice(text.as_bytes());
+            p.push(0x94);
+        };
+        s(&mut p, "collections");
+        s(&mut p, "OrderedDict");
+        p.push(0x93);
+        p.extend_from_slice(&[0x94, b')', b'R', b'0']);
+        p.extend_from_slice(&[b'h', 0]);
+        s(&mut p, "getattr");
+        p.push(0x93);
+        p.push(b'.');
+        assert_eq!(
+            globals(&p).unwrap(),
+            vec![
+                ("collections".into(), "OrderedDict".into()),
+                ("collections".into(), "getattr".into())
+            ]
+        );
+        let e = check_pickle(&p, "f.ckpt").unwrap_err().to_string();
+        assert!(
+            e.starts_with("f.ckpt: refers to the Python global collections.getattr,"),
+            "{e}"
+        );
+    }
+
+    /// A STACK_GLOBAL whose strings are computed, an extension code, an unknown opcode and a
+    /// truncated stream are refused rather than guessed.
+    #[test]
+    fn what_cannot_be_resolved_is_refused() {
+        let computed = [0x80, 4, b'N', b'N', 0x93, b'.'];
+        assert!(globals(&computed)
+            .unwrap_err()
+            .to_string()
+            .contains("STACK_GLOBAL at byte 4"));
+        assert!(globals(&[0x80, 2, 0x82, 1, b'.'])
+            .unwrap_err()
+            .to_string()
+            .contains("extension-registry"));
+        assert!(globals(&[0x80, 2, 0xff])
+            .unwrap_err()
+            .to_string()
+            .contains("opcode 0xff at byte 2"));
+        assert!(globals(b"cos\nsys").unwrap_err().to_string().contains("truncated"));
+        assert!(check_pickle(b"ctorch._utils\n_rebuild_tensor_v2\n.", "x").is_ok());
+    }
 }
