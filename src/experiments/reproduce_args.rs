@@ -86,6 +86,12 @@ pub struct SdReproduceArgs {
     /// sd preset: training image size [default: the pipeline's native size].
     #[arg(long)]
     pub resolution: Option<usize>,
+    /// sd preset: caption column of --data's metadata.jsonl / metadata.csv [default: text].
+    #[arg(long, value_name = "NAME")]
+    pub caption_column: Option<String>,
+    /// sd preset: pass over files in --data that are neither images nor captions.
+    #[arg(long)]
+    pub skip_unknown_files: bool,
 }
 
 impl SdReproduceArgs {
@@ -96,6 +102,8 @@ impl SdReproduceArgs {
             ("--per-prompt", self.per_prompt.is_some()),
             ("--clip", self.clip.is_some()),
             ("--resolution", self.resolution.is_some()),
+            ("--caption-column", self.caption_column.is_some()),
+            ("--skip-unknown-files", self.skip_unknown_files),
         ]
         .iter()
         .filter(|(_, g)| *g)

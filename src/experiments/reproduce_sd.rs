@@ -8,6 +8,7 @@ use super::report::grid::write_grid;
 use super::reproduce_args::ReproduceArgs;
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::Picking;
+use crate::data::captioned::FolderOptions;
 use crate::data::npy;
 use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::sd_eval::{load_clip, SdEvalRow, SdEvalSetup};
@@ -38,6 +39,8 @@ use std::time::Instant;
 struct SdReproduceConfig {
     teacher: String,
     data: String,
+    caption_column: String,
+    skip_unknown_files: bool,
     prompts: String,
     prompt_lines: usize,
     per_prompt: usize,
@@ -120,6 +123,12 @@ fn run_config(
     let cfg = SdReproduceConfig {
         teacher: spec.to_string(),
         data: a.data.clone(),
+        caption_column: a
+            .sd
+            .caption_column
+            .clone()
+            .unwrap_or_else(|| FolderOptions::default().caption_column),
+        skip_unknown_files: a.sd.skip_unknown_files,
         prompts: prompts_file.display().to_string(),
         prompt_lines,
         per_prompt,
@@ -152,6 +161,10 @@ fn train_students(
             pipeline: family.pipeline(),
             rt,
             data: PathBuf::from(&cfg.data),
+            folder: FolderOptions {
+                caption_column: cfg.caption_column.clone(),
+                skip_unknown: cfg.skip_unknown_files,
+            },
             resolution: cfg.resolution,
             uncond: cfg.uncond.clone(),
             targets: DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect(),

@@ -1,7 +1,8 @@
 //! Training batches of a captioned image folder for a Stable Diffusion student: each row a
 //! draw `x₀ = scaling_factor · (μ + σ ε)` from its image's cached latent distribution (as
 //! diffusers' training scripts sample `latent_dist` every step) and, as its condition, the
-//! text encoding of its caption with the chosen unconditional input.
+//! text encoding of its caption with the chosen unconditional input. An image of a kohya
+//! `N_concept` folder counts N times in the draw.
 
 use super::latents::LatentSet;
 use super::pipeline::{Family, Pipeline};
@@ -16,6 +17,8 @@ use rand::Rng as _;
 
 pub struct CaptionedLatents {
     latents: LatentSet,
+    /// Each row index as many times as its image repeats: draws are uniform over this list.
+    rows: Vec<u32>,
     encoder: PromptEncoder,
     null: NullText,
     force_zeros: bool,
@@ -41,6 +44,22 @@ impl CaptionedLatents {
             latents.mean.dim(0)?,
             latents.captions.len()
         );
+        ensure!(
+            latents.repeats.len() == latents.captions.len(),
+            "{} repeat counts for {} captions",
+            latents.repeats.len(),
+            latents.captions.len()
+        );
+        let rows = (0u32..)
+            .zip(&latents.repeats)
+            .flat_map(|(i, &n)| std::iter::repeat_n(i, n as usize))
+            .collect::<Vec<u32>>();
+        ensure!(
+            rows.len() <= u32::MAX as usize,
+            "the repeat counts add up to {} rows; at most {} are drawn from",
+            rows.len(),
+            u32::MAX
+        );
         let force_zeros = matches!(
             pipeline.family(),
             Family::Sdxl {
@@ -50,6 +69,7 @@ impl CaptionedLatents {
         Ok(Self {
             encoder: PromptEncoder::load(pipeline, rt)?,
             latents,
+            rows,
             null,
             force_zeros,
             image_hw: (resolution, resolution),
@@ -62,10 +82,13 @@ impl TrainingData for CaptionedLatents {
         self.latents.mean.dims()[1..].to_vec()
     }
 
-    /// Rows drawn uniformly with replacement, then one ε per latent element, both from `rng`.
+    /// Rows drawn uniformly with replacement (a repeated image as often as its repeat
+    /// count), then one ε per latent element, both from `rng`.
     fn batch(&self, rng: &mut Rng, size: usize, device: &Device) -> Result<(Tensor, Condition)> {
-        let n = self.latents.captions.len() as u32;
-        let idx: Vec<u32> = (0..size).map(|_| rng.random_range(0..n)).collect();
+        let idx: Vec<u32> = (0..size)
+            // A u32 range draws as before repeats existed: seeded runs keep their batches.
+            .map(|_| self.rows[rng.random_range(0..self.rows.len() as u32) as usize])
+            .collect();
         let ids = Tensor::from_vec(idx.clone(), size, &Device::Cpu)?;
         let (mean, std) = (
             self.latents.mean.index_select(&ids, 0)?,
