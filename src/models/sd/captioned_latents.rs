@@ -103,3 +103,55 @@ impl TrainingData for CaptionedLatents {
         Ok((x0, cond))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Rows whose mean is their index and whose std is 0, so a drawn x₀ names its row.
+    fn latents(repeats: Vec<u32>) -> LatentSet {
+        let n = repeats.len();
+        let mean = Tensor::arange(0f32, n as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((n, 1, 1, 1))
+            .unwrap();
+        LatentSet {
+            std: mean.zeros_like().unwrap(),
+            mean,
+            captions: (0..n).map(|i| format!("row {i}")).collect(),
+            repeats,
+            scaling_factor: 1.0,
+            from_cache: false,
+        }
+    }
+
+    fn drawn_rows(repeats: Vec<u32>, seed: u64, size: usize) -> Vec<u32> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/sd1");
+        let (pipeline, rt) = (Pipeline::open(&dir).unwrap(), Runtime::default());
+        let null = NullText::from_flags(None, Some("zeros")).unwrap();
+        let data = CaptionedLatents::new(&pipeline, &rt, latents(repeats), null, 16).unwrap();
+        let mut rng = crate::runtime::noise::seeded(seed);
+        let (x0, _) = data.batch(&mut rng, size, &Device::Cpu).unwrap();
+        x0.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as u32)
+            .collect()
+    }
+
+    /// An image repeated 3 times (a kohya `3_concept` folder) is drawn about 3 times as often
+    /// as one of repeat 1; without repeats the rows are those of a uniform draw over 0..n.
+    #[test]
+    fn repeated_images_are_drawn_in_proportion() {
+        let rows = drawn_rows(vec![1, 3], 7, 2000);
+        let threes = rows.iter().filter(|&&r| r == 1).count() as f64;
+        assert!((threes / 2000.0 - 0.75).abs() < 0.04, "{threes} of 2000 draws");
+        let plain = drawn_rows(vec![1; 5], 3, 50);
+        let mut rng = crate::runtime::noise::seeded(3);
+        let want: Vec<u32> = (0..50).map(|_| rng.random_range(0..5u32)).collect();
+        assert_eq!(plain, want);
+    }
+}
