@@ -3,8 +3,8 @@
 //! breaks), with a `file_name` column naming each image relative to the folder and a caption
 //! column. Every image of the folder must be listed: an unlisted one is an error, not a skip.
 
+use super::entry::Entry;
 use super::listing::{is_image, Listing};
-use super::Entry;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};

@@ -12,42 +12,17 @@
 //! errors naming the file (other files may be skipped with a count printed). Hidden entries
 //! (`.DS_Store`, `.git/`) are not data and are passed over. Entries come in sorted path order.
 
+mod entry;
 mod listing;
 mod metadata;
 mod pixels;
 mod sidecar;
 
+pub use entry::{Entry, FolderOptions};
 pub use pixels::{load_chunk, load_image};
 
 use anyhow::{ensure, Result};
 use std::path::{Path, PathBuf};
-
-/// How to read a folder: `--caption-column` and `--skip-unknown-files`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FolderOptions {
-    /// The metadata column holding captions.
-    pub caption_column: String,
-    /// Pass over files that are neither images, captions nor metadata (with a count).
-    pub skip_unknown: bool,
-}
-
-impl Default for FolderOptions {
-    fn default() -> Self {
-        Self {
-            caption_column: "text".into(),
-            skip_unknown: false,
-        }
-    }
-}
-
-/// One training image and its caption.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub image: PathBuf,
-    pub caption: String,
-    /// How many times the image counts in the draw (a kohya `N_concept` folder's N, else 1).
-    pub repeats: u32,
-}
 
 /// A data folder's entries and what the user should be told about how it was read.
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 //! centre-cropped to R×R, as diffusers' training scripts do, then scaled to [-1, 1] RGB.
 //! A chunk is decoded at a time, so memory holds only the images about to be encoded.
 
-use super::Entry;
+use super::entry::Entry;
 use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use image::imageops::FilterType;

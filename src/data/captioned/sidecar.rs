@@ -6,8 +6,8 @@
 //! these images N times per epoch". dcm honours it: such an image counts N times when training
 //! draws its rows (the same share of the batches as kohya's epochs give it), and a note says so.
 
+use super::entry::Entry;
 use super::listing::Listing;
-use super::Entry;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
