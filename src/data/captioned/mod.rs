@@ -5,7 +5,8 @@
 //!   `file_name` column names each image (relative to the folder, sub-folders allowed) and
 //!   whose caption column (`text` unless chosen) holds its caption;
 //! - side files: `name.txt` or `name.caption` (kohya) beside `name.png`, in any sub-folder;
-//!   a top-level sub-folder named `N_concept` (kohya) repeats its images N times in the draw.
+//!   a top-level sub-folder named `N_concept` (kohya) repeats its images N times in the draw
+//!   (side-file layouts only: in a metadata layout, folder names are only paths).
 //!
 //! Images are PNG, JPEG or WebP. Nothing is skipped without a word: an image without a caption,
 //! a caption without an image, an image the metadata does not list, and any other file are

@@ -9,8 +9,6 @@
 
 use super::pipeline::Pipeline;
 use crate::data::captioned::{load_chunk, Entry, Folder};
-use crate::models::model_dir::save_tensors;
-use crate::nets::layers::Params;
 use crate::nets::sd::vae::AutoencoderKl;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
@@ -98,15 +96,12 @@ pub fn encode_folder(
         Some(pair) => pair,
         None => {
             let vae = pipeline.vae(rt)?;
-            let (mean, std) = encode_stream(&vae, rt, &folder.entries, r, CHUNK)?;
+            let latents = encode_stream(&vae, rt, &folder.entries, r, CHUNK)?;
             std::fs::create_dir_all(cache_dir)
                 .with_context(|| format!("{}: cannot create folder", cache_dir.display()))?;
-            save_tensors(
-                &tensors,
-                &Params::from([("mean".into(), mean.clone()), ("std".into(), std.clone())]),
-            )?;
+            latents.write(&tensors)?;
             write_atomic(&key_file, serde_json::to_string_pretty(&key)?.as_bytes())?;
-            (mean, std)
+            latents.into_tensors()?
         }
     };
     ensure!(
@@ -126,17 +121,48 @@ pub fn encode_folder(
     })
 }
 
+/// Latent means and stds, f32 values of `shape` `[n, C, h, w]`, as encoded.
+struct Encoded {
+    shape: Vec<usize>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl Encoded {
+    /// Writes `path` straight from these values (a serialised copy would double the memory
+    /// the latents take), to a temporary file renamed into place.
+    fn write(&self, path: &Path) -> Result<()> {
+        fn view<'a>(shape: &[usize], v: &'a [f32]) -> Result<safetensors::tensor::TensorView<'a>> {
+            let bytes: &[u8] = bytemuck::cast_slice(v);
+            Ok(safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.to_vec(),
+                bytes,
+            )?)
+        }
+        let tmp = path.with_extension("safetensors.tmp");
+        let tensors = [
+            ("mean", view(&self.shape, &self.mean)?),
+            ("std", view(&self.shape, &self.std)?),
+        ];
+        let what = || format!("{}: cannot write the latent cache", path.display());
+        safetensors::serialize_to_file(tensors, None, &tmp).with_context(what)?;
+        std::fs::rename(&tmp, path).with_context(what)
+    }
+
+    fn into_tensors(self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            Tensor::from_vec(self.mean, self.shape.as_slice(), &Device::Cpu)?,
+            Tensor::from_vec(self.std, self.shape.as_slice(), &Device::Cpu)?,
+        ))
+    }
+}
+
 /// Decodes and encodes `entries` `chunk` images at a time, keeping only the latents' mean
 /// and std (f32, on the CPU); a stop signal is honoured between chunks.
-fn encode_stream(
-    vae: &AutoencoderKl,
-    rt: &Runtime,
-    entries: &[Entry],
-    r: usize,
-    chunk: usize,
-) -> Result<(Tensor, Tensor)> {
+fn encode_stream(vae: &AutoencoderKl, rt: &Runtime, entries: &[Entry], r: usize, chunk: usize) -> Result<Encoded> {
     let n = entries.len();
-    let (mut means, mut stds, mut latent) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut mean, mut std, mut latent) = (Vec::new(), Vec::new(), Vec::new());
     let bar = crate::runtime::progress::bar(n, "encoding images");
     for part in entries.chunks(chunk) {
         crate::runtime::signals::check()?;
@@ -146,19 +172,16 @@ fn encode_stream(
             latent = m.dims()[1..].to_vec();
             let all: Vec<usize> = [2 * n].iter().chain(&latent).copied().collect();
             ensure_fits(f32_bytes(&all), &format!("--data (the latents of {n} images)"))?;
-            means.reserve(n * latent.iter().product::<usize>());
-            stds.reserve(n * latent.iter().product::<usize>());
+            mean.reserve_exact(n * latent.iter().product::<usize>());
+            std.reserve_exact(n * latent.iter().product::<usize>());
         }
-        means.extend(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
-        stds.extend(s.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        mean.extend(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        std.extend(s.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
         bar.inc(part.len() as u64);
     }
     bar.finish_and_clear();
-    let shape: Vec<usize> = [n].iter().chain(&latent).copied().collect();
-    Ok((
-        Tensor::from_vec(means, shape.as_slice(), &Device::Cpu)?,
-        Tensor::from_vec(stds, shape.as_slice(), &Device::Cpu)?,
-    ))
+    let shape = [n].iter().chain(&latent).copied().collect();
+    Ok(Encoded { shape, mean, std })
 }
 
 /// The cached (mean, std) when the cache's key equals `key`.
@@ -219,7 +242,7 @@ mod tests {
         let (pipeline, rt) = (sd1()?, Runtime::default());
         let vae = pipeline.vae(&rt)?;
         let data = Folder::read(&d.join("data"), &FolderOptions::default())?;
-        let (mean, std) = encode_stream(&vae, &rt, &data.entries, 16, 2)?;
+        let (mean, std) = encode_stream(&vae, &rt, &data.entries, 16, 2)?.into_tensors()?;
         let (want_mean, want_std) = vae.encode(&load_chunk(&data.entries, 16)?)?;
         assert_eq!(mean.dims(), &[5, 4, 8, 8]);
         assert_eq!(values(&mean), values(&want_mean));
