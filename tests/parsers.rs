@@ -205,9 +205,12 @@ proptest! {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("metadata.jsonl"), &meta).unwrap();
         std::fs::write(dir.join("a.png"), &image).unwrap();
-        if let Ok(c) = dcm::data::captioned::read(&dir, 4) {
-            prop_assert_eq!(c.images.dims()[1..].to_vec(), vec![3, 4, 4]);
-            prop_assert_eq!(c.images.dim(0).unwrap(), c.captions.len());
+        let opts = dcm::data::captioned::FolderOptions::default();
+        if let Ok(f) = dcm::data::captioned::Folder::read(&dir, &opts) {
+            if let Ok(images) = dcm::data::captioned::load_chunk(&f.entries, 4) {
+                prop_assert_eq!(images.dims()[1..].to_vec(), vec![3, 4, 4]);
+                prop_assert_eq!(images.dim(0).unwrap(), f.entries.len());
+            }
         }
     }
 

@@ -79,6 +79,14 @@ pub struct DistillArgs {
     /// conv1,conv2,conv_shortcut,downsamplers.0.conv,upsamplers.0.conv,time_emb_proj].
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub lora_targets: Option<Vec<String>>,
+    /// Metadata column holding the captions of --data's metadata.jsonl / metadata.csv (sd:DIR)
+    /// [default: text].
+    #[arg(long, value_name = "NAME")]
+    pub caption_column: Option<String>,
+    /// Pass over files in --data that are neither images (png, jpg, jpeg, webp) nor captions
+    /// (.txt, .caption), printing how many, instead of stopping at the first (sd:DIR).
+    #[arg(long)]
+    pub skip_unknown_files: bool,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -130,6 +138,8 @@ impl DistillArgs {
             resolution: self.resolution,
             uncond: self.uncond.clone(),
             lora_targets: self.lora_targets.clone(),
+            caption_column: self.caption_column.clone(),
+            skip_unknown_files: self.skip_unknown_files,
         }
     }
 }

@@ -97,6 +97,12 @@ pub struct SdReproduceArgs {
     pub resolution: Option<usize>,
     #[command(flatten)]
     pub single_file: SingleFileArgs,
+    /// sd preset: caption column of --data's metadata.jsonl / metadata.csv [default: text].
+    #[arg(long, value_name = "NAME")]
+    pub caption_column: Option<String>,
+    /// sd preset: pass over files in --data that are neither images nor captions.
+    #[arg(long)]
+    pub skip_unknown_files: bool,
 }
 
 impl SdReproduceArgs {
@@ -112,6 +118,8 @@ impl SdReproduceArgs {
             ("--resolution", self.resolution.is_some()),
             ("--config", self.single_file.config.is_some()),
             ("--prediction", self.single_file.prediction.is_some()),
+            ("--caption-column", self.caption_column.is_some()),
+            ("--skip-unknown-files", self.skip_unknown_files),
         ]
         .iter()
         .filter(|(_, g)| *g)

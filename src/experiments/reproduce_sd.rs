@@ -8,6 +8,7 @@ use super::report::grid::write_grid;
 use super::reproduce_args::{ReproduceArgs, SdReproduceArgs};
 use crate::consistency::objective::Method;
 use crate::consistency::sampler::Picking;
+use crate::data::captioned::FolderOptions;
 use crate::data::npy;
 use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::metric_nets::{LoadedNets, MetricFiles};
@@ -39,6 +40,8 @@ use std::time::Instant;
 struct SdReproduceConfig {
     teacher: String,
     data: String,
+    caption_column: String,
+    skip_unknown_files: bool,
     prompts: String,
     prompt_lines: usize,
     per_prompt: usize,
@@ -127,6 +130,12 @@ fn run_config(
     let cfg = SdReproduceConfig {
         teacher: spec.to_string(),
         data: a.data.clone(),
+        caption_column: a
+            .sd
+            .caption_column
+            .clone()
+            .unwrap_or_else(|| FolderOptions::default().caption_column),
+        skip_unknown_files: a.sd.skip_unknown_files,
         prompts: prompts_file.display().to_string(),
         prompt_lines,
         per_prompt,
@@ -162,6 +171,10 @@ fn train_students(
             pipeline: family.pipeline(),
             rt,
             data: PathBuf::from(&cfg.data),
+            folder: FolderOptions {
+                caption_column: cfg.caption_column.clone(),
+                skip_unknown: cfg.skip_unknown_files,
+            },
             resolution: cfg.resolution,
             uncond: cfg.uncond.clone(),
             targets: DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect(),

@@ -47,10 +47,14 @@ pub struct FamilyFlags {
     pub uncond: Option<String>,
     /// Module-path suffixes of the UNet layers that get adapters.
     pub lora_targets: Option<Vec<String>>,
+    /// The metadata column holding a Stable Diffusion data folder's captions.
+    pub caption_column: Option<String>,
+    /// Pass over files of the data folder that are neither images nor captions.
+    pub skip_unknown_files: bool,
 }
 
 /// Per flag, what it is for: the one message every family-only flag is refused with.
-const FLAG_PURPOSE: [(&str, &str); 6] = [
+const FLAG_PURPOSE: [(&str, &str); 8] = [
     ("--hidden", "sizes a fresh MLP student of an analytic teacher"),
     ("--depth", "sizes a fresh MLP student of an analytic teacher"),
     (
@@ -69,6 +73,14 @@ const FLAG_PURPOSE: [(&str, &str); 6] = [
         "--lora-targets",
         "chooses the adapted layers of a Stable Diffusion (sd:DIR) UNet",
     ),
+    (
+        "--caption-column",
+        "names the caption column of a Stable Diffusion (sd:DIR) student's metadata file",
+    ),
+    (
+        "--skip-unknown-files",
+        "passes over other files in a Stable Diffusion (sd:DIR) student's data folder",
+    ),
 ];
 
 impl FamilyFlags {
@@ -81,6 +93,8 @@ impl FamilyFlags {
             self.resolution.is_some(),
             self.uncond.is_some(),
             self.lora_targets.is_some(),
+            self.caption_column.is_some(),
+            self.skip_unknown_files,
         ];
         FLAG_PURPOSE
             .iter()

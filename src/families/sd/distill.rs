@@ -2,7 +2,7 @@
 //! captioned images (their VAE latents cached in the run folder), written as the LoRA files
 //! diffusers, ComfyUI and A1111 load, with `student.json` and `train_log.csv`.
 
-use crate::data::captioned;
+use crate::data::captioned::{Folder, FolderOptions};
 use crate::families::family::{DistillJob, DistillPlan, DistillRequest, FamilyFlags};
 use crate::models::model_dir::save_loss_log;
 use crate::models::sd::captioned_latents::CaptionedLatents;
@@ -29,6 +29,8 @@ pub struct SdRun<'a> {
     pub pipeline: &'a Pipeline,
     pub rt: &'a Runtime,
     pub data: PathBuf,
+    /// How the data folder is read: caption column, unknown files.
+    pub folder: FolderOptions,
     pub resolution: usize,
     /// zeros or empty.
     pub uncond: String,
@@ -61,6 +63,7 @@ impl<'a> SdRun<'a> {
             pipeline,
             rt: req.rt,
             data: data.into(),
+            folder: folder_options(req.flags),
             resolution,
             uncond,
             targets: lora_targets(req.flags)?,
@@ -71,6 +74,15 @@ impl<'a> SdRun<'a> {
 
     fn teacher_spec(&self) -> String {
         TeacherSpec::portable(&TeacherSpec::sd(self.pipeline.path()))
+    }
+}
+
+/// `--caption-column` and `--skip-unknown-files`.
+pub fn folder_options(flags: &FamilyFlags) -> FolderOptions {
+    let default = FolderOptions::default();
+    FolderOptions {
+        caption_column: flags.caption_column.clone().unwrap_or(default.caption_column),
+        skip_unknown: flags.skip_unknown_files,
     }
 }
 
@@ -92,6 +104,7 @@ impl DistillPlan for SdRun<'_> {
             "teacher_options": self.pipeline.options(),
             "data": TeacherSpec::portable(&self.data.to_string_lossy()),
             "resolution": self.resolution, "uncond": self.uncond,
+            "caption_column": self.folder.caption_column,
         })
     }
 
@@ -99,21 +112,18 @@ impl DistillPlan for SdRun<'_> {
     /// `out/latents`.
     fn prepare(&self, out: &Path) -> Result<DistillJob<'_>> {
         let null = NullText::from_flags(None, Some(&self.uncond))?;
-        // Unreadable or missing images are named before anything loads.
-        captioned::pairs(&self.data)?;
+        // Uncaptioned, unlisted or unknown files are named before anything loads.
+        let folder = Folder::read(&self.data, &self.folder)?;
+        for note in &folder.notes {
+            eprintln!("{note}");
+        }
         let (arch, start) = LoraUnet::of_pipeline(self.pipeline, self.rt, self.targets.clone())?;
         let side = self.resolution / vae_factor(self.pipeline)?;
         let latent = [arch.unet.in_channels, side, side];
         let memory = TrainingMemory::estimate(&arch, self.lora, &latent, &self.distill)?;
         eprintln!("{memory}");
         memory.check(self.rt)?;
-        let latents = encode_folder(
-            self.pipeline,
-            self.rt,
-            &self.data,
-            self.resolution,
-            &out.join("latents"),
-        )?;
+        let latents = encode_folder(self.pipeline, self.rt, &folder, self.resolution, &out.join("latents"))?;
         let source = if latents.from_cache {
             "latents from the cache"
         } else {

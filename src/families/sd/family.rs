@@ -30,7 +30,13 @@ use std::cell::OnceCell;
 use std::path::Path;
 
 /// The family-only flags Stable Diffusion teachers take.
-const FLAGS: [&str; 3] = ["--resolution", "--uncond", "--lora-targets"];
+const FLAGS: [&str; 5] = [
+    "--resolution",
+    "--uncond",
+    "--lora-targets",
+    "--caption-column",
+    "--skip-unknown-files",
+];
 
 pub struct SdFamily {
     pipeline: Pipeline,

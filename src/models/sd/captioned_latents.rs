@@ -1,7 +1,8 @@
 //! Training batches of a captioned image folder for a Stable Diffusion student: each row a
 //! draw `x₀ = scaling_factor · (μ + σ ε)` from its image's cached latent distribution (as
 //! diffusers' training scripts sample `latent_dist` every step) and, as its condition, the
-//! text encoding of its caption with the chosen unconditional input.
+//! text encoding of its caption with the chosen unconditional input. An image of a kohya
+//! `N_concept` folder counts N times in the draw.
 
 use super::latents::LatentSet;
 use super::pipeline::{Family, Pipeline};
@@ -16,6 +17,8 @@ use rand::Rng as _;
 
 pub struct CaptionedLatents {
     latents: LatentSet,
+    /// Each row index as many times as its image repeats: draws are uniform over this list.
+    rows: Vec<u32>,
     encoder: PromptEncoder,
     null: NullText,
     force_zeros: bool,
@@ -41,6 +44,22 @@ impl CaptionedLatents {
             latents.mean.dim(0)?,
             latents.captions.len()
         );
+        ensure!(
+            latents.repeats.len() == latents.captions.len(),
+            "{} repeat counts for {} captions",
+            latents.repeats.len(),
+            latents.captions.len()
+        );
+        let rows = (0u32..)
+            .zip(&latents.repeats)
+            .flat_map(|(i, &n)| std::iter::repeat_n(i, n as usize))
+            .collect::<Vec<u32>>();
+        ensure!(
+            rows.len() <= u32::MAX as usize,
+            "the repeat counts add up to {} rows; at most {} are drawn from",
+            rows.len(),
+            u32::MAX
+        );
         let force_zeros = matches!(
             pipeline.family(),
             Family::Sdxl {
@@ -50,6 +69,7 @@ impl CaptionedLatents {
         Ok(Self {
             encoder: PromptEncoder::load(pipeline, rt)?,
             latents,
+            rows,
             null,
             force_zeros,
             image_hw: (resolution, resolution),
@@ -62,10 +82,13 @@ impl TrainingData for CaptionedLatents {
         self.latents.mean.dims()[1..].to_vec()
     }
 
-    /// Rows drawn uniformly with replacement, then one ε per latent element, both from `rng`.
+    /// Rows drawn uniformly with replacement (a repeated image as often as its repeat
+    /// count), then one ε per latent element, both from `rng`.
     fn batch(&self, rng: &mut Rng, size: usize, device: &Device) -> Result<(Tensor, Condition)> {
-        let n = self.latents.captions.len() as u32;
-        let idx: Vec<u32> = (0..size).map(|_| rng.random_range(0..n)).collect();
+        let idx: Vec<u32> = (0..size)
+            // A u32 range draws as before repeats existed: seeded runs keep their batches.
+            .map(|_| self.rows[rng.random_range(0..self.rows.len() as u32) as usize])
+            .collect();
         let ids = Tensor::from_vec(idx.clone(), size, &Device::Cpu)?;
         let (mean, std) = (
             self.latents.mean.index_select(&ids, 0)?,
@@ -78,5 +101,57 @@ impl TrainingData for CaptionedLatents {
             .encoder
             .condition(&prompts, &self.null, self.force_zeros, self.image_hw)?;
         Ok((x0, cond))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Rows whose mean is their index and whose std is 0, so a drawn x₀ names its row.
+    fn latents(repeats: Vec<u32>) -> LatentSet {
+        let n = repeats.len();
+        let mean = Tensor::arange(0f32, n as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((n, 1, 1, 1))
+            .unwrap();
+        LatentSet {
+            std: mean.zeros_like().unwrap(),
+            mean,
+            captions: (0..n).map(|i| format!("row {i}")).collect(),
+            repeats,
+            scaling_factor: 1.0,
+            from_cache: false,
+        }
+    }
+
+    fn drawn_rows(repeats: Vec<u32>, seed: u64, size: usize) -> Vec<u32> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/sd1");
+        let (pipeline, rt) = (Pipeline::open(&dir).unwrap(), Runtime::default());
+        let null = NullText::from_flags(None, Some("zeros")).unwrap();
+        let data = CaptionedLatents::new(&pipeline, &rt, latents(repeats), null, 16).unwrap();
+        let mut rng = crate::runtime::noise::seeded(seed);
+        let (x0, _) = data.batch(&mut rng, size, &Device::Cpu).unwrap();
+        x0.flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+            .iter()
+            .map(|&v| v as u32)
+            .collect()
+    }
+
+    /// An image repeated 3 times (a kohya `3_concept` folder) is drawn about 3 times as often
+    /// as one of repeat 1; without repeats the rows are those of a uniform draw over 0..n.
+    #[test]
+    fn repeated_images_are_drawn_in_proportion() {
+        let rows = drawn_rows(vec![1, 3], 7, 2000);
+        let threes = rows.iter().filter(|&&r| r == 1).count() as f64;
+        assert!((threes / 2000.0 - 0.75).abs() < 0.04, "{threes} of 2000 draws");
+        let plain = drawn_rows(vec![1; 5], 3, 50);
+        let mut rng = crate::runtime::noise::seeded(3);
+        let want: Vec<u32> = (0..50).map(|_| rng.random_range(0..5u32)).collect();
+        assert_eq!(plain, want);
     }
 }

@@ -1,110 +1,183 @@
 //! The VAE latents of a captioned image folder, encoded once and cached in the run folder:
-//! later runs on the same pipeline, data and resolution read them back instead of encoding.
+//! later runs on the same pipeline, images and resolution read them back instead of encoding.
 //! The cache holds the latent distribution (mean and std, unscaled), so a training batch
 //! can draw `scaling_factor · (mean + std ε)` with the run's own generator, as diffusers'
 //! training scripts sample `latent_dist` each step.
+//!
+//! Images are decoded, resized and encoded a chunk at a time: memory holds the latents and
+//! one chunk of pixels, never the whole folder's (docs/PERFORMANCE.md has the measurement).
 
 use super::pipeline::Pipeline;
-use crate::data::captioned;
-use crate::models::model_dir::save_tensors;
-use crate::nets::layers::Params;
+use crate::data::captioned::{load_chunk, Entry, Folder};
+use crate::nets::sd::vae::AutoencoderKl;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 use serde_json::{json, Value};
+use std::io::Read;
 use std::path::Path;
 
-/// Images encoded at a time (bounds the VAE's activations).
+/// Images decoded and encoded at a time (bounds the pixels held and the VAE's activations).
 const CHUNK: usize = 8;
 
-/// The latent distribution of every captioned image, unscaled, and its captions.
+/// The latent distribution of every captioned image, unscaled, its caption and repeat count.
 #[derive(Debug)]
 pub struct LatentSet {
     pub mean: Tensor,
     pub std: Tensor,
     pub captions: Vec<String>,
+    /// How many times each row counts in the draw (kohya's `N_concept` folders).
+    pub repeats: Vec<u32>,
     pub scaling_factor: f64,
     /// Read from the cache rather than encoded now.
     pub from_cache: bool,
 }
 
-/// What a cached encoding depends on: the pipeline's VAE weights, the resolution, and every
-/// image and caption (file names, sizes and modification times).
-fn cache_key(pipeline: &Pipeline, data: &Path, r: usize) -> Result<Value> {
-    let stamp = |p: &Path| -> Result<Value> {
-        let m = std::fs::metadata(p).with_context(|| format!("{}: cannot read", p.display()))?;
-        let modified = m
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-        Ok(json!([
-            p.to_string_lossy(),
-            m.len(),
-            modified.map(|d| d.as_nanos().to_string())
-        ]))
-    };
-    let vae = pipeline.vae_files()?.iter().map(|p| stamp(p)).collect::<Result<Vec<_>>>()?;
-    let files = captioned::pairs(data)?
-        .iter()
-        .map(|(p, caption)| Ok(json!([stamp(p)?, caption])))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(json!({"vae": vae, "resolution": r, "images": files}))
+/// A 128-bit xxh3 hash of a file's bytes, as hex (read in blocks: weights can be large).
+fn content_hash(p: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(p).with_context(|| format!("{}: cannot read", p.display()))?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut block = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut block)
+            .with_context(|| format!("{}: cannot read", p.display()))?;
+        if n == 0 {
+            return Ok(format!("{:032x}", hasher.digest128()));
+        }
+        hasher.update(&block[..n]);
+    }
 }
 
-/// The latents of `data` at resolution `r` through `pipeline`'s VAE, from the cache in
+/// What a cached encoding depends on: the bytes of the pipeline's VAE files (a single file's
+/// whole checkpoint), the resolution,
+/// and each image's bytes, in order (issue 24: names, sizes and times could match changed
+/// images, and a touched or moved folder need not re-encode). Captions are not encoded.
+fn cache_key(pipeline: &Pipeline, folder: &Folder, r: usize) -> Result<Value> {
+    let vae_dir = pipeline.path();
+    let vae_files: Vec<_> = pipeline.vae_files()?.into_iter().filter(|p| p.is_file()).collect();
+    let named_hash = |p: &Path, base: &Path| -> Result<Value> {
+        let name = p.strip_prefix(base).unwrap_or(p).to_string_lossy().into_owned();
+        Ok(json!([name, content_hash(p)?]))
+    };
+    let vae = vae_files
+        .iter()
+        .map(|p| named_hash(p, &vae_dir))
+        .collect::<Result<Vec<_>>>()?;
+    let images = folder
+        .entries
+        .par_iter()
+        .map(|e| named_hash(&e.image, &folder.dir))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(json!({"vae": vae, "resolution": r, "images": images}))
+}
+
+/// The latents of `folder` at resolution `r` through `pipeline`'s VAE, from the cache in
 /// `cache_dir` when it matches, else encoded and written there.
-pub fn encode_folder(pipeline: &Pipeline, rt: &Runtime, data: &Path, r: usize, cache_dir: &Path) -> Result<LatentSet> {
-    let key = cache_key(pipeline, data, r)?;
+pub fn encode_folder(
+    pipeline: &Pipeline,
+    rt: &Runtime,
+    folder: &Folder,
+    r: usize,
+    cache_dir: &Path,
+) -> Result<LatentSet> {
+    let key = cache_key(pipeline, folder, r)?;
     let (key_file, tensors) = (cache_dir.join("latents.json"), cache_dir.join("latents.safetensors"));
-    let scaling_factor = pipeline.vae_config()?.scaling_factor;
-    let captions: Vec<String> = captioned::pairs(data)?.into_iter().map(|(_, c)| c).collect();
-    if let Some(cached) = read_cache(&key_file, &tensors, &key)? {
-        let (mean, std) = cached;
-        return Ok(LatentSet {
-            mean,
-            std,
-            captions,
-            scaling_factor,
-            from_cache: true,
-        });
-    }
-    let images = captioned::read(data, r)?;
-    ensure_fits(
-        f32_bytes(images.images.dims()) * 4.0,
-        &format!("--data {}", data.display()),
-    )?;
-    let vae = pipeline.vae(rt)?;
-    let (mut means, mut stds) = (Vec::new(), Vec::new());
-    let n = images.images.dim(0)?;
-    let bar = crate::runtime::progress::bar(n, "encoding images");
-    for start in (0..n).step_by(CHUNK) {
-        crate::runtime::signals::check()?;
-        bar.inc(CHUNK.min(n - start) as u64);
-        let chunk = images
-            .images
-            .narrow(0, start, CHUNK.min(n - start))?
-            .to_device(&rt.device)?;
-        let (m, s) = vae.encode(&chunk)?;
-        means.push(m.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
-        stds.push(s.to_dtype(DType::F32)?.to_device(&Device::Cpu)?);
-    }
-    bar.finish_and_clear();
-    let (mean, std) = (Tensor::cat(&means, 0)?, Tensor::cat(&stds, 0)?);
-    std::fs::create_dir_all(cache_dir).with_context(|| format!("{}: cannot create folder", cache_dir.display()))?;
-    save_tensors(
-        &tensors,
-        &Params::from([("mean".into(), mean.clone()), ("std".into(), std.clone())]),
-    )?;
-    write_atomic(&key_file, serde_json::to_string_pretty(&key)?.as_bytes())?;
+    let cached = read_cache(&key_file, &tensors, &key)?;
+    let from_cache = cached.is_some();
+    let (mean, std) = match cached {
+        Some(pair) => pair,
+        None => {
+            let vae = pipeline.vae(rt)?;
+            let latents = encode_stream(&vae, rt, &folder.entries, r, CHUNK)?;
+            std::fs::create_dir_all(cache_dir)
+                .with_context(|| format!("{}: cannot create folder", cache_dir.display()))?;
+            latents.write(&tensors)?;
+            write_atomic(&key_file, serde_json::to_string_pretty(&key)?.as_bytes())?;
+            latents.into_tensors()?
+        }
+    };
+    ensure!(
+        mean.dim(0)? == folder.entries.len(),
+        "{}: {} latents for {} images (delete it to re-encode)",
+        tensors.display(),
+        mean.dim(0)?,
+        folder.entries.len()
+    );
     Ok(LatentSet {
         mean,
         std,
-        captions,
-        scaling_factor,
-        from_cache: false,
+        captions: folder.captions(),
+        repeats: folder.repeats(),
+        scaling_factor: pipeline.vae_config()?.scaling_factor,
+        from_cache,
     })
+}
+
+/// Latent means and stds, f32 values of `shape` `[n, C, h, w]`, as encoded.
+struct Encoded {
+    shape: Vec<usize>,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl Encoded {
+    /// Writes `path` straight from these values (a serialised copy would double the memory
+    /// the latents take), to a temporary file renamed into place.
+    fn write(&self, path: &Path) -> Result<()> {
+        fn view<'a>(shape: &[usize], v: &'a [f32]) -> Result<safetensors::tensor::TensorView<'a>> {
+            let bytes: &[u8] = bytemuck::cast_slice(v);
+            Ok(safetensors::tensor::TensorView::new(
+                safetensors::Dtype::F32,
+                shape.to_vec(),
+                bytes,
+            )?)
+        }
+        let tmp = path.with_extension("safetensors.tmp");
+        let tensors = [
+            ("mean", view(&self.shape, &self.mean)?),
+            ("std", view(&self.shape, &self.std)?),
+        ];
+        let what = || format!("{}: cannot write the latent cache", path.display());
+        safetensors::serialize_to_file(tensors, None, &tmp).with_context(what)?;
+        std::fs::rename(&tmp, path).with_context(what)
+    }
+
+    fn into_tensors(self) -> Result<(Tensor, Tensor)> {
+        Ok((
+            Tensor::from_vec(self.mean, self.shape.as_slice(), &Device::Cpu)?,
+            Tensor::from_vec(self.std, self.shape.as_slice(), &Device::Cpu)?,
+        ))
+    }
+}
+
+/// Decodes and encodes `entries` `chunk` images at a time, keeping only the latents' mean
+/// and std (f32, on the CPU); a stop signal is honoured between chunks.
+fn encode_stream(vae: &AutoencoderKl, rt: &Runtime, entries: &[Entry], r: usize, chunk: usize) -> Result<Encoded> {
+    let n = entries.len();
+    let (mut mean, mut std, mut latent) = (Vec::new(), Vec::new(), Vec::new());
+    let bar = crate::runtime::progress::bar(n, "encoding images");
+    for part in entries.chunks(chunk) {
+        crate::runtime::signals::check()?;
+        let (m, s) = vae.encode(&load_chunk(part, r)?.to_device(&rt.device)?)?;
+        if latent.is_empty() {
+            // The first chunk tells the latent size: refuse before filling memory.
+            latent = m.dims()[1..].to_vec();
+            let all: Vec<usize> = [2 * n].iter().chain(&latent).copied().collect();
+            ensure_fits(f32_bytes(&all), &format!("--data (the latents of {n} images)"))?;
+            mean.reserve_exact(n * latent.iter().product::<usize>());
+            std.reserve_exact(n * latent.iter().product::<usize>());
+        }
+        mean.extend(m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        std.extend(s.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?);
+        bar.inc(part.len() as u64);
+    }
+    bar.finish_and_clear();
+    let shape = [n].iter().chain(&latent).copied().collect();
+    Ok(Encoded { shape, mean, std })
 }
 
 /// The cached (mean, std) when the cache's key equals `key`.
@@ -132,54 +205,82 @@ fn read_cache(key_file: &Path, tensors: &Path, key: &Value) -> Result<Option<(Te
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::captioned::FolderOptions;
 
-    fn folder() -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("dcm-latents-{}", std::process::id()));
+    /// Five 20×16 images with distinct colours and gradients, captioned "image N".
+    fn folder(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("dcm-latents-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(d.join("data")).unwrap();
-        for (name, shade) in [("a", 40u8), ("b", 200u8)] {
-            let img = image::RgbImage::from_fn(20, 16, |x, y| image::Rgb([shade, (x * 10) as u8, (y * 12) as u8]));
-            img.save(d.join("data").join(format!("{name}.png"))).unwrap();
-            std::fs::write(d.join("data").join(format!("{name}.txt")), format!("image {name}")).unwrap();
+        for i in 0..5u32 {
+            let img = image::RgbImage::from_fn(20, 16, |x, y| {
+                image::Rgb([(40 * i) as u8, (x * 10 + i) as u8, (y * 12) as u8])
+            });
+            img.save(d.join("data").join(format!("{i}.png"))).unwrap();
+            std::fs::write(d.join("data").join(format!("{i}.txt")), format!("image {i}")).unwrap();
         }
         d
     }
 
-    /// The first run encodes (equal to the VAE applied to the read images), the second reads
-    /// the cache and gets the same tensors, and changing an image invalidates it.
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn sd1() -> Result<Pipeline> {
+        Pipeline::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/sd1"))
+    }
+
+    /// Encoding in chunks of 2 (so chunks split the folder unevenly) gives bit-identical
+    /// latents to decoding every image first and encoding them in one batch.
     #[test]
-    fn latents_are_encoded_once_and_cached() -> Result<()> {
-        let d = folder();
-        let pipeline = Pipeline::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/sd1"))?;
-        let rt = Runtime::default();
-        let (data, cache) = (d.join("data"), d.join("run").join("latents"));
-        let first = encode_folder(&pipeline, &rt, &data, 16, &cache)?;
+    fn streamed_latents_equal_the_all_at_once_encoding() -> Result<()> {
+        let d = folder("stream");
+        let (pipeline, rt) = (sd1()?, Runtime::default());
+        let vae = pipeline.vae(&rt)?;
+        let data = Folder::read(&d.join("data"), &FolderOptions::default())?;
+        let (mean, std) = encode_stream(&vae, &rt, &data.entries, 16, 2)?.into_tensors()?;
+        let (want_mean, want_std) = vae.encode(&load_chunk(&data.entries, 16)?)?;
+        assert_eq!(mean.dims(), &[5, 4, 8, 8]);
+        assert_eq!(values(&mean), values(&want_mean));
+        assert_eq!(values(&std), values(&want_std));
+        std::fs::remove_dir_all(&d)?;
+        Ok(())
+    }
+
+    /// The first run encodes, the second reads the cache and gets the same tensors; another
+    /// resolution or changed image bytes re-encode, while a new caption or a rewrite of the
+    /// same bytes (a new modification time) reads the cache.
+    #[test]
+    fn latents_are_cached_by_content() -> Result<()> {
+        let d = folder("cache");
+        let (pipeline, rt) = (sd1()?, Runtime::default());
+        let (dir, cache) = (d.join("data"), d.join("run").join("latents"));
+        let read = || Folder::read(&dir, &FolderOptions::default());
+        let first = encode_folder(&pipeline, &rt, &read()?, 16, &cache)?;
         assert!(!first.from_cache);
-        assert_eq!(first.mean.dims(), &[2, 4, 8, 8]);
-        assert_eq!(first.captions, vec!["image a", "image b"]);
-        let (want, _) = pipeline.vae(&rt)?.encode(&captioned::read(&data, 16)?.images)?;
-        assert_eq!(
-            first.mean.flatten_all()?.to_vec1::<f32>()?,
-            want.flatten_all()?.to_vec1::<f32>()?
-        );
-        let second = encode_folder(&pipeline, &rt, &data, 16, &cache)?;
+        assert_eq!(first.captions[0], "image 0");
+        assert_eq!(first.repeats, vec![1; 5]);
+        let second = encode_folder(&pipeline, &rt, &read()?, 16, &cache)?;
         assert!(second.from_cache);
-        assert_eq!(
-            second.mean.flatten_all()?.to_vec1::<f32>()?,
-            want.flatten_all()?.to_vec1::<f32>()?
-        );
-        assert_eq!(
-            second.std.flatten_all()?.to_vec1::<f32>()?,
-            first.std.flatten_all()?.to_vec1::<f32>()?
-        );
+        assert_eq!(values(&second.mean), values(&first.mean));
+        assert_eq!(values(&second.std), values(&first.std));
         assert!(
-            !encode_folder(&pipeline, &rt, &data, 8, &cache)?.from_cache,
+            !encode_folder(&pipeline, &rt, &read()?, 8, &cache)?.from_cache,
             "another resolution"
         );
-        std::fs::write(data.join("b.txt"), "another caption")?;
-        let changed = encode_folder(&pipeline, &rt, &data, 8, &cache)?;
-        assert!(!changed.from_cache, "a changed caption re-encodes");
-        assert_eq!(changed.captions[1], "another caption");
+        std::fs::write(dir.join("1.txt"), "another caption")?;
+        let bytes = std::fs::read(dir.join("2.png"))?;
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.join("2.png"), &bytes)?;
+        let same = encode_folder(&pipeline, &rt, &read()?, 8, &cache)?;
+        assert!(same.from_cache, "same bytes, new caption: the cache holds");
+        assert_eq!(same.captions[1], "another caption");
+        let img = image::RgbImage::from_fn(20, 16, |x, _| image::Rgb([x as u8, 1, 2]));
+        img.save(dir.join("2.png"))?;
+        assert!(
+            !encode_folder(&pipeline, &rt, &read()?, 8, &cache)?.from_cache,
+            "changed bytes"
+        );
         std::fs::remove_dir_all(&d)?;
         Ok(())
     }

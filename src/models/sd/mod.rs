@@ -23,4 +23,6 @@ pub mod weights;
 pub use teacher::SdTeacher;
 
 #[cfg(test)]
+mod stream_memory;
+#[cfg(test)]
 mod test_util;
