@@ -29,7 +29,14 @@ use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
 
 /// The family-only flags Stable Diffusion teachers take.
-const FLAGS: [&str; 3] = ["--resolution", "--uncond", "--lora-targets"];
+const FLAGS: [&str; 6] = [
+    "--resolution",
+    "--uncond",
+    "--lora-targets",
+    "--lora-format",
+    "--init-lora",
+    "--lora-text-encoder",
+];
 
 pub struct SdFamily {
     dir: PathBuf,

@@ -7,7 +7,7 @@
 use super::json::JsonFile;
 use super::scheduler::SchedulerConfig;
 use super::weights::{load, weights_file};
-use crate::nets::sd::lora_files::import;
+use crate::nets::sd::lora_files::{import, TextEncoderParts};
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::unet_config::UNetConfig;
 use crate::nets::sd::vae::{AutoencoderKl, VaeConfig};
@@ -117,7 +117,7 @@ impl Pipeline {
         let Some(file) = lora else {
             return UNet::new(cfg, &params, None).map_err(|e| anyhow!("{}: {e}", path.display()));
         };
-        let lora = import(file, &cfg)?;
+        let lora = import(file, &cfg, TextEncoderParts::Refuse)?;
         for (name, t) in &lora.params {
             params.insert(name.clone(), t.to_device(&rt.device)?.to_dtype(rt.dtype)?);
         }

@@ -14,6 +14,8 @@ pub mod embeddings;
 pub mod group_norm;
 pub mod ldm_names;
 pub mod lora_files;
+pub mod lora_metadata;
+pub mod lora_ranks;
 pub mod resnet;
 pub mod tokenizer;
 pub mod transformer;
