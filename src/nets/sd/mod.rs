@@ -40,3 +40,5 @@ mod grad_tests;
 mod lora_files_tests;
 #[cfg(test)]
 mod ldm_names_tests;
+#[cfg(test)]
+mod lora_interop_tests;
