@@ -6,9 +6,12 @@
 //! one [`LoraConfig`]) as
 //! - [`KOHYA_FILE`], the layout of the published LCM-LoRA: kohya keys with diffusers module
 //!   names, `lora_unet_<PATH with every '.' → '_'>.lora_down.weight` (A), `.lora_up.weight` (B)
-//!   and `.alpha` (a 0-d f32 tensor, f64 where f32 cannot hold alpha exactly), header metadata
-//!   `{"format": "pt"}` only, exactly as the fixture's `lora_kohya.safetensors`. diffusers'
-//!   `load_lora_weights`, ComfyUI and A1111 read the alphas from the keys.
+//!   and `.alpha` (a 0-d f32 tensor, f64 where f32 cannot hold alpha exactly). Without
+//!   [`KohyaOptions::info`] the header metadata is `{"format": "pt"}` only, exactly as the
+//!   fixture's `lora_kohya.safetensors`; with it, kohya's and ModelSpec's keys naming the base
+//!   model (docs/SD_FORMATS.md, "LoRA metadata"). [`KohyaNames::Ldm`] writes ldm module names
+//!   instead (`lora_unet_input_blocks_4_1_…`). diffusers' `load_lora_weights`, ComfyUI and
+//!   A1111 read the alphas from the keys.
 //! - [`PEFT_FILE`], diffusers' PEFT layout: `unet.PATH.lora_A.weight` / `.lora_B.weight`, rank
 //!   and alpha in the header as diffusers' `save_lora_weights` writes them
 //!   (`lora_adapter_metadata`: JSON with `unet.r`, `unet.lora_alpha` and `unet.target_modules`
@@ -27,18 +30,20 @@
 //! LCM-LoRA script and the paper's code), with or without `unet.` / `base_model.model.`
 //! prefixes, key by key. Decisions:
 //! - Module names are looked up **exactly** in a table of every linear and conv layer of the
-//!   UNet configuration ([`UNetConfig::adaptable_layers`]), kohya names by their flattening; a
-//!   key that names no module, or is no LoRA factor or alpha, is an error naming it.
-//! - Text-encoder keys (`lora_te…`, `text_encoder…`) are an error: dcm applies LoRA to the
-//!   UNet only, and dropping part of a file would silently give another model than its author's.
+//!   UNet configuration ([`UNetConfig::adaptable_layers`]), kohya names by the flattening of
+//!   their diffusers or ldm name ([`LdmUnetNames`]); a key that names no module, or is no LoRA
+//!   factor or alpha, is an error naming it.
+//! - Text-encoder keys (`lora_te…`, `text_encoder…`) are an error under
+//!   [`TextEncoderParts::Refuse`] (the default): dcm applies LoRA to the UNet only, and
+//!   dropping part of a file silently would give another model than its author's. `Ignore`
+//!   skips them and lists them in [`LoraFile::ignored`].
 //! - Alpha of a module: its own `.alpha` key (kohya; any layout), else PEFT metadata
 //!   (`unet.alpha_pattern` entries matching the module path exactly or as a dot-boundary
 //!   suffix, else `unet.lora_alpha`), else the rank (what loaders assume without either).
-//!   The file's alpha is the most common one; a module with another alpha gets the ratio
-//!   folded into its B (same update up to one rounding per element) and is listed in
-//!   [`LoraFile::rescaled`].
-//! - One rank for all modules (dcm's adapters share one [`LoraConfig`]): mixed ranks are an
-//!   error naming two modules. `use_dora` / `use_rslora` in the metadata are errors.
+//! - One rank and alpha for all modules (dcm's adapters share one [`LoraConfig`]): lower-rank
+//!   modules are zero-padded to the largest rank and scale ratios folded into B, which keeps
+//!   every update (`lora_ranks`; listed in [`LoraFile::padded`] / [`LoraFile::rescaled`]).
+//!   `use_dora` / `use_rslora` in the metadata are errors.
 //! - Factors are f16/bf16/f32/f64, finite, and fit their layer's weight exactly (no reshaping
 //!   between 2-D and 1×1 4-D factors); a factor without its partner is an error naming it.
 
