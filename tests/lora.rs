@@ -1,5 +1,7 @@
 //! LoRA students: the teacher is the student with its adapters off, only the adapters
 //! train and reach the checkpoint, and merging them into the base weights changes nothing.
+//! Stable Diffusion LoRA files through the CLI: `--lora-format ldm` writes kohya's ldm names
+//! with the base-model metadata, and `--init-lora` starts a student from such a file.
 
 use candle_core::{Device, Tensor};
 use dcm::consistency::distance::Distance;
@@ -128,4 +130,88 @@ fn fresh_adapters_start_at_the_teacher() {
         .unwrap();
         assert_eq!(lora.losses, full.losses, "{method:?}");
     }
+}
+
+/// `dcm distill` of the tiny SD 1.x fixture for one step on three captioned images, into `out`.
+fn sd_distill(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let data = out.with_extension("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..3u8 {
+        let img = image::RgbImage::from_fn(16, 16, |x, y| image::Rgb([40 * i, (x * 16) as u8, (y * 16) as u8]));
+        img.save(data.join(format!("img{i}.png"))).unwrap();
+        std::fs::write(data.join(format!("img{i}.txt")), format!("picture {i}")).unwrap();
+    }
+    let teacher = format!("sd:{}/tests/fixtures/sd/sd1", env!("CARGO_MANIFEST_DIR"));
+    let mut args = vec!["distill", "--method", "direct", "--teacher", &teacher];
+    let (data, out) = (data.to_str().unwrap(), out.to_str().unwrap());
+    args.extend(["--data", data, "--out", out, "--intervals", "10", "--guidance", "2"]);
+    args.extend(["--steps", "1", "--batch", "2", "--resolution", "16"]);
+    args.extend(extra);
+    std::process::Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(&args)
+        .output()
+        .unwrap()
+}
+
+fn succeeded(o: std::process::Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+fn failed(o: std::process::Output) -> String {
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
+/// `--lora-format ldm` writes ldm module names and SD 1's metadata; `--init-lora` of that file
+/// starts from its adapters (after one step at a negligible learning rate they are still the
+/// file's), refuses a disagreeing `--lora-rank` naming both ranks, and `--lora-text-encoder`
+/// without `--init-lora` is refused.
+#[test]
+fn sd_ldm_export_and_init_lora() {
+    use dcm::nets::sd::lora_files::{import, TextEncoderParts};
+    use dcm::nets::sd::unet_config::UNetConfig;
+    let root = std::env::temp_dir().join(format!("dcm-lora-cli-{}", std::process::id()));
+    let first = root.join("first");
+    succeeded(sd_distill(&first, &["--lora-rank", "2", "--lora-format", "ldm"]));
+    let file = first.join("lora.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    assert_eq!(meta["ss_base_model_version"], "sd_v1");
+    assert_eq!(meta["modelspec.architecture"], "stable-diffusion-v1/lora");
+    assert_eq!(meta["ss_network_dim"], "2");
+    let names: Vec<String> = header.tensors().into_keys().collect();
+    assert!(
+        names.iter().any(|k| k.starts_with("lora_unet_input_blocks_")),
+        "{names:?}"
+    );
+    assert!(
+        !names.iter().any(|k| k.starts_with("lora_unet_down_blocks_")),
+        "{names:?}"
+    );
+
+    let second = root.join("second");
+    let init = file.to_str().unwrap();
+    succeeded(sd_distill(&second, &["--init-lora", init, "--lr", "1e-12"]));
+    let cfg = UNetConfig::from_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/sd1/unet/config.json"),
+    )
+    .unwrap();
+    let a = import(&file, &cfg, TextEncoderParts::Refuse).unwrap();
+    let b = import(&second.join("lora.safetensors"), &cfg, TextEncoderParts::Refuse).unwrap();
+    assert_eq!((a.cfg, &a.targets), (b.cfg, &b.targets));
+    for (k, t) in &a.params {
+        assert!(max_diff(t, &b.params[k]) < 1e-6, "{k}");
+    }
+
+    let err = failed(sd_distill(
+        &root.join("third"),
+        &["--init-lora", init, "--lora-rank", "4"],
+    ));
+    assert!(err.contains("--lora-rank 4") && err.contains("rank 2"), "{err}");
+    let err = failed(sd_distill(&root.join("fourth"), &["--lora-text-encoder", "ignore"]));
+    assert!(err.contains("--init-lora"), "{err}");
+    let _ = std::fs::remove_dir_all(&root);
 }

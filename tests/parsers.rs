@@ -255,7 +255,7 @@ proptest! {
         prop_oneof![corrupt(good.clone()), corrupt_safetensors_header(good)]
     }) {
         let p = tmp_file("lora_kohya.safetensors", &bytes);
-        if let Ok(lora) = dcm::nets::sd::lora_files::import(&p, &sd1_unet_config()) {
+        if let Ok(lora) = dcm::nets::sd::lora_files::import(&p, &sd1_unet_config(), Default::default()) {
             prop_assert!(lora.cfg.validate().is_ok() && !lora.targets.is_empty());
             prop_assert_eq!(lora.params.len(), 2 * lora.targets.len());
             for t in &lora.targets {
@@ -326,7 +326,7 @@ proptest! {
         prop_oneof![corrupt(good.clone()), corrupt_safetensors_header(good)]
     }) {
         let p = tmp_file("lora_kohya_unet.safetensors", &bytes);
-        if let Ok(lora) = dcm::nets::sd::lora_files::import(&p, &sd1_unet_config()) {
+        if let Ok(lora) = dcm::nets::sd::lora_files::import(&p, &sd1_unet_config(), Default::default()) {
             let unet_file = sd_fixture("sd1/unet/diffusion_pytorch_model.safetensors");
             let mut params = dcm::nets::sd::weights::load_safetensors(&unet_file).unwrap();
             for (k, t) in &lora.params {

@@ -87,6 +87,19 @@ pub struct DistillArgs {
     /// (.txt, .caption), printing how many, instead of stopping at the first (sd:DIR).
     #[arg(long)]
     pub skip_unknown_files: bool,
+    /// Module names in the kohya file `lora.safetensors` (sd:DIR): diffusers (as the published
+    /// LCM-LoRA) or ldm (`lora_unet_input_blocks_…`, as kohya's SDXL LoRAs and A1111's own
+    /// modules) [default: diffusers].
+    #[arg(long, value_name = "diffusers|ldm")]
+    pub lora_format: Option<String>,
+    /// Start the student's adapters from this LoRA file (sd:DIR; kohya, PEFT or diffusers
+    /// layout, diffusers or ldm names): its modules and rank, its update as the start.
+    #[arg(long, value_name = "FILE")]
+    pub init_lora: Option<String>,
+    /// Text-encoder parts of the --init-lora file: refuse (an error) or ignore (train from its
+    /// UNet part alone) [default: refuse].
+    #[arg(long, value_name = "ignore|refuse")]
+    pub lora_text_encoder: Option<String>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     #[command(flatten)]
@@ -102,8 +115,10 @@ pub struct DistillArgs {
 impl DistillArgs {
     /// The distillation settings the flags give over the family's defaults.
     pub fn config(&self, d: &DistillDefaults) -> Result<DistillConfig> {
+        // With --init-lora the rank comes from the file: only an explicit --lora-rank is kept.
         let lora = match self.lora.lora()? {
             Some(l) => Some(l),
+            None if self.init_lora.is_some() => None,
             None => d.lora_rank.map(|rank| LoraConfig {
                 rank,
                 alpha: rank as f64,
@@ -140,6 +155,9 @@ impl DistillArgs {
             lora_targets: self.lora_targets.clone(),
             caption_column: self.caption_column.clone(),
             skip_unknown_files: self.skip_unknown_files,
+            lora_format: self.lora_format.clone(),
+            init_lora: self.init_lora.clone(),
+            lora_text_encoder: self.lora_text_encoder.clone(),
         }
     }
 }
@@ -158,6 +176,11 @@ pub fn command(a: DistillArgs) -> Result<()> {
         rt: &rt,
     };
     let plan = family.plan_distillation(&req)?;
+    // A plan may fix the adapters' configuration (an --init-lora file's rank).
+    let config = DistillConfig {
+        lora: plan.lora().or(config.lora),
+        ..config.clone()
+    };
     config.validate()?;
     let (out, checkpointing) = a.run.checkpointing(plan.context())?;
     let done = distillation::run(&*plan, &config, &out, checkpointing)?;

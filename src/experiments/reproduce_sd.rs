@@ -183,6 +183,8 @@ fn train_students(
                 method,
                 ..cfg.distill.clone()
             },
+            kohya_names: Default::default(),
+            init: None,
         };
         let student_dir = out.join("students").join(method.name());
         std::fs::create_dir_all(&student_dir)

@@ -11,6 +11,7 @@ use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::discretization::Discretization;
 use crate::diffusion::solver::Solver;
 use crate::nets::layers::Params;
+use crate::nets::lora::LoraConfig;
 use crate::nets::network::Architecture;
 use crate::runtime::device::Runtime;
 use crate::runtime::noise::{standard_normal, Rng};
@@ -51,10 +52,16 @@ pub struct FamilyFlags {
     pub caption_column: Option<String>,
     /// Pass over files of the data folder that are neither images nor captions.
     pub skip_unknown_files: bool,
+    /// Module names of the kohya LoRA file: diffusers or ldm.
+    pub lora_format: Option<String>,
+    /// A LoRA file the student's adapters start from.
+    pub init_lora: Option<String>,
+    /// What to do with text-encoder parts of that file: ignore or refuse.
+    pub lora_text_encoder: Option<String>,
 }
 
 /// Per flag, what it is for: the one message every family-only flag is refused with.
-const FLAG_PURPOSE: [(&str, &str); 8] = [
+const FLAG_PURPOSE: [(&str, &str); 11] = [
     ("--hidden", "sizes a fresh MLP student of an analytic teacher"),
     ("--depth", "sizes a fresh MLP student of an analytic teacher"),
     (
@@ -81,6 +88,18 @@ const FLAG_PURPOSE: [(&str, &str); 8] = [
         "--skip-unknown-files",
         "passes over other files in a Stable Diffusion (sd:DIR) student's data folder",
     ),
+    (
+        "--lora-format",
+        "names the modules of a Stable Diffusion (sd:DIR) student's kohya LoRA file",
+    ),
+    (
+        "--init-lora",
+        "starts a Stable Diffusion (sd:DIR) student's adapters from a LoRA file",
+    ),
+    (
+        "--lora-text-encoder",
+        "says what to do with the text-encoder part of an --init-lora file",
+    ),
 ];
 
 impl FamilyFlags {
@@ -95,6 +114,9 @@ impl FamilyFlags {
             self.lora_targets.is_some(),
             self.caption_column.is_some(),
             self.skip_unknown_files,
+            self.lora_format.is_some(),
+            self.init_lora.is_some(),
+            self.lora_text_encoder.is_some(),
         ];
         FLAG_PURPOSE
             .iter()
@@ -146,6 +168,11 @@ pub trait DistillPlan {
     fn prepare(&self, out: &Path) -> Result<DistillJob<'_>>;
     /// Writes the trained student into `out`; returns what was written, for the summary line.
     fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String>;
+    /// The adapters' rank and alpha when the plan fixes them (a LoRA file to start from),
+    /// overriding the flags'.
+    fn lora(&self) -> Option<LoraConfig> {
+        None
+    }
 }
 
 /// A trained student ready to sample: its network, the grid it was distilled on, and how its

@@ -4,6 +4,7 @@
 
 use crate::data::captioned::{Folder, FolderOptions};
 use crate::families::family::{DistillJob, DistillPlan, DistillRequest, FamilyFlags};
+use crate::families::sd::init_lora::{FromFile, InitLora};
 use crate::models::model_dir::save_loss_log;
 use crate::models::sd::captioned_latents::CaptionedLatents;
 use crate::models::sd::latents::encode_folder;
@@ -13,7 +14,9 @@ use crate::models::sd::text::NullText;
 use crate::models::sd::training_memory::TrainingMemory;
 use crate::models::spec::TeacherSpec;
 use crate::nets::lora::LoraConfig;
-use crate::nets::sd::lora_files::{export, KOHYA_FILE, PEFT_FILE};
+use crate::nets::network::Architecture;
+use crate::nets::sd::lora_files::{export, KohyaNames, KohyaOptions, TextEncoderParts, KOHYA_FILE, PEFT_FILE};
+use crate::nets::sd::lora_metadata::LoraInfo;
 use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
 use crate::runtime::device::Runtime;
 use crate::train::distill::{DistillConfig, Distilled};
@@ -37,6 +40,10 @@ pub struct SdRun<'a> {
     pub targets: Vec<String>,
     pub lora: LoraConfig,
     pub distill: DistillConfig,
+    /// Module names of the kohya file (`--lora-format`).
+    pub kohya_names: KohyaNames,
+    /// The adapters to start from (`--init-lora`), and the file's path.
+    pub init: Option<(InitLora, PathBuf)>,
 }
 
 impl<'a> SdRun<'a> {
@@ -55,10 +62,18 @@ impl<'a> SdRun<'a> {
         );
         let uncond = req.flags.uncond.clone().unwrap_or_else(|| TRAINING_UNCOND.into());
         NullText::from_flags(None, Some(&uncond))?;
-        let lora = req
-            .config
-            .lora
-            .context("a Stable Diffusion student is a LoRA student")?;
+        let kohya_names = match &req.flags.lora_format {
+            Some(f) => f.parse()?,
+            None => KohyaNames::default(),
+        };
+        let init = init_lora(pipeline, req)?;
+        let (lora, targets) = match &init {
+            Some((i, _)) => (i.cfg, i.targets.clone()),
+            None => (
+                (req.config.lora).context("a Stable Diffusion student is a LoRA student")?,
+                lora_targets(req.flags)?,
+            ),
+        };
         Ok(Self {
             pipeline,
             rt: req.rt,
@@ -66,9 +81,40 @@ impl<'a> SdRun<'a> {
             folder: folder_options(req.flags),
             resolution,
             uncond,
-            targets: lora_targets(req.flags)?,
+            targets,
             lora,
-            distill: req.config.clone(),
+            distill: DistillConfig {
+                lora: Some(lora),
+                ..req.config.clone()
+            },
+            kohya_names,
+            init,
+        })
+    }
+
+    /// What the kohya file's metadata says: base model, title, and how it was made.
+    fn info(&self) -> Result<LoraInfo> {
+        let name = |p: &Path| {
+            p.file_name()
+                .map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())
+        };
+        let teacher = name(self.pipeline.path());
+        let d = &self.distill;
+        Ok(LoraInfo {
+            prediction: self.pipeline.scheduler()?.prediction,
+            title: format!("dcm {} LoRA of {teacher}", d.method.title()),
+            description: format!(
+                "{} consistency LoRA distilled by dcm from the Stable Diffusion teacher '{teacher}' \
+                 (N = {} intervals, guidance w = {}, {} steps on '{}' at {}x{}). Sample with an LCM sampler at CFG 1.",
+                d.method.title(),
+                d.intervals,
+                d.guidance,
+                d.steps,
+                name(&self.data),
+                self.resolution,
+                self.resolution
+            ),
+            resolution: Some(self.resolution),
         })
     }
 
@@ -84,6 +130,30 @@ pub fn folder_options(flags: &FamilyFlags) -> FolderOptions {
         caption_column: flags.caption_column.clone().unwrap_or(default.caption_column),
         skip_unknown: flags.skip_unknown_files,
     }
+}
+
+/// `--init-lora FILE` read for the teacher's UNet (`None` without the flag); the flags that
+/// only make sense with it, or that it replaces, are checked.
+fn init_lora(pipeline: &Pipeline, req: &DistillRequest) -> Result<Option<(InitLora, PathBuf)>> {
+    let flags = req.flags;
+    let Some(path) = &flags.init_lora else {
+        ensure!(
+            flags.lora_text_encoder.is_none(),
+            "--lora-text-encoder applies to the --init-lora file; give --init-lora FILE"
+        );
+        return Ok(None);
+    };
+    ensure!(
+        flags.lora_targets.is_none(),
+        "--lora-targets: with --init-lora the adapted layers are the file's; drop one of the two"
+    );
+    let te = match &flags.lora_text_encoder {
+        Some(v) => v.parse()?,
+        None => TextEncoderParts::default(),
+    };
+    let path = PathBuf::from(path);
+    let init = InitLora::read(&path, &pipeline.unet_config()?, te, req.config.lora)?;
+    Ok(Some((init, path)))
 }
 
 /// `--lora-targets`, or LCM-LoRA's list.
@@ -105,7 +175,12 @@ impl DistillPlan for SdRun<'_> {
             "data": TeacherSpec::portable(&self.data.to_string_lossy()),
             "resolution": self.resolution, "uncond": self.uncond,
             "caption_column": self.folder.caption_column,
+            "init_lora": self.init.as_ref().map(|(_, p)| TeacherSpec::portable(&p.to_string_lossy())),
         })
+    }
+
+    fn lora(&self) -> Option<LoraConfig> {
+        Some(self.lora)
     }
 
     /// Checks the memory the step needs, then encodes (or reads the cached) latents into
@@ -135,8 +210,15 @@ impl DistillPlan for SdRun<'_> {
             self.resolution
         );
         let data = CaptionedLatents::new(self.pipeline, self.rt, latents, null, self.resolution)?;
+        let architecture: Box<dyn Architecture + '_> = match &self.init {
+            Some((init, _)) => Box::new(FromFile {
+                inner: arch,
+                init: init.clone(),
+            }),
+            None => Box::new(arch),
+        };
         Ok(DistillJob {
-            architecture: Box::new(arch),
+            architecture,
             start,
             data: Box::new(data),
             target_source: None,
@@ -146,7 +228,11 @@ impl DistillPlan for SdRun<'_> {
     fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String> {
         let adapters = distilled.adapters.as_ref().context("a LoRA run returns its adapters")?;
         let unet = self.pipeline.unet_config()?;
-        export(out, &unet, adapters, self.lora)?;
+        let kohya = KohyaOptions {
+            names: self.kohya_names,
+            info: Some(self.info()?),
+        };
+        export(out, &unet, adapters, self.lora, &kohya)?;
         let config = SdStudentConfig {
             teacher: self.teacher_spec(),
             teacher_options: self.pipeline.options().clone(),

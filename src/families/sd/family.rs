@@ -30,12 +30,15 @@ use std::cell::OnceCell;
 use std::path::Path;
 
 /// The family-only flags Stable Diffusion teachers take.
-const FLAGS: [&str; 5] = [
+const FLAGS: [&str; 8] = [
     "--resolution",
     "--uncond",
     "--lora-targets",
     "--caption-column",
     "--skip-unknown-files",
+    "--lora-format",
+    "--init-lora",
+    "--lora-text-encoder",
 ];
 
 pub struct SdFamily {

@@ -3,3 +3,4 @@
 pub mod distill;
 pub mod evaluate;
 pub mod family;
+pub mod init_lora;

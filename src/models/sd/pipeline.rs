@@ -10,7 +10,7 @@ use super::scheduler::SchedulerConfig;
 use super::single_file::{SingleFile, SingleFileOptions};
 use crate::nets::layers::Params;
 use crate::nets::sd::clip_text::ClipTextConfig;
-use crate::nets::sd::lora_files::import;
+use crate::nets::sd::lora_files::{import, TextEncoderParts};
 use crate::nets::sd::tokenizer::ClipTokenizer;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::unet_config::UNetConfig;
@@ -127,7 +127,7 @@ impl Pipeline {
         let Some(file) = lora else {
             return UNet::new(cfg, &params, None).map_err(|e| anyhow!("{}: {e}", path.display()));
         };
-        let lora = import(file, &cfg)?;
+        let lora = import(file, &cfg, TextEncoderParts::Refuse)?;
         for (name, t) in &lora.params {
             params.insert(name.clone(), t.to_device(&rt.device)?.to_dtype(rt.dtype)?);
         }

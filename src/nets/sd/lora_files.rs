@@ -6,9 +6,12 @@
 //! one [`LoraConfig`]) as
 //! - [`KOHYA_FILE`], the layout of the published LCM-LoRA: kohya keys with diffusers module
 //!   names, `lora_unet_<PATH with every '.' → '_'>.lora_down.weight` (A), `.lora_up.weight` (B)
-//!   and `.alpha` (a 0-d f32 tensor, f64 where f32 cannot hold alpha exactly), header metadata
-//!   `{"format": "pt"}` only, exactly as the fixture's `lora_kohya.safetensors`. diffusers'
-//!   `load_lora_weights`, ComfyUI and A1111 read the alphas from the keys.
+//!   and `.alpha` (a 0-d f32 tensor, f64 where f32 cannot hold alpha exactly). Without
+//!   [`KohyaOptions::info`] the header metadata is `{"format": "pt"}` only, exactly as the
+//!   fixture's `lora_kohya.safetensors`; with it, kohya's and ModelSpec's keys naming the base
+//!   model (docs/SD_FORMATS.md, "LoRA metadata"). [`KohyaNames::Ldm`] writes ldm module names
+//!   instead (`lora_unet_input_blocks_4_1_…`). diffusers' `load_lora_weights`, ComfyUI and
+//!   A1111 read the alphas from the keys.
 //! - [`PEFT_FILE`], diffusers' PEFT layout: `unet.PATH.lora_A.weight` / `.lora_B.weight`, rank
 //!   and alpha in the header as diffusers' `save_lora_weights` writes them
 //!   (`lora_adapter_metadata`: JSON with `unet.r`, `unet.lora_alpha` and `unet.target_modules`
@@ -27,23 +30,28 @@
 //! LCM-LoRA script and the paper's code), with or without `unet.` / `base_model.model.`
 //! prefixes, key by key. Decisions:
 //! - Module names are looked up **exactly** in a table of every linear and conv layer of the
-//!   UNet configuration ([`UNetConfig::adaptable_layers`]), kohya names by their flattening; a
-//!   key that names no module, or is no LoRA factor or alpha, is an error naming it.
-//! - Text-encoder keys (`lora_te…`, `text_encoder…`) are an error: dcm applies LoRA to the
-//!   UNet only, and dropping part of a file would silently give another model than its author's.
+//!   UNet configuration ([`UNetConfig::adaptable_layers`]), kohya names by the flattening of
+//!   their diffusers or ldm name ([`LdmUnetNames`]); a key that names no module, or is no LoRA
+//!   factor or alpha, is an error naming it.
+//! - Text-encoder keys (`lora_te…`, `text_encoder…`) are an error under
+//!   [`TextEncoderParts::Refuse`] (the default): dcm applies LoRA to the UNet only, and
+//!   dropping part of a file silently would give another model than its author's. `Ignore`
+//!   skips them and lists them in [`LoraFile::ignored`].
 //! - Alpha of a module: its own `.alpha` key (kohya; any layout), else PEFT metadata
 //!   (`unet.alpha_pattern` entries matching the module path exactly or as a dot-boundary
 //!   suffix, else `unet.lora_alpha`), else the rank (what loaders assume without either).
-//!   The file's alpha is the most common one; a module with another alpha gets the ratio
-//!   folded into its B (same update up to one rounding per element) and is listed in
-//!   [`LoraFile::rescaled`].
-//! - One rank for all modules (dcm's adapters share one [`LoraConfig`]): mixed ranks are an
-//!   error naming two modules. `use_dora` / `use_rslora` in the metadata are errors.
+//! - One rank and alpha for all modules (dcm's adapters share one [`LoraConfig`]): lower-rank
+//!   modules are zero-padded to the largest rank and scale ratios folded into B, which keeps
+//!   every update (`lora_ranks`; listed in [`LoraFile::padded`] / [`LoraFile::rescaled`]).
+//!   `use_dora` / `use_rslora` in the metadata are errors.
 //! - Factors are f16/bf16/f32/f64, finite, and fit their layer's weight exactly (no reshaping
 //!   between 2-D and 1×1 4-D factors); a factor without its partner is an error naming it.
 
 use crate::nets::layers::Params;
-use crate::nets::lora::{adapter_names, LoraConfig};
+use crate::nets::lora::LoraConfig;
+use crate::nets::sd::ldm_names::LdmUnetNames;
+use crate::nets::sd::lora_metadata::{kohya_metadata, LoraInfo};
+use crate::nets::sd::lora_ranks::{unify, Checked};
 use crate::nets::sd::unet::UNetLora;
 use crate::nets::sd::unet_config::UNetConfig;
 use crate::runtime::files::write_atomic;
@@ -64,8 +72,10 @@ const METADATA_KEY: &str = "lora_adapter_metadata";
 /// How a file names its tensors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LoraLayout {
-    /// `lora_unet_….lora_down.weight` / `.lora_up.weight` / `.alpha`.
+    /// `lora_unet_….lora_down.weight` / `.lora_up.weight` / `.alpha`, diffusers module names.
     Kohya,
+    /// The kohya layout with ldm module names (`lora_unet_input_blocks_4_1_…`).
+    KohyaLdm,
     /// `….lora_A.weight` / `.lora_B.weight`.
     Peft,
     /// Some modules as `….lora.down.weight` / `.lora.up.weight` (diffusers' mixed layout).
@@ -82,8 +92,62 @@ pub struct LoraFile {
     pub targets: Vec<String>,
     /// `PATH.lora_A.weight` / `PATH.lora_B.weight` for every target, in the file's dtype.
     pub params: Params,
-    /// Modules whose own alpha differed from `cfg.alpha` and was folded into their B.
+    /// Modules whose own scale (alpha / rank) differed from `cfg`'s and was folded into their B.
     pub rescaled: Vec<String>,
+    /// Modules of a lower rank than `cfg.rank`, zero-padded to it (the same update).
+    pub padded: Vec<String>,
+    /// Text-encoder keys skipped under [`TextEncoderParts::Ignore`].
+    pub ignored: Vec<String>,
+}
+
+/// What to do with a file's text-encoder keys (`--lora-text-encoder`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TextEncoderParts {
+    /// An error naming the first key and the flag.
+    #[default]
+    Refuse,
+    /// Skip them (listed in [`LoraFile::ignored`]): the UNet part alone is applied.
+    Ignore,
+}
+
+impl std::str::FromStr for TextEncoderParts {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "refuse" => Ok(Self::Refuse),
+            "ignore" => Ok(Self::Ignore),
+            _ => bail!("--lora-text-encoder {s}: expected ignore or refuse"),
+        }
+    }
+}
+
+/// Which module names the kohya file is written with (`--lora-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KohyaNames {
+    /// diffusers' (`lora_unet_down_blocks_1_attentions_0_…`), as the published LCM-LoRA.
+    #[default]
+    Diffusers,
+    /// The original ldm code's (`lora_unet_input_blocks_4_1_…`), as kohya's SDXL LoRAs.
+    Ldm,
+}
+
+impl std::str::FromStr for KohyaNames {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "diffusers" => Ok(Self::Diffusers),
+            "ldm" => Ok(Self::Ldm),
+            _ => bail!("--lora-format {s}: expected diffusers or ldm"),
+        }
+    }
+}
+
+/// How the kohya file is written: module names, and the metadata that tells clients its base
+/// model (`None`: `{"format": "pt"}` only).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KohyaOptions {
+    pub names: KohyaNames,
+    pub info: Option<LoraInfo>,
 }
 
 impl LoraFile {
@@ -98,31 +162,56 @@ impl LoraFile {
 
 /// Reads a LoRA file for the UNet of `unet_cfg` (any of the three layouts; see the module
 /// documentation). Errors name the file and the key.
-pub fn import(path: &Path, unet_cfg: &UNetConfig) -> Result<LoraFile> {
+pub fn import(path: &Path, unet_cfg: &UNetConfig, text_encoder: TextEncoderParts) -> Result<LoraFile> {
     let bytes = std::fs::read(path).map_err(|e| anyhow!("{}: cannot read LoRA file ({e})", path.display()))?;
-    parse(&bytes, unet_cfg).map_err(|e| anyhow!("{}: {e}", path.display()))
+    parse(&bytes, unet_cfg, text_encoder).map_err(|e| anyhow!("{}: {e}", path.display()))
 }
 
 /// Writes [`KOHYA_FILE`] and [`PEFT_FILE`] into `dir` (which must exist).
-pub fn export(dir: &Path, unet_cfg: &UNetConfig, adapters: &Params, cfg: LoraConfig) -> Result<()> {
-    export_kohya(&dir.join(KOHYA_FILE), unet_cfg, adapters, cfg)?;
+pub fn export(
+    dir: &Path,
+    unet_cfg: &UNetConfig,
+    adapters: &Params,
+    cfg: LoraConfig,
+    kohya: &KohyaOptions,
+) -> Result<()> {
+    export_kohya(&dir.join(KOHYA_FILE), unet_cfg, adapters, cfg, kohya)?;
     export_peft(&dir.join(PEFT_FILE), unet_cfg, adapters, cfg)
 }
 
 /// Writes `adapters` (dcm names, rank `cfg.rank`, every module one of the UNet's) in kohya
-/// layout with diffusers module names and a per-module alpha.
-pub fn export_kohya(path: &Path, unet_cfg: &UNetConfig, adapters: &Params, cfg: LoraConfig) -> Result<()> {
+/// layout with `kohya.names` module names, a per-module alpha and `kohya.info`'s metadata.
+pub fn export_kohya(
+    path: &Path,
+    unet_cfg: &UNetConfig,
+    adapters: &Params,
+    cfg: LoraConfig,
+    kohya: &KohyaOptions,
+) -> Result<()> {
     let at = |e: anyhow::Error| anyhow!("{}: {e}", path.display());
     let modules = checked_adapters(unet_cfg, adapters, cfg).map_err(at)?;
+    let ldm = match kohya.names {
+        KohyaNames::Diffusers => None,
+        KohyaNames::Ldm => Some(LdmUnetNames::new(unet_cfg).map_err(at)?),
+    };
     let mut tensors = Vec::new();
     for (module, a, b) in modules {
-        let key = format!("{KOHYA_PREFIX}{}", kohya_name(&module));
+        let name = match &ldm {
+            None => module.clone(),
+            Some(n) => n
+                .to_ldm(&module)
+                .ok_or_else(|| at(anyhow!("module '{module}' has no ldm name")))?,
+        };
+        let key = format!("{KOHYA_PREFIX}{}", kohya_name(&name));
         tensors.push((format!("{key}.lora_down.weight"), a));
         tensors.push((format!("{key}.lora_up.weight"), b));
         tensors.push((format!("{key}.alpha"), alpha_tensor(cfg.alpha).map_err(at)?));
     }
-    let bytes = safetensors_bytes(tensors, &BTreeMap::from([("format", "pt".to_string())])).map_err(at)?;
-    write_atomic(path, &bytes)
+    let meta = match &kohya.info {
+        Some(info) => kohya_metadata(unet_cfg, cfg, info),
+        None => BTreeMap::from([("format", "pt".to_string())]),
+    };
+    write_atomic(path, &safetensors_bytes(tensors, &meta).map_err(at)?)
 }
 
 /// Writes `adapters` in diffusers' PEFT layout with rank and alpha in the header metadata.
@@ -147,22 +236,31 @@ pub fn export_peft(path: &Path, unet_cfg: &UNetConfig, adapters: &Params, cfg: L
     write_atomic(path, &safetensors_bytes(tensors, &meta).map_err(at)?)
 }
 
-/// The UNet's adaptable layers: base weight shape by module path, module paths by kohya name.
+/// The UNet's adaptable layers: base weight shape by module path, module paths by kohya name
+/// (diffusers' and ldm's flattenings, which never coincide: their roots differ).
 struct Modules {
     shapes: BTreeMap<String, Vec<usize>>,
-    kohya: BTreeMap<String, Vec<String>>,
+    kohya: BTreeMap<String, Vec<(String, LoraLayout)>>,
+    ldm: LdmUnetNames,
 }
 
 impl Modules {
     fn new(cfg: &UNetConfig) -> Result<Self> {
         let layers = cfg.adaptable_layers()?;
-        let mut kohya: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let ldm = LdmUnetNames::new(cfg)?;
+        let mut kohya: BTreeMap<String, Vec<(String, LoraLayout)>> = BTreeMap::new();
         for (path, _) in &layers {
-            kohya.entry(kohya_name(path)).or_default().push(path.clone());
+            let entry = (path.clone(), LoraLayout::Kohya);
+            kohya.entry(kohya_name(path)).or_default().push(entry);
+            if let Some(name) = ldm.to_ldm(path) {
+                let entry = (path.clone(), LoraLayout::KohyaLdm);
+                kohya.entry(kohya_name(&name)).or_default().push(entry);
+            }
         }
         Ok(Self {
             shapes: layers.into_iter().collect(),
             kohya,
+            ldm,
         })
     }
 
@@ -175,12 +273,18 @@ impl Modules {
         Ok(path.to_string())
     }
 
-    /// The module whose kohya name is `flat` (`key` names it).
-    fn by_kohya(&self, flat: &str, key: &str) -> Result<String> {
+    /// The module whose kohya name (diffusers' or ldm's) is `flat` (`key` names it), and which
+    /// naming it is.
+    fn by_kohya(&self, flat: &str, key: &str) -> Result<(String, LoraLayout)> {
         match self.kohya.get(flat).map(Vec::as_slice) {
-            Some([path]) => Ok(path.clone()),
-            Some(paths) => bail!("key '{key}' is ambiguous: it could be any of {}", paths.join(", ")),
-            None => bail!("key '{key}' matches no module of the UNet (no layer named '{flat}' with '.' → '_')"),
+            Some([one]) => Ok(one.clone()),
+            Some(many) => {
+                let paths: Vec<&str> = many.iter().map(|(p, _)| p.as_str()).collect();
+                bail!("key '{key}' is ambiguous: it could be any of {}", paths.join(", "))
+            }
+            None => bail!(
+                "key '{key}' matches no module of the UNet (no layer with a diffusers or ldm name '{flat}' with '.' → '_')"
+            ),
         }
     }
 }
@@ -223,22 +327,19 @@ struct Key {
     layout: LoraLayout,
 }
 
+/// Whether `key` belongs to a text encoder's LoRA (kohya's `lora_te…`, diffusers' `text_encoder…`).
+fn is_text_encoder(key: &str) -> bool {
+    key.starts_with("lora_te") || key.starts_with("text_encoder")
+}
+
 fn parse_key(key: &str, modules: &Modules) -> Result<Key> {
     if let Some(rest) = key.strip_prefix(KOHYA_PREFIX) {
         let (flat, suffix) = rest.split_once('.').unwrap_or((rest, ""));
         if let Some(&(_, part)) = KOHYA_PARTS.iter().find(|(s, _)| *s == suffix) {
-            let module = modules.by_kohya(flat, key)?;
-            return Ok(Key {
-                module,
-                part,
-                layout: LoraLayout::Kohya,
-            });
+            let (module, layout) = modules.by_kohya(flat, key)?;
+            return Ok(Key { module, part, layout });
         }
     }
-    ensure!(
-        !key.starts_with("lora_te") && !key.starts_with("text_encoder"),
-        "key '{key}' adapts a text encoder: only UNet LoRAs are supported"
-    );
     let name = key.strip_prefix("unet.").unwrap_or(key);
     let name = name.strip_prefix("base_model.model.").unwrap_or(name);
     for (suffix, part, mixed) in PATH_PARTS {
@@ -293,19 +394,6 @@ fn partner(key: &str) -> String {
         }
     }
     format!("the partner of '{key}'")
-}
-
-/// A module's adapter after checking: A, B, and its own alpha if the file has one.
-struct Checked {
-    a: Tensor,
-    b: Tensor,
-    alpha: Option<f64>,
-}
-
-impl Checked {
-    fn rank(&self) -> usize {
-        self.a.dims()[0]
-    }
 }
 
 /// Checks one module's tensors against its layer's weight shape `base`.
@@ -448,18 +536,19 @@ impl PeftMeta {
         }
     }
 
-    fn check_rank(&self, rank: usize) -> Result<()> {
+    /// `unet.r` must be the rank of every module unless a `rank_pattern` varies it.
+    pub(super) fn check_rank(&self, module: &str, rank: usize) -> Result<()> {
         if let (Some(r), false) = (self.rank, self.has_rank_pattern) {
             ensure!(
                 r == rank,
-                "header metadata '{METADATA_KEY}' has 'unet.r' {r}, but the factors have rank {rank}"
+                "header metadata '{METADATA_KEY}' has 'unet.r' {r}, but the factors of '{module}' have rank {rank}"
             );
         }
         Ok(())
     }
 }
 
-fn parse(bytes: &[u8], unet_cfg: &UNetConfig) -> Result<LoraFile> {
+fn parse(bytes: &[u8], unet_cfg: &UNetConfig, text_encoder: TextEncoderParts) -> Result<LoraFile> {
     let not_safetensors = |e: &dyn std::fmt::Display| anyhow!("not a safetensors file ({e})");
     let (_, header) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| not_safetensors(&e))?;
     let meta = PeftMeta::read(header.metadata())?;
@@ -469,8 +558,16 @@ fn parse(bytes: &[u8], unet_cfg: &UNetConfig) -> Result<LoraFile> {
         .collect();
     let modules = Modules::new(unet_cfg)?;
     let mut found: BTreeMap<String, Found> = BTreeMap::new();
-    let mut layouts = BTreeSet::new();
+    let (mut layouts, mut ignored) = (BTreeSet::new(), Vec::new());
     for (key, t) in tensors {
+        if is_text_encoder(&key) {
+            ensure!(
+                text_encoder == TextEncoderParts::Ignore,
+                "key '{key}' adapts a text encoder: dcm applies only the UNet part (--lora-text-encoder ignore)"
+            );
+            ignored.push(key);
+            continue;
+        }
         let k = parse_key(&key, &modules)?;
         layouts.insert(k.layout);
         found.entry(k.module).or_default().set(k.part, &key, t)?;
@@ -485,76 +582,35 @@ fn parse(bytes: &[u8], unet_cfg: &UNetConfig) -> Result<LoraFile> {
         let c = check_module(&module, &modules.shapes[&module], f)?;
         checked.insert(module, c);
     }
-    assemble(checked, &meta, layout)
+    let mut file = assemble(checked, &meta, layout)?;
+    file.ignored = ignored;
+    Ok(file)
 }
 
-/// One rank for all modules, or an error naming two that differ.
-fn common_rank(checked: &BTreeMap<String, Checked>) -> Result<usize> {
-    let mut it = checked.iter();
-    let (first, c0) = it.next().ok_or_else(|| anyhow!("no LoRA tensors"))?;
-    if let Some((other, c)) = it.find(|(_, c)| c.rank() != c0.rank()) {
-        bail!(
-            "modules have different ranks ('{first}' {}, '{other}' {}); dcm's UNet adapters share one rank",
-            c0.rank(),
-            c.rank()
-        );
-    }
-    Ok(c0.rank())
-}
-
-/// The value occurring most often (ties: the smallest).
-fn most_common(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
-    for v in values {
-        *counts.entry(v.to_bits()).or_default() += 1;
-    }
-    let best = counts.values().copied().max()?;
-    counts
-        .into_iter()
-        .find(|&(_, n)| n == best)
-        .map(|(bits, _)| f64::from_bits(bits))
-}
-
-/// The [`LoraFile`] of checked modules: one rank, the most common alpha, other alphas folded
-/// into B.
+/// The [`LoraFile`] of checked modules: each module's alpha resolved (its own key, else the
+/// PEFT metadata, else its rank), then one rank and alpha for all (see `lora_ranks`).
 fn assemble(checked: BTreeMap<String, Checked>, meta: &PeftMeta, layout: LoraLayout) -> Result<LoraFile> {
-    let rank = common_rank(&checked)?;
-    meta.check_rank(rank)?;
     let mut alphas = BTreeMap::new();
     for (module, c) in &checked {
+        meta.check_rank(module, c.rank())?;
         let alpha = match c.alpha {
             Some(a) => a,
-            None => meta.alpha_for(module)?.unwrap_or(rank as f64),
+            None => meta.alpha_for(module)?.unwrap_or(c.rank() as f64),
         };
         alphas.insert(module.clone(), alpha);
     }
-    let alpha = most_common(alphas.values().copied()).ok_or_else(|| anyhow!("no LoRA tensors"))?;
-    let cfg = LoraConfig { rank, alpha };
-    cfg.validate()?;
-    let (mut params, mut rescaled) = (Params::new(), Vec::new());
-    for (module, c) in checked {
-        let own = alphas[&module];
-        let b = match own == alpha {
-            true => c.b,
-            false => {
-                rescaled.push(module.clone());
-                (c.b.to_dtype(DType::F64)? * (own / alpha))?.to_dtype(c.b.dtype())?
-            }
-        };
-        let (a_name, b_name) = adapter_names(&module);
-        params.insert(a_name, c.a);
-        params.insert(b_name, b);
-    }
-    let targets = params
-        .keys()
+    let unified = unify(checked, &alphas)?;
+    let targets = (unified.params.keys())
         .filter_map(|k| k.strip_suffix(".lora_A.weight").map(str::to_string))
         .collect();
     Ok(LoraFile {
         layout,
-        cfg,
+        cfg: unified.cfg,
         targets,
-        params,
-        rescaled,
+        params: unified.params,
+        rescaled: unified.rescaled,
+        padded: unified.padded,
+        ignored: Vec::new(),
     })
 }
 
@@ -576,6 +632,9 @@ fn checked_adapters(
         };
         let module = modules.by_path(path, key)?;
         modules.by_kohya(&kohya_name(&module), key)?;
+        if let Some(ldm) = modules.ldm.to_ldm(&module) {
+            modules.by_kohya(&kohya_name(&ldm), key)?;
+        }
         found
             .entry(module)
             .or_default()

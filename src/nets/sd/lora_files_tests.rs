@@ -5,7 +5,8 @@
 use crate::nets::layers::{Init, Params};
 use crate::nets::lora::LoraConfig;
 use crate::nets::sd::lora_files::{
-    export, export_kohya, export_peft, import, LoraFile, LoraLayout, KOHYA_FILE, PEFT_FILE,
+    export, export_kohya, export_peft, import, KohyaNames, KohyaOptions, LoraFile, LoraLayout, TextEncoderParts,
+    KOHYA_FILE, PEFT_FILE,
 };
 use crate::nets::sd::test_util::*;
 use crate::nets::sd::unet::{UNet, DEFAULT_LORA_TARGETS};
@@ -74,7 +75,12 @@ fn unet_error(lora: &LoraFile) -> f64 {
 
 /// The fixture's PEFT file in dcm naming (the reference the other layouts must equal).
 fn reference() -> LoraFile {
-    import(&fixture("lora/lora_peft.safetensors"), &sd1_cfg()).unwrap()
+    import(
+        &fixture("lora/lora_peft.safetensors"),
+        &sd1_cfg(),
+        TextEncoderParts::Refuse,
+    )
+    .unwrap()
 }
 
 /// Each of diffusers' three files gives diffusers' UNet output with the LoRA loaded, and the
@@ -88,7 +94,7 @@ fn each_fixture_layout_gives_diffusers_unet_output() {
         ("lora_peft.safetensors", LoraLayout::Peft),
         ("lora_mixed.safetensors", LoraLayout::Mixed),
     ] {
-        let lora = import(&fixture(&format!("lora/{file}")), &sd1_cfg()).unwrap();
+        let lora = import(&fixture(&format!("lora/{file}")), &sd1_cfg(), TextEncoderParts::Refuse).unwrap();
         assert_eq!((lora.layout, lora.cfg), (layout, FIXTURE_CFG), "{file}");
         assert_eq!(lora.targets.len(), 79, "{file}");
         assert!(lora.rescaled.is_empty(), "{file}");
@@ -109,9 +115,9 @@ fn each_fixture_layout_gives_diffusers_unet_output() {
 fn export_import_round_trip_is_exact() {
     let lora = reference();
     let dir = scratch("round-trip");
-    export(&dir, &sd1_cfg(), &lora.params, lora.cfg).unwrap();
+    export(&dir, &sd1_cfg(), &lora.params, lora.cfg, &KohyaOptions::default()).unwrap();
     for (file, layout) in [(KOHYA_FILE, LoraLayout::Kohya), (PEFT_FILE, LoraLayout::Peft)] {
-        let back = import(&dir.join(file), &sd1_cfg()).unwrap();
+        let back = import(&dir.join(file), &sd1_cfg(), TextEncoderParts::Refuse).unwrap();
         assert_eq!((back.layout, back.cfg), (layout, lora.cfg), "{file}");
         assert_eq!(back.targets, lora.targets);
         assert!(back.rescaled.is_empty());
@@ -121,7 +127,7 @@ fn export_import_round_trip_is_exact() {
     let theirs = std::fs::read(fixture("lora/lora_kohya.safetensors")).unwrap();
     assert!(ours == theirs, "kohya export differs from diffusers' file");
     let again = scratch("round-trip-again");
-    export(&again, &sd1_cfg(), &lora.params, lora.cfg).unwrap();
+    export(&again, &sd1_cfg(), &lora.params, lora.cfg, &KohyaOptions::default()).unwrap();
     assert_eq!(
         std::fs::read(dir.join(PEFT_FILE)).unwrap(),
         std::fs::read(again.join(PEFT_FILE)).unwrap()
@@ -129,9 +135,9 @@ fn export_import_round_trip_is_exact() {
     // A non-integral alpha and f16 factors survive too (alpha kept in f64 where f32 would round).
     let cfg = LoraConfig { rank: 4, alpha: 0.1 };
     let half = converted(&lora.params, DType::F16);
-    export(&dir, &sd1_cfg(), &half, cfg).unwrap();
+    export(&dir, &sd1_cfg(), &half, cfg, &KohyaOptions::default()).unwrap();
     for file in [KOHYA_FILE, PEFT_FILE] {
-        let back = import(&dir.join(file), &sd1_cfg()).unwrap();
+        let back = import(&dir.join(file), &sd1_cfg(), TextEncoderParts::Refuse).unwrap();
         assert_eq!(back.cfg, cfg, "{file}");
         let (a, b) = (converted(&back.params, DType::F32), converted(&half, DType::F32));
         assert_same(&a, &b);
@@ -149,7 +155,7 @@ fn export_import_round_trip_is_exact() {
 fn exported_keys_map_to_modules_with_matching_shapes() {
     let lora = reference();
     let dir = scratch("keys");
-    export(&dir, &sd1_cfg(), &lora.params, lora.cfg).unwrap();
+    export(&dir, &sd1_cfg(), &lora.params, lora.cfg, &KohyaOptions::default()).unwrap();
     let layers: BTreeMap<String, Vec<usize>> = sd1_cfg().adaptable_layers().unwrap().into_iter().collect();
     let by_kohya: BTreeMap<String, &String> = layers.keys().map(|p| (p.replace('.', "_"), p)).collect();
     assert_eq!(by_kohya.len(), layers.len(), "kohya names are unique");
@@ -209,7 +215,9 @@ fn kohya_tensors() -> Params {
 fn import_error(name: &str, tensors: &Params, metadata: Option<HashMap<String, String>>) -> String {
     let dir = scratch(name);
     let path = write(&dir, "lora.safetensors", tensors, metadata);
-    let err = import(&path, &sd1_cfg()).unwrap_err().to_string();
+    let err = import(&path, &sd1_cfg(), TextEncoderParts::Refuse)
+        .unwrap_err()
+        .to_string();
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(!err.contains('\n') && err.contains("lora.safetensors"), "{err}");
     err
@@ -220,7 +228,8 @@ fn zeros(shape: &[usize]) -> Tensor {
 }
 
 /// A key naming no module, a shape mismatch, a factor without its partner, an alpha without
-/// factors, text-encoder keys, mixed ranks and other keys are one-line errors naming the key.
+/// factors, text-encoder keys (by default), one module under both namings and other keys are
+/// one-line errors naming the key.
 #[test]
 fn malformed_files_are_errors_naming_the_key() {
     let down = format!("{KOHYA_CONV1}.lora_down.weight");
@@ -258,14 +267,6 @@ fn malformed_files_are_errors_naming_the_key() {
             vec![&up, "expected [16, 2, 1, 1]"],
         ),
         (
-            "ranks",
-            with(&up, zeros(&[16, 2, 1, 1]))
-                .into_iter()
-                .chain([(down.clone(), zeros(&[2, 16, 3, 3]))])
-                .collect(),
-            vec![CONV1, "different ranks"],
-        ),
-        (
             "text-encoder",
             with(
                 "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
@@ -273,7 +274,7 @@ fn malformed_files_are_errors_naming_the_key() {
             ),
             vec![
                 "lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight",
-                "only UNet LoRAs",
+                "--lora-text-encoder ignore",
             ],
         ),
         (
@@ -282,7 +283,7 @@ fn malformed_files_are_errors_naming_the_key() {
                 "text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight",
                 zeros(&[4, 32]),
             ),
-            vec!["text_encoder.text_model", "only UNet LoRAs"],
+            vec!["text_encoder.text_model", "--lora-text-encoder ignore"],
         ),
         (
             "dora",
@@ -292,10 +293,18 @@ fn malformed_files_are_errors_naming_the_key() {
         (
             "ldm-name",
             with(
+                "lora_unet_input_blocks_9_0_in_layers_2.lora_down.weight",
+                zeros(&[4, 16, 3, 3]),
+            ),
+            vec!["lora_unet_input_blocks_9_0_in_layers_2", "matches no module"],
+        ),
+        (
+            "ldm-and-diffusers-name",
+            with(
                 "lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight",
                 zeros(&[4, 16, 3, 3]),
             ),
-            vec!["lora_unet_input_blocks_1_0_in_layers_2", "matches no module"],
+            vec!["lora_unet_input_blocks_1_0_in_layers_2", &down, "same tensor"],
         ),
         (
             "alpha-zero",
@@ -330,12 +339,14 @@ fn malformed_files_are_errors_naming_the_key() {
     let dir = scratch("not-safetensors");
     let path = dir.join("x.safetensors");
     std::fs::write(&path, b"not a file").unwrap();
-    let err = import(&path, &sd1_cfg()).unwrap_err().to_string();
+    let err = import(&path, &sd1_cfg(), TextEncoderParts::Refuse)
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("x.safetensors") && err.contains("not a safetensors file"),
         "{err}"
     );
-    let err = import(&dir.join("missing.safetensors"), &sd1_cfg())
+    let err = import(&dir.join("missing.safetensors"), &sd1_cfg(), TextEncoderParts::Refuse)
         .unwrap_err()
         .to_string();
     assert!(
@@ -352,10 +363,20 @@ fn peft_metadata_sets_alpha() {
     let peft = golden("lora/lora_peft.safetensors");
     let meta = |json: serde_json::Value| Some(HashMap::from([("lora_adapter_metadata".to_string(), json.to_string())]));
     let dir = scratch("metadata");
-    let bare = import(&write(&dir, "bare.safetensors", &peft, None), &sd1_cfg()).unwrap();
+    let bare = import(
+        &write(&dir, "bare.safetensors", &peft, None),
+        &sd1_cfg(),
+        TextEncoderParts::Refuse,
+    )
+    .unwrap();
     assert_eq!(bare.cfg, LoraConfig { rank: 4, alpha: 4.0 });
     let pattern = meta(serde_json::json!({"unet.r": 4, "unet.lora_alpha": 8, "unet.alpha_pattern": {CONV1: 16}}));
-    let lora = import(&write(&dir, "pattern.safetensors", &peft, pattern), &sd1_cfg()).unwrap();
+    let lora = import(
+        &write(&dir, "pattern.safetensors", &peft, pattern),
+        &sd1_cfg(),
+        TextEncoderParts::Refuse,
+    )
+    .unwrap();
     assert_eq!(
         (lora.cfg, lora.rescaled.clone()),
         (FIXTURE_CFG, vec![CONV1.to_string()])
@@ -419,7 +440,12 @@ fn per_module_alphas_and_prefixes() {
         Tensor::new(16f32, &Device::Cpu).unwrap(),
     );
     let dir = scratch("alphas");
-    let lora = import(&write(&dir, "k.safetensors", &kohya, None), &sd1_cfg()).unwrap();
+    let lora = import(
+        &write(&dir, "k.safetensors", &kohya, None),
+        &sd1_cfg(),
+        TextEncoderParts::Refuse,
+    )
+    .unwrap();
     assert_eq!(
         (lora.cfg, lora.rescaled.clone()),
         (FIXTURE_CFG, vec![CONV1.to_string()])
@@ -433,7 +459,12 @@ fn per_module_alphas_and_prefixes() {
             "lora_adapter_metadata".to_string(),
             r#"{"unet.r": 4, "unet.lora_alpha": 8}"#.to_string(),
         )]);
-        let back = import(&write(&dir, "p.safetensors", &renamed, Some(meta)), &sd1_cfg()).unwrap();
+        let back = import(
+            &write(&dir, "p.safetensors", &renamed, Some(meta)),
+            &sd1_cfg(),
+            TextEncoderParts::Refuse,
+        )
+        .unwrap();
         assert_eq!((back.layout, back.cfg), (LoraLayout::Peft, FIXTURE_CFG), "'{prefix}'");
         assert_same(&back.params, &want.params);
     }
@@ -448,7 +479,9 @@ fn export_rejects_adapters_that_do_not_fit() {
     let dir = scratch("export-errors");
     let file = dir.join(KOHYA_FILE);
     let fails = |params: &Params, cfg: LoraConfig| {
-        let k = export_kohya(&file, &sd1_cfg(), params, cfg).unwrap_err().to_string();
+        let k = export_kohya(&file, &sd1_cfg(), params, cfg, &KohyaOptions::default())
+            .unwrap_err()
+            .to_string();
         let p = export_peft(&dir.join(PEFT_FILE), &sd1_cfg(), params, cfg)
             .unwrap_err()
             .to_string();
@@ -475,8 +508,8 @@ fn export_rejects_adapters_that_do_not_fit() {
 }
 
 /// Adapters on every linear and conv layer (not only the default targets) of each fixture
-/// UNet, with random A and B, round-trip exactly through both layouts: the kohya names of all
-/// layers are unambiguous and found again by exact lookup.
+/// UNet, with random A and B, round-trip exactly through both layouts and the ldm-named kohya
+/// file: the kohya names of all layers are unambiguous and found again by exact lookup.
 #[test]
 fn every_adaptable_layer_round_trips() {
     let cfg = LoraConfig { rank: 2, alpha: 3.0 };
@@ -493,15 +526,32 @@ fn every_adaptable_layer_round_trips() {
             adapters.append(&mut init.params);
         }
         let dir = scratch(&format!("all-{model}"));
-        export(&dir, &unet_cfg, &adapters, cfg).unwrap();
+        let ldm = KohyaOptions {
+            names: KohyaNames::Ldm,
+            info: None,
+        };
+        let ldm_file = dir.join("ldm.safetensors");
+        match export_kohya(&ldm_file, &unet_cfg, &adapters, cfg, &ldm) {
+            Ok(()) => {
+                let back = import(&ldm_file, &unet_cfg, TextEncoderParts::Refuse).unwrap();
+                assert_eq!((back.layout, back.cfg), (LoraLayout::KohyaLdm, cfg), "{model}");
+                assert_same(&back.params, &adapters);
+            }
+            // LCM's guidance embedding exists only in diffusers' UNet.
+            Err(e) => assert!(
+                model == "lcm" && e.to_string().contains("time_embedding.cond_proj"),
+                "{e}"
+            ),
+        }
+        export(&dir, &unet_cfg, &adapters, cfg, &KohyaOptions::default()).unwrap();
         for file in [KOHYA_FILE, PEFT_FILE] {
-            let back = import(&dir.join(file), &unet_cfg).unwrap();
+            let back = import(&dir.join(file), &unet_cfg, TextEncoderParts::Refuse).unwrap();
             assert_eq!((back.cfg, back.targets.len()), (cfg, layers.len()), "{model} {file}");
             assert_same(&back.params, &adapters);
         }
         let (_, base) = unet_fixture(model);
         let mut params = base;
-        let lora = import(&dir.join(KOHYA_FILE), &unet_cfg).unwrap();
+        let lora = import(&dir.join(KOHYA_FILE), &unet_cfg, TextEncoderParts::Refuse).unwrap();
         params.extend(lora.params.clone());
         let unet = UNet::new(unet_cfg, &params, Some(&lora.unet_lora())).unwrap();
         assert_eq!(unet.adapted_layers().len(), layers.len(), "{model}");

@@ -15,6 +15,8 @@ pub mod embeddings;
 pub mod group_norm;
 pub mod ldm_names;
 pub mod lora_files;
+pub mod lora_metadata;
+pub mod lora_ranks;
 pub mod resnet;
 pub mod tokenizer;
 pub mod transformer;
@@ -39,3 +41,5 @@ mod grad_tests;
 mod lora_files_tests;
 #[cfg(test)]
 mod ldm_names_tests;
+#[cfg(test)]
+mod lora_interop_tests;

@@ -5,7 +5,7 @@ use crate::diffusion::condition::TextEmbedding;
 use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
 use crate::nets::sd::embeddings::Sinusoid;
-use crate::nets::sd::lora_files::import;
+use crate::nets::sd::lora_files::{import, TextEncoderParts};
 use crate::nets::sd::test_util::*;
 use crate::nets::sd::unet::{UNet, UNetLora, DEFAULT_LORA_TARGETS};
 use crate::nets::sd::unet_config::UNetConfig;
@@ -69,7 +69,12 @@ fn lcm_unet_matches_diffusers() {
 /// The PEFT-layout LoRA file imported into dcm naming, and its (rank, alpha) from the header
 /// metadata.
 fn peft_lora() -> (Params, LoraConfig) {
-    let lora = import(&fixture("lora/lora_peft.safetensors"), &unet_fixture("sd1").0).unwrap();
+    let lora = import(
+        &fixture("lora/lora_peft.safetensors"),
+        &unet_fixture("sd1").0,
+        TextEncoderParts::Refuse,
+    )
+    .unwrap();
     (lora.params, lora.cfg)
 }
 
