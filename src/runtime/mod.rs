@@ -5,6 +5,7 @@ pub mod assets;
 pub mod device;
 pub mod files;
 pub mod finite;
+pub mod limits;
 pub mod memory;
 pub mod noise;
 pub mod progress;

@@ -23,6 +23,9 @@ pub struct TrainingMemory {
     pub activations_per_sample: f64,
     /// Rows per micro-batch.
     pub batch: usize,
+    /// What sets each part, for a refusal that names the flag to change.
+    pub rank: usize,
+    pub latent: (usize, usize),
 }
 
 impl TrainingMemory {
@@ -40,10 +43,12 @@ impl TrainingMemory {
             .unet
             .lora_layers(&arch.targets)?
             .iter()
-            .map(|(_, shape)| (lora.rank * (shape[1..].iter().product::<usize>() + shape[0])) as f64)
+            .map(|(_, shape)| lora.rank as f64 * (shape[1..].iter().product::<usize>() + shape[0]) as f64)
             .sum();
-        // f32 weights, gradients, two AdamW moments, EMA; the cast copy the UNet computes with.
-        let f32_copies = 4.0 + f64::from(u8::from(cfg.ema_decay.is_some()));
+        // f32 weights, gradients, two AdamW moments, EMA, the gradient sum of --grad-accum;
+        // the cast copy the UNet computes with.
+        let optional = [cfg.ema_decay.is_some(), cfg.grad_accum > 1];
+        let f32_copies = 4.0 + optional.iter().filter(|&&b| b).count() as f64;
         let adapters = adapter_elems * (4.0 * f32_copies + size);
         let layout = arch.unet.layout().map_err(|e| anyhow!("UNet config: {e}"))?;
         let (h, w) = match latent {
@@ -55,6 +60,8 @@ impl TrainingMemory {
             adapters,
             activations_per_sample: saved_elements(&layout, h * w) * size,
             batch: cfg.batch,
+            rank: lora.rank,
+            latent: (h, w),
         })
     }
 
@@ -66,8 +73,26 @@ impl TrainingMemory {
     /// estimate is printed and the device's allocator has the last word).
     pub fn check(&self, rt: &Runtime) -> Result<()> {
         match rt.device.is_cpu() {
-            true => ensure_fits(self.total(), &format!("--batch {} of this UNet", self.batch)),
+            true => self.check_on_cpu(),
             false => Ok(()),
+        }
+    }
+
+    fn check_on_cpu(&self) -> Result<()> {
+        ensure_fits(self.total(), &self.largest_part())
+    }
+
+    /// The flag behind the largest part of the estimate, so a refusal names what to change:
+    /// the adapters' rank, the batch at this latent size (set by --resolution), or the UNet.
+    fn largest_part(&self) -> String {
+        let activations = self.activations_per_sample * self.batch as f64;
+        let (h, w) = self.latent;
+        if self.adapters >= activations && self.adapters >= self.weights {
+            format!("--lora-rank {}", self.rank)
+        } else if activations >= self.weights {
+            format!("--batch {} at {h}×{w} latents (--resolution)", self.batch)
+        } else {
+            "this UNet's weights".into()
         }
     }
 }
@@ -191,5 +216,20 @@ mod tests {
             m128.total(),
             m128.weights + m128.adapters + 16.0 * m128.activations_per_sample
         );
+    }
+
+    /// A refusal names the part of the estimate that dominates: the adapters' rank, or the
+    /// batch at this latent size (set by --resolution), never a flag that is not the cause.
+    #[test]
+    fn refusals_name_the_flag_that_sets_the_size() {
+        let a = arch(UNetConfig::sdxl(), DType::BF16);
+        let lora = |rank| LoraConfig { rank, alpha: 1.0 };
+        let big_rank = TrainingMemory::estimate(&a, lora(60_000), &[4, 8, 8], &cfg(1)).unwrap();
+        assert_eq!(big_rank.largest_part(), "--lora-rank 60000");
+        let e = big_rank.check_on_cpu().unwrap_err();
+        assert!(e.to_string().starts_with("--lora-rank 60000: needs about"), "{e}");
+        let big_latent = TrainingMemory::estimate(&a, lora(4), &[4, 512, 512], &cfg(1)).unwrap();
+        assert_eq!(big_latent.largest_part(), "--batch 1 at 512×512 latents (--resolution)");
+        assert!(big_latent.check_on_cpu().is_err(), "{big_latent}");
     }
 }
