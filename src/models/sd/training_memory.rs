@@ -78,22 +78,20 @@ impl TrainingMemory {
         }
     }
 
+    /// Refuses the run naming the flag to change: the adapters' rank when they dominate, else
+    /// the latent size (set by --resolution) when one sample alone cannot fit, else --batch.
     fn check_on_cpu(&self) -> Result<()> {
-        ensure_fits(self.total(), &self.largest_part())
-    }
-
-    /// The flag behind the largest part of the estimate, so a refusal names what to change:
-    /// the adapters' rank, the batch at this latent size (set by --resolution), or the UNet.
-    fn largest_part(&self) -> String {
         let activations = self.activations_per_sample * self.batch as f64;
-        let (h, w) = self.latent;
         if self.adapters >= activations && self.adapters >= self.weights {
-            format!("--lora-rank {}", self.rank)
-        } else if activations >= self.weights {
-            format!("--batch {} at {h}×{w} latents (--resolution)", self.batch)
-        } else {
-            "this UNet's weights".into()
+            return ensure_fits(self.total(), &format!("--lora-rank {}", self.rank));
         }
+        let (h, w) = self.latent;
+        let one = self.weights + self.adapters + self.activations_per_sample;
+        ensure_fits(
+            one,
+            &format!("--resolution ({h}×{w} latents) even at one sample per batch"),
+        )?;
+        ensure_fits(self.total(), &format!("--batch {} of {h}×{w} latents", self.batch))
     }
 }
 
@@ -224,12 +222,18 @@ mod tests {
     fn refusals_name_the_flag_that_sets_the_size() {
         let a = arch(UNetConfig::sdxl(), DType::BF16);
         let lora = |rank| LoraConfig { rank, alpha: 1.0 };
-        let big_rank = TrainingMemory::estimate(&a, lora(60_000), &[4, 8, 8], &cfg(1)).unwrap();
-        assert_eq!(big_rank.largest_part(), "--lora-rank 60000");
-        let e = big_rank.check_on_cpu().unwrap_err();
-        assert!(e.to_string().starts_with("--lora-rank 60000: needs about"), "{e}");
-        let big_latent = TrainingMemory::estimate(&a, lora(4), &[4, 512, 512], &cfg(1)).unwrap();
-        assert_eq!(big_latent.largest_part(), "--batch 1 at 512×512 latents (--resolution)");
-        assert!(big_latent.check_on_cpu().is_err(), "{big_latent}");
+        let refusal = |rank, side, batch| {
+            let m = TrainingMemory::estimate(&a, lora(rank), &[4, side, side], &cfg(batch)).unwrap();
+            m.check_on_cpu().unwrap_err().to_string()
+        };
+        let e = refusal(60_000, 8, 1);
+        assert!(e.starts_with("--lora-rank 60000: needs about"), "{e}");
+        let e = refusal(4, 512, 16);
+        assert!(
+            e.starts_with("--resolution (512×512 latents) even at one sample per batch: needs"),
+            "{e}"
+        );
+        let e = refusal(4, 8, 100_000_000);
+        assert!(e.starts_with("--batch 100000000 of 8×8 latents: needs"), "{e}");
     }
 }
