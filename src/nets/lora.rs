@@ -421,6 +421,10 @@ impl LoraConv2d {
         }
         match x.dtype() {
             DType::F32 => conv_act(&self.base, x, false),
+            DType::BF16 if x.device().is_cpu() => bail!(
+                "--dtype bf16: candle has no bf16 convolution on the CPU (the VAE and UNet need one); \
+                 use --dtype f16 or f32 on the CPU, bf16 on cuda"
+            ),
             _ => Ok(self.base.forward(x)?),
         }
     }

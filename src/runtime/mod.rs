@@ -7,6 +7,7 @@ pub mod files;
 pub mod finite;
 pub mod limits;
 pub mod memory;
+pub mod message;
 pub mod noise;
 pub mod progress;
 pub mod signals;
