@@ -139,7 +139,7 @@ fn exit_code(result: Result<()>) -> ExitCode {
                 eprintln!("{stop}");
                 return ExitCode::from(128 + stop.signal as u8);
             }
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", dcm::runtime::message::one_line(&e));
             ExitCode::from(2)
         }
     }

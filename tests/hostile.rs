@@ -701,3 +701,118 @@ proptest! {
         }
     }
 }
+
+/// A folder of two captioned images for the SD fixtures (copies of the CLIP fixture's image).
+fn caption_folder() -> String {
+    let dir = path("captions");
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = format!("{}/tests/fixtures/sd/clip/image.png", env!("CARGO_MANIFEST_DIR"));
+    for (i, caption) in ["a cat", "a dog"].iter().enumerate() {
+        std::fs::copy(&image, format!("{dir}/img{i}.png")).unwrap();
+        std::fs::write(format!("{dir}/img{i}.txt"), caption).unwrap();
+    }
+    dir
+}
+
+/// dcm run under `ulimit -v KIB` (an address-space limit, as batch schedulers set).
+fn dcm_under_ulimit_v(kib: u64, args: &[String]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {kib} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_dcm"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Under an address-space limit, sizes beyond it are refused before any allocation could
+/// abort the process: one line naming the flag that sets the size and the limit that binds
+/// (the address-space limit here, unless the machine's free memory or cgroup is tighter).
+#[test]
+fn sizes_beyond_an_address_space_limit_are_refused_naming_the_limit() {
+    let sd1 = format!("sd:{}/tests/fixtures/sd/sd1", env!("CARGO_MANIFEST_DIR"));
+    let caps = caption_folder();
+    let sd = |extra: &[&str]| {
+        let base = [
+            "distill",
+            "--method",
+            "cm",
+            "--teacher",
+            &sd1,
+            "--data",
+            &caps,
+            "--steps",
+            "1",
+        ];
+        strings(&[&base[..], extra, &["--out", &path("ulimit-sd")]].concat())
+    };
+    let train = |cmd: &str, extra: &[&str]| -> Vec<String> {
+        strings(&[&[cmd, "--steps", "1", "--out", &path("ulimit-train")][..], extra].concat())
+    };
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            sd(&["--batch", "1", "--lora-rank", "65536"]),
+            "--lora-rank 65536: needs about",
+        ),
+        (
+            sd(&["--batch", "1", "--resolution", "4096"]),
+            "--resolution (2048×2048 latents)",
+        ),
+        (sd(&["--batch", "100000"]), "--batch 100000 of 8×8 latents: needs about"),
+        (
+            train("train-teacher", &["--data", "toy:ring", "--batch", "100000000"]),
+            "--batch 100000000: needs about",
+        ),
+        (
+            train("train-featnet", &["--batch", "100000000"]),
+            "--batch 100000000: needs about",
+        ),
+        (
+            train("train-autoencoder", &["--batch", "100000000"]),
+            "--batch 100000000: needs about",
+        ),
+        (
+            strings(&[
+                "distill",
+                "--method",
+                "cm",
+                "--teacher",
+                "mixture:ring",
+                "--steps",
+                "1",
+                "--batch",
+                "100000000",
+                "--out",
+                &path("ulimit-small"),
+            ]),
+            "--batch 100000000: needs about",
+        ),
+    ];
+    for (args, says) in cases {
+        let o = dcm_under_ulimit_v(4_000_000, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_clean(&args, &o);
+        assert_eq!(o.status.code(), Some(2), "{args:?} must be refused: {err}");
+        let line = err.lines().last().unwrap_or_default();
+        assert!(
+            line.starts_with("error: ") && line.contains(says),
+            "{args:?}: expected '{says}' in: {err}"
+        );
+        let limits = ["(RLIMIT_AS, ulimit -v)", "MemAvailable", "control group"];
+        assert!(
+            limits.iter().any(|l| line.contains(l)),
+            "{args:?}: names no limit: {err}"
+        );
+        assert!(!err.contains("memory allocation"), "{args:?}: {err}");
+    }
+    for (flag, value, says) in [
+        ("--lora-rank", "100000", "--lora-rank 100000: at most 65536"),
+        ("--grad-accum", "100000", "--grad-accum 100000: at most 65536"),
+    ] {
+        let args = sd(&[flag, value]);
+        let o = dcm_under_ulimit_v(4_000_000, &args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(err.starts_with("error: ") && err.contains(says), "{err}");
+    }
+}

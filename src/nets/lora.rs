@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// The largest rank any layer can use: no network dcm builds has a layer wider than 2¹⁶
+/// (an MLP's `--hidden` is bounded there; SD's widest usable rank is 1280).
+pub const MAX_RANK: usize = 1 << 16;
+
 /// Rank `r` and strength `α` of every adapter of a network.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +47,12 @@ impl LoraConfig {
 
     pub fn validate(&self) -> Result<()> {
         ensure!(self.rank >= 1, "--lora-rank must be at least 1 (got {})", self.rank);
+        ensure!(
+            self.rank <= MAX_RANK,
+            "--lora-rank {}: at most {MAX_RANK}, the widest layer of any network dcm builds; \
+             a rank above a layer's width adds memory, not capacity",
+            self.rank
+        );
         ensure!(
             self.alpha.is_finite() && self.alpha > 0.0,
             "--lora-alpha must be finite and positive (got {})",
@@ -411,6 +421,10 @@ impl LoraConv2d {
         }
         match x.dtype() {
             DType::F32 => conv_act(&self.base, x, false),
+            DType::BF16 if x.device().is_cpu() => bail!(
+                "--dtype bf16: candle has no bf16 convolution on the CPU (the VAE and UNet need one); \
+                 use --dtype f16 or f32 on the CPU, bf16 on cuda"
+            ),
             _ => Ok(self.base.forward(x)?),
         }
     }

@@ -1,25 +1,20 @@
 //! Memory estimates checked before allocation: a size that cannot fit is refused in
 //! one line instead of growing until the out-of-memory killer ends the process.
 
+use super::limits::headroom;
 use anyhow::{ensure, Result};
 
-/// Memory this process may still take: the system's `MemAvailable` (Linux), if known.
-pub fn available_bytes() -> Option<f64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024.0)
-}
-
-/// Refuses work whose estimated need, `bytes`, exceeds the memory available; `what`
-/// names the flag or input that sets the size.
+/// Refuses work whose estimated need, `bytes`, exceeds what the tightest of the process's
+/// memory limits still allows (runtime::limits); `what` names the flag or input that sets
+/// the size, and the message names the limit.
 pub fn ensure_fits(bytes: f64, what: &str) -> Result<()> {
-    if let Some(free) = available_bytes() {
+    if let Some(free) = headroom() {
         ensure!(
-            bytes <= free,
-            "{what}: needs about {} but only {} is available",
+            bytes <= free.bytes,
+            "{what}: needs about {} but only {} is available under {}",
             human(bytes),
-            human(free)
+            human(free.bytes),
+            free.source
         );
     }
     Ok(())

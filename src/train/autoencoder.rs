@@ -5,6 +5,7 @@ use crate::data::Dataset;
 use crate::nets::autoencoder::{encode_all, Autoencoder, AutoencoderConfig};
 use crate::nets::layers::Params;
 use crate::runtime::noise::init_rng;
+use crate::train::budget::check_batch;
 use crate::train::trainer::{Checkpointing, ImageTraining, Trainer, TrainerOptions};
 use anyhow::Result;
 use candle_core::{DType, Device};
@@ -22,6 +23,10 @@ pub fn train_autoencoder(
         ..cfg_net.clone()
     };
     let init = unscaled.init(&mut init_rng(cfg.seed))?;
+    // Every layer keeps maps of about `width` channels at the image's resolution or a
+    // quarter of it (and the 3×3 convolutions their unfolded inputs): 8·width per pixel.
+    let pixels = (train.x.elem_count() / train.len().max(1)) as f64;
+    check_batch(&init, 8.0 * cfg_net.width as f64 * pixels, cfg.batch)?;
     let mut trainer = Trainer::new(
         &init,
         TrainerOptions {

@@ -26,6 +26,10 @@ use serde::{Deserialize, Serialize};
 /// `w·(ε_c − ε_u)` stays within f32.
 pub const MAX_GUIDANCE: f64 = 1e4;
 
+/// The most micro-batches one step may sum: n parts summed in f32 carry a relative rounding
+/// error up to about n·2⁻²⁴, 0.4% at 2¹⁶.
+pub const MAX_GRAD_ACCUM: usize = 1 << 16;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DistillConfig {
@@ -106,6 +110,13 @@ impl DistillConfig {
         ensure!(self.steps > 0, "--steps must be positive");
         ensure!(self.batch > 0, "--batch must be positive");
         ensure!(self.grad_accum > 0, "--grad-accum must be positive");
+        ensure!(
+            self.grad_accum <= MAX_GRAD_ACCUM,
+            "--grad-accum {}: at most {MAX_GRAD_ACCUM}; each part adds 1/{} of the gradient to an f32 sum, \
+             and beyond that many parts their rounding errors grow past 0.4% of it",
+            self.grad_accum,
+            self.grad_accum
+        );
         finite_flag(self.guidance, "--guidance", MAX_GUIDANCE)?;
         self.optim.validate()?;
         if let Some(d) = self.ema_decay {

@@ -5,6 +5,7 @@ use crate::data::Dataset;
 use crate::nets::featnet::{Featnet, FeatnetConfig};
 use crate::nets::layers::Params;
 use crate::runtime::noise::{init_rng, Rng};
+use crate::train::budget::check_batch;
 use crate::train::trainer::{Checkpointing, ImageTraining, Trainer, TrainerOptions};
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
@@ -44,6 +45,10 @@ pub fn train_featnet(
     device: &Device,
 ) -> Result<(Params, Vec<f32>)> {
     let init = cfg_net.init(&mut init_rng(cfg.seed))?;
+    // The shifted copy of each image, and maps of `width` channels at a quarter of its
+    // pixels and of 2·width at a sixteenth, with their unfolded 3×3 inputs: 4·width per pixel.
+    let pixels = (train.x.elem_count() / train.len().max(1)) as f64;
+    check_batch(&init, 2.0 * pixels + 4.0 * cfg_net.width as f64 * pixels, cfg.batch)?;
     let mut trainer = Trainer::new(
         &init,
         TrainerOptions {

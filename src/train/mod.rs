@@ -3,6 +3,7 @@
 //! distillation for students, and the autoencoder and feature network.
 
 pub mod autoencoder;
+pub mod budget;
 pub mod checkpoint;
 pub mod distill;
 pub mod ema;

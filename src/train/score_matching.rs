@@ -9,6 +9,7 @@ use crate::diffusion::schedule::T;
 use crate::nets::layers::Params;
 use crate::nets::mlp::{Mlp, MlpConfig};
 use crate::runtime::noise::{init_rng, standard_normal};
+use crate::train::budget::check_batch;
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::{ensure, Result};
@@ -30,6 +31,13 @@ pub struct Trained {
     pub losses: Vec<f32>,
 }
 
+/// Values one row keeps through a step: x₀, noise, x_t, the prediction, its error and square;
+/// three maps per layer (its output, SiLU's sigmoid and product); the time and class embeddings.
+fn kept_per_sample(net: &MlpConfig) -> f64 {
+    let layers = (net.depth + 2) as f64;
+    6.0 * net.dim() as f64 + 3.0 * net.hidden as f64 * layers + 4.0 * net.time_dim as f64
+}
+
 pub fn train_teacher(
     data: &Dataset,
     net: &MlpConfig,
@@ -49,6 +57,7 @@ pub fn train_teacher(
         net.sample_shape
     );
     let init = net.init(&mut init_rng(cfg.seed))?;
+    check_batch(&init, kept_per_sample(net), cfg.batch)?;
     let mut trainer = Trainer::new(
         &init,
         TrainerOptions {

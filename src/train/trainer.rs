@@ -311,14 +311,23 @@ impl Trainer {
                     .with_context(|| bad(&format!("tensor ema/{name} does not fit")))?;
             }
         }
-        let adam_step = state["adam_step"].as_i64().with_context(|| bad("lacks adam_step"))? as i32;
-        self.opt
-            .restore(adam_step, m, v)
-            .with_context(|| bad("optimizer state does not fit"))?;
         self.losses = t
             .remove("losses")
             .with_context(|| bad("lacks losses"))?
             .to_vec1::<f32>()?;
+        // One optimizer step per logged loss: AdamW's bias correction depends on the count.
+        let adam_step = state["adam_step"].as_i64().with_context(|| bad("lacks adam_step"))?;
+        ensure!(
+            adam_step == self.losses.len() as i64,
+            "{}",
+            bad(&format!(
+                "has adam_step {adam_step} but {} completed steps",
+                self.losses.len()
+            ))
+        );
+        self.opt
+            .restore(adam_step as i32, m, v)
+            .with_context(|| bad("optimizer state does not fit"))?;
         ensure!(
             self.losses.len() <= self.total,
             "{}",
@@ -374,7 +383,11 @@ mod tests {
             "w".to_string(),
             Tensor::new(&[0.5f32, -1.0, 2.0], &Device::Cpu).unwrap(),
         )]);
-        let options = TrainerOptions {
+        Trainer::new(&init, trainer_options()).unwrap()
+    }
+
+    fn trainer_options() -> TrainerOptions<'static> {
+        TrainerOptions {
             what: "test",
             steps: 3,
             optim: OptimConfig {
@@ -388,8 +401,7 @@ mod tests {
             checkpointing: Checkpointing::default(),
             device: Device::Cpu,
             run_config: Value::Null,
-        };
-        Trainer::new(&init, options).unwrap()
+        }
     }
 
     /// `½ Σ (w − c)²`, whose gradient is `w − c`.
@@ -428,5 +440,37 @@ mod tests {
         }
         assert!(a != vec![0.5, -1.0, 2.0], "the weights moved");
         assert!(parts.step_accumulated().is_err(), "a step needs a gradient");
+    }
+
+    /// A checkpoint whose `adam_step` was edited away from its completed steps is refused:
+    /// AdamW's bias correction would silently differ from the run's.
+    #[test]
+    fn an_edited_adam_step_is_refused() {
+        let dir = std::env::temp_dir().join(format!("dcm-adam-step-{}", std::process::id()));
+        let with_dir = |resume| {
+            let init = Params::from([("w".to_string(), Tensor::new(&[0.5f32], &Device::Cpu).unwrap())]);
+            let mut o = trainer_options();
+            o.checkpointing = Checkpointing {
+                dir: Some(dir.clone()),
+                resume,
+                ..Checkpointing::default()
+            };
+            Trainer::new(&init, o)
+        };
+        let mut t = with_dir(false).unwrap();
+        let l = t.params()["w"].sqr().unwrap().sum_all().unwrap();
+        t.step(&l).unwrap();
+        t.save().unwrap();
+        assert!(with_dir(true).is_ok());
+        let path = dir.join(CHECKPOINT);
+        let (tensors, mut state) = load_checkpoint(&path).unwrap();
+        state["adam_step"] = json!(1000);
+        save_checkpoint(&path, &tensors, &state).unwrap();
+        let e = with_dir(true).err().unwrap().to_string();
+        assert!(
+            e.ends_with("checkpoint has adam_step 1000 but 1 completed steps"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -23,6 +23,9 @@ pub struct TrainingMemory {
     pub activations_per_sample: f64,
     /// Rows per micro-batch.
     pub batch: usize,
+    /// What sets each part, for a refusal that names the flag to change.
+    pub rank: usize,
+    pub latent: (usize, usize),
 }
 
 impl TrainingMemory {
@@ -40,10 +43,12 @@ impl TrainingMemory {
             .unet
             .lora_layers(&arch.targets)?
             .iter()
-            .map(|(_, shape)| (lora.rank * (shape[1..].iter().product::<usize>() + shape[0])) as f64)
+            .map(|(_, shape)| lora.rank as f64 * (shape[1..].iter().product::<usize>() + shape[0]) as f64)
             .sum();
-        // f32 weights, gradients, two AdamW moments, EMA; the cast copy the UNet computes with.
-        let f32_copies = 4.0 + f64::from(u8::from(cfg.ema_decay.is_some()));
+        // f32 weights, gradients, two AdamW moments, EMA, the gradient sum of --grad-accum;
+        // the cast copy the UNet computes with.
+        let optional = [cfg.ema_decay.is_some(), cfg.grad_accum > 1];
+        let f32_copies = 4.0 + optional.iter().filter(|&&b| b).count() as f64;
         let adapters = adapter_elems * (4.0 * f32_copies + size);
         let layout = arch.unet.layout().map_err(|e| anyhow!("UNet config: {e}"))?;
         let (h, w) = match latent {
@@ -55,6 +60,8 @@ impl TrainingMemory {
             adapters,
             activations_per_sample: saved_elements(&layout, h * w) * size,
             batch: cfg.batch,
+            rank: lora.rank,
+            latent: (h, w),
         })
     }
 
@@ -66,9 +73,25 @@ impl TrainingMemory {
     /// estimate is printed and the device's allocator has the last word).
     pub fn check(&self, rt: &Runtime) -> Result<()> {
         match rt.device.is_cpu() {
-            true => ensure_fits(self.total(), &format!("--batch {} of this UNet", self.batch)),
+            true => self.check_on_cpu(),
             false => Ok(()),
         }
+    }
+
+    /// Refuses the run naming the flag to change: the adapters' rank when they dominate, else
+    /// the latent size (set by --resolution) when one sample alone cannot fit, else --batch.
+    fn check_on_cpu(&self) -> Result<()> {
+        let activations = self.activations_per_sample * self.batch as f64;
+        if self.adapters >= activations && self.adapters >= self.weights {
+            return ensure_fits(self.total(), &format!("--lora-rank {}", self.rank));
+        }
+        let (h, w) = self.latent;
+        let one = self.weights + self.adapters + self.activations_per_sample;
+        ensure_fits(
+            one,
+            &format!("--resolution ({h}×{w} latents) even at one sample per batch"),
+        )?;
+        ensure_fits(self.total(), &format!("--batch {} of {h}×{w} latents", self.batch))
     }
 }
 
@@ -191,5 +214,26 @@ mod tests {
             m128.total(),
             m128.weights + m128.adapters + 16.0 * m128.activations_per_sample
         );
+    }
+
+    /// A refusal names the part of the estimate that dominates: the adapters' rank, or the
+    /// batch at this latent size (set by --resolution), never a flag that is not the cause.
+    #[test]
+    fn refusals_name_the_flag_that_sets_the_size() {
+        let a = arch(UNetConfig::sdxl(), DType::BF16);
+        let lora = |rank| LoraConfig { rank, alpha: 1.0 };
+        let refusal = |rank, side, batch| {
+            let m = TrainingMemory::estimate(&a, lora(rank), &[4, side, side], &cfg(batch)).unwrap();
+            m.check_on_cpu().unwrap_err().to_string()
+        };
+        let e = refusal(60_000, 8, 1);
+        assert!(e.starts_with("--lora-rank 60000: needs about"), "{e}");
+        let e = refusal(4, 512, 16);
+        assert!(
+            e.starts_with("--resolution (512×512 latents) even at one sample per batch: needs"),
+            "{e}"
+        );
+        let e = refusal(4, 8, 100_000_000);
+        assert!(e.starts_with("--batch 100000000 of 8×8 latents: needs"), "{e}");
     }
 }

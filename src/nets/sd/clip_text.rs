@@ -55,7 +55,8 @@ impl ClipTextConfig {
     /// Reads a component's `config.json`; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        let parse = || -> Result<Self> { super::config_keys::from_object(serde_json::from_str(&text)?) };
+        let cfg = parse().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         cfg.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
     }

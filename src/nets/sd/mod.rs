@@ -11,6 +11,7 @@ pub mod clip_preprocess;
 pub mod clip_text;
 pub mod clip_vocabulary;
 pub mod clip_vision;
+pub mod config_keys;
 pub mod embeddings;
 pub mod group_norm;
 pub mod ldm_names;

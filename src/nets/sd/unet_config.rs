@@ -4,6 +4,7 @@
 //! that changes the architecture is either implemented or must hold diffusers' default value
 //! (an error names the key otherwise). Missing keys take diffusers' defaults.
 
+use super::config_keys::{check_sample_size, in_range};
 use anyhow::{anyhow, bail, ensure, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -218,7 +219,7 @@ impl UNetConfig {
         let ignored =
             |k: &str, v: &serde_json::Value| k.starts_with('_') || (v.is_null() && NULL_IS_FALSE.contains(&k));
         map.retain(|k, v| !ignored(k, v));
-        let cfg: Self = serde_json::from_value(serde_json::Value::Object(map))?;
+        let cfg: Self = super::config_keys::from_object(map)?;
         cfg.layout()?;
         Ok(cfg)
     }
@@ -227,6 +228,7 @@ impl UNetConfig {
     /// (`attention_head_dim` = number of heads; up blocks take the lists reversed).
     pub fn layout(&self) -> Result<Layout> {
         self.check_unsupported()?;
+        self.check_numbers()?;
         let n = self.block_out_channels.len();
         ensure!(n > 0, "'block_out_channels' is empty");
         ensure!(
@@ -272,6 +274,22 @@ impl UNetConfig {
             temb_dim: self.time_embedding_dim.unwrap_or(4 * c0),
             add_embedding: self.add_embedding()?,
         })
+    }
+
+    /// Numbers in the ranges any UNet can use, so none reaches the network as a zero size,
+    /// an overflow or a division by zero (the UNet's sample size is in latent pixels).
+    fn check_numbers(&self) -> Result<()> {
+        check_sample_size(self.sample_size.as_ref(), 512)?;
+        in_range("norm_eps", self.norm_eps, 1e-12, 1.0)?;
+        in_range("freq_shift", self.freq_shift, -1e3, 1e3)?;
+        in_range("mid_block_scale_factor", self.mid_block_scale_factor, 1e-6, 1e6)?;
+        if let Some(groups) = self.norm_num_groups {
+            ensure!(
+                groups > 0 && self.block_out_channels.iter().all(|c| c % groups == 0),
+                "'norm_num_groups' = {groups}: must divide every 'block_out_channels' entry"
+            );
+        }
+        Ok(())
     }
 
     /// Keys whose non-default values select architectures not implemented here.

@@ -10,6 +10,7 @@
 use crate::nets::layers::Params;
 use crate::nets::lora::{ConvSpec, LoraConv2d};
 use crate::nets::sd::attention::{Attention, AttentionSpec};
+use crate::nets::sd::config_keys::{check_sample_size, in_range};
 use crate::nets::sd::group_norm::GroupNorm;
 use crate::nets::sd::resnet::{same_conv, Downsample, NormActConv, ResnetBlock, ResnetSpec, Upsample};
 use crate::nets::sd::weights::Weights;
@@ -90,7 +91,7 @@ impl VaeConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         let mut map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)?;
         map.retain(|k, _| !k.starts_with('_'));
-        let cfg: Self = serde_json::from_value(serde_json::Value::Object(map))?;
+        let cfg: Self = super::config_keys::from_object(map)?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -123,9 +124,13 @@ impl VaeConfig {
             "'act_fn' = \"{}\" is not supported (only silu)",
             self.act_fn
         );
+        // Latents are multiplied by it in f32: released VAEs use 0.13 to 1.5.
+        in_range("scaling_factor", self.scaling_factor, 1e-3, 1e3)?;
+        check_sample_size(self.sample_size.as_ref(), 16384)?;
         ensure!(
-            self.scaling_factor.is_finite() && self.scaling_factor > 0.0,
-            "'scaling_factor' must be positive"
+            self.norm_num_groups > 0 && self.block_out_channels.iter().all(|c| c % self.norm_num_groups == 0),
+            "'norm_num_groups' = {}: must divide every 'block_out_channels' entry",
+            self.norm_num_groups
         );
         let sizes = [
             self.in_channels,
