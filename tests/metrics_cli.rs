@@ -24,7 +24,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn dcm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dcm")).args(args).output().expect("run dcm")
+    Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(args)
+        .output()
+        .expect("run dcm")
 }
 
 /// `n` seeded RGB images of 20×24 pixels named so that their sorted order is `order`.
@@ -32,17 +35,31 @@ fn image_folder(dir: &Path, seed: u8) -> Vec<Tensor> {
     std::fs::create_dir_all(dir).unwrap();
     (0..3u8)
         .map(|i| {
-            let pixels: Vec<u8> = (0..20 * 24 * 3).map(|j| ((j as u32 * 7 + i as u32 * 31 + seed as u32 * 13) % 251) as u8).collect();
+            let pixels: Vec<u8> = (0..20 * 24 * 3)
+                .map(|j| ((j as u32 * 7 + i as u32 * 31 + seed as u32 * 13) % 251) as u8)
+                .collect();
             let img = image::RgbImage::from_raw(24, 20, pixels.clone()).unwrap();
             img.save(dir.join(format!("img{}.png", 2 - i))).unwrap();
-            Tensor::from_vec(pixels, (20, 24, 3), &Device::Cpu).unwrap().permute((2, 0, 1)).unwrap()
+            Tensor::from_vec(pixels, (20, 24, 3), &Device::Cpu)
+                .unwrap()
+                .permute((2, 0, 1))
+                .unwrap()
         })
         .rev()
         .collect()
 }
 
 fn max_abs(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
 }
 
 #[test]
@@ -52,12 +69,23 @@ fn features_and_distances_are_the_networks_and_the_formulas() {
     let (images_a, images_b) = (image_folder(&a, 1), image_folder(&b, 2));
     let model = format!("clip:{}", clip_dir().display());
     let out = dir.join("a.npy");
-    let o = dcm(&["features", "--model", &model, "--images", a.to_str().unwrap(), "--out", out.to_str().unwrap(), "--batch", "2"]);
+    let o = dcm(&[
+        "features",
+        "--model",
+        &model,
+        "--images",
+        a.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--batch",
+        "2",
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let clip = ClipModel::from_dir(&clip_dir(), &Device::Cpu, None).unwrap();
     let want = |images: &[Tensor]| {
         let u8s = Tensor::stack(images, 0).unwrap();
-        clip.image_features(&(u8s.to_dtype(candle_core::DType::F32).unwrap() / 255.0).unwrap()).unwrap()
+        clip.image_features(&(u8s.to_dtype(candle_core::DType::F32).unwrap() / 255.0).unwrap())
+            .unwrap()
     };
     let features = npy::read(&out).unwrap();
     assert!(max_abs(&features, &want(&images_a)) <= 1e-6, "rows in file-name order");
@@ -72,13 +100,25 @@ fn features_and_distances_are_the_networks_and_the_formulas() {
     let same = to_matrix(&features).unwrap();
     let kd_same = kernel_distance(&same, &same).unwrap();
     assert!(value(&text, "fd").abs() < 1e-6, "{text}");
-    assert!((value(&text, "kd") - kd_same).abs() <= 1e-5 * kd_same.abs(), "{text} vs {kd_same}");
+    assert!(
+        (value(&text, "kd") - kd_same).abs() <= 1e-5 * kd_same.abs(),
+        "{text} vs {kd_same}"
+    );
     let o = dcm(&["fd", a.to_str().unwrap(), b.to_str().unwrap(), "--model", &model]);
     let text = String::from_utf8_lossy(&o.stdout).to_string();
-    let (x, y) = (to_matrix(&want(&images_a)).unwrap(), to_matrix(&want(&images_b)).unwrap());
+    let (x, y) = (
+        to_matrix(&want(&images_a)).unwrap(),
+        to_matrix(&want(&images_b)).unwrap(),
+    );
     let (fd, kd) = (frechet_distance(&x, &y).unwrap(), kernel_distance(&x, &y).unwrap());
-    assert!((value(&text, "fd") - fd).abs() <= 1e-5 * fd.abs().max(1.0), "{text} vs {fd}");
-    assert!((value(&text, "kd") - kd).abs() <= 1e-5 * kd.abs().max(1e-3), "{text} vs {kd}");
+    assert!(
+        (value(&text, "fd") - fd).abs() <= 1e-5 * fd.abs().max(1.0),
+        "{text} vs {fd}"
+    );
+    assert!(
+        (value(&text, "kd") - kd).abs() <= 1e-5 * kd.abs().max(1e-3),
+        "{text} vs {kd}"
+    );
     assert_eq!(value(&text, "n_a"), 3.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -98,7 +138,15 @@ fn unscorable_sets_are_refused_in_one_line() {
     image_folder(&a, 1);
     let model = format!("clip:{}", clip_dir().display());
     std::fs::write(a.join("notes.txt"), "x").unwrap();
-    let e = refusal(&["features", "--model", &model, "--images", a.to_str().unwrap(), "--out", dir.join("f.npy").to_str().unwrap()]);
+    let e = refusal(&[
+        "features",
+        "--model",
+        &model,
+        "--images",
+        a.to_str().unwrap(),
+        "--out",
+        dir.join("f.npy").to_str().unwrap(),
+    ]);
     assert!(e.contains("notes.txt: not a PNG, JPEG or WebP image"), "{e}");
     std::fs::remove_file(a.join("notes.txt")).unwrap();
     let e = refusal(&["fd", a.to_str().unwrap(), a.to_str().unwrap()]);

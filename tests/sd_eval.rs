@@ -231,7 +231,13 @@ fn command_writes_finite_numbers_that_match_its_samples() {
     assert_eq!(r["rows"].as_array().unwrap().len(), 4);
     for x in r["rows"].as_array().unwrap() {
         assert_eq!(x["n"], ROWS as u64);
-        for m in ["ode_error", "fd_clip_vs_teacher", "kd_clip_vs_teacher", "clip_cosine", "seconds"] {
+        for m in [
+            "ode_error",
+            "fd_clip_vs_teacher",
+            "kd_clip_vs_teacher",
+            "clip_cosine",
+            "seconds",
+        ] {
             assert!(x[m].as_f64().is_some_and(f64::is_finite), "{m} in {x}");
         }
         assert!(x["fd_clip_vs_real"].is_null());
@@ -255,7 +261,10 @@ fn command_writes_finite_numbers_that_match_its_samples() {
         );
         let want = kernel_distance(&features(&images), &features(&teacher_images)).unwrap();
         let got = row(&r, "student", k)["kd_clip_vs_teacher"].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-9 * want.abs().max(1e-3), "K = {k}: KD {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1e-3),
+            "K = {k}: KD {got} vs {want}"
+        );
         let raw = clip.clip_scores_raw(&images, &prompts()).unwrap();
         let want = raw.iter().sum::<f64>() / ROWS as f64 / 100.0;
         let got = row(&r, "student", k)["clip_cosine"].as_f64().unwrap();
@@ -263,7 +272,12 @@ fn command_writes_finite_numbers_that_match_its_samples() {
     }
     let csv = std::fs::read_to_string(out.join("eval.csv")).unwrap();
     assert_eq!(csv.lines().count(), 5, "{csv}");
-    assert!(csv.starts_with("model,steps,unet_evals_per_sample,n,ode_error,clip_cosine,fd_clip_vs_teacher,kd_clip_vs_teacher,seconds"), "{csv}");
+    assert!(
+        csv.starts_with(
+            "model,steps,unet_evals_per_sample,n,ode_error,clip_cosine,fd_clip_vs_teacher,kd_clip_vs_teacher,seconds"
+        ),
+        "{csv}"
+    );
     let md = std::fs::read_to_string(out.join("eval.md")).unwrap();
     assert!(
         md.contains("| teacher | 10 | 20 |") && md.contains("--real FOLDER"),
@@ -372,7 +386,10 @@ fn student_folder_gives_the_lora_and_its_settings() {
     assert_eq!(row(&r, "teacher", 20)["unet_evals_per_sample"], 40);
     assert!(row(&r, "student", 2)["clip_cosine"].is_null());
     let notes = r["notes"].as_array().unwrap();
-    assert!(notes.iter().any(|n| n.as_str().unwrap().contains("no --clip CLIP_DIR")), "{notes:?}");
+    assert!(
+        notes.iter().any(|n| n.as_str().unwrap().contains("no --clip CLIP_DIR")),
+        "{notes:?}"
+    );
     std::fs::remove_file(run.join("lora.safetensors")).unwrap();
     one_line_error(&dcm(&args), &["--student", "no lora.safetensors"]);
     std::fs::remove_dir_all(&ws).unwrap();
@@ -426,12 +443,18 @@ fn aesthetic_score_is_the_predictors_mean_on_clip_embeddings() {
     let r = report(&out);
     let clip = load_clip(&fixture("clip"), &Runtime::default()).unwrap();
     let predictor = dcm::eval::metric_nets::load_aesthetic(&predictor_file).unwrap();
-    for (model, steps, dir) in [("teacher", 10, out.join("reference/images")), ("student", 1, out.join("students/k1"))] {
+    for (model, steps, dir) in [
+        ("teacher", 10, out.join("reference/images")),
+        ("student", 1, out.join("students/k1")),
+    ] {
         let images = read_pngs(&dir, ROWS).unwrap();
         let scores = predictor.scores(&clip.image_features(&images).unwrap()).unwrap();
         let want = scores.iter().sum::<f64>() / ROWS as f64;
         let got = row(&r, model, steps)["aesthetic"].as_f64().unwrap();
-        assert!((got - want).abs() <= 1e-6 * want.abs().max(1.0), "{model}: {got} vs {want}");
+        assert!(
+            (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+            "{model}: {got} vs {want}"
+        );
     }
     std::fs::remove_dir_all(&ws).unwrap();
 }

@@ -33,10 +33,15 @@ fn with_config(model: &str) -> SingleFileOptions {
 fn assert_same(what: &str, a: &Params, b: &Params) {
     let plain = |p: &Params| -> Params {
         let kept = p.iter().filter(|(k, _)| !k.ends_with("position_ids"));
-        kept.map(|(k, v)| (k.strip_prefix("text_model.").unwrap_or(k).to_string(), v.clone())).collect()
+        kept.map(|(k, v)| (k.strip_prefix("text_model.").unwrap_or(k).to_string(), v.clone()))
+            .collect()
     };
     let (a, b) = (plain(a), plain(b));
-    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>(), "{what}: parameter names");
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: parameter names"
+    );
     for name in a.keys() {
         let (x, y) = (&a[name], &b[name]);
         assert_eq!(x.dims(), y.dims(), "{what}: {name}");
@@ -51,7 +56,11 @@ fn check_weights(model: &str, file: &str) {
     let folder = Pipeline::open(&fixtures().join(model)).unwrap();
     let file = Pipeline::open_with(&single(file), &with_config(model)).unwrap();
     assert_eq!(folder.family(), file.family());
-    assert_same("unet", &folder.unet_params(&rt).unwrap().0, &file.unet_params(&rt).unwrap().0);
+    assert_same(
+        "unet",
+        &folder.unet_params(&rt).unwrap().0,
+        &file.unet_params(&rt).unwrap().0,
+    );
     assert_eq!(folder.text_encoders(), file.text_encoders());
     for i in 0..folder.text_encoders() {
         let (a, b) = (folder.text_encoder(i, &rt).unwrap(), file.text_encoder(i, &rt).unwrap());
@@ -88,7 +97,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn dcm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_dcm")).args(args).output().expect("run dcm")
+    Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(args)
+        .output()
+        .expect("run dcm")
 }
 
 /// `dcm sample` latents from `teacher` with `extra` flags.
@@ -97,7 +109,17 @@ fn sample(dir: &Path, tag: &str, teacher: &str, extra: &[&str]) -> Tensor {
     if !noise.exists() {
         npy::write(&noise, &Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &Device::Cpu).unwrap()).unwrap();
     }
-    let mut args = vec!["sample", "--teacher", teacher, "--prompt", "a red cube", "--intervals", "4", "--guidance", "2"];
+    let mut args = vec![
+        "sample",
+        "--teacher",
+        teacher,
+        "--prompt",
+        "a red cube",
+        "--intervals",
+        "4",
+        "--guidance",
+        "2",
+    ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--noise", noise.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     let o = dcm(&args);
@@ -108,13 +130,29 @@ fn sample(dir: &Path, tag: &str, teacher: &str, extra: &[&str]) -> Tensor {
 /// `dcm sample --teacher sd:FILE --config DIR` writes the latents `--teacher sd:DIR` writes.
 #[test]
 fn cli_samples_from_single_files_equal_their_folders() {
-    for (model, file) in [("sd1", "sd1.safetensors"), ("sd2", "sd2.safetensors"), ("sdxl", "sdxl.safetensors")] {
+    for (model, file) in [
+        ("sd1", "sd1.safetensors"),
+        ("sd2", "sd2.safetensors"),
+        ("sdxl", "sdxl.safetensors"),
+    ] {
         let dir = scratch(model);
         let folder = fixtures().join(model);
         let from_folder = sample(&dir, "folder", &format!("sd:{}", folder.display()), &[]);
         let config = folder.to_str().unwrap();
-        let from_file = sample(&dir, "file", &format!("sd:{}", single(file).display()), &["--config", config]);
-        let diff = (from_folder - from_file).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
+        let from_file = sample(
+            &dir,
+            "file",
+            &format!("sd:{}", single(file).display()),
+            &["--config", config],
+        );
+        let diff = (from_folder - from_file)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
         assert!(diff.to_scalar::<f32>().unwrap() <= 1e-6, "{model}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -124,7 +162,11 @@ fn cli_samples_from_single_files_equal_their_folders() {
 fn refusal(args: &[&str]) -> String {
     let dir = scratch("refusal");
     let noise = dir.join("noise.npy");
-    npy::write(&noise, &Tensor::zeros((1, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap();
+    npy::write(
+        &noise,
+        &Tensor::zeros((1, 4, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    )
+    .unwrap();
     let out = dir.join("out.npy");
     let mut args = args.to_vec();
     args.extend_from_slice(&["--noise", noise.to_str().unwrap(), "--out", out.to_str().unwrap()]);

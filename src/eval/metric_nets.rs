@@ -6,13 +6,13 @@
 
 use super::sd_eval::load_clip;
 use super::sd_metrics::MetricNets;
-use crate::nets::sd::clip_model::ClipModel;
 use crate::models::sd::checkpoint::Checkpoint;
 use crate::nets::aesthetic::AestheticPredictor;
 use crate::nets::dinov2::Dinov2;
-use crate::nets::inception::FidInception;
 use crate::nets::feature_net::FeatureNet;
+use crate::nets::inception::FidInception;
 use crate::nets::layers::Params;
+use crate::nets::sd::clip_model::ClipModel;
 use crate::runtime::device::Runtime;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -71,8 +71,14 @@ impl MetricFiles {
     /// CLIP embeddings) and `--real` needs a network.
     pub fn load(&self, rt: &Runtime) -> Result<LoadedNets> {
         let any_net = self.clip.is_some() || self.inception.is_some() || self.dino.is_some();
-        ensure!(self.aesthetic.is_none() || self.clip.is_some(), "--aesthetic scores CLIP ViT-L/14 embeddings: give --clip too");
-        ensure!(self.real.is_none() || any_net, "--real: give a network to compare real images with (--inception, --dino or --clip)");
+        ensure!(
+            self.aesthetic.is_none() || self.clip.is_some(),
+            "--aesthetic scores CLIP ViT-L/14 embeddings: give --clip too"
+        );
+        ensure!(
+            self.real.is_none() || any_net,
+            "--real: give a network to compare real images with (--inception, --dino or --clip)"
+        );
         let with = |flag: &str, path: &Path| format!("{flag} {}", path.display());
         let net = |kind: &str, flag: &str, path: &Option<PathBuf>| {
             path.as_ref()
@@ -82,16 +88,29 @@ impl MetricFiles {
         let real = match &self.real {
             Some(dir) => {
                 let files = image_files(dir).with_context(|| with("--real", dir))?;
-                ensure!(files.len() >= 2, "--real {}: {} images; FD needs at least 2", dir.display(), files.len());
+                ensure!(
+                    files.len() >= 2,
+                    "--real {}: {} images; FD needs at least 2",
+                    dir.display(),
+                    files.len()
+                );
                 Some(files)
             }
             None => None,
         };
         Ok(LoadedNets {
-            clip: self.clip.as_ref().map(|d| load_clip(d, rt).with_context(|| with("--clip", d))).transpose()?,
+            clip: self
+                .clip
+                .as_ref()
+                .map(|d| load_clip(d, rt).with_context(|| with("--clip", d)))
+                .transpose()?,
             inception: net("inception", "--inception", &self.inception)?,
             dino: net("dinov2", "--dino", &self.dino)?,
-            aesthetic: self.aesthetic.as_ref().map(|p| load_aesthetic(p).with_context(|| with("--aesthetic", p))).transpose()?,
+            aesthetic: self
+                .aesthetic
+                .as_ref()
+                .map(|p| load_aesthetic(p).with_context(|| with("--aesthetic", p)))
+                .transpose()?,
             real,
         })
     }
@@ -166,7 +185,9 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/metrics").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/metrics")
+            .join(name)
     }
 
     /// The predictor read from a `torch.save`d state dict scores as its own PyTorch module does
@@ -185,7 +206,11 @@ mod tests {
             assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{g} vs {w}");
         }
         let wrong = Tensor::zeros((2, 7), DType::F32, &Device::Cpu).unwrap();
-        assert!(predictor.scores(&wrong).unwrap_err().to_string().contains("takes [B, 16]"));
+        assert!(predictor
+            .scores(&wrong)
+            .unwrap_err()
+            .to_string()
+            .contains("takes [B, 16]"));
     }
 
     /// Flags that need another are refused naming both, before anything loads.
@@ -196,12 +221,22 @@ mod tests {
             aesthetic: Some(fixture("aesthetic.pth")),
             ..Default::default()
         };
-        assert!(aesthetic.load(&rt).err().unwrap().to_string().contains("--aesthetic scores CLIP ViT-L/14 embeddings: give --clip too"));
+        assert!(aesthetic
+            .load(&rt)
+            .err()
+            .unwrap()
+            .to_string()
+            .contains("--aesthetic scores CLIP ViT-L/14 embeddings: give --clip too"));
         let real = MetricFiles {
             real: Some(fixture("")),
             ..Default::default()
         };
-        assert!(real.load(&rt).err().unwrap().to_string().starts_with("--real: give a network"));
+        assert!(real
+            .load(&rt)
+            .err()
+            .unwrap()
+            .to_string()
+            .starts_with("--real: give a network"));
     }
 
     /// A state dict that is not a chain of linear layers ending in one score is refused by name.
@@ -209,8 +244,19 @@ mod tests {
     fn broken_predictors_are_named() {
         let t = |dims: &[usize]| Tensor::zeros(dims, DType::F32, &Device::Cpu).unwrap();
         let cases = [
-            (vec![("layers.0.weight", t(&[4, 8])), ("layers.0.bias", t(&[4]))], "4 outputs, not one score"),
-            (vec![("layers.0.weight", t(&[4, 8])), ("layers.0.bias", t(&[4])), ("layers.2.weight", t(&[1, 3])), ("layers.2.bias", t(&[1]))], "4 outputs feeds one of 3 inputs"),
+            (
+                vec![("layers.0.weight", t(&[4, 8])), ("layers.0.bias", t(&[4]))],
+                "4 outputs, not one score",
+            ),
+            (
+                vec![
+                    ("layers.0.weight", t(&[4, 8])),
+                    ("layers.0.bias", t(&[4])),
+                    ("layers.2.weight", t(&[1, 3])),
+                    ("layers.2.bias", t(&[1])),
+                ],
+                "4 outputs feeds one of 3 inputs",
+            ),
             (vec![("layers.0.weight", t(&[1, 8]))], "layers.0.bias is missing"),
             (vec![("head.weight", t(&[1, 8]))], "'head.weight' is not a layer"),
         ];

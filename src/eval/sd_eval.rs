@@ -338,7 +338,10 @@ impl SdEvalSetup<'_> {
         notes.extend(absent.iter().filter(|(yes, _)| *yes).map(|(_, note)| note.to_string()));
         if scorer.has_networks() && n < PAPER_SAMPLES {
             let floors = scorer.fd_floors()?;
-            let floors: Vec<String> = floors.iter().map(|(stem, half, fd)| format!("{stem} {fd:.4} (n = {half} each)")).collect();
+            let floors: Vec<String> = floors
+                .iter()
+                .map(|(stem, half, fd)| format!("{stem} {fd:.4} (n = {half} each)"))
+                .collect();
             notes.push(format!(
                 "n = {n} samples per FD, below the paper's ~{PAPER_SAMPLES}: FD is biased upward at small n and the bias shrinks like 1/n. As a floor, the FD between the two halves of the teacher's own samples is {}; FD differences of that order are not resolved.",
                 if floors.is_empty() { "not computable".to_string() } else { floors.join(", ") }
@@ -387,7 +390,10 @@ impl SdEvaluation {
         columns.iter().for_each(|(key, _)| out += &format!(",{key}"));
         out += ",seconds\n";
         for r in &self.rows {
-            out += &format!("{},{},{},{},{:e}", r.model, r.steps, r.unet_evals_per_sample, r.n, r.ode_error);
+            out += &format!(
+                "{},{},{},{},{:e}",
+                r.model, r.steps, r.unet_evals_per_sample, r.n, r.ode_error
+            );
             for (key, _) in &columns {
                 out += &format!(",{}", r.scores.get(*key).map(|v| format!("{v:e}")).unwrap_or_default());
             }
@@ -405,9 +411,15 @@ impl SdEvaluation {
         out += &"---|".repeat(columns.len() + 1);
         out += "\n";
         for r in &self.rows {
-            out += &format!("| {} | {} | {} | {} | {:.4e} |", r.model, r.steps, r.unet_evals_per_sample, r.n, r.ode_error);
+            out += &format!(
+                "| {} | {} | {} | {} | {:.4e} |",
+                r.model, r.steps, r.unet_evals_per_sample, r.n, r.ode_error
+            );
             for (key, _) in &columns {
-                out += &format!(" {} |", r.scores.get(*key).map(|v| format!("{v:.4}")).unwrap_or_default());
+                out += &format!(
+                    " {} |",
+                    r.scores.get(*key).map(|v| format!("{v:.4}")).unwrap_or_default()
+                );
             }
             out += &format!(" {:.1} |\n", r.seconds);
         }

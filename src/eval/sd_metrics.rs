@@ -129,7 +129,10 @@ impl<'a> Scorer<'a> {
             if n < 2 {
                 continue;
             }
-            let (a, b) = (r.teacher_matrix.rows(0, n).into_owned(), r.teacher_matrix.rows(n, n).into_owned());
+            let (a, b) = (
+                r.teacher_matrix.rows(0, n).into_owned(),
+                r.teacher_matrix.rows(n, n).into_owned(),
+            );
             floors.push((stems(r.net).0, n, frechet_distance(&a, &b)?));
         }
         Ok(floors)
@@ -142,7 +145,14 @@ impl<'a> Scorer<'a> {
 
 /// FD and KD of `x` to `y` under `{stem}_{suffix}`; with fewer than 2 samples (no Gaussian
 /// fit) both are left out and the notes say why.
-fn distances(scores: &mut BTreeMap<String, f64>, x: &DMatrix<f64>, y: &DMatrix<f64>, fd: &str, kd: &str, suffix: &str) -> Result<()> {
+fn distances(
+    scores: &mut BTreeMap<String, f64>,
+    x: &DMatrix<f64>,
+    y: &DMatrix<f64>,
+    fd: &str,
+    kd: &str,
+    suffix: &str,
+) -> Result<()> {
     if x.nrows() >= 2 && y.nrows() >= 2 {
         scores.insert(format!("{fd}_{suffix}"), frechet_distance(x, y)?);
         scores.insert(format!("{kd}_{suffix}"), kernel_distance(x, y)?);

@@ -57,7 +57,14 @@ pub fn features_command(a: FeaturesArgs) -> Result<()> {
     let net = load_feature_net(&a.model, &a.runtime.runtime()?)?;
     let features = files_features(&*net, &files, a.batch)?;
     npy::write(&a.out, &features)?;
-    eprintln!("{} × {} {} features of {} written to {}", features.dim(0)?, features.dim(1)?, net.name(), a.images.display(), a.out.display());
+    eprintln!(
+        "{} × {} {} features of {} written to {}",
+        features.dim(0)?,
+        features.dim(1)?,
+        net.name(),
+        a.images.display(),
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -71,9 +78,21 @@ pub fn fd_command(a: FdArgs) -> Result<()> {
     };
     let x = to_matrix(&set_features(&a.a, net.as_deref(), a.batch)?)?;
     let y = to_matrix(&set_features(&a.b, net.as_deref(), a.batch)?)?;
-    ensure!(x.ncols() == y.ncols(), "{} has {}-wide features, {} {}-wide", a.a.display(), x.ncols(), a.b.display(), y.ncols());
+    ensure!(
+        x.ncols() == y.ncols(),
+        "{} has {}-wide features, {} {}-wide",
+        a.a.display(),
+        x.ncols(),
+        a.b.display(),
+        y.ncols()
+    );
     let (fd, kd) = (frechet_distance(&x, &y)?, kernel_distance(&x, &y)?);
-    println!("fd {fd:.6}\nkd {kd:.6e}\nn_a {}\nn_b {}\ndim {}", x.nrows(), y.nrows(), x.ncols());
+    println!(
+        "fd {fd:.6}\nkd {kd:.6e}\nn_a {}\nn_b {}\ndim {}",
+        x.nrows(),
+        y.nrows(),
+        x.ncols()
+    );
     Ok(())
 }
 
@@ -81,8 +100,14 @@ pub fn fd_command(a: FdArgs) -> Result<()> {
 fn set_features(path: &Path, net: Option<&dyn FeatureNet>, batch: usize) -> Result<Tensor> {
     let t = match net.filter(|_| path.is_dir()) {
         Some(net) => files_features(net, &image_files(path)?, batch)?,
-        None => npy::read(path).with_context(|| format!("{}: neither an image folder nor a .npy feature file", path.display()))?,
+        None => npy::read(path)
+            .with_context(|| format!("{}: neither an image folder nor a .npy feature file", path.display()))?,
     };
-    ensure!(t.dims().len() == 2 && t.dim(0)? >= 2, "{}: {:?} features; FD and KD need [N ≥ 2, D]", path.display(), t.dims());
+    ensure!(
+        t.dims().len() == 2 && t.dim(0)? >= 2,
+        "{}: {:?} features; FD and KD need [N ≥ 2, D]",
+        path.display(),
+        t.dims()
+    );
     Ok(t)
 }

@@ -337,7 +337,10 @@ fn write_report(
     for r in results {
         for row in &r.rows {
             let method = if row.model == "teacher" { "teacher" } else { &r.method };
-            csv += &format!("{method},{},{},{},{}", row.steps, row.unet_evals_per_sample, row.n, row.ode_error);
+            csv += &format!(
+                "{method},{},{},{},{}",
+                row.steps, row.unet_evals_per_sample, row.n, row.ode_error
+            );
             for (key, _) in &columns {
                 csv += &format!(",{}", row.scores.get(*key).map_or(String::new(), |v| format!("{v}")));
             }
@@ -376,12 +379,22 @@ fn markdown(cfg: &SdReproduceConfig, results: &[MethodResult], notes: &[String],
     md += "| method | steps | n | ODE error |";
     columns.iter().for_each(|(_, heading)| md += &format!(" {heading} |"));
     md += &format!("\n|---|---|---|---|{}\n", "---|".repeat(columns.len()));
-    let teacher = results.first().and_then(|r| r.rows.iter().find(|r| r.model == "teacher"));
-    let rows = results.iter().flat_map(|r| r.rows.iter().filter(|row| row.model != "teacher").map(move |row| (r.method.as_str(), row)));
+    let teacher = results
+        .first()
+        .and_then(|r| r.rows.iter().find(|r| r.model == "teacher"));
+    let rows = results.iter().flat_map(|r| {
+        r.rows
+            .iter()
+            .filter(|row| row.model != "teacher")
+            .map(move |row| (r.method.as_str(), row))
+    });
     for (method, row) in teacher.map(|t| ("teacher", t)).into_iter().chain(rows) {
         md += &format!("| {method} | {} | {} | {:.4e} |", row.steps, row.n, row.ode_error);
         for (key, _) in &columns {
-            md += &format!(" {} |", row.scores.get(*key).map_or("—".to_string(), |v| format!("{v:.4}")));
+            md += &format!(
+                " {} |",
+                row.scores.get(*key).map_or("—".to_string(), |v| format!("{v:.4}"))
+            );
         }
         md += "\n";
     }
@@ -467,5 +480,10 @@ fn primary_fd(row: &SdEvalRow) -> Option<(&'static str, f64)> {
 
 /// The metric flags of `--preset sd`, as given.
 fn metric_files(sd: &SdReproduceArgs) -> [(&'static str, &Option<PathBuf>); 4] {
-    [("clip", &sd.clip), ("inception", &sd.inception), ("dino", &sd.dino), ("aesthetic", &sd.aesthetic)]
+    [
+        ("clip", &sd.clip),
+        ("inception", &sd.inception),
+        ("dino", &sd.dino),
+        ("aesthetic", &sd.aesthetic),
+    ]
 }

@@ -4,12 +4,12 @@
 //! a new family is a new folder under `families/` implementing `ModelFamily` (README,
 //! "Adding a model family").
 
-use crate::eval::metric_nets::MetricFiles;
 use crate::consistency::sampler::{multistep_sample_with, picked_timesteps, Picking};
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::discretization::Discretization;
 use crate::diffusion::solver::Solver;
+use crate::eval::metric_nets::MetricFiles;
 use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
 use crate::nets::network::Architecture;

@@ -35,7 +35,10 @@ impl AestheticPredictor {
         }
         indices.sort_unstable();
         indices.dedup();
-        ensure!(!indices.is_empty(), "no layers.N.weight tensors: not an aesthetic predictor");
+        ensure!(
+            !indices.is_empty(),
+            "no layers.N.weight tensors: not an aesthetic predictor"
+        );
         let layers = indices.iter().map(|n| layer(params, *n)).collect::<Result<Vec<_>>>()?;
         check_chain(&layers)?;
         Ok(Self { layers })

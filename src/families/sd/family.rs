@@ -13,8 +13,8 @@ use crate::families::family::{
 };
 use crate::models::sd::images;
 use crate::models::sd::pipeline::Pipeline;
-use crate::models::sd::single_file::SingleFileOptions;
 use crate::models::sd::prompts;
+use crate::models::sd::single_file::SingleFileOptions;
 use crate::models::sd::student::SdStudentConfig;
 use crate::models::sd::teacher::text_condition;
 use crate::models::sd::text::NullText;

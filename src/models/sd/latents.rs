@@ -65,7 +65,7 @@ fn cache_key(pipeline: &Pipeline, folder: &Folder, r: usize) -> Result<Value> {
     };
     let vae = vae_files
         .iter()
-        .map(|p| named_hash(p, &vae_dir))
+        .map(|p| named_hash(p, vae_dir))
         .collect::<Result<Vec<_>>>()?;
     let images = folder
         .entries

@@ -191,7 +191,11 @@ impl Pipeline {
             Source::File(f) => vec![f.path().to_path_buf()],
         };
         if let Some(config) = &self.options.config {
-            files.extend(if config.is_dir() { list_files(&config.join("vae"))? } else { vec![config.clone()] });
+            files.extend(if config.is_dir() {
+                list_files(&config.join("vae"))?
+            } else {
+                vec![config.clone()]
+            });
         }
         Ok(files)
     }

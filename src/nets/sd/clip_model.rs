@@ -223,7 +223,10 @@ impl FeatureNet for ClipModel {
     }
 
     fn features(&self, images: &Tensor) -> Result<Tensor> {
-        Ok(self.image_features(images)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
+        Ok(self
+            .image_features(images)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?)
     }
 }
 

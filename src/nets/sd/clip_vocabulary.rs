@@ -25,7 +25,10 @@ pub const CLIP_VOCAB_SIZE: usize = 49_408;
 /// U+0100 onwards.
 pub fn byte_symbols() -> Vec<char> {
     let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
-    let mut symbols: Vec<char> = (0..256u32).filter(|&b| printable(b)).filter_map(char::from_u32).collect();
+    let mut symbols: Vec<char> = (0..256u32)
+        .filter(|&b| printable(b))
+        .filter_map(char::from_u32)
+        .collect();
     let others = (0..256u32).filter(|&b| !printable(b));
     symbols.extend(others.enumerate().filter_map(|(n, _)| char::from_u32(256 + n as u32)));
     symbols
@@ -53,7 +56,10 @@ pub fn released() -> Result<(Vocab, Merges)> {
         .chain(merges.iter().map(|(l, r)| format!("{l}{r}")))
         .chain(["<|startoftext|>".to_string(), "<|endoftext|>".to_string()]);
     let vocab: Vocab = tokens.enumerate().map(|(id, t)| (t, id as u32)).collect();
-    ensure!(vocab.len() == CLIP_VOCAB_SIZE, "the shipped CLIP vocabulary has repeated tokens");
+    ensure!(
+        vocab.len() == CLIP_VOCAB_SIZE,
+        "the shipped CLIP vocabulary has repeated tokens"
+    );
     Ok((vocab, merges))
 }
 
@@ -66,7 +72,16 @@ mod tests {
     fn released_vocabulary_has_clips_ids() {
         let (vocab, merges) = released().unwrap();
         assert_eq!(merges[0], ("i".to_string(), "n".to_string()));
-        for (token, id) in [("!", 0), ("a", 64), ("a</w>", 320), ("Ā", 188), ("photo</w>", 1125), ("cat</w>", 2368), ("<|startoftext|>", 49406), ("<|endoftext|>", 49407)] {
+        for (token, id) in [
+            ("!", 0),
+            ("a", 64),
+            ("a</w>", 320),
+            ("Ā", 188),
+            ("photo</w>", 1125),
+            ("cat</w>", 2368),
+            ("<|startoftext|>", 49406),
+            ("<|endoftext|>", 49407),
+        ] {
             assert_eq!(vocab[token], id, "{token}");
         }
     }

@@ -69,7 +69,12 @@ impl ClipTokenizer {
             pad: pad.to_string(),
             ..SpecialTokens::clip()
         };
-        let id = |token: &str| vocab.get(token).copied().ok_or_else(|| anyhow!("pad token {token:?} is not in CLIP's vocabulary"));
+        let id = |token: &str| {
+            vocab
+                .get(token)
+                .copied()
+                .ok_or_else(|| anyhow!("pad token {token:?} is not in CLIP's vocabulary"))
+        };
         let (bos, eos, pad) = (id(&special.bos)?, id(&special.eos)?, id(&special.pad)?);
         Ok(Self {
             inner: assemble(vocab, merges, &special)?,
@@ -592,8 +597,14 @@ mod tests {
         let golden: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
         let field = |k: &str| -> Vec<Vec<u32>> { serde_json::from_value(golden[k].clone()).unwrap() };
         let prompts: Vec<String> = serde_json::from_value(golden["prompts"].clone()).unwrap();
-        let (bang, eot) = (ClipTokenizer::released("!").unwrap(), ClipTokenizer::released("<|endoftext|>").unwrap());
-        let rows = prompts.iter().zip(field("transformers_pad_bang")).zip(field("transformers_pad_eot"));
+        let (bang, eot) = (
+            ClipTokenizer::released("!").unwrap(),
+            ClipTokenizer::released("<|endoftext|>").unwrap(),
+        );
+        let rows = prompts
+            .iter()
+            .zip(field("transformers_pad_bang"))
+            .zip(field("transformers_pad_eot"));
         for (((prompt, want_bang), want_eot), open_clip) in rows.zip(field("open_clip")) {
             let ids = bang.encode(prompt).unwrap();
             assert_eq!(ids, want_bang, "{prompt:?}");

@@ -55,7 +55,12 @@ fn transformers_tensor(rest: &str, load: impl Fn() -> Result<Tensor>, params: &m
 }
 
 /// One OpenCLIP tensor in transformers' names (fused projections split in three).
-fn open_clip_tensor(rest: &str, cfg: &ClipTextConfig, load: impl Fn() -> Result<Tensor>, params: &mut Params) -> Result<()> {
+fn open_clip_tensor(
+    rest: &str,
+    cfg: &ClipTextConfig,
+    load: impl Fn() -> Result<Tensor>,
+    params: &mut Params,
+) -> Result<()> {
     let direct = match rest {
         "token_embedding.weight" => Some("text_model.embeddings.token_embedding.weight"),
         "positional_embedding" => Some("text_model.embeddings.position_embedding.weight"),
@@ -80,8 +85,12 @@ fn open_clip_tensor(rest: &str, cfg: &ClipTextConfig, load: impl Fn() -> Result<
     let block = rest
         .strip_prefix("transformer.resblocks.")
         .ok_or_else(|| anyhow!("not an OpenCLIP text-tower tensor"))?;
-    let (index, param) = block.split_once('.').ok_or_else(|| anyhow!("not an OpenCLIP block tensor"))?;
-    let index: usize = index.parse().map_err(|_| anyhow!("block index '{index}' is not a number"))?;
+    let (index, param) = block
+        .split_once('.')
+        .ok_or_else(|| anyhow!("not an OpenCLIP block tensor"))?;
+    let index: usize = index
+        .parse()
+        .map_err(|_| anyhow!("block index '{index}' is not a number"))?;
     let layers = cfg.num_hidden_layers;
     if index == layers {
         return Ok(()); // the block after the penultimate layer's output, which SD 2.x never runs

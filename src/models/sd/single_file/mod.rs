@@ -161,7 +161,11 @@ impl SingleFile {
             let t = diffusers_tensor(&diffusers, self.file.load(&name, device, dtype)?)?;
             params.insert(diffusers, t);
         }
-        ensure!(!params.is_empty(), "{}: holds no VAE ('{VAE_PREFIX}…')", self.path().display());
+        ensure!(
+            !params.is_empty(),
+            "{}: holds no VAE ('{VAE_PREFIX}…')",
+            self.path().display()
+        );
         Ok(params)
     }
 
@@ -198,7 +202,9 @@ impl SingleFile {
             let ldm = self.unet_names.to_ldm(diffusers).unwrap_or_default();
             match self.file.shape(&format!("{UNET_PREFIX}{ldm}")) {
                 Some(found) if &found == shape => {}
-                Some(found) => bail!("{at}: tensor '{UNET_PREFIX}{ldm}' is {found:?}, the UNet's {diffusers} is {shape:?}: {advice}"),
+                Some(found) => bail!(
+                    "{at}: tensor '{UNET_PREFIX}{ldm}' is {found:?}, the UNet's {diffusers} is {shape:?}: {advice}"
+                ),
                 None => bail!("{at}: no tensor '{UNET_PREFIX}{ldm}' (the UNet's {diffusers}): {advice}"),
             }
         }
@@ -211,7 +217,10 @@ fn detect(file: &Checkpoint) -> Result<ReleasedFamily> {
     let names = file.names();
     let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
     let at = file.path().display();
-    ensure!(has(UNET_PREFIX), "{at}: no UNet ('{UNET_PREFIX}…'): not a Stable Diffusion checkpoint in the original layout");
+    ensure!(
+        has(UNET_PREFIX),
+        "{at}: no UNet ('{UNET_PREFIX}…'): not a Stable Diffusion checkpoint in the original layout"
+    );
     if has("conditioner.embedders.0.transformer.") && has("conditioner.embedders.1.model.") {
         return Ok(ReleasedFamily::Sdxl);
     }
@@ -224,7 +233,9 @@ fn detect(file: &Checkpoint) -> Result<ReleasedFamily> {
     if has("cond_stage_model.transformer.") {
         return Ok(ReleasedFamily::Sd1);
     }
-    bail!("{at}: no text encoder ('cond_stage_model.…' or 'conditioner.embedders.…'): give a checkpoint that includes it")
+    bail!(
+        "{at}: no text encoder ('cond_stage_model.…' or 'conditioner.embedders.…'): give a checkpoint that includes it"
+    )
 }
 
 /// `--prediction`, else what the family implies; SD 2.x files come in both kinds.
@@ -295,7 +306,11 @@ fn folder_configs(dir: &Path, family: ReleasedFamily, prediction: Option<Predict
         matches!(folder.family(), Family::Sdxl { .. }) == (family == ReleasedFamily::Sdxl),
         "--config {}: a {} pipeline folder, but the checkpoint holds {}",
         dir.display(),
-        if family == ReleasedFamily::Sdxl { "SD 1.x/2.x" } else { "SDXL" },
+        if family == ReleasedFamily::Sdxl {
+            "SD 1.x/2.x"
+        } else {
+            "SDXL"
+        },
         family.name()
     );
     let mut scheduler = folder.scheduler()?;

@@ -23,10 +23,10 @@ pub fn diffusers_name(ldm: &str, levels: usize) -> Option<String> {
         ("conv_in" | "conv_out", _) => rest.to_string(),
         ("norm_out", param) => format!("conv_norm_out.{param}"),
         ("mid", inner) => mid(inner)?,
-        ("down", inner) if side == "encoder" => level(inner, "down_blocks", "downsample", "downsamplers", |i| Some(i))?,
-        ("up", inner) if side == "decoder" => {
-            level(inner, "up_blocks", "upsample", "upsamplers", |i| (i < levels).then(|| levels - 1 - i))?
-        }
+        ("down", inner) if side == "encoder" => level(inner, "down_blocks", "downsample", "downsamplers", Some)?,
+        ("up", inner) if side == "decoder" => level(inner, "up_blocks", "upsample", "upsamplers", |i| {
+            (i < levels).then(|| levels - 1 - i)
+        })?,
         _ => return None,
     };
     Some(format!("{side}.{rest}"))
@@ -55,7 +55,13 @@ fn mid(inner: &str) -> Option<String> {
 }
 
 /// `I.block.J.…` or `I.{sample}.conv.…` of level `I` (renumbered by `index`).
-fn level(inner: &str, blocks: &str, sample: &str, samplers: &str, index: impl Fn(usize) -> Option<usize>) -> Option<String> {
+fn level(
+    inner: &str,
+    blocks: &str,
+    sample: &str,
+    samplers: &str,
+    index: impl Fn(usize) -> Option<usize>,
+) -> Option<String> {
     let (i, rest) = inner.split_once('.')?;
     let i = index(i.parse().ok()?)?;
     let (part, rest) = rest.split_once('.')?;
@@ -97,12 +103,30 @@ mod tests {
     #[test]
     fn names_follow_diffusers_reader() {
         let cases = [
-            ("encoder.down.1.block.0.nin_shortcut.weight", "encoder.down_blocks.1.resnets.0.conv_shortcut.weight"),
-            ("encoder.down.0.downsample.conv.bias", "encoder.down_blocks.0.downsamplers.0.conv.bias"),
-            ("decoder.up.3.block.2.conv1.weight", "decoder.up_blocks.0.resnets.2.conv1.weight"),
-            ("decoder.up.1.upsample.conv.weight", "decoder.up_blocks.2.upsamplers.0.conv.weight"),
-            ("decoder.mid.attn_1.proj_out.weight", "decoder.mid_block.attentions.0.to_out.0.weight"),
-            ("encoder.mid.block_2.norm2.bias", "encoder.mid_block.resnets.1.norm2.bias"),
+            (
+                "encoder.down.1.block.0.nin_shortcut.weight",
+                "encoder.down_blocks.1.resnets.0.conv_shortcut.weight",
+            ),
+            (
+                "encoder.down.0.downsample.conv.bias",
+                "encoder.down_blocks.0.downsamplers.0.conv.bias",
+            ),
+            (
+                "decoder.up.3.block.2.conv1.weight",
+                "decoder.up_blocks.0.resnets.2.conv1.weight",
+            ),
+            (
+                "decoder.up.1.upsample.conv.weight",
+                "decoder.up_blocks.2.upsamplers.0.conv.weight",
+            ),
+            (
+                "decoder.mid.attn_1.proj_out.weight",
+                "decoder.mid_block.attentions.0.to_out.0.weight",
+            ),
+            (
+                "encoder.mid.block_2.norm2.bias",
+                "encoder.mid_block.resnets.1.norm2.bias",
+            ),
             ("encoder.norm_out.weight", "encoder.conv_norm_out.weight"),
             ("post_quant_conv.bias", "post_quant_conv.bias"),
             ("decoder.conv_in.weight", "decoder.conv_in.weight"),
@@ -110,7 +134,12 @@ mod tests {
         for (ldm, want) in cases {
             assert_eq!(diffusers_name(ldm, 4).as_deref(), Some(want), "{ldm}");
         }
-        for junk in ["decoder.up.4.block.0.conv1.weight", "encoder.up.0.block.0.conv1.weight", "encoder.mid.attn_1.x.weight", "model_ema.decay"] {
+        for junk in [
+            "decoder.up.4.block.0.conv1.weight",
+            "encoder.up.0.block.0.conv1.weight",
+            "encoder.mid.attn_1.x.weight",
+            "model_ema.decay",
+        ] {
             assert_eq!(diffusers_name(junk, 4), None, "{junk}");
         }
     }
