@@ -1,9 +1,9 @@
 //! The networks the sample-quality metrics run on, loaded from the files people have
 //! (README, "Evaluating with the paper's metrics"): `clip:DIR` (a transformers `CLIPModel`
 //! folder), `inception:FILE` (pytorch-fid's Inception-v3 weights), `dinov2:DIR` (a
-//! transformers `Dinov2Model` folder) and the LAION aesthetic predictor's `.pth`; and the
-//! features of a folder of images, streamed in batches.
+//! transformers `Dinov2Model` folder) and the LAION aesthetic predictor's `.pth`.
 
+use super::image_files::image_files;
 use super::sd_eval::load_clip;
 use super::sd_metrics::MetricNets;
 use crate::models::sd::checkpoint::Checkpoint;
@@ -15,7 +15,7 @@ use crate::nets::layers::Params;
 use crate::nets::sd::clip_model::ClipModel;
 use crate::runtime::device::Runtime;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device};
 use std::path::{Path, PathBuf};
 
 /// The forms `--model` takes.
@@ -128,61 +128,10 @@ impl LoadedNets {
     }
 }
 
-/// The PNG, JPEG and WebP files directly in `dir`, sorted by name; anything else but hidden
-/// files is an error naming it (a metric silently computed on part of a folder is wrong).
-pub fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let entries = std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
-    let mut files = Vec::new();
-    for entry in entries {
-        let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if name.starts_with('.') {
-            continue;
-        }
-        let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
-        ensure!(
-            path.is_file() && matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg" | "webp")),
-            "{}: not a PNG, JPEG or WebP image (an image folder holds nothing else)",
-            path.display()
-        );
-        files.push(path);
-    }
-    files.sort();
-    Ok(files)
-}
-
-/// One image as `[3, H, W]` f32 in [0, 1].
-pub fn read_image(path: &Path) -> Result<Tensor> {
-    let img = image::open(path)
-        .with_context(|| format!("{}: cannot decode image", path.display()))?
-        .to_rgb8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let t = Tensor::from_vec(img.into_raw(), (h, w, 3), &Device::Cpu)?.permute((2, 0, 1))?;
-    Ok((t.to_dtype(DType::F32)? / 255.0)?)
-}
-
-/// Features `[N, dim]` of the images in `files` (in that order), up to `batch` same-size
-/// images per network call.
-pub fn files_features(net: &dyn FeatureNet, files: &[PathBuf], batch: usize) -> Result<Tensor> {
-    ensure!(!files.is_empty(), "no images");
-    let mut parts = Vec::new();
-    let mut pending: Vec<Tensor> = Vec::new();
-    for file in files {
-        crate::runtime::signals::check()?;
-        let image = read_image(file)?;
-        if pending.len() == batch.max(1) || pending.first().is_some_and(|p| p.dims() != image.dims()) {
-            parts.push(net.features(&Tensor::stack(&pending, 0)?)?);
-            pending.clear();
-        }
-        pending.push(image);
-    }
-    parts.push(net.features(&Tensor::stack(&pending, 0)?)?);
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Tensor;
 
     fn fixture(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -8,6 +8,7 @@ pub mod comparison;
 pub mod difference;
 pub mod evaluate;
 pub mod features;
+pub mod image_files;
 pub mod judge;
 pub mod metric_nets;
 pub mod metrics;

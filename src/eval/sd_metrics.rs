@@ -7,7 +7,7 @@
 //! beyond the paper, a perceptual ODE error: the DINOv2-feature distance between each sample
 //! and the teacher's sample from the same noise (paired; mean and a 95 % normal interval).
 
-use super::metric_nets::files_features;
+use super::image_files::files_features;
 use super::metrics::fd::frechet_distance;
 use super::metrics::kd::kernel_distance;
 use super::metrics::to_matrix;

@@ -4,7 +4,8 @@
 
 use super::args::RuntimeArgs;
 use crate::data::npy;
-use crate::eval::metric_nets::{files_features, image_files, load_feature_net, MODEL_HELP};
+use crate::eval::image_files::{files_features, image_files};
+use crate::eval::metric_nets::{load_feature_net, MODEL_HELP};
 use crate::eval::metrics::fd::frechet_distance;
 use crate::eval::metrics::kd::kernel_distance;
 use crate::eval::metrics::to_matrix;

@@ -1,6 +1,7 @@
 //! One distillation run of any family: prepare the plan's data and student, train, save.
 
 use super::family::DistillPlan;
+use crate::runtime::files::check_output_file;
 use crate::train::distill::{distill, DistillConfig, Distilled};
 use crate::train::trainer::Checkpointing;
 use anyhow::Result;
@@ -22,6 +23,10 @@ pub fn run(
     out: &Path,
     checkpointing: Checkpointing,
 ) -> Result<Finished> {
+    // A file that cannot be written (a folder, a pipe) is refused before hours of training.
+    for name in plan.outputs() {
+        check_output_file(&out.join(name), "--out")?;
+    }
     let job = plan.prepare(out)?;
     let started = Instant::now();
     let distilled = distill(

@@ -168,6 +168,8 @@ pub trait DistillPlan {
     fn prepare(&self, out: &Path) -> Result<DistillJob<'_>>;
     /// Writes the trained student into `out`; returns what was written, for the summary line.
     fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String>;
+    /// The files `save` writes in `out`, checked writable before any work.
+    fn outputs(&self) -> Vec<&'static str>;
     /// The adapters' rank and alpha when the plan fixes them (a LoRA file to start from),
     /// overriding the flags'.
     fn lora(&self) -> Option<LoraConfig> {

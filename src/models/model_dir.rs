@@ -13,6 +13,8 @@ pub const CONFIG: &str = "config.json";
 pub const WEIGHTS: &str = "model.safetensors";
 /// A LoRA student's trained adapters alone (`model.safetensors` holds them merged).
 pub const ADAPTERS: &str = "adapters.safetensors";
+/// The loss curve of a training run.
+pub const LOSS_LOG: &str = "train_log.csv";
 
 pub fn save(dir: &Path, config: &impl Serialize, params: &Params) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
@@ -40,7 +42,7 @@ pub fn save_loss_log(dir: &Path, losses: &[f32]) -> Result<()> {
     for (i, l) in losses.iter().enumerate() {
         log.push_str(&format!("{},{l}\n", i + 1));
     }
-    write_atomic(&dir.join("train_log.csv"), log.as_bytes())
+    write_atomic(&dir.join(LOSS_LOG), log.as_bytes())
 }
 
 /// The kinds of model folder dcm writes, recognised by the fields of their `config.json`.

@@ -65,8 +65,8 @@ fn address_space_headroom(limit: f64, mapped: f64) -> Headroom {
         bytes: (limit - mapped).max(0.0),
         source: format!(
             "the address-space limit (RLIMIT_AS, ulimit -v) of {} less {} already mapped",
-            super::memory::human(limit),
-            super::memory::human(mapped)
+            human(limit),
+            human(mapped)
         ),
     }
 }
@@ -119,10 +119,22 @@ fn group_headroom(dir: &Path, limit: &str, usage: &str) -> Option<Headroom> {
         source: format!(
             "the control group's memory limit ({}) of {} less {} in use",
             dir.join(limit).display(),
-            super::memory::human(max),
-            super::memory::human(used)
+            human(max),
+            human(used)
         ),
     })
+}
+
+/// Bytes in binary units, one decimal.
+pub fn human(bytes: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! one line instead of growing until the out-of-memory killer ends the process.
 
 use super::limits::headroom;
+pub use super::limits::human;
 use anyhow::{ensure, Result};
 
 /// Refuses work whose estimated need, `bytes`, exceeds what the tightest of the process's
@@ -23,17 +24,6 @@ pub fn ensure_fits(bytes: f64, what: &str) -> Result<()> {
 /// Bytes of `elements` f32 values, as f64 so huge products do not overflow.
 pub fn f32_bytes(elements: &[usize]) -> f64 {
     4.0 * elements.iter().map(|&e| e as f64).product::<f64>()
-}
-
-pub fn human(bytes: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]

@@ -5,11 +5,11 @@
 use crate::data::captioned::{Folder, FolderOptions};
 use crate::families::family::{DistillJob, DistillPlan, DistillRequest, FamilyFlags};
 use crate::families::sd::init_lora::{FromFile, InitLora};
-use crate::models::model_dir::save_loss_log;
+use crate::models::model_dir::{save_loss_log, LOSS_LOG};
 use crate::models::sd::captioned_latents::CaptionedLatents;
 use crate::models::sd::latents::encode_folder;
 use crate::models::sd::pipeline::Pipeline;
-use crate::models::sd::student::{LoraUnet, SdStudentConfig};
+use crate::models::sd::student::{LoraUnet, SdStudentConfig, SD_STUDENT};
 use crate::models::sd::text::NullText;
 use crate::models::sd::training_memory::TrainingMemory;
 use crate::models::spec::TeacherSpec;
@@ -223,6 +223,10 @@ impl DistillPlan for SdRun<'_> {
             data: Box::new(data),
             target_source: None,
         })
+    }
+
+    fn outputs(&self) -> Vec<&'static str> {
+        vec![KOHYA_FILE, PEFT_FILE, SD_STUDENT, LOSS_LOG]
     }
 
     fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String> {

@@ -135,6 +135,14 @@ impl DistillPlan for SmallPlan<'_> {
         })
     }
 
+    fn outputs(&self) -> Vec<&'static str> {
+        let mut files = vec![model_dir::CONFIG, model_dir::WEIGHTS, model_dir::LOSS_LOG];
+        if self.config.lora.is_some() {
+            files.push(model_dir::ADAPTERS);
+        }
+        files
+    }
+
     fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String> {
         let config = StudentConfig {
             teacher: TeacherSpec::portable(&self.spec),
