@@ -321,6 +321,18 @@ fn bad_input_is_one_line() {
             "{args:?}: {err}"
         );
     }
+    // An output the run could not write at the end (a folder where lora.safetensors goes) is
+    // refused before the latents are encoded.
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(out.join("lora.safetensors")).unwrap();
+    let args = base(&data);
+    let o = dcm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("lora.safetensors") && err.contains("--out"), "{err}");
+    assert!(
+        !out.join("latents").exists(),
+        "work began before the outputs were checked"
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 
