@@ -367,7 +367,11 @@ fn bad_pipelines_and_flags_fail_cleanly() {
         &["--prompt", "a", "--uncond", "empty"],
         &["--uncond has no effect without guidance"],
     );
-    run(&dir.join("nowhere"), prompt, &["nowhere: neither a pipeline folder nor a checkpoint file"]);
+    run(
+        &dir.join("nowhere"),
+        prompt,
+        &["nowhere: neither a pipeline folder nor a checkpoint file"],
+    );
     let flat = dir.join("flat.npy");
     npy::write(&flat, &Tensor::zeros((2, 256), DType::F32, &Device::Cpu).unwrap()).unwrap();
     let sd1_spec = format!("sd:{}", sd1.display());
