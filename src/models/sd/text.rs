@@ -20,13 +20,26 @@ pub struct TextEncoder {
 }
 
 impl TextEncoder {
-    /// A pipeline's text encoder `i` and its tokenizer, the model in the runtime's precision.
+    /// A pipeline's text encoder `i` and its tokenizer, the model in the runtime's precision;
+    /// a tokenizer with ids the encoder has no embedding for is refused here, naming the file,
+    /// rather than at the first prompt that uses one.
     fn load(pipeline: &Pipeline, i: usize, rt: &Runtime) -> Result<Self> {
         let (cfg, params, path) = pipeline.text_encoder(i, rt)?;
-        Ok(Self {
-            tokenizer: pipeline.tokenizer(i)?,
-            model: ClipTextModel::new(&cfg, &params).map_err(|e| anyhow!("{}: {e}", path.display()))?,
-        })
+        let tokenizer = pipeline.tokenizer(i)?;
+        let at = path.display();
+        ensure!(
+            tokenizer.vocab_size() <= cfg.vocab_size,
+            "{at}: the tokenizer has {} tokens but the text encoder's vocab_size is {}",
+            tokenizer.vocab_size(),
+            cfg.vocab_size
+        );
+        let model = ClipTextModel::new(&cfg, &params).map_err(|e| anyhow!("{at}: {e}"))?;
+        let sdxl_second = i == 1;
+        ensure!(
+            !sdxl_second || model.has_projection(),
+            "{at}: SDXL's second text encoder needs text_projection.weight (a CLIPTextModelWithProjection)"
+        );
+        Ok(Self { tokenizer, model })
     }
 
     fn ids(&self, prompts: &[String]) -> Result<Tensor> {
@@ -297,5 +310,26 @@ mod tests {
         );
         assert!(NullText::from_flags(None, Some("none")).is_err());
         assert!(NullText::from_flags(Some(""), Some("zeros")).is_err());
+    }
+
+    /// A tokenizer whose ids the encoder cannot embed is refused at load, naming the encoder's
+    /// weights file, instead of failing at the first prompt with an id beyond the vocabulary.
+    #[test]
+    fn a_tokenizer_larger_than_the_vocabulary_is_named() {
+        let dir = copy_pipeline("sd1", "vocab");
+        let config = dir.join("text_encoder/config.json");
+        let text = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(&config, text.replace("\"vocab_size\": 514", "\"vocab_size\": 300")).unwrap();
+        let e = PromptEncoder::load(&Pipeline::open(&dir).unwrap(), &Runtime::default())
+            .err()
+            .unwrap()
+            .to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.contains(
+                "text_encoder/model.safetensors: the tokenizer has 514 tokens but the text encoder's vocab_size is 300"
+            ),
+            "{e}"
+        );
     }
 }

@@ -108,6 +108,11 @@ impl ClipTokenizer {
         Ok(Tensor::from_vec(flat, (prompts.len(), self.max_length), &Device::Cpu)?)
     }
 
+    /// The number of ids the tokenizer can produce (vocabulary and special tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
     /// Length of every encoding (`model_max_length`).
     pub fn max_length(&self) -> usize {
         self.max_length
