@@ -572,3 +572,29 @@ fn empty_noise_and_integer_weights_are_refused() {
         &format!("tensor '{first}' is I64, but weights must be floating point"),
     );
 }
+
+/// A `--models` folder without the three networks is refused naming `--models` and the missing
+/// part, not `--teacher` (a flag the user did not give).
+#[test]
+fn reproduce_models_folder_is_named() {
+    let dir = std::env::temp_dir().join(format!("dcm-cli-models-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("autoencoder")).unwrap();
+    std::fs::write(dir.join("autoencoder/config.json"), "{}").unwrap();
+    let out = dir.join("out");
+    let o = dcm(&[
+        "reproduce",
+        "--preset",
+        "smoke",
+        "--models",
+        dir.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--models") && err.contains("no teacher/config.json") && !err.contains("--teacher"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -9,7 +9,7 @@ use crate::nets::featnet::Featnet;
 use crate::nets::layers::Params;
 use crate::nets::network::{NetConfig, Network};
 use crate::runtime::device::Runtime;
-use anyhow::{bail, Result};
+use anyhow::{bail, ensure, Result};
 use std::path::Path;
 
 /// The shipped networks and data a run uses.
@@ -28,6 +28,14 @@ pub struct Models {
 impl Models {
     /// `autoencoder/`, `teacher/` and `featnet/` of `dir`, frozen on `rt`.
     pub fn load(dir: &Path, data: Dataset, rt: &Runtime) -> Result<Self> {
+        for part in ["autoencoder", "teacher", "featnet"] {
+            let config = dir.join(part).join("config.json");
+            ensure!(
+                config.is_file(),
+                "--models {}: no {part}/config.json (the folder holds autoencoder/, teacher/ and featnet/ as dcm train-autoencoder, train-teacher and train-featnet write them)",
+                dir.display()
+            );
+        }
         let teacher_dir = dir.join("teacher");
         let Teacher::Network {
             net: teacher,
