@@ -6,6 +6,7 @@
 //! product's columns split across threads by `kernels::gemm`: an image's values never depend
 //! on the rest of its batch. Elsewhere candle's `conv2d` runs on the zero-padded input.
 
+use crate::nets::kernels::storage::contiguous_f32;
 use crate::nets::kernels::{
     self,
     gemm::{gemm, View},
@@ -128,13 +129,6 @@ impl ConvRelu {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("conv: expected a contiguous tensor"),
-    }
-}
-
 impl CustomOp3 for ConvRelu {
     fn name(&self) -> &'static str {
         "inception-conv-relu"
@@ -149,7 +143,11 @@ impl CustomOp3 for ConvRelu {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (contiguous(sx, lx)?, contiguous(sw, lw)?, contiguous(sb, lb)?);
+        let (x, w, b) = (
+            contiguous_f32(sx, lx, "conv")?,
+            contiguous_f32(sw, lw, "conv")?,
+            contiguous_f32(sb, lb, "conv")?,
+        );
         let g = self.geometry(lx.dims(), lw.dims(), lb.dims())?;
         let n = lx.dims()[0];
         let mut out = vec![0f32; n * g.o * g.ho * g.wo];

@@ -8,6 +8,7 @@
 
 use super::gemm::{product, View};
 use super::silu::{exp, vectorized};
+use super::storage::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -111,13 +112,6 @@ fn attend_block(q: &[f32], k: &[f32], v: &[f32], dims: Dims, l0: usize, out: &mu
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("attention: expected a contiguous tensor"),
-    }
-}
-
 impl CustomOp3 for Sdpa {
     fn name(&self) -> &'static str {
         "scaled-dot-product-attention"
@@ -132,7 +126,11 @@ impl CustomOp3 for Sdpa {
         sv: &CpuStorage,
         lv: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (q, k, v) = (contiguous(sq, lq)?, contiguous(sk, lk)?, contiguous(sv, lv)?);
+        let (q, k, v) = (
+            contiguous_f32(sq, lq, "attention")?,
+            contiguous_f32(sk, lk, "attention")?,
+            contiguous_f32(sv, lv, "attention")?,
+        );
         let (&[b, l, width], &[bk, s, wk]) = (lq.dims(), lk.dims()) else {
             candle_core::bail!("attention: expected [B, L, heads·d] queries and [B, S, heads·d] keys")
         };

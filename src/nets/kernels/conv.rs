@@ -12,6 +12,7 @@
 
 use super::gemm::{product, View};
 use super::silu::silu;
+use super::storage::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -188,13 +189,6 @@ fn scatter(prod: &[f32], y: &mut [f32], hw: usize, width: usize) {
     }
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("conv: expected a contiguous tensor"),
-    }
-}
-
 /// `cols[(c·k + ky)·k + kx][oy·wo + ox] = x[c][oy·s + ky − p][ox·s + kx − p]`, zero outside;
 /// rows of `cols` are `ld` apart.
 fn im2col(x: &[f32], g: Geometry, conv: Conv, cols: &mut [f32], ld: usize) {
@@ -249,7 +243,11 @@ impl CustomOp3 for Conv {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (contiguous(sx, lx)?, contiguous(sw, lw)?, contiguous(sb, lb)?);
+        let (x, w, b) = (
+            contiguous_f32(sx, lx, "conv")?,
+            contiguous_f32(sw, lw, "conv")?,
+            contiguous_f32(sb, lb, "conv")?,
+        );
         let (&[n, c, h, wd], &[o, wc, k, k2], &[bo]) = (lx.dims(), lw.dims(), lb.dims()) else {
             candle_core::bail!("conv: expected [B, C, H, W] input, [O, C, k, k] weight and [O] bias")
         };

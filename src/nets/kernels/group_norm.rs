@@ -4,6 +4,7 @@
 //! ninth for the SiLU. No backward: whatever records a gradient takes candle's GroupNorm.
 
 use super::silu::{silu, vectorized};
+use super::storage::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -63,13 +64,6 @@ fn sum(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     acc.iter().sum()
 }
 
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("group norm: expected a contiguous tensor"),
-    }
-}
-
 impl CustomOp3 for GroupNormAct {
     fn name(&self) -> &'static str {
         "group-norm"
@@ -84,7 +78,11 @@ impl CustomOp3 for GroupNormAct {
         sb: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, w, b) = (contiguous(sx, lx)?, contiguous(sw, lw)?, contiguous(sb, lb)?);
+        let (x, w, b) = (
+            contiguous_f32(sx, lx, "group norm")?,
+            contiguous_f32(sw, lw, "group norm")?,
+            contiguous_f32(sb, lb, "group norm")?,
+        );
         let (c, g) = (lx.dims().get(1).copied().unwrap_or(0), self.groups);
         if lx.dims().len() < 3 || g == 0 || c % g != 0 || w.len() != c || b.len() != c {
             candle_core::bail!(

@@ -4,6 +4,7 @@
 //! separate broadcast add. No backward: whatever records a gradient takes candle's ops.
 
 use super::gemm::{gemm, View};
+use super::storage::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 pub struct FrozenLinear;
@@ -16,13 +17,6 @@ impl FrozenLinear {
             Some(b) => x.apply_op3_no_bwd(&w, &b.contiguous()?, &FrozenLinear),
             None => x.apply_op2_no_bwd(&w, &FrozenLinear),
         }
-    }
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&s.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("linear: expected a contiguous tensor"),
     }
 }
 
@@ -58,7 +52,13 @@ impl CustomOp2 for FrozenLinear {
     }
 
     fn cpu_fwd(&self, sx: &CpuStorage, lx: &Layout, sw: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
-        linear(contiguous(sx, lx)?, lx, contiguous(sw, lw)?, lw, None)
+        linear(
+            contiguous_f32(sx, lx, "linear")?,
+            lx,
+            contiguous_f32(sw, lw, "linear")?,
+            lw,
+            None,
+        )
     }
 }
 
@@ -77,11 +77,11 @@ impl CustomOp3 for FrozenLinear {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         linear(
-            contiguous(sx, lx)?,
+            contiguous_f32(sx, lx, "linear")?,
             lx,
-            contiguous(sw, lw)?,
+            contiguous_f32(sw, lw, "linear")?,
             lw,
-            Some(contiguous(sb, lb)?),
+            Some(contiguous_f32(sb, lb, "linear")?),
         )
     }
 }

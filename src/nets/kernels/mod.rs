@@ -9,6 +9,7 @@ pub mod gemm;
 pub mod group_norm;
 pub mod linear;
 pub mod silu;
+pub mod storage;
 
 use candle_core::{DType, Tensor};
 use std::cell::Cell;
