@@ -1,7 +1,8 @@
 //! Property-based robustness of every parser of user files: arbitrary corruptions
 //! (truncation, byte flips, random bytes) of valid `.npy`, IDX, safetensors,
 //! PNG and config files, of a Stable Diffusion pipeline folder's files (model_index.json,
-//! component configs, vocab.json, merges.txt, UNet weights) and of LoRA files (kohya layout),
+//! component configs, vocab.json, merges.txt, UNet weights, shard indexes), of single-file and
+//! PyTorch `.ckpt` checkpoints and of LoRA files (kohya layout),
 //! give `Err`, or a value that passed validation — never a panic.
 //! Each property runs `CASES` cases (2,000 by default; `PROPTEST_CASES` overrides).
 
@@ -293,8 +294,54 @@ proptest! {
     }
 }
 
+/// Every tensor of a checkpoint that opened loads finite (or is refused by name): no panic.
+fn load_every_tensor(file: &dcm::models::sd::checkpoint::Checkpoint) -> Result<(), TestCaseError> {
+    for name in file.names() {
+        if let Ok(t) = file.load(&name, &Device::Cpu, candle_core::DType::F32) {
+            if t.dtype().is_float() {
+                let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+                prop_assert!(v.iter().all(|x| x.is_finite()), "{name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Corrupted PyTorch zip archives (`.ckpt`): refused, or every tensor they give is finite.
+    #[test]
+    fn torch_checkpoint_never_panics(bytes in corrupt(sd_bytes("formats/tiny.ckpt"))) {
+        let p = tmp_file("tiny.ckpt", &bytes);
+        if let Ok(file) = dcm::models::sd::checkpoint::Checkpoint::open(&p) {
+            load_every_tensor(&file)?;
+        }
+    }
+
+    /// A corrupted shard index: refused, or the component loads with finite weights.
+    #[test]
+    fn shard_index_never_panics(bytes in corrupt(sd_bytes("formats/vae_sharded/diffusion_pytorch_model.safetensors.index.json"))) {
+        let dir = sd_copy("formats/vae_sharded", "shards");
+        std::fs::write(dir.join("diffusion_pytorch_model.safetensors.index.json"), &bytes).unwrap();
+        let kind = dcm::models::sd::weights::WeightsKind::Diffusers;
+        let _ = dcm::models::sd::weights::load_component(&dir, kind, &Device::Cpu, candle_core::DType::F32);
+    }
+}
+
 proptest! {
     #![proptest_config(heavy_config())]
+
+    /// A single-file checkpoint with a corrupted header opens only if every UNet tensor has its
+    /// shape; then every tensor it gives is finite.
+    #[test]
+    fn single_file_never_panics(bytes in corrupt_safetensors_header(sd_bytes("single_file/sd1.safetensors"))) {
+        let p = tmp_file("sd1.safetensors", &bytes);
+        let options = dcm::models::sd::single_file::SingleFileOptions { config: Some(sd_fixture("sd1")), prediction: None };
+        if dcm::models::sd::pipeline::Pipeline::open_with(&p, &options).is_ok() {
+            load_every_tensor(&dcm::models::sd::checkpoint::Checkpoint::open(&p).unwrap())?;
+        }
+    }
 
     /// The teacher loads from a corrupted UNet file only if every tensor is there, finite and
     /// of the right shape; then it evaluates.
