@@ -15,7 +15,7 @@ use dcm::diffusion::teacher_ode::TeacherOde;
 use dcm::eval::metrics::fd::frechet_distance;
 use dcm::eval::metrics::kd::kernel_distance;
 use dcm::eval::metrics::to_matrix;
-use dcm::eval::sd_eval::{load_clip, student_samples, SdEvalSetup};
+use dcm::eval::sd_eval::{load_clip, student_samples, SampleSink, SdEvalRow, SdEvalSetup};
 use dcm::eval::sd_metrics::MetricNets;
 use dcm::eval::sd_reference::{read_pngs, ReferenceCache};
 use dcm::models::sd::text::NullText;
@@ -173,7 +173,7 @@ fn teacher_against_itself_is_zero() {
             create: true,
         },
     };
-    let eval = setup.run(&student).unwrap();
+    let eval = setup.run(&student, &mut Kept::default()).unwrap();
     let t = &eval.rows[0];
     assert_eq!(
         (t.model.as_str(), t.steps, t.unet_evals_per_sample),
@@ -194,6 +194,110 @@ fn teacher_against_itself_is_zero() {
     for r in &eval.rows[1..] {
         assert!(r.ode_error > 0.0 && r.scores["fd_clip_vs_teacher"] > 0.0, "{r:?}");
     }
+    std::fs::remove_dir_all(&ws).unwrap();
+}
+
+/// The samples an evaluation hands over, block by block.
+#[derive(Default)]
+struct Kept {
+    teacher: Vec<(usize, Tensor)>,
+    students: Vec<(usize, usize, Tensor)>,
+}
+
+impl SampleSink for Kept {
+    fn teacher(&mut self, start: usize, images: &Tensor) -> anyhow::Result<()> {
+        self.teacher.push((start, images.clone()));
+        Ok(())
+    }
+    fn student(&mut self, steps: usize, start: usize, latents: &Tensor, _: &Tensor) -> anyhow::Result<()> {
+        self.students.push((steps, start, latents.clone()));
+        Ok(())
+    }
+}
+
+/// Each K's latents in row order, from the blocks a sink kept.
+fn kept_latents(kept: &Kept, k: usize) -> Tensor {
+    let blocks: Vec<Tensor> = kept
+        .students
+        .iter()
+        .filter(|(s, _, _)| *s == k)
+        .map(|(_, _, t)| t.clone())
+        .collect();
+    Tensor::cat(&blocks, 0).unwrap()
+}
+
+/// The evaluation runs a block of `--batch` rows at a time (bounded memory for thousands of
+/// prompts): blocks of 1 and of 3 rows give the samples and every number of one block of all
+/// rows (the samples exactly; FD, KD, cosine and ODE error to 1e-5 relative, as the feature
+/// networks' float32 products round differently by batch), and a second
+/// run reading the cached reference block by block gives the same table again.
+#[test]
+fn the_block_size_changes_no_number() {
+    let ws = workspace("blocks");
+    let rt = Runtime::default();
+    let teacher = SdTeacher::load(&fixture("sd1"), &rt).unwrap();
+    let student = SdTeacher::load_with_lora(&fixture("sd1"), &rt, Some(&lora())).unwrap();
+    let clip = load_clip(&fixture("clip"), &rt).unwrap();
+    let (noise, prompts) = (noise(), prompts());
+    let run = |batch: usize, cache: &str| {
+        let setup = SdEvalSetup {
+            teacher: &teacher,
+            rt: &rt,
+            ode: ode(),
+            null: NullText::Pipeline,
+            prompts: &prompts,
+            noise: &noise,
+            steps: vec![1, 3],
+            picking: Picking::Floor,
+            seed: 2,
+            batch,
+            nets: MetricNets {
+                clip: Some(&clip),
+                ..Default::default()
+            },
+            reference: ReferenceCache {
+                dir: ws.join(cache),
+                create: true,
+            },
+        };
+        let mut kept = Kept::default();
+        let eval = setup.run(&student, &mut kept).unwrap();
+        (eval.rows, eval.reference_from_cache, kept)
+    };
+    let close = |a: &[SdEvalRow], b: &[SdEvalRow], what: &str| {
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!((x.steps, x.n, x.scores.len()), (y.steps, y.n, y.scores.len()), "{what}");
+            let pairs = std::iter::once(("ode_error", &x.ode_error, &y.ode_error))
+                .chain(x.scores.iter().map(|(k, v)| (k.as_str(), v, &y.scores[k])));
+            for (key, p, q) in pairs {
+                assert!(
+                    (p - q).abs() <= 1e-5 * p.abs().max(q.abs()).max(1e-9),
+                    "{what} {key}: {p} vs {q}"
+                );
+            }
+        }
+    };
+    let (whole, cached, whole_kept) = run(ROWS, "ref-whole");
+    assert!(!cached);
+    for batch in [1, 3] {
+        let (rows, cached, kept) = run(batch, &format!("ref-{batch}"));
+        assert!(!cached);
+        close(&whole, &rows, &format!("batch {batch}"));
+        for k in [1, 3] {
+            assert_eq!(
+                mse(&kept_latents(&kept, k), &kept_latents(&whole_kept, k)),
+                0.0,
+                "batch {batch}, K = {k}"
+            );
+        }
+        assert_eq!(
+            kept.teacher.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            (0..ROWS).step_by(batch).collect::<Vec<_>>()
+        );
+    }
+    let (again, cached, _) = run(3, "ref-whole");
+    assert!(cached, "the second run reads the cache");
+    close(&whole, &again, "from the cache");
     std::fs::remove_dir_all(&ws).unwrap();
 }
 
@@ -245,14 +349,14 @@ fn command_writes_finite_numbers_that_match_its_samples() {
     let reference = npy::read(&out.join("reference/latents.npy")).unwrap();
     let clip = load_clip(&fixture("clip"), &Runtime::default()).unwrap();
     let features = |images: &Tensor| to_matrix(&clip.image_features(images).unwrap()).unwrap();
-    let teacher_images = read_pngs(&out.join("reference/images"), ROWS).unwrap();
+    let teacher_images = read_pngs(&out.join("reference/images"), 0, ROWS).unwrap();
     for k in [1u64, 2, 4] {
         let dir = out.join(format!("students/k{k}"));
         let latents = npy::read(&dir.join("latents.npy")).unwrap();
         let want = mse(&latents, &reference);
         let got = row(&r, "student", k)["ode_error"].as_f64().unwrap();
         assert!((got - want).abs() <= 1e-12 * want.max(1.0), "K = {k}: {got} vs {want}");
-        let images = read_pngs(&dir, ROWS).unwrap();
+        let images = read_pngs(&dir, 0, ROWS).unwrap();
         let want = frechet_distance(&features(&images), &features(&teacher_images)).unwrap();
         let got = row(&r, "student", k)["fd_clip_vs_teacher"].as_f64().unwrap();
         assert!(
@@ -447,7 +551,7 @@ fn aesthetic_score_is_the_predictors_mean_on_clip_embeddings() {
         ("teacher", 10, out.join("reference/images")),
         ("student", 1, out.join("students/k1")),
     ] {
-        let images = read_pngs(&dir, ROWS).unwrap();
+        let images = read_pngs(&dir, 0, ROWS).unwrap();
         let scores = predictor.scores(&clip.image_features(&images).unwrap()).unwrap();
         let want = scores.iter().sum::<f64>() / ROWS as f64;
         let got = row(&r, model, steps)["aesthetic"].as_f64().unwrap();

@@ -8,4 +8,5 @@ pub mod distance;
 pub mod horizon;
 pub mod objective;
 pub mod parameterization;
+pub mod renoise_streams;
 pub mod sampler;

@@ -6,6 +6,7 @@ pub mod idx;
 pub mod image_folder;
 mod load;
 pub mod npy;
+pub mod npy_rows;
 pub mod toy;
 
 pub use dataset::Dataset;

@@ -58,8 +58,8 @@ fn parse_header(dict: &str) -> Result<Header> {
     Ok(Header { float64, shape })
 }
 
-/// Decodes the bytes of a `.npy` file into a float32 tensor on the CPU.
-pub fn decode(bytes: &[u8]) -> Result<Tensor> {
+/// Where the header of a `.npy` file ends (and its data starts), from its first 12 bytes.
+pub fn header_end(bytes: &[u8]) -> Result<usize> {
     ensure!(
         bytes.len() >= 10 && &bytes[..6] == MAGIC,
         "not a .npy file (bad magic string)"
@@ -74,27 +74,40 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor> {
         .iter()
         .rev()
         .fold(0usize, |acc, &b| acc * 256 + b as usize);
-    let data_start = start
-        .checked_add(header_len)
+    start.checked_add(header_len).context("truncated .npy header")
+}
+
+/// Whether the elements are float64 (else float32), and the shape, from the whole header.
+pub fn header(bytes: &[u8]) -> Result<(bool, Vec<usize>)> {
+    let data_start = header_end(bytes)
+        .ok()
         .filter(|&e| e <= bytes.len())
         .context("truncated .npy header")?;
+    let start = if bytes[6] == 1 { 10 } else { 12 };
     let dict = std::str::from_utf8(&bytes[start..data_start]).context(".npy header is not text")?;
     let header = parse_header(dict)?;
-    let count = header
-        .shape
+    Ok((header.float64, header.shape))
+}
+
+/// Decodes the bytes of a `.npy` file into a float32 tensor on the CPU.
+pub fn decode(bytes: &[u8]) -> Result<Tensor> {
+    let data_start = header_end(bytes)?;
+    ensure!(data_start <= bytes.len(), "truncated .npy header");
+    let (float64, shape) = header(bytes)?;
+    let count = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .context("shape is too large")?;
-    let elem = if header.float64 { 8 } else { 4 };
+    let elem = if float64 { 8 } else { 4 };
     let data = &bytes[data_start..];
     ensure!(
         count.checked_mul(elem) == Some(data.len()),
         "shape {:?} needs {} data bytes but the file has {}",
-        header.shape,
+        shape,
         count.saturating_mul(elem),
         data.len()
     );
-    let values: Vec<f32> = if header.float64 {
+    let values: Vec<f32> = if float64 {
         data.chunks_exact(8)
             .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32)
             .collect()
@@ -103,7 +116,7 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor> {
             .map(|c| f32::from_le_bytes(c.try_into().expect("chunk of 4")))
             .collect()
     };
-    Ok(Tensor::from_vec(values, header.shape, &Device::Cpu)?)
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
 }
 
 /// Reads a `.npy` file as float32; errors name the file.
@@ -115,9 +128,8 @@ pub fn read(path: &Path) -> Result<Tensor> {
     Ok(t)
 }
 
-/// Encodes a tensor as a float32 `.npy` (v1.0, header padded to 64 bytes).
-pub fn encode(t: &Tensor) -> Result<Vec<u8>> {
-    let dims = t.dims();
+/// The header of a float32 `.npy` (v1.0) of `dims`, padded to 64 bytes.
+pub fn header_bytes(dims: &[usize]) -> Vec<u8> {
     let shape = match dims.len() {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")),
@@ -126,11 +138,17 @@ pub fn encode(t: &Tensor) -> Result<Vec<u8>> {
     let pad = 64 - (10 + dict.len() + 1) % 64;
     dict.extend(std::iter::repeat_n(' ', pad % 64));
     dict.push('\n');
-    let mut out = Vec::with_capacity(10 + dict.len() + 4 * t.elem_count());
-    out.extend_from_slice(MAGIC);
+    let mut out = MAGIC.to_vec();
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
     out.extend_from_slice(dict.as_bytes());
+    out
+}
+
+/// Encodes a tensor as a float32 `.npy` (v1.0, header padded to 64 bytes).
+pub fn encode(t: &Tensor) -> Result<Vec<u8>> {
+    let mut out = header_bytes(t.dims());
+    out.reserve(4 * t.elem_count());
     for v in t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()? {
         out.extend_from_slice(&v.to_le_bytes());
     }

@@ -6,20 +6,22 @@
 //! distance to the teacher's sample); beside the teacher's own row. The student is any `Denoiser` (a UNet with a LoRA file's
 //! adapters, or one being distilled in memory), sampled by the multistep consistency sampler.
 
-use super::ode_error::ode_error;
-use super::sd_metrics::{MetricNets, Scorer, PAPER_SAMPLES};
-use super::sd_reference::{quantize, reference_samples, teacher_solve, Reference, ReferenceCache, ReferenceKey};
+use super::ode_error::squared_error;
+use super::sd_metrics::{BlockFeatures, MetricNets, Scorer, Tally, PAPER_SAMPLES};
+use super::sd_reference::{quantize, ReferenceBlocks, ReferenceCache, ReferenceKey};
+use crate::consistency::renoise_streams::RenoiseStreams;
 use crate::consistency::sampler::{multistep_sample_with, picked_timesteps, Picking};
 use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::schedule::Schedule;
 use crate::diffusion::teacher_ode::TeacherOde;
-use crate::models::sd::images::decode_with;
+use crate::models::sd::images::decode_rows;
+use crate::models::sd::teacher::TextConditioner;
 use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
 use crate::nets::sd::clip_model::ClipModel;
+use crate::nets::sd::vae::AutoencoderKl;
 use crate::runtime::device::Runtime;
-use crate::runtime::noise::{renoise_rng, standard_normal};
 use crate::runtime::progress;
 use anyhow::{bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
@@ -73,11 +75,11 @@ pub struct SdEvalRow {
     pub seconds: f64,
 }
 
-/// A student's samples at K steps: latents `[B, C, h, w]` f32 and images `[B, 3, H, W]` u8.
-pub struct StudentSamples {
-    pub steps: usize,
-    pub latents: Tensor,
-    pub images: Tensor,
+/// Where an evaluation's samples go as each block of rows is made: images `[r, 3, H, W]` u8
+/// and latents `[r, C, h, w]` f32 on the CPU, row `start` first. Nothing holds every sample.
+pub trait SampleSink {
+    fn teacher(&mut self, start: usize, images: &Tensor) -> Result<()>;
+    fn student(&mut self, steps: usize, start: usize, latents: &Tensor, images: &Tensor) -> Result<()>;
 }
 
 pub struct SdEvaluation {
@@ -85,8 +87,18 @@ pub struct SdEvaluation {
     pub rows: Vec<SdEvalRow>,
     /// Why a column is absent.
     pub notes: Vec<String>,
-    pub reference: Reference,
-    pub samples: Vec<StudentSamples>,
+    /// The teacher's samples were read from the cache rather than made now.
+    pub reference_from_cache: bool,
+}
+
+/// One model's running totals: its scores' tally, its squared error to the teacher's latents,
+/// and its wall time.
+#[derive(Default)]
+struct Running {
+    tally: Tally,
+    squared_error: f64,
+    elements: usize,
+    seconds: f64,
 }
 
 /// A transformers `CLIPModel` folder in f32 on `rt`'s device (metrics keep full precision);
@@ -134,9 +146,9 @@ impl Denoiser for Ticking<'_> {
     }
 }
 
-/// The K-step consistency sampler on every row, `batch` rows at a time. The re-noise of
-/// step i is row-sliced from one `[B, …]` draw per step from `renoise_rng(seed)`, so the
-/// samples equal one unchunked run's whatever the batch.
+/// The K-step consistency sampler on every row, `batch` rows at a time, re-noised from
+/// `renoise_rng(seed)` as one unchunked run would be (`RenoiseStreams`), so the samples do not
+/// depend on the batch.
 pub fn student_samples(
     student: &dyn Denoiser,
     noise: &Tensor,
@@ -145,25 +157,34 @@ pub fn student_samples(
     seed: u64,
     batch: usize,
 ) -> Result<Tensor> {
-    let mut rng = renoise_rng(seed);
-    let draws = (1..ts.len())
-        .map(|_| standard_normal(&mut rng, noise.shape().clone(), noise.device()))
-        .collect::<Result<Vec<_>>>()?;
+    let mut streams = RenoiseStreams::new(seed, ts.len(), noise.dims());
     let n = noise.dim(0)?;
     let parts = (0..n)
         .step_by(batch.max(1))
         .map(|start| {
             let len = batch.max(1).min(n - start);
-            let mut step = 0;
-            let mut renoise = |_: &candle_core::Shape| {
-                step += 1;
-                Ok(draws[step - 1].narrow(0, start, len)?)
-            };
             let x = noise.narrow(0, start, len)?;
-            multistep_sample_with(student, &x, ts, &cond.narrow(start, len)?, &mut renoise, &mut |_| ())
+            sample_block(student, &x, &cond.narrow(start, len)?, ts, &mut streams)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// The sampler on one block of rows, taking the block's rows of each step's re-noise.
+fn sample_block(
+    student: &dyn Denoiser,
+    x: &Tensor,
+    cond: &Condition,
+    ts: &[usize],
+    streams: &mut RenoiseStreams,
+) -> Result<Tensor> {
+    let draws = streams.block(x.dim(0)?, x.device())?;
+    let mut step = 0;
+    let mut renoise = |_: &candle_core::Shape| {
+        step += 1;
+        Ok(draws[step - 1].clone())
+    };
+    multistep_sample_with(student, x, ts, cond, &mut renoise, &mut |_| ())
 }
 
 impl SdEvalSetup<'_> {
@@ -186,44 +207,38 @@ impl SdEvalSetup<'_> {
             dims[0]
         );
         ensure!(!self.steps.is_empty(), "--steps: give at least one step count");
+        if let Some(k) = self
+            .steps
+            .iter()
+            .enumerate()
+            .find_map(|(i, k)| self.steps[..i].contains(k).then_some(k))
+        {
+            bail!("--steps: {k} is given twice");
+        }
         for &k in &self.steps {
             picked_timesteps(self.ode.grid, k, self.picking)?;
         }
         Ok(())
     }
 
-    /// The teacher's row and one row per K for `student`.
-    pub fn run(&self, student: &dyn Denoiser) -> Result<SdEvaluation> {
+    /// The teacher's row and one row per K for `student`, a block of `batch` rows at a time:
+    /// each block's prompts are encoded, the teacher's samples read from the cache or made, and
+    /// every K's samples made, scored and handed to `sink` before the next block, so memory
+    /// stays bounded by a block and the feature vectors whatever the number of prompts.
+    pub fn run(&self, student: &dyn Denoiser, sink: &mut dyn SampleSink) -> Result<SdEvaluation> {
         self.validate()?;
-        let cond = self.teacher.condition(self.rt, self.prompts, &self.null, self.noise)?;
-        let started = Instant::now();
-        let reference = self.reference(&cond)?;
-        let teacher_seconds = if reference.from_cache {
-            0.0
-        } else {
-            started.elapsed().as_secs_f64()
-        };
-        self.say_reference(&reference, teacher_seconds)?;
-        let scorer = Scorer::new(&self.nets, &reference.images, self.prompts, self.batch)?;
-        let mut rows = vec![self.teacher_row(&reference, &scorer, teacher_seconds)?];
-        let mut samples = Vec::new();
-        for &k in &self.steps {
-            let (row, sample) = self.student_row(student, k, &cond, &reference, &scorer)?;
-            rows.push(row);
-            samples.push(sample);
+        let mut pass = Pass::new(self)?;
+        let rows = self.noise.dim(0)?;
+        for start in (0..rows).step_by(self.batch.max(1)) {
+            pass.block(student, sink, start, self.batch.max(1).min(rows - start))?;
         }
-        Ok(SdEvaluation {
-            rows,
-            notes: self.notes(&scorer)?,
-            reference,
-            samples,
-        })
+        pass.finish()
     }
 
     /// One line on where the teacher's samples came from.
-    fn say_reference(&self, reference: &Reference, seconds: f64) -> Result<()> {
+    fn say_reference(&self, from_cache: bool, seconds: f64) -> Result<()> {
         let dir = self.reference.dir.display();
-        if reference.from_cache {
+        if from_cache {
             eprintln!("teacher reference: read from {dir}");
         } else {
             let (rows, evals) = (self.noise.dim(0)?, self.ode.network_evals_per_sample());
@@ -234,97 +249,59 @@ impl SdEvalSetup<'_> {
         Ok(())
     }
 
-    fn reference(&self, cond: &Condition) -> Result<Reference> {
-        let key = ReferenceKey {
+    fn reference_key(&self) -> ReferenceKey<'_> {
+        ReferenceKey {
             teacher: self.teacher,
             ode: &self.ode,
             null: &self.null,
             dtype: self.rt.dtype,
             prompts: self.prompts,
             noise: self.noise,
-        };
-        reference_samples(&key, &self.reference, || {
-            let rows = self.noise.dim(0)?;
-            let bar = progress::bar(rows * self.ode.teacher_calls_per_sample(), "teacher reference solve");
-            let ticking = Ticking {
-                inner: self.teacher,
-                bar: &bar,
-            };
-            let latents = teacher_solve(&ticking, &self.ode, self.noise, cond, self.batch)?;
-            bar.finish_and_clear();
-            let images = self.decode(&latents, "teacher reference decode")?;
-            Ok((latents, images))
-        })
+        }
     }
 
-    /// Images u8 of latents through the teacher's VAE, with a progress bar.
-    fn decode(&self, latents: &Tensor, what: &str) -> Result<Tensor> {
-        let bar = progress::bar(latents.dim(0)?, what);
-        let images = decode_with(
-            self.teacher.pipeline(),
-            self.rt,
-            &latents.to_device(&self.rt.device)?,
-            &|| bar.inc(1),
-        )?;
-        bar.finish_and_clear();
-        quantize(&images)
-    }
-
-    fn teacher_row(&self, reference: &Reference, scorer: &Scorer, seconds: f64) -> Result<SdEvalRow> {
-        Ok(SdEvalRow {
-            model: "teacher".into(),
-            steps: self.ode.intervals(),
-            unet_evals_per_sample: self.ode.network_evals_per_sample(),
-            // Zero by construction (docs/MATHEMATICS.md, "ODE solving error"), computed rather than written in.
-            n: reference.images.dim(0)?,
-            ode_error: ode_error(&reference.latents, &reference.latents)?,
-            scores: scorer.score(&reference.images)?,
-            seconds,
-        })
-    }
-
-    fn student_row(
-        &self,
-        student: &dyn Denoiser,
-        k: usize,
-        cond: &Condition,
-        reference: &Reference,
-        scorer: &Scorer,
-    ) -> Result<(SdEvalRow, StudentSamples)> {
-        let started = Instant::now();
-        let ts = picked_timesteps(self.ode.grid, k, self.picking)?;
-        let bar = progress::bar(self.noise.dim(0)? * k, &format!("student, {k} steps"));
+    /// The teacher's guided N-interval solve of a block and its images u8.
+    fn teacher_block(&self, block: &Block, vae: &AutoencoderKl, bar: &ProgressBar) -> Result<(Tensor, Tensor)> {
         let ticking = Ticking {
-            inner: student,
-            bar: &bar,
+            inner: self.teacher,
+            bar,
         };
-        let latents = student_samples(&ticking, self.noise, cond, &ts, self.seed, self.batch)?;
-        bar.finish_and_clear();
+        let latents = self.ode.solve(&ticking, &block.noise, &block.cond)?;
         let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-        let images = self.decode(&latents, &format!("student, {k} steps, decode"))?;
-        let seconds = started.elapsed().as_secs_f64();
-        eprintln!("student, {k} steps: sampled and decoded in {seconds:.1} s");
-        let row = SdEvalRow {
-            model: "student".into(),
-            steps: k,
-            unet_evals_per_sample: k,
-            n: images.dim(0)?,
-            ode_error: ode_error(&latents, &reference.latents)?,
-            scores: scorer.score(&images)?,
-            seconds,
-        };
-        Ok((
-            row,
-            StudentSamples {
-                steps: k,
-                latents,
-                images,
-            },
-        ))
+        let images = self.decode(vae, &latents)?;
+        Ok((latents, images))
+    }
+
+    /// Images u8 of latents through the teacher's VAE.
+    fn decode(&self, vae: &AutoencoderKl, latents: &Tensor) -> Result<Tensor> {
+        quantize(&decode_rows(vae, &latents.to_device(&self.rt.device)?, &|| ())?)
+    }
+
+    /// A table row from a model's running totals.
+    fn row(
+        &self,
+        model: &str,
+        steps: usize,
+        evals: usize,
+        running: &Running,
+        teacher: &Running,
+        scorer: &Scorer,
+    ) -> Result<SdEvalRow> {
+        Ok(SdEvalRow {
+            model: model.into(),
+            steps,
+            unet_evals_per_sample: evals,
+            n: self.noise.dim(0)?,
+            // The teacher's is zero by construction (docs/MATHEMATICS.md, "ODE solving error"),
+            // computed rather than written in.
+            ode_error: running.squared_error / running.elements.max(1) as f64,
+            scores: scorer.scores(&running.tally, &teacher.tally)?,
+            seconds: running.seconds,
+        })
     }
 
     /// Why columns are absent, and how far FD is biased at this sample count.
-    fn notes(&self, scorer: &Scorer) -> Result<Vec<String>> {
+    fn notes(&self, scorer: &Scorer, teacher: &Tally) -> Result<Vec<String>> {
         let n = self.noise.dim(0)?;
         let mut notes = Vec::new();
         let absent = [
@@ -337,7 +314,7 @@ impl SdEvalSetup<'_> {
         ];
         notes.extend(absent.iter().filter(|(yes, _)| *yes).map(|(_, note)| note.to_string()));
         if scorer.has_networks() && n < PAPER_SAMPLES {
-            let floors = scorer.fd_floors()?;
+            let floors = scorer.fd_floors(teacher)?;
             let floors: Vec<String> = floors
                 .iter()
                 .map(|(stem, half, fd)| format!("{stem} {fd:.4} (n = {half} each)"))
@@ -372,6 +349,140 @@ pub const SCORE_COLUMNS: [(&str, &str); 16] = [
     ("dino_ode_distance", "DINOv2 distance to teacher"),
     ("dino_ode_distance_ci95", "± 95 %"),
 ];
+
+/// One block of the evaluation's rows: their noise (on the runtime's device) and condition.
+struct Block {
+    noise: Tensor,
+    cond: Condition,
+}
+
+/// The frozen networks around the UNets, loaded once for every block.
+struct Frozen {
+    text: TextConditioner,
+    vae: AutoencoderKl,
+}
+
+impl Block {
+    fn new(setup: &SdEvalSetup, text: &TextConditioner, start: usize, len: usize) -> Result<Self> {
+        let noise = setup.noise.narrow(0, start, len)?;
+        let prompts = &setup.prompts[start..start + len];
+        let cond = text.condition(prompts, &setup.null, &noise)?;
+        Ok(Self { noise, cond })
+    }
+}
+
+impl Running {
+    /// Adds a block of samples (features and latents) from the same noise as the teacher's.
+    fn add(
+        &mut self,
+        scorer: &Scorer,
+        (features, latents): (&BlockFeatures, &Tensor),
+        (teacher_features, teacher_latents): (&BlockFeatures, &Tensor),
+        prompts: Option<&Tensor>,
+    ) -> Result<()> {
+        scorer.add(&mut self.tally, features, teacher_features, prompts)?;
+        self.squared_error += squared_error(latents, teacher_latents)?;
+        self.elements += latents.elem_count();
+        Ok(())
+    }
+}
+
+/// An evaluation under way: the networks loaded once, the teacher's reference, each K's
+/// re-noise streams and every model's running totals.
+struct Pass<'s> {
+    setup: &'s SdEvalSetup<'s>,
+    scorer: Scorer<'s>,
+    frozen: Frozen,
+    reference: ReferenceBlocks,
+    bar: ProgressBar,
+    streams: Vec<RenoiseStreams>,
+    teacher: Running,
+    students: Vec<Running>,
+}
+
+impl<'s> Pass<'s> {
+    fn new(setup: &'s SdEvalSetup<'s>) -> Result<Self> {
+        let scorer = Scorer::new(&setup.nets, setup.batch)?;
+        let reference = ReferenceBlocks::open(&setup.reference_key(), &setup.reference)?;
+        let frozen = Frozen {
+            text: TextConditioner::load(setup.teacher.pipeline(), setup.rt)?,
+            vae: setup.teacher.pipeline().vae(setup.rt)?,
+        };
+        let teacher_calls = if reference.from_cache() {
+            0
+        } else {
+            setup.ode.teacher_calls_per_sample()
+        };
+        let calls = setup.noise.dim(0)? * (teacher_calls + setup.steps.iter().sum::<usize>());
+        let streams = setup
+            .steps
+            .iter()
+            .map(|&k| RenoiseStreams::new(setup.seed, k, setup.noise.dims()));
+        Ok(Self {
+            setup,
+            scorer,
+            frozen,
+            reference,
+            bar: progress::bar(calls, "evaluation (UNet calls)"),
+            streams: streams.collect(),
+            teacher: Running::default(),
+            students: setup.steps.iter().map(|_| Running::default()).collect(),
+        })
+    }
+
+    /// Rows `start .. start + len`: the teacher's samples, then each K's, scored and handed on.
+    fn block(&mut self, student: &dyn Denoiser, sink: &mut dyn SampleSink, start: usize, len: usize) -> Result<()> {
+        let setup = self.setup;
+        let block = Block::new(setup, &self.frozen.text, start, len)?;
+        let started = Instant::now();
+        let (frozen, bar) = (&self.frozen, &self.bar);
+        let made = self
+            .reference
+            .block(start, len, || setup.teacher_block(&block, &frozen.vae, bar))?;
+        if !self.reference.from_cache() {
+            self.teacher.seconds += started.elapsed().as_secs_f64();
+        }
+        sink.teacher(start, &made.images)?;
+        let prompts = self.scorer.prompt_features(&setup.prompts[start..start + len])?;
+        let teacher_features = self.scorer.features(&made.images)?;
+        let teacher = (&teacher_features, &made.latents);
+        self.teacher.add(&self.scorer, teacher, teacher, prompts.as_ref())?;
+        for i in 0..setup.steps.len() {
+            let k = setup.steps[i];
+            let started = Instant::now();
+            let ts = picked_timesteps(setup.ode.grid, k, setup.picking)?;
+            let ticking = Ticking { inner: student, bar };
+            let latents = sample_block(&ticking, &block.noise, &block.cond, &ts, &mut self.streams[i])?;
+            let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+            let images = setup.decode(&frozen.vae, &latents)?;
+            self.students[i].seconds += started.elapsed().as_secs_f64();
+            sink.student(k, start, &latents, &images)?;
+            let features = self.scorer.features(&images)?;
+            self.students[i].add(&self.scorer, (&features, &latents), teacher, prompts.as_ref())?;
+        }
+        Ok(())
+    }
+
+    /// The table, once every block is in; a made reference is completed on disk.
+    fn finish(self) -> Result<SdEvaluation> {
+        self.bar.finish_and_clear();
+        let (setup, scorer, teacher) = (self.setup, &self.scorer, &self.teacher);
+        let reference_from_cache = self.reference.from_cache();
+        self.reference.finish()?;
+        setup.say_reference(reference_from_cache, teacher.seconds)?;
+        let (n, evals) = (setup.ode.intervals(), setup.ode.network_evals_per_sample());
+        let mut rows = vec![setup.row("teacher", n, evals, teacher, teacher, scorer)?];
+        for (&k, running) in setup.steps.iter().zip(&self.students) {
+            eprintln!("student, {k} steps: sampled and decoded in {:.1} s", running.seconds);
+            rows.push(setup.row("student", k, k, running, teacher, scorer)?);
+        }
+        Ok(SdEvaluation {
+            rows,
+            notes: setup.notes(scorer, &teacher.tally)?,
+            reference_from_cache,
+        })
+    }
+}
 
 impl SdEvaluation {
     /// The score columns present in any row, in `SCORE_COLUMNS` order.

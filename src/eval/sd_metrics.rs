@@ -15,7 +15,7 @@ use crate::nets::aesthetic::AestheticPredictor;
 use crate::nets::feature_net::FeatureNet;
 use crate::nets::layers::map_chunks;
 use crate::nets::sd::clip_model::{cosine_scores, ClipModel};
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
 use std::collections::BTreeMap;
@@ -35,21 +35,30 @@ pub struct MetricNets<'a> {
     pub real: Option<&'a [PathBuf]>,
 }
 
-/// One feature network with the teacher's (and real images') features.
-struct Reference<'a> {
-    net: &'a dyn FeatureNet,
-    teacher: Tensor,
-    teacher_matrix: DMatrix<f64>,
-    real: Option<DMatrix<f64>>,
-}
-
-/// Scores sample sets against the teacher's samples.
+/// Scores sample sets against the teacher's samples, a block of rows at a time.
 pub struct Scorer<'a> {
-    references: Vec<Reference<'a>>,
-    prompt_features: Option<Tensor>,
+    /// Inception, DINOv2 and CLIP (those given), in that order.
+    nets: Vec<&'a dyn FeatureNet>,
+    /// Each network's features of the real images, when given.
+    real: Vec<Option<DMatrix<f64>>>,
+    clip: Option<&'a ClipModel>,
     aesthetic: Option<&'a AestheticPredictor>,
     batch: usize,
 }
+
+/// What one model's samples contribute to its row, gathered block by block: each network's
+/// features (a few KB per sample, so paper-sized sets fit where their images would not), and
+/// the per-sample CLIP cosine, aesthetic score and DINOv2 distance to the teacher's sample.
+#[derive(Default)]
+pub struct Tally {
+    features: Vec<Vec<Tensor>>,
+    cosines: Vec<f64>,
+    aesthetic: Vec<f64>,
+    dino_distances: Vec<f64>,
+}
+
+/// Each network's features `[r, D]` of one block of images, in the scorer's network order.
+pub struct BlockFeatures(Vec<Tensor>);
 
 /// A feature network's FD and KD column stems (`fid`, `kd_inception`; `fd_dinov2`, …).
 fn stems(net: &dyn FeatureNet) -> (String, String) {
@@ -60,86 +69,121 @@ fn stems(net: &dyn FeatureNet) -> (String, String) {
 }
 
 impl<'a> Scorer<'a> {
-    /// Features of the teacher's images `[B, 3, H, W]` u8, of real images and of the prompts.
-    pub fn new(nets: &MetricNets<'a>, teacher_images: &Tensor, prompts: &[String], batch: usize) -> Result<Self> {
+    /// The networks of `nets`, with their features of the real images.
+    pub fn new(nets: &MetricNets<'a>, batch: usize) -> Result<Self> {
         let clip_net = nets.clip.map(|c| c as &dyn FeatureNet);
-        let mut references = Vec::new();
-        for net in [nets.inception, nets.dinov2, clip_net].into_iter().flatten() {
-            let teacher = image_features(net, teacher_images, batch)?;
-            let real = match nets.real {
-                Some(files) => Some(to_matrix(&files_features(net, files, batch).context("--real")?)?),
-                None => None,
-            };
-            references.push(Reference {
-                net,
-                teacher_matrix: to_matrix(&teacher)?,
-                teacher,
-                real,
-            });
-        }
-        let prompt_features = match nets.clip {
-            Some(clip) => Some(text_features(clip, prompts, batch)?),
-            None => None,
-        };
+        let feature_nets: Vec<&dyn FeatureNet> =
+            [nets.inception, nets.dinov2, clip_net].into_iter().flatten().collect();
+        let real = feature_nets
+            .iter()
+            .map(|net| match nets.real {
+                Some(files) => Ok(Some(to_matrix(&files_features(*net, files, batch).context("--real")?)?)),
+                None => Ok(None),
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
-            references,
-            prompt_features,
+            nets: feature_nets,
+            real,
+            clip: nets.clip,
             aesthetic: nets.aesthetic,
             batch,
         })
     }
 
-    /// Every column for images `[B, 3, H, W]` u8, one per prompt, row i from the teacher's noise i.
-    pub fn score(&self, images: &Tensor) -> Result<BTreeMap<String, f64>> {
+    /// Every network's features of images `[r, 3, H, W]` u8.
+    pub fn features(&self, images: &Tensor) -> Result<BlockFeatures> {
+        let features = self.nets.iter().map(|net| image_features(*net, images, self.batch));
+        Ok(BlockFeatures(features.collect::<Result<Vec<_>>>()?))
+    }
+
+    /// CLIP text features of a block's prompts, when CLIP is given.
+    pub fn prompt_features(&self, prompts: &[String]) -> Result<Option<Tensor>> {
+        self.clip
+            .map(|clip| text_features(clip, prompts, self.batch))
+            .transpose()
+    }
+
+    /// Adds a block of samples (`features`), row i from the same noise as row i of the
+    /// teacher's block (`teacher`), with one prompt per row (`prompts`), to `tally`.
+    pub fn add(
+        &self,
+        tally: &mut Tally,
+        features: &BlockFeatures,
+        teacher: &BlockFeatures,
+        prompts: Option<&Tensor>,
+    ) -> Result<()> {
+        tally.features.resize_with(self.nets.len(), Vec::new);
+        for (i, net) in self.nets.iter().enumerate() {
+            let f = &features.0[i];
+            tally.features[i].push(f.clone());
+            match net.name() {
+                "dinov2" => tally.dino_distances.extend(paired_distances(f, &teacher.0[i])?),
+                "clip" => {
+                    if let Some(text) = prompts {
+                        tally.cosines.extend(cosine_scores(f, text)?.iter().map(|c| c / 100.0));
+                    }
+                    if let Some(aesthetic) = self.aesthetic {
+                        tally.aesthetic.extend(aesthetic.scores(f)?);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Every column of a model's `tally` against the teacher's.
+    pub fn scores(&self, tally: &Tally, teacher: &Tally) -> Result<BTreeMap<String, f64>> {
         let mut scores = BTreeMap::new();
-        let mut clip_features = None;
-        for r in &self.references {
-            let features = image_features(r.net, images, self.batch)?;
-            let matrix = to_matrix(&features)?;
-            let (fd, kd) = stems(r.net);
-            distances(&mut scores, &matrix, &r.teacher_matrix, &fd, &kd, "vs_teacher")?;
-            if let Some(real) = &r.real {
+        for (i, net) in self.nets.iter().enumerate() {
+            let matrix = tally.matrix(i)?;
+            let (fd, kd) = stems(*net);
+            distances(&mut scores, &matrix, &teacher.matrix(i)?, &fd, &kd, "vs_teacher")?;
+            if let Some(real) = &self.real[i] {
                 distances(&mut scores, &matrix, real, &fd, &kd, "vs_real")?;
             }
-            if r.net.name() == "dinov2" {
-                let (mean, half) = paired_distance(&features, &r.teacher)?;
-                scores.insert("dino_ode_distance".into(), mean);
-                scores.insert("dino_ode_distance_ci95".into(), half);
-            }
-            if r.net.name() == "clip" {
-                clip_features = Some(features);
-            }
         }
-        if let (Some(features), Some(text)) = (&clip_features, &self.prompt_features) {
-            let cos = cosine_scores(features, text)?;
-            scores.insert("clip_cosine".into(), mean(&cos) / 100.0);
+        if !tally.dino_distances.is_empty() {
+            let (mean, half) = mean_and_interval(&tally.dino_distances);
+            scores.insert("dino_ode_distance".into(), mean);
+            scores.insert("dino_ode_distance_ci95".into(), half);
         }
-        if let (Some(features), Some(aesthetic)) = (&clip_features, self.aesthetic) {
-            scores.insert("aesthetic".into(), mean(&aesthetic.scores(features)?));
+        if !tally.cosines.is_empty() {
+            scores.insert("clip_cosine".into(), mean(&tally.cosines));
+        }
+        if !tally.aesthetic.is_empty() {
+            scores.insert("aesthetic".into(), mean(&tally.aesthetic));
         }
         Ok(scores)
     }
 
     /// FD between the two halves of the teacher's own samples, per network: the floor below
     /// which a difference in FD at this sample count is estimator noise.
-    pub fn fd_floors(&self) -> Result<Vec<(String, usize, f64)>> {
+    pub fn fd_floors(&self, teacher: &Tally) -> Result<Vec<(String, usize, f64)>> {
         let mut floors = Vec::new();
-        for r in &self.references {
-            let n = r.teacher_matrix.nrows() / 2;
+        for (i, net) in self.nets.iter().enumerate() {
+            let all = teacher.matrix(i)?;
+            let n = all.nrows() / 2;
             if n < 2 {
                 continue;
             }
-            let (a, b) = (
-                r.teacher_matrix.rows(0, n).into_owned(),
-                r.teacher_matrix.rows(n, n).into_owned(),
-            );
-            floors.push((stems(r.net).0, n, frechet_distance(&a, &b)?));
+            let (a, b) = (all.rows(0, n).into_owned(), all.rows(n, n).into_owned());
+            floors.push((stems(*net).0, n, frechet_distance(&a, &b)?));
         }
         Ok(floors)
     }
 
     pub fn has_networks(&self) -> bool {
-        !self.references.is_empty()
+        !self.nets.is_empty()
+    }
+}
+
+impl Tally {
+    /// Network i's features of every sample so far, one row per sample.
+    fn matrix(&self, i: usize) -> Result<DMatrix<f64>> {
+        let blocks = self.features.get(i).map(Vec::as_slice).unwrap_or_default();
+        ensure!(!blocks.is_empty(), "no samples were scored");
+        to_matrix(&Tensor::cat(blocks, 0)?)
     }
 }
 
@@ -160,17 +204,21 @@ fn distances(
     Ok(())
 }
 
-/// Mean and 95 % normal-approximation half-width of the per-row Euclidean distances.
-fn paired_distance(a: &Tensor, b: &Tensor) -> Result<(f64, f64)> {
+/// The Euclidean distance between row i of `a` and row i of `b`.
+fn paired_distances(a: &Tensor, b: &Tensor) -> Result<Vec<f64>> {
     let d: Vec<f32> = (a - b)?.sqr()?.sum(1)?.sqrt()?.to_vec1()?;
-    let d: Vec<f64> = d.into_iter().map(f64::from).collect();
-    let m = mean(&d);
+    Ok(d.into_iter().map(f64::from).collect())
+}
+
+/// Mean and 95 % normal-approximation half-width (NaN for fewer than 2 values).
+fn mean_and_interval(d: &[f64]) -> (f64, f64) {
+    let m = mean(d);
     let n = d.len() as f64;
     if d.len() < 2 {
-        return Ok((m, f64::NAN));
+        return (m, f64::NAN);
     }
     let var = d.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0);
-    Ok((m, 1.96 * (var / n).sqrt()))
+    (m, 1.96 * (var / n).sqrt())
 }
 
 fn mean(v: &[f64]) -> f64 {

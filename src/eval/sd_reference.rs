@@ -10,11 +10,9 @@
 //! A cache whose key differs from the evaluation's is refused, naming the first difference:
 //! reference samples of another teacher or noise would make every metric meaningless.
 
-use crate::data::npy;
-use crate::diffusion::condition::Condition;
-use crate::diffusion::denoiser::Denoiser;
+use crate::data::npy_rows::{RowReader, RowWriter};
 use crate::diffusion::teacher_ode::TeacherOde;
-use crate::models::sd::images::{png_path, write_pngs};
+use crate::models::sd::images::{png_path, write_pngs_from};
 use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
 use crate::runtime::files::write_atomic;
@@ -31,12 +29,26 @@ pub struct ReferenceCache {
     pub create: bool,
 }
 
-/// The teacher's samples: latents `[B, C, h, w]` f32 and images `[B, 3, H, W]` u8.
-pub struct Reference {
+/// The teacher's samples, a block of rows at a time: read from a complete cache, or made now
+/// and written there (the key last, once every row is in).
+pub enum ReferenceBlocks {
+    Cached {
+        latents: RowReader,
+        images: PathBuf,
+    },
+    Making {
+        latents: RowWriter,
+        images: PathBuf,
+        key: Value,
+        dir: PathBuf,
+    },
+}
+
+/// One block of the teacher's samples: latents `[r, C, h, w]` f32 and images `[r, 3, H, W]` u8,
+/// both on the CPU.
+pub struct ReferenceBlock {
     pub latents: Tensor,
     pub images: Tensor,
-    /// Read from the cache rather than made now.
-    pub from_cache: bool,
 }
 
 /// What a reference depends on, as written to `key.json`.
@@ -54,14 +66,34 @@ const KEY_FILE: &str = "key.json";
 const LATENTS_FILE: &str = "latents.npy";
 const IMAGES_DIR: &str = "images";
 
-/// 64-bit FNV-1a: a fingerprint that tells two noise tensors or prompt lists apart (not a
-/// security hash: the cache only guards against honest mistakes).
-fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> String {
-    let hash = bytes.into_iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    });
-    format!("{hash:016x}")
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// 64-bit FNV-1a from `hash` on: a fingerprint that tells two noise tensors or prompt lists
+/// apart (not a security hash: the cache only guards against honest mistakes).
+fn fnv1a_from(hash: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes
+        .into_iter()
+        .fold(hash, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
+
+fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> String {
+    format!("{:016x}", fnv1a_from(FNV_OFFSET, bytes))
+}
+
+/// FNV-1a of the noise's float32 bytes, a block of rows at a time (no copy of the whole).
+fn noise_fingerprint(noise: &Tensor) -> Result<String> {
+    let rows = noise.dim(0)?;
+    let mut hash = FNV_OFFSET;
+    for start in (0..rows).step_by(FINGERPRINT_ROWS) {
+        let block = noise.narrow(0, start, FINGERPRINT_ROWS.min(rows - start))?;
+        let values = block.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        hash = fnv1a_from(hash, values.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    Ok(format!("{hash:016x}"))
+}
+
+/// Rows of noise per block of the fingerprint.
+const FINGERPRINT_ROWS: usize = 64;
 
 /// Every file under `dir` as `[relative path, size, modification time in ns]`, sorted: a
 /// changed or replaced weight file changes the key.
@@ -112,14 +144,7 @@ impl ReferenceKey<'_> {
     pub fn to_json(&self) -> Result<Value> {
         let dir = self.teacher.pipeline().path();
         let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-        let noise: Vec<u8> = self
-            .noise
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let noise = noise_fingerprint(self.noise)?;
         let prompts = self.prompts.iter().flat_map(|p| p.bytes().chain([b'\n']));
         Ok(json!({
             "teacher": {
@@ -132,7 +157,7 @@ impl ReferenceKey<'_> {
             "guidance": self.ode.guidance,
             "uncond": null_text_name(self.null),
             "dtype": format!("{:?}", self.dtype).to_lowercase(),
-            "noise": {"shape": self.noise.dims(), "fnv1a64": fnv1a(noise)},
+            "noise": {"shape": self.noise.dims(), "fnv1a64": noise},
             "prompts": {"count": self.prompts.len(), "fnv1a64": fnv1a(prompts)},
         }))
     }
@@ -154,9 +179,81 @@ fn first_difference(have: &Value, want: &Value) -> Option<String> {
         })
 }
 
-/// The cached reference when `cache.dir` holds one made with `key`; `None` when it holds
-/// none and may make one; an error for a cache of something else.
-fn read_cache(cache: &ReferenceCache, key: &Value, rows: usize) -> Result<Option<Reference>> {
+impl ReferenceBlocks {
+    /// The reference of `key`: the cache in `cache.dir` when it holds one made with `key`, else
+    /// (where `cache.create`) one to make; an error for a cache of something else.
+    pub fn open(key: &ReferenceKey, cache: &ReferenceCache) -> Result<Self> {
+        let json = key.to_json()?;
+        let rows = key.noise.dim(0)?;
+        let images = cache.dir.join(IMAGES_DIR);
+        if cached_key(cache, &json)? {
+            let latents = RowReader::open(&cache.dir.join(LATENTS_FILE))?;
+            ensure!(
+                latents.shape() == key.noise.dims(),
+                "{}: latents of shape {:?} for noise of shape {:?} (delete the folder to regenerate)",
+                cache.dir.display(),
+                latents.shape(),
+                key.noise.dims()
+            );
+            return Ok(Self::Cached { latents, images });
+        }
+        std::fs::create_dir_all(&images).with_context(|| format!("{}: cannot create folder", images.display()))?;
+        let mut shape = key.noise.dims().to_vec();
+        shape[0] = rows;
+        Ok(Self::Making {
+            latents: RowWriter::create(&cache.dir.join(LATENTS_FILE), &shape)?,
+            images,
+            key: json,
+            dir: cache.dir.clone(),
+        })
+    }
+
+    pub fn from_cache(&self) -> bool {
+        matches!(self, Self::Cached { .. })
+    }
+
+    /// Rows `start .. start + len`: read from the cache, or made by `make` (the teacher's solve
+    /// of those rows of the noise and its images u8) and written to it.
+    pub fn block(
+        &mut self,
+        start: usize,
+        len: usize,
+        make: impl FnOnce() -> Result<(Tensor, Tensor)>,
+    ) -> Result<ReferenceBlock> {
+        match self {
+            Self::Cached { latents, images } => Ok(ReferenceBlock {
+                latents: latents.rows(start, len)?,
+                images: read_pngs(images, start, len)?,
+            }),
+            Self::Making { latents, images, .. } => {
+                let (made, pictures) = make()?;
+                let made = made.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+                let pictures = pictures.to_device(&Device::Cpu)?;
+                latents.append(&made)?;
+                write_pngs_from(images, &(pictures.to_dtype(DType::F32)? / 255.0)?, start)?;
+                Ok(ReferenceBlock {
+                    latents: made,
+                    images: pictures,
+                })
+            }
+        }
+    }
+
+    /// Every row done: a made reference gets its key, which marks the folder complete.
+    pub fn finish(self) -> Result<()> {
+        match self {
+            Self::Cached { .. } => Ok(()),
+            Self::Making { latents, key, dir, .. } => {
+                latents.finish()?;
+                write_atomic(&dir.join(KEY_FILE), serde_json::to_string_pretty(&key)?.as_bytes())
+            }
+        }
+    }
+}
+
+/// Whether `cache.dir` holds a reference made with `key`; false when it holds none and may
+/// make one; an error for a cache of something else.
+fn cached_key(cache: &ReferenceCache, key: &Value) -> Result<bool> {
     let key_file = cache.dir.join(KEY_FILE);
     if !key_file.is_file() {
         ensure!(
@@ -164,7 +261,7 @@ fn read_cache(cache: &ReferenceCache, key: &Value, rows: usize) -> Result<Option
             "{}: no {KEY_FILE}, so not a folder of reference samples written by dcm eval",
             cache.dir.display()
         );
-        return Ok(None);
+        return Ok(false);
     }
     let text = std::fs::read_to_string(&key_file).with_context(|| format!("{}: cannot read", key_file.display()))?;
     let have: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", key_file.display()))?;
@@ -175,24 +272,12 @@ fn read_cache(cache: &ReferenceCache, key: &Value, rows: usize) -> Result<Option
             cache.dir.display()
         );
     }
-    let latents = npy::read(&cache.dir.join(LATENTS_FILE))?;
-    ensure!(
-        latents.dim(0)? == rows,
-        "{}: {} rows of latents for {rows} noise rows (delete the folder to regenerate)",
-        cache.dir.display(),
-        latents.dim(0)?
-    );
-    let images = read_pngs(&cache.dir.join(IMAGES_DIR), rows)?;
-    Ok(Some(Reference {
-        latents,
-        images,
-        from_cache: true,
-    }))
+    Ok(true)
 }
 
-/// Images `[n, 3, H, W]` u8 from `dir/00000.png`, ….
-pub fn read_pngs(dir: &Path, n: usize) -> Result<Tensor> {
-    let images = (0..n)
+/// Images `[len, 3, H, W]` u8 from `dir/{start:05}.png`, ….
+pub fn read_pngs(dir: &Path, start: usize, len: usize) -> Result<Tensor> {
+    let images = (start..start + len)
         .map(|i| {
             let path = png_path(dir, i);
             let rgb = image::open(&path)
@@ -217,56 +302,4 @@ pub fn quantize(images: &Tensor) -> Result<Tensor> {
         .round()?
         .to_dtype(DType::U8)?
         .to_device(&Device::Cpu)?)
-}
-
-/// The teacher's guided N-interval solve of `noise`, `batch` rows at a time (rows are
-/// independent, so chunking does not change them).
-pub fn teacher_solve(
-    teacher: &dyn Denoiser,
-    ode: &TeacherOde,
-    noise: &Tensor,
-    cond: &Condition,
-    batch: usize,
-) -> Result<Tensor> {
-    let n = noise.dim(0)?;
-    let parts = (0..n)
-        .step_by(batch.max(1))
-        .map(|start| {
-            let len = batch.max(1).min(n - start);
-            ode.solve(teacher, &noise.narrow(0, start, len)?, &cond.narrow(start, len)?)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
-/// The reference of `key` from `cache`, or made by `make` (the teacher's solve of the
-/// evaluation noise and its images, u8) and written there.
-pub fn reference_samples(
-    key: &ReferenceKey,
-    cache: &ReferenceCache,
-    make: impl FnOnce() -> Result<(Tensor, Tensor)>,
-) -> Result<Reference> {
-    let json = key.to_json()?;
-    let rows = key.noise.dim(0)?;
-    if let Some(cached) = read_cache(cache, &json, rows)? {
-        return Ok(cached);
-    }
-    let (latents, images) = make()?;
-    let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-    let images = images.to_device(&Device::Cpu)?;
-    std::fs::create_dir_all(&cache.dir).with_context(|| format!("{}: cannot create folder", cache.dir.display()))?;
-    npy::write(&cache.dir.join(LATENTS_FILE), &latents)?;
-    let images_dir = cache.dir.join(IMAGES_DIR);
-    std::fs::create_dir_all(&images_dir).with_context(|| format!("{}: cannot create folder", images_dir.display()))?;
-    write_pngs(&images_dir, &(images.to_dtype(DType::F32)? / 255.0)?)?;
-    // The key goes last: a folder with a key holds complete samples.
-    write_atomic(
-        &cache.dir.join(KEY_FILE),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
-    Ok(Reference {
-        latents,
-        images,
-        from_cache: false,
-    })
 }

@@ -12,7 +12,7 @@ use crate::data::captioned::FolderOptions;
 use crate::data::npy;
 use crate::diffusion::teacher_ode::TeacherOde;
 use crate::eval::metric_nets::{LoadedNets, MetricFiles};
-use crate::eval::sd_eval::{SdEvalRow, SdEvalSetup, SCORE_COLUMNS};
+use crate::eval::sd_eval::{SampleSink, SdEvalRow, SdEvalSetup, SCORE_COLUMNS};
 use crate::eval::sd_reference::ReferenceCache;
 use crate::families::distillation::{self, Finished};
 use crate::families::sd::distill::{default_resolution, SdRun, TRAINING_UNCOND};
@@ -29,7 +29,7 @@ use crate::train::distill::DistillConfig;
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::Checkpointing;
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -237,15 +237,19 @@ fn evaluate_students(
         let lora_file = out.join("students").join(method.name()).join(KOHYA_FILE);
         let student = family.with_adapters(&lora_file, rt)?;
         eprintln!("evaluating the {} student", method.title());
-        let eval = setup.run(&student)?;
-        for s in &eval.samples {
-            let images = (s.images.to_dtype(DType::F32)? / 255.0)?;
-            let path = out.join(format!("samples_{}_{}step.png", method.name(), s.steps));
-            write_grid(&path, &images, lines, per_prompt)?;
+        let mut grids = Grids::default();
+        let eval = setup.run(&student, &mut grids)?;
+        for (k, images) in &grids.students {
+            let path = out.join(format!("samples_{}_{k}step.png", method.name()));
+            write_grid(&path, &u8_images(images)?, lines, per_prompt)?;
         }
         if i == 0 {
-            let images = (eval.reference.images.to_dtype(DType::F32)? / 255.0)?;
-            write_grid(&out.join("samples_teacher.png"), &images, lines, per_prompt)?;
+            write_grid(
+                &out.join("samples_teacher.png"),
+                &u8_images(&grids.teacher)?,
+                lines,
+                per_prompt,
+            )?;
             notes = eval.notes.clone();
         }
         results.push(MethodResult {
@@ -257,6 +261,31 @@ fn evaluate_students(
         });
     }
     Ok((results, notes))
+}
+
+/// The sample grids of a reproduction, gathered as the evaluation makes its blocks (its
+/// prompt sets are a few lines, so every image fits).
+#[derive(Default)]
+struct Grids {
+    teacher: Vec<Tensor>,
+    students: BTreeMap<usize, Vec<Tensor>>,
+}
+
+impl SampleSink for Grids {
+    fn teacher(&mut self, _: usize, images: &Tensor) -> Result<()> {
+        self.teacher.push(images.clone());
+        Ok(())
+    }
+
+    fn student(&mut self, steps: usize, _: usize, _: &Tensor, images: &Tensor) -> Result<()> {
+        self.students.entry(steps).or_default().push(images.clone());
+        Ok(())
+    }
+}
+
+/// Blocks of u8 images as one `[B, 3, H, W]` tensor in [0, 1].
+fn u8_images(blocks: &[Tensor]) -> Result<Tensor> {
+    Ok((Tensor::cat(blocks, 0)?.to_dtype(DType::F32)? / 255.0)?)
 }
 
 /// The paper's settings (N = 100, w = 9, lr 1e-4, 250 steps, batch 16, L2, constant learning

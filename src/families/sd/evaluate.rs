@@ -4,13 +4,14 @@
 
 use crate::consistency::sampler::Picking;
 use crate::data::npy;
+use crate::data::npy_rows::RowWriter;
 use crate::diffusion::solver::Solver;
 use crate::diffusion::teacher_ode::TeacherOde;
-use crate::eval::sd_eval::{SdEvalSetup, SdEvaluation};
+use crate::eval::sd_eval::{SampleSink, SdEvalSetup, SdEvaluation};
 use crate::eval::sd_metrics::MetricNets;
 use crate::eval::sd_reference::ReferenceCache;
 use crate::families::family::EvalRequest;
-use crate::models::sd::images::write_pngs;
+use crate::models::sd::images::write_pngs_from;
 use crate::models::sd::prompts;
 use crate::models::sd::student::SdStudentConfig;
 use crate::models::sd::text::NullText;
@@ -28,6 +29,9 @@ use std::path::{Path, PathBuf};
 
 /// Rows per UNet, VAE and CLIP call when `--batch` is not given.
 const DEFAULT_BATCH: usize = 8;
+/// Feature floats per sample over the metric networks at their largest (Inception 2,048,
+/// DINOv2 ViT-g 1,536, CLIP ViT-bigG 1,280).
+const FEATURE_FLOATS: f64 = 4_864.0;
 /// The teacher's grid when neither `--intervals` nor a run's settings give one.
 const DEFAULT_INTERVALS: usize = 50;
 
@@ -93,10 +97,13 @@ fn noise_and_prompts(r: &EvalRequest, rt: &Runtime) -> Result<(Tensor, Vec<Strin
         Some(r.prompts.as_deref().context("--prompts FILE is needed")?),
         rows,
     )?;
-    // Held at once: the reference, one student's latents and its K − 1 re-noise draws, working copies.
-    let max_k = r.steps.iter().copied().max().unwrap_or(1);
+    // Held at once: the noise (twice while it is read) and, per model, every sample's feature
+    // vectors in float32 and, while FD is computed, one network's in float64; the samples
+    // themselves only a block at a time (`SdEvalSetup::run`).
+    let models = r.steps.len() + 1;
+    let features = rows as f64 * FEATURE_FLOATS * (4.0 * models as f64 + 8.0 * 3.0);
     ensure_fits(
-        f32_bytes(noise.dims()) * (max_k + 8) as f64,
+        2.0 * f32_bytes(noise.dims()) + features,
         &format!("--noise {}", noise_file.display()),
     )?;
     Ok((noise.to_dtype(DType::F32)?.to_device(&rt.device)?, prompts))
@@ -153,13 +160,64 @@ pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) 
     let lora_student = SdTeacher::from_pipeline(teacher.pipeline().clone(), rt, Some(&student.lora))?;
     let loaded = r.metrics.load(rt)?;
     setup.nets = loaded.nets();
-    let eval = setup.run(&lora_student)?;
+    let mut files = StudentFiles::new(&out, setup.noise.dims(), &setup.steps)?;
+    let eval = setup.run(&lora_student, &mut files)?;
+    files.finish()?;
     write_outputs(&out, spec, r, &student.lora, &setup, &eval)?;
     print!("{}", eval.to_markdown());
     Ok(())
 }
 
-/// eval.json, eval.csv, eval.md and each K's latents and PNGs under students/kK/.
+/// Each K's samples as they are made: `students/kK/latents.npy` (written row block by row
+/// block, visible once complete) and `students/kK/00000.png`, ….
+struct StudentFiles {
+    dirs: Vec<PathBuf>,
+    latents: Vec<RowWriter>,
+    steps: Vec<usize>,
+}
+
+impl StudentFiles {
+    fn new(out: &Path, noise: &[usize], steps: &[usize]) -> Result<Self> {
+        let dirs: Vec<PathBuf> = steps
+            .iter()
+            .map(|k| out.join("students").join(format!("k{k}")))
+            .collect();
+        let latents = dirs
+            .iter()
+            .map(|dir| {
+                std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+                RowWriter::create(&dir.join("latents.npy"), noise)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            dirs,
+            latents,
+            steps: steps.to_vec(),
+        })
+    }
+
+    fn finish(self) -> Result<()> {
+        self.latents.into_iter().try_for_each(RowWriter::finish)
+    }
+}
+
+impl SampleSink for StudentFiles {
+    fn teacher(&mut self, _: usize, _: &Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    fn student(&mut self, steps: usize, start: usize, latents: &Tensor, images: &Tensor) -> Result<()> {
+        let i = self
+            .steps
+            .iter()
+            .position(|&k| k == steps)
+            .context("samples of a step count not asked for")?;
+        self.latents[i].append(latents)?;
+        write_pngs_from(&self.dirs[i], &(images.to_dtype(DType::F32)? / 255.0)?, start)
+    }
+}
+
+/// eval.json, eval.csv and eval.md.
 fn write_outputs(
     out: &Path,
     teacher: &str,
@@ -168,17 +226,11 @@ fn write_outputs(
     setup: &SdEvalSetup,
     eval: &SdEvaluation,
 ) -> Result<()> {
-    for s in &eval.samples {
-        let dir = out.join("students").join(format!("k{}", s.steps));
-        std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
-        npy::write(&dir.join("latents.npy"), &s.latents)?;
-        write_pngs(&dir, &(s.images.to_dtype(DType::F32)? / 255.0)?)?;
-    }
     let report = json!({
         "settings": settings(teacher, r, lora, setup),
         "reference": {
             "dir": setup.reference.dir.display().to_string(),
-            "from_cache": eval.reference.from_cache,
+            "from_cache": eval.reference_from_cache,
         },
         "rows": eval.rows,
         "notes": eval.notes,

@@ -3,6 +3,7 @@
 
 use super::pipeline::Pipeline;
 use crate::nets::layers::map_chunks;
+use crate::nets::sd::vae::AutoencoderKl;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
 use anyhow::{bail, Context, Result};
@@ -18,7 +19,11 @@ pub fn decode(pipeline: &Pipeline, rt: &Runtime, latents: &Tensor) -> Result<Ten
 
 /// `decode`, calling `tick` after each row (progress of a long decode).
 pub fn decode_with(pipeline: &Pipeline, rt: &Runtime, latents: &Tensor, tick: &dyn Fn()) -> Result<Tensor> {
-    let vae = pipeline.vae(rt)?;
+    decode_rows(&pipeline.vae(rt)?, latents, tick)
+}
+
+/// `decode` with a VAE already loaded (an evaluation decodes block after block).
+pub fn decode_rows(vae: &AutoencoderKl, latents: &Tensor, tick: &dyn Fn()) -> Result<Tensor> {
     let scale = vae.scaling_factor();
     map_chunks(latents, 1, |z| {
         let x = vae.decode(&(z / scale)?)?;
@@ -35,6 +40,11 @@ pub fn png_path(dir: &Path, i: usize) -> PathBuf {
 /// One PNG per row of `images` `[B, C, H, W]` in [0, 1] (C = 1: grey, 3: RGB), values
 /// `round(255 v)` as diffusers' `numpy_to_pil`, written atomically into `dir`.
 pub fn write_pngs(dir: &Path, images: &Tensor) -> Result<()> {
+    write_pngs_from(dir, images, 0)
+}
+
+/// `write_pngs` of a block of rows whose first is row `first` (its file `{first:05}.png`).
+pub fn write_pngs_from(dir: &Path, images: &Tensor, first: usize) -> Result<()> {
     let (b, c, h, w) = images.dims4().context("images to write as PNG must be [B, C, H, W]")?;
     let bytes: Vec<u8> = images
         .to_dtype(DType::F32)?
@@ -60,7 +70,7 @@ pub fn write_pngs(dir: &Path, images: &Tensor) -> Result<()> {
         }
         .context("image buffer size")?
         .context("PNG encoding")?;
-        write_atomic(&png_path(dir, i), &png)?;
+        write_atomic(&png_path(dir, first + i), &png)?;
     }
     Ok(())
 }

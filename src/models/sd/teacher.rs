@@ -93,8 +93,7 @@ impl SdTeacher {
 }
 
 /// The text condition of latents `[B, C, h, w]`, one prompt per row: loads `pipeline`'s text
-/// encoders on `rt`, encodes, and drops them. SDXL's size ids are those of the decoded image,
-/// `(8h, 8w)` for SDXL's VAE (the pipeline's default for its default latent size).
+/// encoders on `rt`, encodes, and drops them.
 pub fn text_condition(
     pipeline: &Pipeline,
     rt: &Runtime,
@@ -102,28 +101,52 @@ pub fn text_condition(
     null: &NullText,
     latents: &Tensor,
 ) -> Result<Condition> {
-    let (b, _, h, w) = latents.dims4().map_err(|_| {
-        anyhow!(
-            "latents of shape {:?}: a Stable Diffusion teacher needs [B, C, h, w]",
-            latents.dims()
-        )
-    })?;
-    ensure!(prompts.len() == b, "{} prompts for {b} rows of latents", prompts.len());
-    let force_zeros = matches!(
-        pipeline.family(),
-        Family::Sdxl {
-            force_zeros_for_empty_prompt: true
-        }
-    );
-    let f = 1
-        << pipeline
-            .vae_config()?
-            .block_out_channels
-            .len()
-            .saturating_sub(1)
-            .min(16);
-    let encoder = PromptEncoder::load(pipeline, rt)?;
-    encoder.condition(prompts, null, force_zeros, (h * f, w * f))
+    TextConditioner::load(pipeline, rt)?.condition(prompts, null, latents)
+}
+
+/// A pipeline's text encoders, loaded once to condition block after block of latents.
+pub struct TextConditioner {
+    encoder: PromptEncoder,
+    force_zeros: bool,
+    /// Image pixels per latent (SDXL's size ids are those of the decoded image).
+    scale: usize,
+}
+
+impl TextConditioner {
+    pub fn load(pipeline: &Pipeline, rt: &Runtime) -> Result<Self> {
+        let force_zeros = matches!(
+            pipeline.family(),
+            Family::Sdxl {
+                force_zeros_for_empty_prompt: true
+            }
+        );
+        let scale = 1
+            << pipeline
+                .vae_config()?
+                .block_out_channels
+                .len()
+                .saturating_sub(1)
+                .min(16);
+        Ok(Self {
+            encoder: PromptEncoder::load(pipeline, rt)?,
+            force_zeros,
+            scale,
+        })
+    }
+
+    /// The condition of latents `[B, C, h, w]`, one prompt per row; SDXL's size ids are
+    /// `(8h, 8w)` for SDXL's VAE (the pipeline's default for its default latent size).
+    pub fn condition(&self, prompts: &[String], null: &NullText, latents: &Tensor) -> Result<Condition> {
+        let (b, _, h, w) = latents.dims4().map_err(|_| {
+            anyhow!(
+                "latents of shape {:?}: a Stable Diffusion teacher needs [B, C, h, w]",
+                latents.dims()
+            )
+        })?;
+        ensure!(prompts.len() == b, "{} prompts for {b} rows of latents", prompts.len());
+        self.encoder
+            .condition(prompts, null, self.force_zeros, (h * self.scale, w * self.scale))
+    }
 }
 
 impl Denoiser for SdTeacher {
