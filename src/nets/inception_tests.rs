@@ -12,7 +12,7 @@ use crate::nets::feature_net::FeatureNet;
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/inception")
@@ -258,6 +258,25 @@ fn bad_weights_are_refused_by_name() -> Result<()> {
     for e in errors {
         assert!(!e.contains('\n'), "{e}");
     }
+    Ok(())
+}
+
+/// A `.pth` that names a Python global tensor files do not need (`os.system`) is refused by
+/// name before anything is read, in the legacy format and in the zip archive alike (the
+/// pipelines' `malicious.ckpt` fixture).
+#[test]
+fn pth_files_naming_code_are_refused() -> Result<()> {
+    let mut legacy = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e".to_vec();
+    legacy.extend_from_slice(b"\x80\x02M\xe9\x03.");
+    legacy.extend_from_slice(b"\x80\x02cos\nsystem\nq\x00X\x04\x00\x00\x00trueq\x01\x85q\x02Rq\x03.");
+    let path = std::env::temp_dir().join(format!("dcm-legacy-code-{}.pth", std::process::id()));
+    std::fs::write(&path, &legacy)?;
+    let e = error_of(read_pth(&path));
+    std::fs::remove_file(&path)?;
+    assert!(e.contains("dcm-legacy-code") && e.contains("os.system"), "{e}");
+    let zip = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/sd/formats/malicious.ckpt");
+    let e = error_of(read_pth(&zip));
+    assert!(e.contains("malicious.ckpt") && e.contains("refused"), "{e}");
     Ok(())
 }
 

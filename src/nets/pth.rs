@@ -1,18 +1,21 @@
 //! Reads a PyTorch state dict saved with `torch.save` (a `.pth` file) into named tensors, in
 //! both of torch.save's formats:
-//! - the zip archive of PyTorch ≥ 1.6 (read through candle's `PthTensors`);
+//! - the zip archive of PyTorch ≥ 1.6 (`runtime::torch_archive`, as pipelines' `.ckpt` files);
 //! - the legacy stream of older releases, which weights published before 2020 use (pytorch-fid's
 //!   Inception among them): a run of pickles — a magic number, the format version, system
 //!   information, the state dict (tensors refer to storages by key), the storage keys in
 //!   order — followed by each storage as an 8-byte little-endian element count and its raw
 //!   little-endian values.
 //!
-//! Only tensors are kept; non-tensor entries are skipped. Tensors come back on the CPU in the
-//! file's dtype.
+//! Every pickle of either format passes `runtime::pickle_check` first: a file naming a Python
+//! global that tensor serialisation does not need is refused by name. Only tensors are kept;
+//! non-tensor entries are skipped. Tensors come back on the CPU in the file's dtype.
 
 use crate::nets::layers::Params;
+use crate::runtime::pickle_check::check_pickle;
+use crate::runtime::torch_archive::TorchArchive;
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use candle_core::pickle::{Object, PthTensors, Stack, TensorInfo};
+use candle_core::pickle::{Object, Stack, TensorInfo};
 use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -28,7 +31,7 @@ pub fn read_pth(path: &Path) -> Result<Params> {
     let bytes = std::fs::read(path).with_context(|| format!("{file}: cannot read"))?;
     if bytes.starts_with(ZIP_MAGIC) {
         drop(bytes);
-        read_zip(path).map_err(|e| anyhow!("{file}: not a readable PyTorch state dict: {e}"))
+        read_zip(path)
     } else if bytes.starts_with(LEGACY_MAGIC) {
         read_legacy(&bytes).map_err(|e| anyhow!("{file}: not a readable PyTorch state dict (legacy format): {e:#}"))
     } else {
@@ -36,13 +39,14 @@ pub fn read_pth(path: &Path) -> Result<Params> {
     }
 }
 
-fn read_zip(path: &Path) -> candle_core::Result<Params> {
-    let pth = PthTensors::new(path, None)?;
+fn read_zip(path: &Path) -> Result<Params> {
+    let archive = TorchArchive::open(path)?;
     let mut params = Params::new();
-    for name in pth.tensor_infos().keys() {
-        if let Some(t) = pth.get(name)? {
-            params.insert(name.clone(), t);
-        }
+    for name in archive.names() {
+        let t = archive
+            .get(&name)
+            .map_err(|e| anyhow!("{}: tensor '{name}': {e}", path.display()))?;
+        params.extend(t.map(|t| (name, t)));
     }
     Ok(params)
 }
@@ -67,7 +71,13 @@ fn read_legacy(bytes: &[u8]) -> Result<Params> {
     infos.iter().map(|info| tensor(info, &storages)).collect()
 }
 
+/// The next pickle of the stream, once its globals passed the check.
 fn unpickle(cur: &mut Cursor<&[u8]>) -> Result<Object> {
+    let at = cur.position() as usize;
+    check_pickle(
+        &cur.get_ref()[at..],
+        &format!("the pickle at byte {}", at + LEGACY_MAGIC.len()),
+    )?;
     let mut stack = Stack::empty();
     stack.read_loop(cur)?;
     Ok(stack.finalize()?)

@@ -9,5 +9,7 @@ pub mod limits;
 pub mod memory;
 pub mod message;
 pub mod noise;
+pub mod pickle_check;
 pub mod progress;
 pub mod signals;
+pub mod torch_archive;

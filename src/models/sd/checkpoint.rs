@@ -8,8 +8,8 @@
 //! keeps its weights under the key `state_dict`; a plain state dict
 //! (`torch.save(model.state_dict())`) has them at the top. Legacy non-zip pickles are refused.
 
-use super::torch_archive::TorchArchive;
 use crate::runtime::finite::ensure_finite;
+use crate::runtime::torch_archive::TorchArchive;
 use anyhow::{anyhow, bail, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};

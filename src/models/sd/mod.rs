@@ -8,7 +8,6 @@ pub mod folder;
 pub mod images;
 pub mod json;
 pub mod latents;
-pub mod pickle_check;
 pub mod pipeline;
 pub mod prompts;
 pub mod scheduler;
@@ -16,7 +15,6 @@ pub mod single_file;
 pub mod student;
 pub mod teacher;
 pub mod text;
-pub mod torch_archive;
 pub mod training_memory;
 pub mod weights;
 
