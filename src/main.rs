@@ -107,6 +107,11 @@ fn main() -> ExitCode {
     if let Err(e) = dcm::runtime::signals::install() {
         eprintln!("warning: cannot install signal handlers: {e}");
     }
+    // Under mpirun/srun: join the other ranks; MPI ends when the guard drops, after the command.
+    let _ranks = match dcm::runtime::ranks::init() {
+        Ok(guard) => guard,
+        Err(e) => return exit_code(Err(e)),
+    };
     // The command runs on a worker of rayon's pool, so the parallel kernels it calls split
     // work with the other workers directly instead of handing it over from outside the pool.
     exit_code(rayon::scope(|_| run(cli.command)))

@@ -11,5 +11,6 @@ pub mod message;
 pub mod noise;
 pub mod pickle_check;
 pub mod progress;
+pub mod ranks;
 pub mod signals;
 pub mod torch_archive;

@@ -1,0 +1,171 @@
+//! Data-parallel ranks: which of K processes this is, and the sums every rank needs.
+//!
+//! Launched by `mpirun -n K dcm …` (or `srun`) in a build with the `distributed` feature, the
+//! process joins MPI's world communicator; otherwise, and in the default build, it is rank 0
+//! of 1 and every operation here is the identity. MPI is initialised once (`init`) and shut
+//! down when the returned guard drops, at the end of `main`.
+//!
+//! Sums are reduced to rank 0 and broadcast back, so every rank holds bit-identical values
+//! (an all-reduce may associate differently on different ranks), which keeps the optimizer
+//! and EMA states of all ranks equal without ever comparing them.
+
+use anyhow::Result;
+use std::ops::Range;
+
+/// This process's place among the ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub rank: usize,
+    pub size: usize,
+}
+
+impl Place {
+    pub const SINGLE: Place = Place { rank: 0, size: 1 };
+
+    /// This rank's rows of a batch of `rows`: contiguous, in rank order, the first
+    /// `rows mod size` ranks one row more.
+    pub fn share(&self, rows: usize) -> Range<usize> {
+        let (base, extra) = (rows / self.size, rows % self.size);
+        let start = self.rank * base + self.rank.min(extra);
+        start..start + base + usize::from(self.rank < extra)
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.rank == 0
+    }
+}
+
+/// This process's place (rank 0 of 1 unless launched under MPI with `distributed`).
+pub fn place() -> Place {
+    backend::place()
+}
+
+/// Element-wise sums over all ranks, in place; identical on every rank afterwards.
+pub fn sum(values: &mut [f64]) -> Result<()> {
+    match place().size {
+        1 => Ok(()),
+        _ => backend::sum(values),
+    }
+}
+
+/// Joins the ranks when launched under MPI; the guard ends MPI when dropped.
+pub fn init() -> Result<Guard> {
+    backend::init()
+}
+
+pub use backend::Guard;
+
+#[cfg(not(feature = "distributed"))]
+mod backend {
+    use super::Place;
+    use anyhow::Result;
+
+    /// Nothing to end without MPI.
+    pub struct Guard;
+
+    pub fn init() -> Result<Guard> {
+        if super::launched_by_mpi() {
+            anyhow::bail!(
+                "launched by mpirun/srun, but this dcm was built without the `distributed` feature (cargo build --release --features distributed)"
+            );
+        }
+        Ok(Guard)
+    }
+
+    pub fn place() -> Place {
+        Place::SINGLE
+    }
+
+    pub fn sum(_: &mut [f64]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Whether a process manager started this process as one of several ranks (Open MPI, MPICH
+/// and Slurm's PMI set these).
+fn launched_by_mpi() -> bool {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+#[cfg(feature = "distributed")]
+mod backend {
+    use super::Place;
+    use anyhow::{anyhow, Result};
+    use mpi::collective::SystemOperation;
+    use mpi::environment::Universe;
+    use mpi::topology::SimpleCommunicator;
+    use mpi::traits::*;
+    use mpi::Threading;
+    use std::sync::{Mutex, OnceLock};
+
+    /// The world communicator, used by one thread at a time (MPI initialised `Serialized`:
+    /// commands run on a rayon worker, not the main thread).
+    struct World(Mutex<SimpleCommunicator>);
+    // SAFETY: every use goes through the mutex, and MPI was initialised with
+    // MPI_THREAD_SERIALIZED, which allows calls from any thread one at a time.
+    unsafe impl Send for World {}
+    unsafe impl Sync for World {}
+
+    static WORLD: OnceLock<(World, Place)> = OnceLock::new();
+
+    /// Ends MPI when dropped (the universe's drop calls MPI_Finalize).
+    pub struct Guard(#[allow(dead_code)] Option<Universe>);
+
+    pub fn init() -> Result<Guard> {
+        if !super::launched_by_mpi() {
+            return Ok(Guard(None));
+        }
+        let (universe, level) = mpi::initialize_with_threading(Threading::Serialized)
+            .ok_or_else(|| anyhow!("MPI was initialised twice"))?;
+        if level < Threading::Serialized {
+            anyhow::bail!("the MPI library offers thread level {level:?}; dcm needs Serialized");
+        }
+        let world = universe.world();
+        let place = Place {
+            rank: world.rank() as usize,
+            size: world.size() as usize,
+        };
+        let _ = WORLD.set((World(Mutex::new(world)), place));
+        Ok(Guard(Some(universe)))
+    }
+
+    pub fn place() -> Place {
+        WORLD.get().map_or(Place::SINGLE, |(_, p)| *p)
+    }
+
+    pub fn sum(values: &mut [f64]) -> Result<()> {
+        let (world, _) = WORLD.get().ok_or_else(|| anyhow!("MPI is not initialised"))?;
+        let world = world.0.lock().map_err(|_| anyhow!("MPI communicator poisoned"))?;
+        let root = world.process_at_rank(0);
+        if world.rank() == 0 {
+            let mut total = vec![0f64; values.len()];
+            root.reduce_into_root(&values[..], &mut total[..], SystemOperation::sum());
+            values.copy_from_slice(&total);
+        } else {
+            root.reduce_into(&values[..], SystemOperation::sum());
+        }
+        root.broadcast_into(values);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shares cover the batch exactly once, in rank order, sizes differing by at most one.
+    #[test]
+    fn shares_partition_the_rows() {
+        for size in 1..6 {
+            for rows in 0..20 {
+                let shares: Vec<Range<usize>> = (0..size).map(|rank| Place { rank, size }.share(rows)).collect();
+                let flat: Vec<usize> = shares.iter().flat_map(|r| r.clone()).collect();
+                assert_eq!(flat, (0..rows).collect::<Vec<_>>(), "{size} ranks, {rows} rows");
+                let lens: Vec<usize> = shares.iter().map(|r| r.len()).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1);
+            }
+        }
+    }
+}
