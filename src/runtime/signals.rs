@@ -1,7 +1,8 @@
-//! Graceful stop: SIGINT / SIGTERM set a flag that training loops check after
-//! each step, so they can save a checkpoint and exit instead of dying mid-write, and
-//! that long work outside training (data preparation, sampling, evaluation) checks
-//! between its steps, so a stop is honoured within one step.
+//! Graceful stop: SIGINT / SIGTERM set a flag that training loops check after each step and
+//! between the micro-batches of a step, so they can save the last completed step's checkpoint
+//! and exit instead of dying mid-write; long work outside training (data encoding, sampling,
+//! evaluation) checks between its steps and before every Stable Diffusion UNet call, so a stop
+//! is honoured within one network call.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -33,25 +34,36 @@ pub fn requested() -> Option<usize> {
 #[derive(Debug)]
 pub struct Interrupted {
     pub signal: usize,
+    /// The last completed step, the one saved.
     pub step: usize,
     pub dir: std::path::PathBuf,
+    /// The stop came between the micro-batches of step `step + 1`, whose partial gradient was
+    /// discarded.
+    pub mid_step: bool,
 }
 
 impl std::fmt::Display for Interrupted {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         let name = signal_name(self.signal);
-        write!(
-            f,
-            "stopped by {name} after step {}; checkpoint saved, continue with --resume {}",
-            self.step,
-            self.dir.display()
-        )
+        let (step, dir) = (self.step, self.dir.display());
+        match self.mid_step {
+            false => write!(
+                f,
+                "stopped by {name} after step {step}; checkpoint saved, continue with --resume {dir}"
+            ),
+            true => write!(
+                f,
+                "stopped by {name} during step {} (its partial gradient discarded); checkpoint of step \
+                 {step} saved, continue with --resume {dir}",
+                step + 1
+            ),
+        }
     }
 }
 
 impl std::error::Error for Interrupted {}
 
-fn signal_name(signal: usize) -> &'static str {
+pub fn signal_name(signal: usize) -> &'static str {
     if signal == SIGINT {
         "SIGINT"
     } else {

@@ -15,6 +15,7 @@ use crate::nets::lora::LoraConfig;
 use crate::nets::network::{AdaptersOff, Architecture};
 use crate::runtime::finite::finite_flag;
 use crate::runtime::noise::{init_rng, standard_normal, Rng};
+use crate::runtime::signals::{requested, Stopped};
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::{Checkpointing, Trainer, TrainerOptions};
 use anyhow::{ensure, Result};
@@ -175,6 +176,15 @@ fn micro_batch_loss(
     cfg.method.objective().loss(&batch)
 }
 
+/// A micro-batch's error: a stop signal honoured inside it (between solver steps or network
+/// calls) saves the last completed step; any other error ends the run as it is.
+fn stopped_or(e: anyhow::Error, trainer: &mut Trainer) -> anyhow::Error {
+    match e.downcast_ref::<Stopped>() {
+        Some(stop) => trainer.stop_mid_step(stop.signal),
+        None => e,
+    }
+}
+
 /// Trains a student of architecture `net` starting from the weights `start` on `data`.
 /// `teacher` gives the targets; `None` takes them from the student with its adapters
 /// off — the start weights themselves, as the paper's reference does with LoRA.
@@ -223,17 +233,26 @@ pub fn distill(
     let guided = Guided::new(teacher.unwrap_or(&base), cfg.guidance);
     let counted = Counted::new(&guided);
     let resumed_evaluations = trainer.counter;
+    let nets = Nets {
+        teacher: &counted,
+        student: &*student,
+        target: &*target_net,
+    };
     while !trainer.finished() {
-        for _ in 0..cfg.grad_accum {
+        trainer.begin_step();
+        for part in 0..cfg.grad_accum {
             let device = trainer.device();
-            let nets = Nets {
-                teacher: &counted,
-                student: &*student,
-                target: &*target_net,
+            let loss = match micro_batch_loss(&nets, data, cfg, grid, trainer.rng(), &device) {
+                Err(e) => return Err(stopped_or(e, &mut trainer)),
+                Ok(loss) => loss,
             };
-            let loss = micro_batch_loss(&nets, data, cfg, grid, trainer.rng(), &device)?;
             trainer.counter = resumed_evaluations + counted.evaluations();
             trainer.accumulate(&loss, cfg.grad_accum)?;
+            // A stop between micro-batches ends the run at the last completed step; after the
+            // last one, the step completes and `step_accumulated` saves it.
+            if let Some(signal) = requested().filter(|_| part + 1 < cfg.grad_accum) {
+                return Err(trainer.stop_mid_step(signal));
+            }
         }
         trainer.step_accumulated()?;
     }

@@ -5,7 +5,7 @@
 use crate::nets::layers::Params;
 use crate::runtime::noise::{seeded, Rng};
 use crate::runtime::progress;
-use crate::runtime::signals::{requested, Interrupted, Stopped};
+use crate::runtime::signals::{requested, signal_name, Interrupted, Stopped};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
 use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
@@ -75,6 +75,9 @@ pub struct Trainer {
     pub counter: u64,
     /// Gradients and loss summed over this step's micro-batches so far.
     pending: Option<(GradStore, f32)>,
+    /// The generator and counter as the current step began (`begin_step`): what a stop in the
+    /// middle of the step saves, so the resumed step draws what the interrupted one drew.
+    step_start: Option<(Rng, u64)>,
     bar: ProgressBar,
     checkpointing: Checkpointing,
     run_config: Value,
@@ -103,6 +106,7 @@ impl Trainer {
             losses: Vec::new(),
             counter: 0,
             pending: None,
+            step_start: None,
             bar: progress::bar(o.steps, o.what),
             run_config: json!({"run": o.run_config, "context": o.checkpointing.context}),
             checkpointing: o.checkpointing,
@@ -189,9 +193,41 @@ impl Trainer {
         Ok(())
     }
 
+    /// Marks the start of a step made of micro-batches: the generator and counter now are what
+    /// `stop_mid_step` restores.
+    pub fn begin_step(&mut self) {
+        self.step_start = Some((self.rng.clone(), self.counter));
+    }
+
+    /// A stop by `signal` in the middle of a step: its partial gradient is discarded, the
+    /// generator and counter go back to the step's start, and the last completed step is
+    /// saved, so `--resume` redraws this step's batches exactly. Returns the error to end with.
+    pub fn stop_mid_step(&mut self, signal: usize) -> anyhow::Error {
+        self.pending = None;
+        if let Some((rng, counter)) = self.step_start.take() {
+            self.rng = rng;
+            self.counter = counter;
+        }
+        self.bar.abandon();
+        let Some(dir) = self.checkpointing.dir.clone() else {
+            return Stopped { signal }.into();
+        };
+        if let Err(e) = self.save() {
+            return e.context(format!("stopped by {}, but the checkpoint could not be saved", signal_name(signal)));
+        }
+        Interrupted {
+            signal,
+            step: self.losses.len(),
+            dir,
+            mid_step: true,
+        }
+        .into()
+    }
+
     /// The optimizer step on the gradients accumulated since the last step.
     pub fn step_accumulated(&mut self) -> Result<f32> {
         let (grads, value) = self.pending.take().context("no gradient accumulated for this step")?;
+        self.step_start = None;
         let step = self.losses.len() + 1;
         let scale = clip_scale(grad_norm(&self.vars, &grads)?, self.cfg.max_grad_norm);
         self.opt
@@ -214,7 +250,13 @@ impl Trainer {
             };
             self.save()?;
             self.bar.abandon();
-            return Err(Interrupted { signal, step, dir }.into());
+            return Err(Interrupted {
+                signal,
+                step,
+                dir,
+                mid_step: false,
+            }
+            .into());
         }
         if self.checkpointing.every > 0 && step.is_multiple_of(self.checkpointing.every) {
             self.save()?;

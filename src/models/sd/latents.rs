@@ -20,8 +20,15 @@ use serde_json::{json, Value};
 use std::io::Read;
 use std::path::Path;
 
-/// Images decoded and encoded at a time (bounds the pixels held and the VAE's activations).
-const CHUNK: usize = 8;
+/// Image pixels decoded and encoded at a time: 8 images of 128², one image from 362² up. It
+/// bounds the pixels held and the VAE's activations, and how long a stop signal waits (it is
+/// checked between chunks, so at high resolution between images).
+const CHUNK_PIXELS: usize = 8 * 128 * 128;
+
+/// Images per chunk at resolution `r`: at least one, at most 8.
+fn chunk_images(r: usize) -> usize {
+    (CHUNK_PIXELS / (r * r).max(1)).clamp(1, 8)
+}
 
 /// The latent distribution of every captioned image, unscaled, its caption and repeat count.
 #[derive(Debug)]
@@ -92,7 +99,7 @@ pub fn encode_folder(
         Some(pair) => pair,
         None => {
             let vae = pipeline.vae(rt)?;
-            let latents = encode_stream(&vae, rt, &folder.entries, r, CHUNK)?;
+            let latents = encode_stream(&vae, rt, &folder.entries, r, chunk_images(r))?;
             std::fs::create_dir_all(cache_dir)
                 .with_context(|| format!("{}: cannot create folder", cache_dir.display()))?;
             latents.write(&tensors)?;

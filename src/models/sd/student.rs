@@ -48,8 +48,11 @@ impl UnetDenoiser {
         self.prediction
     }
 
-    /// The UNet's raw output (ε or v) at its own timesteps (`network_timesteps`).
+    /// The UNet's raw output (ε or v) at its own timesteps (`network_timesteps`). A stop signal
+    /// is honoured before each call: one call is the longest uninterruptible work of sampling,
+    /// evaluation and distillation.
     fn output(&self, x: &Tensor, t: &[usize], text: &TextEmbedding) -> Result<Tensor> {
+        crate::runtime::signals::check()?;
         self.unet.forward(x, &network_timesteps(t), text, None)
     }
 
