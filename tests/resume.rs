@@ -313,7 +313,9 @@ fn a_stop_between_micro_batches_saves_the_last_completed_step() {
         };
         let e = run(&stopping, &b, false).err().unwrap();
         signals::flag().store(0, Ordering::Relaxed);
-        let stop = e.downcast_ref::<signals::Interrupted>().unwrap_or_else(|| panic!("{e:#}"));
+        let stop = e
+            .downcast_ref::<signals::Interrupted>()
+            .unwrap_or_else(|| panic!("{e:#}"));
         assert_eq!((stop.step, stop.mid_step), (step - 1, true), "{method}: {stop}");
         assert!(stop.to_string().contains(&format!("checkpoint of step {}", step - 1)));
         let resumed = run(&data, &b, true).unwrap();

@@ -52,7 +52,13 @@ fn check_writable(dir: &Path, flag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers see the old
+/// file or the new one, never part of one. Among data-parallel ranks only rank 0 writes
+/// (every rank holds the same results; K writers of one file would race).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if !crate::runtime::ranks::place().is_root() {
+        return Ok(());
+    }
     ensure_replaceable(path, "output")?;
     let dir = path
         .parent()

@@ -86,7 +86,12 @@ impl std::fmt::Display for Stopped {
 impl std::error::Error for Stopped {}
 
 /// `Err(Stopped)` once SIGINT or SIGTERM has arrived: called between the steps of long work.
+/// Data-parallel ranks stop only together, at the end of a training step (the flag travels
+/// with the gradients' sum): one rank stopping alone would leave the others waiting for it.
 pub fn check() -> anyhow::Result<()> {
+    if crate::runtime::ranks::place().size > 1 {
+        return Ok(());
+    }
     match requested() {
         Some(signal) => Err(Stopped { signal }.into()),
         None => Ok(()),

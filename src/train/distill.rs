@@ -15,6 +15,7 @@ use crate::nets::lora::LoraConfig;
 use crate::nets::network::{AdaptersOff, Architecture};
 use crate::runtime::finite::finite_flag;
 use crate::runtime::noise::{init_rng, standard_normal, Rng};
+use crate::runtime::ranks;
 use crate::runtime::signals::{requested, Stopped};
 use crate::train::optim::OptimConfig;
 use crate::train::trainer::{Checkpointing, Trainer, TrainerOptions};
@@ -110,6 +111,12 @@ impl DistillConfig {
         Discretization::new(self.intervals)?;
         ensure!(self.steps > 0, "--steps must be positive");
         ensure!(self.batch > 0, "--batch must be positive");
+        let ranks = ranks::place().size;
+        ensure!(
+            self.batch >= ranks,
+            "--batch {}: fewer rows than the {ranks} data-parallel ranks (each rank computes a share of every batch)",
+            self.batch
+        );
         ensure!(self.grad_accum > 0, "--grad-accum must be positive");
         ensure!(
             self.grad_accum <= MAX_GRAD_ACCUM,
@@ -162,6 +169,15 @@ fn micro_batch_loss(
         .collect();
     let eps = standard_normal(rng, x0.shape(), x0.device())?;
     let xt = diffuse(nets.student.schedule(), &x0, &eps, &t)?;
+    // Every data-parallel rank draws the whole batch, so the streams (and the student) do not
+    // depend on the number of ranks; each computes its rows' share of the batch mean.
+    let rows = ranks::place().share(cfg.batch);
+    let share = rows.len() as f64 / cfg.batch as f64;
+    let (xt, cond, t) = (
+        xt.narrow(0, rows.start, rows.len())?,
+        cond.narrow(rows.start, rows.len())?,
+        &t[rows],
+    );
     let batch = Batch {
         teacher: nets.teacher,
         student: nets.student,
@@ -170,10 +186,11 @@ fn micro_batch_loss(
         grid,
         distance: cfg.loss,
         x: &xt,
-        t: &t,
+        t,
         cond: &cond,
     };
-    cfg.method.objective().loss(&batch)
+    let loss = cfg.method.objective().loss(&batch)?;
+    Ok(if share < 1.0 { (loss * share)? } else { loss })
 }
 
 /// A micro-batch's error: a stop signal honoured inside it (between solver steps or network
@@ -232,7 +249,7 @@ pub fn distill(
     let base = AdaptersOff(&*student);
     let guided = Guided::new(teacher.unwrap_or(&base), cfg.guidance);
     let counted = Counted::new(&guided);
-    let resumed_evaluations = trainer.counter;
+    let mut counted_so_far = 0;
     let nets = Nets {
         teacher: &counted,
         student: &*student,
@@ -246,11 +263,13 @@ pub fn distill(
                 Err(e) => return Err(stopped_or(e, &mut trainer)),
                 Ok(loss) => loss,
             };
-            trainer.counter = resumed_evaluations + counted.evaluations();
+            // This rank's evaluations; the step sums them over the ranks.
+            trainer.counter += counted.evaluations() - counted_so_far;
+            counted_so_far = counted.evaluations();
             trainer.accumulate(&loss, cfg.grad_accum)?;
             // A stop between micro-batches ends the run at the last completed step; after the
             // last one, the step completes and `step_accumulated` saves it.
-            if let Some(signal) = requested().filter(|_| part + 1 < cfg.grad_accum) {
+            if let Some(signal) = requested().filter(|_| part + 1 < cfg.grad_accum && ranks::place().size == 1) {
                 return Err(trainer.stop_mid_step(signal));
             }
         }

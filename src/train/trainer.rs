@@ -5,13 +5,14 @@
 use crate::nets::layers::Params;
 use crate::runtime::noise::{seeded, Rng};
 use crate::runtime::progress;
-use crate::runtime::signals::{requested, signal_name, Interrupted, Stopped};
+use crate::runtime::ranks;
+use crate::runtime::signals::{requested, signal_name, Interrupted, Stopped, SIGINT, SIGTERM};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
 use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor, Var};
 use indicatif::ProgressBar;
 use rand::SeedableRng;
 use serde_json::{json, Value};
@@ -213,7 +214,10 @@ impl Trainer {
             return Stopped { signal }.into();
         };
         if let Err(e) = self.save() {
-            return e.context(format!("stopped by {}, but the checkpoint could not be saved", signal_name(signal)));
+            return e.context(format!(
+                "stopped by {}, but the checkpoint could not be saved",
+                signal_name(signal)
+            ));
         }
         Interrupted {
             signal,
@@ -227,6 +231,7 @@ impl Trainer {
     /// The optimizer step on the gradients accumulated since the last step.
     pub fn step_accumulated(&mut self) -> Result<f32> {
         let (grads, value) = self.pending.take().context("no gradient accumulated for this step")?;
+        let (grads, value, stop) = self.across_ranks(grads, value)?;
         self.step_start = None;
         let step = self.losses.len() + 1;
         let scale = clip_scale(grad_norm(&self.vars, &grads)?, self.cfg.max_grad_norm);
@@ -243,7 +248,7 @@ impl Trainer {
         }
         self.bar.inc(1);
         self.log_when_not_a_terminal(step);
-        if let Some(signal) = requested() {
+        if let Some(signal) = stop {
             let Some(dir) = self.checkpointing.dir.clone() else {
                 self.bar.abandon();
                 return Err(Stopped { signal }.into());
@@ -267,9 +272,51 @@ impl Trainer {
         Ok(value)
     }
 
+    /// This step's gradients, loss and stop request summed over the data-parallel ranks (each
+    /// rank's are its rows' share of the batch mean), as one flattened buffer: identical on
+    /// every rank, so all take the same update and stop at the same step.
+    /// The teacher-evaluation counter is summed likewise (its increment over the step).
+    fn across_ranks(&mut self, mut grads: GradStore, value: f32) -> Result<(GradStore, f32, Option<usize>)> {
+        if ranks::place().size == 1 {
+            return Ok((grads, value, requested()));
+        }
+        let mut flat = Vec::new();
+        for v in &self.vars {
+            match grads.get(v) {
+                Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?),
+                None => flat.resize(flat.len() + v.elem_count(), 0.0),
+            }
+        }
+        let signal = requested();
+        let counted_from = self.step_start.as_ref().map_or(self.counter, |(_, c)| *c);
+        flat.push((self.counter - counted_from) as f64);
+        flat.extend([
+            value as f64,
+            f64::from(u8::from(signal == Some(SIGINT))),
+            f64::from(u8::from(signal == Some(SIGTERM))),
+        ]);
+        ranks::sum(&mut flat)?;
+        let mut at = 0;
+        for v in &self.vars {
+            let n = v.elem_count();
+            let g = Tensor::from_slice(&flat[at..at + n], v.shape(), &Device::Cpu)?;
+            grads.insert(v, g.to_dtype(v.dtype())?.to_device(v.device())?);
+            at += n;
+        }
+        self.counter = counted_from + flat[at] as u64;
+        at += 1;
+        let stop = match (flat[at + 1] > 0.0, flat[at + 2] > 0.0) {
+            (_, true) => Some(SIGTERM),
+            (true, false) => Some(SIGINT),
+            _ => None,
+        };
+        Ok((grads, flat[at] as f32, stop))
+    }
+
     /// Without a terminal the bar is hidden; print a line every 10% instead, so logs show progress.
     fn log_when_not_a_terminal(&self, step: usize) {
-        if self.bar.is_hidden() && self.total >= 100 && step.is_multiple_of(self.total / 10) {
+        if self.bar.is_hidden() && ranks::place().is_root() && self.total >= 100 && step.is_multiple_of(self.total / 10)
+        {
             let recent = &self.losses[self.losses.len().saturating_sub(50)..];
             let loss = recent.iter().sum::<f32>() / recent.len() as f32;
             eprintln!(

@@ -1,0 +1,234 @@
+//! Data-parallel distillation under `mpirun` (built with `--features distributed`; CI installs
+//! Open MPI): K = 2 ranks train the student K = 1 trains, up to the summation order of the
+//! gradients' all-reduce, for an MLP student and a LoRA student of the tiny SD pipeline; a
+//! rank killed with SIGKILL ends the job within 60 s naming the rank, and the checkpoint it
+//! leaves resumes with K = 1 to the uninterrupted run's student.
+#![cfg(feature = "distributed")]
+
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("dcm-distributed-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `mpirun -n ranks dcm args…` (one thread per rank: the machine has two cores).
+fn mpirun(ranks: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["--allow-run-as-root", "--oversubscribe", "-n", &ranks.to_string()]);
+    c.args(["-x", "RAYON_NUM_THREADS=1", env!("CARGO_BIN_EXE_dcm")]);
+    c
+}
+
+fn run(ranks: usize, args: &[&str]) -> Output {
+    let o = mpirun(ranks).args(args).output().expect("mpirun runs");
+    assert!(
+        o.status.success(),
+        "mpirun -n {ranks} dcm {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
+fn tensors(path: &Path) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(path, &Device::Cpu).unwrap()
+}
+
+/// Every tensor of `b` equals `a`'s to `tol` relative to the tensor's largest entry.
+fn assert_close(a: &Path, b: &Path, tol: f32) {
+    let (a, b) = (tensors(a), tensors(b));
+    assert_eq!(a.len(), b.len());
+    for (name, x) in &a {
+        let y = &b[name];
+        let scale: f32 = x.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        let diff: f32 = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(diff <= tol * scale.max(1e-12), "{name}: max |Δ| {diff:e} of {scale:e}");
+    }
+}
+
+const MLP: &[&str] = &[
+    "distill",
+    "--teacher",
+    "mixture:ring",
+    "--hidden",
+    "32",
+    "--steps",
+    "30",
+    "--batch",
+    "16",
+];
+
+/// An MLP student: CM and Direct CM with K = 2 equal K = 1 to 1e-5.
+#[test]
+fn two_ranks_train_the_mlp_student_one_rank_trains() {
+    let d = dir("mlp");
+    for method in ["cm", "direct"] {
+        let outs = [1, 2].map(|k| d.join(format!("{method}-{k}")));
+        for (k, out) in [1, 2].iter().zip(&outs) {
+            let mut args = MLP.to_vec();
+            args.extend(["--method", method, "--out", out.to_str().unwrap()]);
+            run(*k, &args);
+        }
+        assert_close(
+            &outs[0].join("model.safetensors"),
+            &outs[1].join("model.safetensors"),
+            1e-5,
+        );
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A captioned folder of six small images for the tiny SD pipeline.
+fn captioned_folder(d: &Path) -> PathBuf {
+    let data = d.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    for i in 0..6u32 {
+        let img = image::RgbImage::from_fn(24, 20, |x, y| match (x / 4 + y / 4 + i) % 2 {
+            0 => image::Rgb([(40 * i) as u8, 200 - (30 * i) as u8, 90]),
+            _ => image::Rgb([250 - (20 * i) as u8, (35 * i) as u8, 160]),
+        });
+        img.save(data.join(format!("img{i}.png"))).unwrap();
+        std::fs::write(data.join(format!("img{i}.txt")), format!("picture {i}")).unwrap();
+    }
+    data
+}
+
+/// A LoRA student of the tiny SD pipeline: K = 2 writes the LoRA file K = 1 writes, to 1e-5.
+#[test]
+fn two_ranks_train_the_lora_student_one_rank_trains() {
+    let d = dir("sd");
+    let data = captioned_folder(&d);
+    let teacher = format!("sd:{}/tests/fixtures/sd/sd1", env!("CARGO_MANIFEST_DIR"));
+    let outs = [1, 2].map(|k| d.join(format!("k{k}")));
+    for (k, out) in [1, 2].iter().zip(&outs) {
+        let args = [
+            "distill",
+            "--method",
+            "cm",
+            "--teacher",
+            &teacher,
+            "--data",
+            data.to_str().unwrap(),
+            "--lora-rank",
+            "4",
+            "--intervals",
+            "10",
+            "--guidance",
+            "3",
+            "--steps",
+            "4",
+            "--batch",
+            "4",
+            "--lr",
+            "1e-3",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        run(*k, &args);
+    }
+    assert_close(
+        &outs[0].join("lora.safetensors"),
+        &outs[1].join("lora.safetensors"),
+        1e-5,
+    );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The ranks' processes of a running `mpirun`, as (rank, pid): its descendants whose
+/// environment names their rank.
+fn ranks_of(job: &Child) -> Vec<(usize, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let env = String::from_utf8_lossy(&env);
+        let rank = env.split('\0').find_map(|v| v.strip_prefix("OMPI_COMM_WORLD_RANK="));
+        if let Some(rank) = rank
+            .and_then(|r| r.parse().ok())
+            .filter(|_| descends_from(pid, job.id()))
+        {
+            found.push((rank, pid));
+        }
+    }
+    found
+}
+
+fn descends_from(mut pid: u32, ancestor: u32) -> bool {
+    while pid > 1 {
+        if pid == ancestor {
+            return true;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        pid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0);
+    }
+    false
+}
+
+/// SIGKILL to rank 1 of a K = 2 run ends the job with a non-zero exit within 60 s and a message
+/// naming rank 1; the last checkpoint (rank 0's, written atomically) resumes with K = 1 to the
+/// student of an uninterrupted K = 1 run.
+#[test]
+fn a_killed_rank_ends_the_job_and_its_checkpoint_resumes_with_one_rank() {
+    let d = dir("kill");
+    let (whole, cut) = (d.join("whole"), d.join("cut"));
+    let mut args = MLP.to_vec();
+    args.extend(["--method", "cm", "--steps", "1000", "--checkpoint-every", "5"]);
+    let mut one = args.clone();
+    one.extend(["--out", whole.to_str().unwrap()]);
+    run(1, &one);
+    let mut two = args.clone();
+    two.extend(["--out", cut.to_str().unwrap()]);
+    let mut job = mpirun(2)
+        .args(&two)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cut.join("checkpoint.safetensors").is_file() {
+        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let rank1 = ranks_of(&job)
+        .into_iter()
+        .find(|(r, _)| *r == 1)
+        .expect("rank 1 runs")
+        .1;
+    let killed = Instant::now();
+    Command::new("kill").args(["-9", &rank1.to_string()]).status().unwrap();
+    let status = loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "the job outlived its killed rank by 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success(), "exit {status:?}");
+    assert!(stderr.contains("rank 1"), "{stderr}");
+    let o = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(["distill", "--resume", cut.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_close(&whole.join("model.safetensors"), &cut.join("model.safetensors"), 1e-5);
+    std::fs::remove_dir_all(&d).unwrap();
+}
