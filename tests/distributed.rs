@@ -247,3 +247,51 @@ fn a_killed_rank_ends_the_job_and_its_checkpoint_resumes_with_one_rank() {
     assert_close(&whole.join("model.safetensors"), &cut.join("model.safetensors"), 1e-5);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// SIGTERM to `mpirun` reaches every rank; they stop at the end of the same step (the request
+/// travels with the gradients' sum), rank 0 saves that step, and the checkpoint resumes with
+/// K = 1 to the uninterrupted run's student.
+#[test]
+fn sigterm_stops_every_rank_at_one_step_and_the_checkpoint_resumes() {
+    let d = dir("sigterm");
+    let (whole, cut) = (d.join("whole"), d.join("cut"));
+    let mut args = MLP.to_vec();
+    args.extend(["--method", "direct", "--steps", "1500", "--checkpoint-every", "50"]);
+    let mut one = args.clone();
+    one.extend(["--out", whole.to_str().unwrap()]);
+    run(1, &one);
+    let mut two = args.clone();
+    two.extend(["--out", cut.to_str().unwrap()]);
+    let job = mpirun(2)
+        .args(&two)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cut.join("checkpoint.safetensors").is_file() {
+        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Command::new("kill")
+        .args(["-TERM", &job.id().to_string()])
+        .status()
+        .unwrap();
+    let output = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let steps: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("stopped by SIGTERM after step "))
+        .map(|l| l.split(';').next().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 2, "{stderr}");
+    assert_eq!(steps[0], steps[1], "the ranks stopped at different steps: {stderr}");
+    let o = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(&args)
+        .args(["--resume", cut.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_close(&whole.join("model.safetensors"), &cut.join("model.safetensors"), 1e-5);
+    std::fs::remove_dir_all(&d).unwrap();
+}
