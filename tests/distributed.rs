@@ -20,9 +20,14 @@ fn dir(name: &str) -> PathBuf {
 
 /// `mpirun -n ranks dcm args…` (one thread per rank: the machine has two cores).
 fn mpirun(ranks: usize) -> Command {
+    mpirun_with(ranks, "RAYON_NUM_THREADS=1")
+}
+
+/// `mpirun` exporting `var` (NAME=VALUE) and one thread per rank to every rank.
+fn mpirun_with(ranks: usize, var: &str) -> Command {
     let mut c = Command::new("mpirun");
     c.args(["--allow-run-as-root", "--oversubscribe", "-n", &ranks.to_string()]);
-    c.args(["-x", "RAYON_NUM_THREADS=1", env!("CARGO_BIN_EXE_dcm")]);
+    c.args(["-x", "RAYON_NUM_THREADS=1", "-x", var, env!("CARGO_BIN_EXE_dcm")]);
     c
 }
 
@@ -293,5 +298,65 @@ fn sigterm_stops_every_rank_at_one_step_and_the_checkpoint_resumes() {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_close(&whole.join("model.safetensors"), &cut.join("model.safetensors"), 1e-5);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A rank that hangs without dying (SIGSTOP) ends the job within 60 s: the other rank gives up
+/// waiting after `DCM_RANK_TIMEOUT` seconds, naming itself and the wait.
+#[test]
+fn a_hung_rank_ends_the_job_in_bounded_time() {
+    let d = dir("hang");
+    let cut = d.join("cut");
+    let mut args = MLP.to_vec();
+    args.extend([
+        "--method",
+        "cm",
+        "--steps",
+        "100000",
+        "--checkpoint-every",
+        "50",
+        "--out",
+        cut.to_str().unwrap(),
+    ]);
+    let mut job = mpirun_with(2, "DCM_RANK_TIMEOUT=5")
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !cut.join("checkpoint.safetensors").is_file() {
+        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rank1 = ranks_of(&job)
+        .into_iter()
+        .find(|(r, _)| *r == 1)
+        .expect("rank 1 runs")
+        .1;
+    let stopped = Instant::now();
+    Command::new("kill")
+        .args(["-STOP", &rank1.to_string()])
+        .status()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = job.try_wait().unwrap() {
+            break s;
+        }
+        if stopped.elapsed() > Duration::from_secs(60) {
+            let _ = Command::new("kill").args(["-9", &rank1.to_string()]).status();
+            panic!("the job outlived its hung rank by 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let _ = Command::new("kill").args(["-9", &rank1.to_string()]).status();
+    assert!(!status.success(), "exit {status:?}");
+    assert!(
+        stderr.contains("rank 0: no answer from the other ranks for 5 s"),
+        "{stderr}"
+    );
+    assert!(cut.join("checkpoint.safetensors").is_file());
     std::fs::remove_dir_all(&d).unwrap();
 }

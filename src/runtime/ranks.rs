@@ -136,7 +136,8 @@ mod backend {
     }
 
     pub fn sum(values: &mut [f64]) -> Result<()> {
-        let (world, _) = WORLD.get().ok_or_else(|| anyhow!("MPI is not initialised"))?;
+        let (world, place) = WORLD.get().ok_or_else(|| anyhow!("MPI is not initialised"))?;
+        let _watch = super::watchdog::Waiting::start(place.rank);
         let world = world.0.lock().map_err(|_| anyhow!("MPI communicator poisoned"))?;
         let root = world.process_at_rank(0);
         if world.rank() == 0 {
@@ -148,6 +149,85 @@ mod backend {
         }
         root.broadcast_into(values);
         Ok(())
+    }
+}
+
+/// A rank that hangs without dying (a stuck device, a stopped process) would leave the others
+/// waiting in the sum forever, as MPI has no timeouts: a rank waiting longer than the limit
+/// ends its process with a message, and the launcher then ends the job. The limit is 20 times
+/// the longest interval between two sums so far (a step), at least 30 minutes (the first
+/// step waits for the slowest rank to load its data)
+/// (`DCM_RANK_TIMEOUT=SECONDS` sets it instead).
+#[cfg(feature = "distributed")]
+mod watchdog {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    /// Milliseconds since `epoch()` when the current wait began, 0 when not waiting.
+    static WAITING_SINCE: AtomicU64 = AtomicU64::new(0);
+    /// The longest interval between two waits so far, in milliseconds.
+    static LONGEST_STEP: AtomicU64 = AtomicU64::new(0);
+    static LAST_END: AtomicU64 = AtomicU64::new(0);
+
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
+    }
+
+    fn now_ms() -> u64 {
+        epoch().elapsed().as_millis() as u64 + 1
+    }
+
+    fn limit_ms() -> u64 {
+        match std::env::var("DCM_RANK_TIMEOUT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            Some(s) => s * 1000,
+            None => (20 * LONGEST_STEP.load(Ordering::Relaxed)).max(1_800_000),
+        }
+    }
+
+    /// The wait of one sum; it ends when dropped.
+    pub struct Waiting;
+
+    impl Waiting {
+        pub fn start(rank: usize) -> Self {
+            static THREAD: OnceLock<()> = OnceLock::new();
+            THREAD.get_or_init(|| {
+                std::thread::spawn(move || watch(rank));
+            });
+            let now = now_ms();
+            let last = LAST_END.load(Ordering::Relaxed);
+            if last > 0 {
+                LONGEST_STEP.fetch_max(now - last, Ordering::Relaxed);
+            }
+            WAITING_SINCE.store(now, Ordering::Relaxed);
+            Waiting
+        }
+    }
+
+    impl Drop for Waiting {
+        fn drop(&mut self) {
+            WAITING_SINCE.store(0, Ordering::Relaxed);
+            LAST_END.store(now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn watch(rank: usize) {
+        loop {
+            std::thread::sleep(Duration::from_millis(500));
+            let since = WAITING_SINCE.load(Ordering::Relaxed);
+            let limit = limit_ms();
+            if since > 0 && now_ms().saturating_sub(since) > limit {
+                eprintln!(
+                    "error: rank {rank}: no answer from the other ranks for {} s (one of them died or hangs); ending the job, the last checkpoint is kept",
+                    limit / 1000
+                );
+                std::process::exit(70);
+            }
+        }
     }
 }
 
