@@ -14,6 +14,9 @@ use dcm::diffusion::condition::Condition;
 use dcm::diffusion::discretization::Discretization;
 use dcm::diffusion::schedule::Schedule;
 use dcm::diffusion::solver::Solver;
+use dcm::experiments::report::study::render;
+use dcm::experiments::report::study_record::StoredStudy;
+use dcm::experiments::report::study_summary::{SUMMARY_BEGIN, SUMMARY_END};
 use dcm::nets::mlp::{Mlp, MlpConfig};
 use dcm::nets::network::NetConfig;
 use dcm::runtime::noise::{seeded, standard_normal};
@@ -21,7 +24,6 @@ use dcm::train::checkpoint::load_checkpoint;
 use dcm::train::distill::{distill, DistillConfig};
 use dcm::train::optim::OptimConfig;
 use dcm::train::trainer::{kept_checkpoint, Checkpointing};
-use dcm::experiments::report::study::{render, StoredStudy, SUMMARY_BEGIN, SUMMARY_END};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -193,16 +195,32 @@ fn study_smoke_writes_every_artifact() {
         let (with_sign, seeds): (usize, usize) = (f[11].parse().unwrap(), f[12].parse().unwrap());
         assert!(with_sign <= seeds && (seeds == 3 || seeds == 2), "{line}");
     }
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("study.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("study.json")).unwrap()).unwrap();
     let main = &json["outcome"]["main"];
-    assert_eq!(main["training"].as_array().unwrap().len(), 2 * 3, "CM and Direct at 3 seeds");
+    assert_eq!(
+        main["training"].as_array().unwrap().len(),
+        2 * 3,
+        "CM and Direct at 3 seeds"
+    );
     let chosen = main["training"][0]["losses"].as_array().unwrap().len();
-    assert!([5, 10, 20].contains(&chosen), "the baselines train a swept length, not {chosen}");
+    assert!(
+        [5, 10, 20].contains(&chosen),
+        "the baselines train a swept length, not {chosen}"
+    );
     let training = &json["outcome"]["other"]["training"];
-    assert_eq!(training[5]["losses"].as_array().unwrap().len(), chosen, "both baselines at one length");
+    assert_eq!(
+        training[5]["losses"].as_array().unwrap().len(),
+        chosen,
+        "both baselines at one length"
+    );
     let horizon = std::fs::read_to_string(dir.join("horizon.csv")).unwrap();
     let ks: BTreeSet<&str> = horizon.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
-    assert_eq!(ks, ["1", "10", "2", "5"].into_iter().collect(), "k = 1, 2, 5 and N = 10");
+    assert_eq!(
+        ks,
+        ["1", "10", "2", "5"].into_iter().collect(),
+        "k = 1, 2, 5 and N = 10"
+    );
     for csv in ["horizon.csv", "guidance.csv", "training_length.csv"] {
         let text = std::fs::read_to_string(dir.join(csv)).unwrap();
         let seeds: BTreeSet<&str> = text.lines().skip(1).map(|l| l.split(',').nth(3).unwrap()).collect();
@@ -244,9 +262,18 @@ fn repo(path: &str) -> String {
 fn the_write_up_is_generated_from_study_json() {
     let stored = StoredStudy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/study/study.json")).unwrap();
     let text = render(&stored.record(), None).unwrap();
-    assert!(text.readme == repo("docs/study/README.md"), "docs/study/README.md is not what study.json renders");
-    assert!(text.summary == repo("docs/study/summary.md"), "docs/study/summary.md is not what study.json renders");
-    assert!(text.intervals_csv == repo("docs/study/intervals.csv"), "docs/study/intervals.csv differs");
+    assert!(
+        text.readme == repo("docs/study/README.md"),
+        "docs/study/README.md is not what study.json renders"
+    );
+    assert!(
+        text.summary == repo("docs/study/summary.md"),
+        "docs/study/summary.md is not what study.json renders"
+    );
+    assert!(
+        text.intervals_csv == repo("docs/study/intervals.csv"),
+        "docs/study/intervals.csv differs"
+    );
     let readme = repo("README.md");
     let block = readme
         .split_once(SUMMARY_BEGIN)
@@ -267,6 +294,12 @@ fn the_old_paper_preset_runs_as_large_saying_why() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--preset paper is now --preset large") && err.contains("--preset lora"), "{err}");
-    assert!(!out.status.success() && err.contains("--per-class"), "the large preset's validation ran: {err}");
+    assert!(
+        err.contains("--preset paper is now --preset large") && err.contains("--preset lora"),
+        "{err}"
+    );
+    assert!(
+        !out.status.success() && err.contains("--per-class"),
+        "the large preset's validation ran: {err}"
+    );
 }

@@ -28,7 +28,11 @@ pub struct Difference {
 impl Difference {
     /// `cm − direct` paired by position (seed), at `level`.
     pub fn paired(steps: usize, metric: &str, cm: &[f64], direct: &[f64], level: f64) -> Result<Self> {
-        ensure!(cm.len() >= 2, "{metric} at {steps} steps: {} seeds, an interval needs 2", cm.len());
+        ensure!(
+            cm.len() >= 2,
+            "{metric} at {steps} steps: {} seeds, an interval needs 2",
+            cm.len()
+        );
         let d: Vec<f64> = cm.iter().zip(direct).map(|(a, b)| a - b).collect();
         Ok(Self {
             steps,

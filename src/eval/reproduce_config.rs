@@ -41,7 +41,8 @@ pub struct ReproduceConfig {
 }
 
 /// Why `--preset paper` is now `--preset large`.
-pub const PAPER_RENAMED: &str = "--preset paper is now --preset large: the default's full fine-tuning with an EMA target, \
+pub const PAPER_RENAMED: &str =
+    "--preset paper is now --preset large: the default's full fine-tuning with an EMA target, \
      scaled up (N = 100, batch 256, 6,000 steps, pseudo-Huber loss) — not the paper's settings \
      (LoRA students with θ⁻ = θ and the L2 loss are --preset lora)";
 

@@ -74,7 +74,10 @@ mod tests {
     #[test]
     fn fisher_interval_by_hand() {
         let ci = fisher_interval(0.5, 28, 0.95).unwrap().unwrap();
-        assert!((ci.low - 0.144_702).abs() < 1e-6 && (ci.high - 0.741_087).abs() < 1e-6, "{ci:?}");
+        assert!(
+            (ci.low - 0.144_702).abs() < 1e-6 && (ci.high - 0.741_087).abs() < 1e-6,
+            "{ci:?}"
+        );
         assert!(fisher_interval(0.5, 3, 0.95).unwrap().is_none());
     }
 

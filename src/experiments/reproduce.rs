@@ -4,9 +4,10 @@
 //! `--preset study`, the study built on it (docs/study/).
 
 use super::args::refuse;
-use super::report::run::write_run;
 use super::report::machine::machine;
-use super::report::study::{write_study, StoredStudy, StudyRecord};
+use super::report::run::write_run;
+use super::report::study::write_study;
+use super::report::study_record::{StoredStudy, StudyRecord};
 use super::reproduce_args::ReproduceArgs;
 use crate::data::Dataset;
 use crate::eval::comparison;

@@ -45,7 +45,8 @@ fn row(method: &str, steps: usize, seed: u64, metrics: Metrics) -> Row {
 pub fn teacher_rows(cfg: &ReproduceConfig, models: &Models, judge: &Judge, seed: u64) -> Result<Vec<Row>> {
     let mut rows = vec![row("teacher", cfg.intervals, seed, judge.judge(&judge.ref_latents)?.0)];
     for &k in &cfg.steps {
-        let coarse = TeacherOde::new(Solver::Ddim, k, cfg.guidance)?.solve(&*models.teacher, &judge.noise, &judge.cond)?;
+        let coarse =
+            TeacherOde::new(Solver::Ddim, k, cfg.guidance)?.solve(&*models.teacher, &judge.noise, &judge.cond)?;
         rows.push(row("teacher DDIM", k, seed, judge.judge(&coarse)?.0));
     }
     Ok(rows)
@@ -122,7 +123,10 @@ pub fn baseline(
     for (seed, judge) in judges.iter().enumerate().take(cfg.seeds) {
         let seed = seed as u64;
         for method in Method::compared() {
-            let (student, losses) = match runs.iter().find(|r| r.student.seed == seed && r.student.method.name() == method.name()) {
+            let (student, losses) = match runs
+                .iter()
+                .find(|r| r.student.seed == seed && r.student.method.name() == method.name())
+            {
                 Some(run) => shortened(cfg, models, run)?,
                 None => setup.train(cfg, models, method, seed, Default::default())?,
             };

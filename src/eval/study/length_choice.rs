@@ -58,8 +58,16 @@ impl LengthChoice {
 }
 
 /// Mean FD vs teacher of `method` at `steps` over `seeds`, read by `pick` from the rows.
-fn seed_mean<'a, R: 'a>(rows: impl Iterator<Item = &'a R>, seeds: &BTreeSet<u64>, pick: impl Fn(&R) -> Option<(u64, f64)>) -> Option<f64> {
-    let v: Vec<f64> = rows.filter_map(|r| pick(r)).filter(|(s, _)| seeds.contains(s)).map(|p| p.1).collect();
+fn seed_mean<'a, R: 'a>(
+    rows: impl Iterator<Item = &'a R>,
+    seeds: &BTreeSet<u64>,
+    pick: impl Fn(&R) -> Option<(u64, f64)>,
+) -> Option<f64> {
+    let v: Vec<f64> = rows
+        .filter_map(pick)
+        .filter(|(s, _)| seeds.contains(s))
+        .map(|p| p.1)
+        .collect();
     (v.len() == seeds.len()).then(|| mean(&v))
 }
 
@@ -83,7 +91,9 @@ pub fn choose_length(lengths: &[SweepRow], teacher: &[Row], steps: &[usize]) -> 
                     (r.setting as usize == length && r.method == method && r.steps == k)
                         .then_some((r.seed, r.metrics.fd_teacher))
                 })
-                .with_context(|| format!("no {method} FD at {length} training steps, {k} sampler steps, for every sweep seed"))?;
+                .with_context(|| {
+                    format!("no {method} FD at {length} training steps, {k} sampler steps, for every sweep seed")
+                })?;
                 checks.push(LengthCheck {
                     length,
                     method: method.to_string(),
@@ -104,11 +114,18 @@ pub fn choose_length(lengths: &[SweepRow], teacher: &[Row], steps: &[usize]) -> 
     choice.met = swept.iter().copied().find(|&l| choice.at(l).all(LengthCheck::passes));
     choice.chosen = choice.met.unwrap_or_else(|| {
         // The first of the smallest worst ratios: ties go to the shorter length.
-        swept.iter().copied().fold(swept[0], |best, l| if choice.worst(l) < choice.worst(best) { l } else { best })
+        swept.iter().copied().fold(
+            swept[0],
+            |best, l| if choice.worst(l) < choice.worst(best) { l } else { best },
+        )
     });
     choice.never = METHODS
         .iter()
-        .filter(|&&m| !swept.iter().any(|&l| choice.at(l).filter(|c| c.method == m).all(LengthCheck::passes)))
+        .filter(|&&m| {
+            !swept
+                .iter()
+                .any(|&l| choice.at(l).filter(|c| c.method == m).all(LengthCheck::passes))
+        })
         .map(|m| m.to_string())
         .collect();
     Ok(choice)
@@ -161,7 +178,13 @@ mod tests {
 
     /// DDIM at 1 and 2 steps: 100 and 50 on both seeds (seed 2's 0s are not swept).
     fn teacher() -> Vec<Row> {
-        vec![ddim(0, 1, 100.0), ddim(1, 1, 100.0), ddim(0, 2, 50.0), ddim(1, 2, 50.0), ddim(2, 1, 0.0)]
+        vec![
+            ddim(0, 1, 100.0),
+            ddim(1, 1, 100.0),
+            ddim(0, 2, 50.0),
+            ddim(1, 2, 50.0),
+            ddim(2, 1, 0.0),
+        ]
     }
 
     /// At 100 steps CM misses at 2 sampler steps (60 > 50); at 200 everything passes.

@@ -49,6 +49,23 @@ fn nothing_yet(cfg: &StudyConfig, classes: usize) -> StudyOutcome {
     }
 }
 
+/// Each seed's judge — its evaluation noise and the teacher's reference solve from it — with
+/// the teacher's own rows added to the main baseline's.
+fn references<'a>(
+    cfg: &StudyConfig,
+    models: &'a Models,
+    setup: &Setup,
+    o: &mut StudyOutcome,
+) -> Result<Vec<Judge<'a>>> {
+    let judges: Vec<Judge> = (0..cfg.main.seeds as u64)
+        .map(|seed| Judge::new(setup, &cfg.main, models, seed, cfg.main.guidance))
+        .collect::<Result<_>>()?;
+    for (seed, judge) in judges.iter().enumerate() {
+        o.main.rows.extend(teacher_rows(&cfg.main, models, judge, seed as u64)?);
+    }
+    Ok(judges)
+}
+
 /// Runs every stage into `out` (checkpoints and students), handing the outcome so far and
 /// the study's seconds to `report` after each, so that a run stopped part-way leaves the
 /// report of the stages it finished.
@@ -69,23 +86,19 @@ pub fn run(
     };
     let mut clock = stage(
         1,
-        "references: the teacher's solve from each seed's evaluation noise, and its own DDIM",
+        "references: the teacher's own solves from each seed's noise",
         started,
     );
-    let judges: Vec<Judge> = (0..cfg.main.seeds as u64)
-        .map(|seed| Judge::new(&setup, &cfg.main, models, seed, cfg.main.guidance))
-        .collect::<Result<_>>()?;
-    for (seed, judge) in judges.iter().enumerate() {
-        o.main.rows.extend(teacher_rows(&cfg.main, models, judge, seed as u64)?);
-    }
+    let judges = references(cfg, models, &setup, &mut o)?;
     done(&mut o, "references".into(), clock)?;
+    let seeds = cfg.sweep_seeds;
     clock = stage(
         2,
-        &format!("training length: {} seed(s) of each method, one run each to the longest", cfg.sweep_seeds),
+        &format!("training length: {seeds} seed(s), one run each to the longest"),
         started,
     );
-    let lengths = (cfg.lengths.as_slice(), out.join("checkpoints"));
-    let (rows, runs) = length_sweep(&cfg.main, models, &setup, &judges, (lengths.0, &lengths.1), cfg.sweep_seeds)?;
+    let dir = out.join("checkpoints");
+    let (rows, runs) = length_sweep(&cfg.main, models, &setup, &judges, (&cfg.lengths, &dir), seeds)?;
     o.lengths = rows;
     done(&mut o, "training length".into(), clock)?;
     let steps = o.baseline_steps(cfg)?;

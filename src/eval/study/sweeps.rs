@@ -19,11 +19,7 @@ pub fn horizon_sweep(
     judges: &[Judge],
     (lengths, steps): (&[SweepRow], usize),
 ) -> Result<Vec<SweepRow>> {
-    let mut rows = reused(
-        lengths,
-        steps,
-        &[("CM", 1.0), ("Direct", cfg.main.intervals as f64)],
-    );
+    let mut rows = reused(lengths, steps, &[("CM", 1.0), ("Direct", cfg.main.intervals as f64)]);
     let at = ReproduceConfig {
         distill_steps: steps,
         ..cfg.main.clone()

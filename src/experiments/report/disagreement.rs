@@ -91,11 +91,18 @@ pub fn in_horizons(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
     let ks = settings(rows);
     let mut out = Vec::new();
     for &k in steps {
-        let value = |h: f64, get| rows.iter().find(|r| r.setting == h).and_then(|r| mean_at(rows, h, &r.method, k, get));
+        let value = |h: f64, get| {
+            rows.iter()
+                .find(|r| r.setting == h)
+                .and_then(|r| mean_at(rows, h, &r.method, k, get))
+        };
         for pair in ks.windows(2) {
-            let (Some(o0), Some(o1), Some(f0), Some(f1)) =
-                (value(pair[0], ode), value(pair[1], ode), value(pair[0], fd), value(pair[1], fd))
-            else {
+            let (Some(o0), Some(o1), Some(f0), Some(f1)) = (
+                value(pair[0], ode),
+                value(pair[1], ode),
+                value(pair[0], fd),
+                value(pair[1], fd),
+            ) else {
                 continue;
             };
             if opposite(o1 - o0, f1 - f0) {

@@ -171,7 +171,10 @@ pub fn claim(ode_error: &Difference, fd: &Difference, reference: &str) -> String
         (Verdict::Unresolved, _) | (_, Verdict::Unresolved) => "is not resolved",
         _ => "does not hold",
     };
-    format!("The paper's claim {status} {}: {ode_part}; {fd_part}.", at(ode_error.steps))
+    format!(
+        "The paper's claim {status} {}: {ode_part}; {fd_part}.",
+        at(ode_error.steps)
+    )
 }
 
 #[cfg(test)]
@@ -222,7 +225,9 @@ mod tests {
              CM has the lower FD against the teacher (as the paper)."
         );
         let direct_lower_fd = diff("FD vs teacher", 1, &[10.0, 12.0, 9.0, 11.0, 10.0]);
-        assert!(claim(&direct_lower_ode, &direct_lower_fd, "x").starts_with("The paper's claim does not hold at 1 step"));
+        assert!(
+            claim(&direct_lower_ode, &direct_lower_fd, "x").starts_with("The paper's claim does not hold at 1 step")
+        );
         // 4 of 5 seeds: the bootstrap excludes 0 but the claim stays open.
         let four_of_five = diff("FD vs teacher", 1, &[-10.0, -12.0, 1.0, -11.0, -10.0]);
         let s = claim(&direct_lower_ode, &four_of_five, "the exact samples");

@@ -34,17 +34,31 @@ fn choice_table(c: &LengthChoice, steps: &[usize]) -> String {
     for m in METHODS {
         for &k in steps {
             let ddim = c.checks.iter().find(|x| x.steps == k).map_or(f64::NAN, |x| x.ddim);
-            let _ = write!(s, " {m}, {k} step{} (DDIM {}) |", if k == 1 { "" } else { "s" }, num(ddim));
+            let _ = write!(
+                s,
+                " {m}, {k} step{} (DDIM {}) |",
+                if k == 1 { "" } else { "s" },
+                num(ddim)
+            );
         }
     }
-    let _ = write!(s, " all below |\n|---|{}---|\n", "---|".repeat(METHODS.len() * steps.len()));
+    let _ = write!(
+        s,
+        " all below |\n|---|{}---|\n",
+        "---|".repeat(METHODS.len() * steps.len())
+    );
     let mut lengths: Vec<usize> = c.checks.iter().map(|x| x.length).collect();
     lengths.dedup();
     for l in lengths {
         let _ = write!(s, "| {l} |");
         for m in METHODS {
             for x in c.at(l).filter(|x| x.method == m) {
-                let _ = write!(s, " {} ({}) |", num(x.student), if x.passes() { "below" } else { "above" });
+                let _ = write!(
+                    s,
+                    " {} ({}) |",
+                    num(x.student),
+                    if x.passes() { "below" } else { "above" }
+                );
             }
         }
         let _ = writeln!(s, " {} |", if c.at(l).all(|x| x.passes()) { "yes" } else { "no" });
@@ -82,7 +96,11 @@ pub fn choice_sentence(c: &LengthChoice, steps: &[usize]) -> String {
 
 /// Each baseline's students against the teacher's own DDIM at the criterion's step
 /// counts, means over the baseline's seeds: (baseline, method, steps, student FD, DDIM FD).
-pub fn against_ddim(comparisons: &[(String, &Comparison)], teacher: &Comparison, steps: &[usize]) -> Vec<(String, String, usize, f64, f64)> {
+pub fn against_ddim(
+    comparisons: &[(String, &Comparison)],
+    teacher: &Comparison,
+    steps: &[usize],
+) -> Vec<(String, String, usize, f64, f64)> {
     let mut out = Vec::new();
     for (name, c) in comparisons {
         for m in METHODS {
@@ -103,10 +121,20 @@ pub fn behind_sentence(checks: &[(String, String, usize, f64, f64)], steps: &[us
     let behind: Vec<String> = checks
         .iter()
         .filter(|c| c.3 >= c.4)
-        .map(|(b, m, k, fd, ddim)| format!("{m} at {k} step{} in {b} ({} against {})", if *k == 1 { "" } else { "s" }, num(*fd), num(*ddim)))
+        .map(|(b, m, k, fd, ddim)| {
+            format!(
+                "{m} at {k} step{} in {b} ({} against {})",
+                if *k == 1 { "" } else { "s" },
+                num(*fd),
+                num(*ddim)
+            )
+        })
         .collect();
     if behind.is_empty() {
-        format!("Every student of both baselines beats the teacher's own DDIM on FD vs teacher at {} steps.", steps_text(steps))
+        format!(
+            "Every student of both baselines beats the teacher's own DDIM on FD vs teacher at {} steps.",
+            steps_text(steps)
+        )
     } else {
         format!(
             "Not beating the teacher's own DDIM with as many intervals on FD vs teacher: {}. Where they do not, CM and Direct are compared as few-step samplers worse than the teacher's own solve.",
@@ -116,14 +144,26 @@ pub fn behind_sentence(checks: &[(String, String, usize, f64, f64)], steps: &[us
 }
 
 /// The list of `against_ddim` per baseline.
-fn baseline_check(comparisons: &[(String, &Comparison)], teacher: &Comparison, steps: &[usize], length: usize) -> String {
+fn baseline_check(
+    comparisons: &[(String, &Comparison)],
+    teacher: &Comparison,
+    steps: &[usize],
+    length: usize,
+) -> String {
     let checks = against_ddim(comparisons, teacher, steps);
     let mut s = format!("At the baselines' {length} training steps (means over each baseline's seeds):\n\n");
     for (name, _) in comparisons {
         let parts: Vec<String> = checks
             .iter()
             .filter(|c| &c.0 == name)
-            .map(|(_, m, k, fd, ddim)| format!("{m} {} at {k} (DDIM {}, {})", num(*fd), num(*ddim), if fd < ddim { "below" } else { "above" }))
+            .map(|(_, m, k, fd, ddim)| {
+                format!(
+                    "{m} {} at {k} (DDIM {}, {})",
+                    num(*fd),
+                    num(*ddim),
+                    if fd < ddim { "below" } else { "above" }
+                )
+            })
             .collect();
         if !parts.is_empty() {
             let _ = writeln!(s, "- {name}: {}.", parts.join(", "));
@@ -135,7 +175,10 @@ fn baseline_check(comparisons: &[(String, &Comparison)], teacher: &Comparison, s
 
 /// Each baseline by its preset name (`` `default` ``), with its comparison.
 pub fn named(out: &StudyOutcome) -> Vec<(String, &Comparison)> {
-    vec![(format!("`{}`", out.main.preset), &out.main), (format!("`{}`", out.other.preset), &out.other)]
+    vec![
+        (format!("`{}`", out.main.preset), &out.main),
+        (format!("`{}`", out.other.preset), &out.other),
+    ]
 }
 
 /// The baselines' training length, how it was set, and what it gives.

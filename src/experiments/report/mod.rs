@@ -9,6 +9,8 @@ pub mod machine;
 pub mod rank_correlation;
 pub mod run;
 pub mod study;
+pub mod study_findings;
+pub mod study_record;
 pub mod study_summary;
 pub mod sweep_report;
 pub mod table;

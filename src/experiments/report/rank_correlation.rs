@@ -94,7 +94,14 @@ pub fn rank_section(rows: &[SweepRow], steps: &[usize], level: f64) -> Result<St
     );
     for r in &ranks {
         let seeds: Vec<String> = r.per_seed.iter().map(|&v| num(v)).collect();
-        let _ = writeln!(s, "| {} | {} | {} | {} |", r.method, r.steps, rho_text(r), seeds.join(", "));
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            r.method,
+            r.steps,
+            rho_text(r),
+            seeds.join(", ")
+        );
     }
     let _ = writeln!(
         s,

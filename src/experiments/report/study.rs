@@ -1,17 +1,22 @@
 //! The study's folder (`docs/study/`): README.md — every table and sentence generated from
 //! the record — with CSV and JSON beside it, the charts, and the Results block of the
-//! repository's README (`summary.md`). The text is a function of `study.json` alone, so
-//! `--rewrite-report` rewrites it without retraining.
+//! repository's README (`summary.md`, `study_summary`). The text is a function of
+//! `study.json` alone, so `--rewrite-report` rewrites it without retraining.
 
 use super::chart::{write_chart, Series};
-use super::disagreement::{in_differences, in_horizons, in_sweep};
-use super::finding::{bounds, claim, favours, num, signed};
+use super::finding::{bounds, favours, num, signed};
 use super::length_criterion::criterion_section;
 use super::rank_correlation::rank_section;
+use super::study_findings::{
+    analytic_claims, baseline_claims, baseline_name, bullets, disagreements, horizon_sentences, length_order,
+};
+use super::study_record::{Differences, StudyRecord};
 use super::study_summary::summary;
-use super::sweep_report::{mean_at, seed_note, seeds, settings, shown, sweep_csv, sweep_difference_table, sweep_differences, sweep_table, SWEPT};
+use super::sweep_report::{
+    mean_at, seed_note, seeds, settings, shown, sweep_csv, sweep_difference_table, sweep_table, SWEPT,
+};
 use super::teacher_kd::teacher_section;
-use crate::eval::difference::{analytic_differences, analytic_per_seed, differences, mean, per_seed, Difference};
+use crate::eval::difference::{analytic_per_seed, mean, per_seed, Difference};
 use crate::eval::records::{Comparison, Metrics, Row, SweepRow, COLUMNS};
 use crate::eval::reproduce_config::ReproduceConfig;
 use crate::eval::spearman::{fisher_interval, spearman};
@@ -20,75 +25,8 @@ use crate::eval::study::config::StudyConfig;
 use crate::eval::study::outcome::StudyOutcome;
 use crate::runtime::files::write_atomic;
 use anyhow::{Context, Result};
-use serde::Deserialize;
 use std::fmt::Write as _;
 use std::path::Path;
-
-/// The markers around the README's copy of `summary.md`.
-pub const SUMMARY_BEGIN: &str = "<!-- generated: docs/study/summary.md, checked by tests/study.rs -->";
-pub const SUMMARY_END: &str = "<!-- end of docs/study/summary.md -->";
-
-/// Everything the report is a function of: what `study.json` holds besides the
-/// differences computed from it.
-pub struct StudyRecord<'a> {
-    pub config: &'a StudyConfig,
-    pub outcome: &'a StudyOutcome,
-    pub seconds: f64,
-    pub machine: String,
-}
-
-/// A study's record as `study.json` stores it.
-#[derive(Deserialize)]
-pub struct StoredStudy {
-    pub config: StudyConfig,
-    pub outcome: StudyOutcome,
-    pub seconds: f64,
-    pub machine: String,
-}
-
-impl StoredStudy {
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("{}: not a study report", path.display()))
-    }
-
-    pub fn record(&self) -> StudyRecord<'_> {
-        StudyRecord {
-            config: &self.config,
-            outcome: &self.outcome,
-            seconds: self.seconds,
-            machine: self.machine.clone(),
-        }
-    }
-}
-
-/// Every difference the study reports.
-pub struct Differences {
-    pub main: Vec<Difference>,
-    pub other: Vec<Difference>,
-    pub analytic: Vec<Difference>,
-    /// (training length, difference), when the sweep has seeds to pair.
-    pub lengths: Vec<(f64, Difference)>,
-    /// (w, difference), likewise.
-    pub guidance: Vec<(f64, Difference)>,
-}
-
-impl Differences {
-    pub fn of(cfg: &StudyConfig, out: &StudyOutcome) -> Result<Self> {
-        let (steps, level) = (&cfg.main.steps, cfg.level);
-        Ok(Self {
-            main: differences(&out.main.rows, steps, level)?,
-            other: differences(&out.other.rows, steps, level)?,
-            analytic: if out.analytic.is_empty() {
-                Vec::new()
-            } else {
-                analytic_differences(&out.analytic, steps, level)?
-            },
-            lengths: sweep_differences(&out.lengths, steps, level)?,
-            guidance: sweep_differences(&out.guidance, steps, level)?,
-        })
-    }
-}
 
 /// The texts of the study's folder.
 pub struct Rendered {
@@ -97,15 +35,6 @@ pub struct Rendered {
     pub summary: String,
     pub intervals_csv: String,
     pub results_csv: String,
-}
-
-/// `EMA 0.95, full fine-tuning` / `LoRA rank 64, θ⁻ = θ`: a baseline by its settings.
-pub fn baseline_name(c: &ReproduceConfig) -> String {
-    match (c.lora, c.ema_decay) {
-        (Some(l), _) => format!("LoRA rank {}, α {}, θ⁻ = θ", l.rank, l.alpha),
-        (None, Some(d)) => format!("full fine-tuning, EMA target {d}"),
-        (None, None) => "full fine-tuning, θ⁻ = θ".into(),
-    }
 }
 
 /// One table per step count: both means, CM − Direct with both intervals and the sign
@@ -139,27 +68,6 @@ fn comparison_tables(diffs: &[Difference], steps: &[usize], teacher: &[Row]) -> 
     s
 }
 
-fn find<'a>(diffs: &'a [Difference], metric: &str, steps: usize) -> Option<&'a Difference> {
-    diffs.iter().find(|d| d.metric == metric && d.steps == steps)
-}
-
-/// The paper's claim at each step count, judged on `ode` and `fd` metrics.
-pub fn claims(diffs: &[Difference], steps: &[usize], (ode, fd): (&str, &str), reference: &str) -> Vec<String> {
-    steps
-        .iter()
-        .filter_map(|&k| Some(claim(find(diffs, ode, k)?, find(diffs, fd, k)?, reference)))
-        .collect()
-}
-
-/// The paper's claim on the baselines' metrics.
-pub fn baseline_claims(diffs: &[Difference], steps: &[usize]) -> Vec<String> {
-    claims(diffs, steps, ("ODE error (latent)", "FD vs teacher"), "the teacher")
-}
-
-fn bullets(lines: &[String]) -> String {
-    lines.iter().map(|l| format!("- {l}\n")).collect()
-}
-
 fn training_table(c: &Comparison) -> String {
     let mut s = String::from(
         "| method | seed | seconds | teacher evaluations (per sample) | final loss |\n|---|---|---|---|---|\n",
@@ -181,9 +89,20 @@ fn training_table(c: &Comparison) -> String {
 
 const NOT_RUN: &str = "Not run yet.\n";
 
-fn baseline_section(cfg: &ReproduceConfig, c: &Comparison, diffs: &[Difference], length: usize, teacher: &[Row]) -> String {
+fn baseline_section(
+    cfg: &ReproduceConfig,
+    c: &Comparison,
+    diffs: &[Difference],
+    length: usize,
+    teacher: &[Row],
+) -> String {
     let name = baseline_name(cfg);
-    let title = format!("{}{} (`--preset {}`, {length} training steps)", name[..1].to_uppercase(), &name[1..], c.preset);
+    let title = format!(
+        "{}{} (`--preset {}`, {length} training steps)",
+        name[..1].to_uppercase(),
+        &name[1..],
+        c.preset
+    );
     if diffs.is_empty() {
         return format!("## {title}\n\n{NOT_RUN}\n");
     }
@@ -193,19 +112,6 @@ fn baseline_section(cfg: &ReproduceConfig, c: &Comparison, diffs: &[Difference],
         comparison_tables(diffs, &cfg.steps, teacher),
         training_table(c)
     )
-}
-
-/// Every point where ODE error and FD vs teacher disagree, grouped by where it is.
-pub fn disagreements(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> Vec<String> {
-    let steps = &cfg.main.steps;
-    let (ode, fd) = ("ODE error (latent)", "FD vs teacher");
-    let mut v = in_differences(&format!("`{}` baseline", out.main.preset), &d.main, ode, fd);
-    v.extend(in_differences(&format!("`{}` baseline", out.other.preset), &d.other, ode, fd));
-    v.extend(in_sweep("training length", |l| format!("{} training steps", shown(l)), &out.lengths, steps));
-    v.extend(in_horizons(&out.horizons, steps));
-    v.extend(in_sweep("guidance", |w| format!("w = {}", shown(w)), &out.guidance, steps));
-    v.extend(in_differences("analytic control", &d.analytic, "ODE error (exact)", "FD vs exact samples"));
-    v
 }
 
 fn disagreement_section(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> String {
@@ -311,37 +217,6 @@ fn horizon_chart(dir: &Path, rows: &[SweepRow], steps: &[usize]) -> Result<()> {
     )
 }
 
-/// Per sampler step count, FD vs teacher and ODE error along the horizon family, where
-/// each is lowest, and whether FD falls monotonically from CM to Direct.
-pub fn horizon_sentences(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
-    let ks = settings(rows);
-    let names: Vec<String> = ks.iter().map(|&k| shown(k)).collect();
-    steps
-        .iter()
-        .filter_map(|&k| {
-            let along = |get| -> Option<Vec<f64>> {
-                ks.iter()
-                    .map(|&h| mean_at(rows, h, &rows.iter().find(|r| r.setting == h)?.method, k, get))
-                    .collect()
-            };
-            let (fd, ode) = (along(SWEPT[0].1)?, along(SWEPT[1].1)?);
-            let lowest = |v: &[f64]| names[(0..v.len()).fold(0, |b, i| if v[i] < v[b] { i } else { b })].clone();
-            let monotone = fd.windows(2).all(|w| w[1] <= w[0]);
-            let path = |v: &[f64]| v.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", ");
-            Some(format!(
-                "At {k} sampler step{}, along k = {}: FD vs teacher {} (lowest at k = {}; {}), ODE error {} (lowest at k = {}).",
-                if k == 1 { "" } else { "s" },
-                names.join(", "),
-                path(&fd),
-                lowest(&fd),
-                if monotone { "falling monotonically" } else { "not monotone" },
-                path(&ode),
-                lowest(&ode)
-            ))
-        })
-        .collect()
-}
-
 fn length_section(dir: Option<&Path>, cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> Result<String> {
     let rows = &out.lengths;
     if rows.is_empty() {
@@ -351,7 +226,7 @@ fn length_section(dir: Option<&Path>, cfg: &StudyConfig, out: &StudyOutcome, d: 
         length_charts(dir, rows, &cfg.main.steps)?;
     }
     Ok(format!(
-        "{}:\n\n{}{}\n{}\n\
+        "{}:\n\n{}{}\n{}\n{}\n\
          ![FD against training length](training_length_fd.svg)\n\n![ODE error against training length](training_length_ode_error.svg)\n\n\
          ![ODE error against FD](ode_error_vs_fd.svg)\n",
         match seeds(rows) {
@@ -360,6 +235,7 @@ fn length_section(dir: Option<&Path>, cfg: &StudyConfig, out: &StudyOutcome, d: 
         },
         sweep_table(rows, "training steps", &cfg.main.steps),
         sweep_difference_table(&d.lengths, "training steps"),
+        bullets(&length_order(rows, &cfg.main.steps)),
         rank_section(rows, &cfg.main.steps, cfg.level)?
     ))
 }
@@ -458,11 +334,6 @@ fn analytic_section(cfg: &StudyConfig, rows: &[AnalyticRow], diffs: &[Difference
         analytic_rho(rows, &cfg.main.steps, cfg.level)?
     );
     Ok(s)
-}
-
-/// The paper's claim in the analytic control, against the exact samples.
-pub fn analytic_claims(cfg: &StudyConfig, diffs: &[Difference]) -> Vec<String> {
-    claims(diffs, &cfg.main.steps, ("ODE error (exact)", "FD vs exact samples"), "the exact samples")
 }
 
 fn analytic_csv(rows: &[AnalyticRow]) -> String {

@@ -8,7 +8,11 @@
 use super::finding::{better, bounds, leaning, num, signed, verdict, Better, Verdict};
 use super::length_criterion::{against_ddim, behind_sentence, choice_sentence, criterion_steps, named, steps_text};
 use super::rank_correlation::{pooled, ranks, rho_text};
-use super::study::{analytic_claims, baseline_claims, baseline_name, disagreements, horizon_sentences, Differences, StudyRecord};
+use super::study_findings::{
+    analytic_claims, baseline_claims, baseline_name, bullets, disagreements, horizon_sentences, length_order,
+    length_paths,
+};
+use super::study_record::{Differences, StudyRecord};
 use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
 use super::teacher_kd::{kd_against_fd, kd_sentence};
 use crate::consistency::distance::Distance;
@@ -20,9 +24,9 @@ use crate::eval::study::outcome::StudyOutcome;
 use anyhow::Result;
 use std::fmt::Write as _;
 
-fn bullets(lines: &[String]) -> String {
-    lines.iter().map(|l| format!("- {l}\n")).collect()
-}
+/// The markers around the README's copy of `summary.md`.
+pub const SUMMARY_BEGIN: &str = "<!-- generated: docs/study/summary.md, checked by tests/study.rs -->";
+pub const SUMMARY_END: &str = "<!-- end of docs/study/summary.md -->";
 
 fn setup(r: &StudyRecord, length: usize) -> String {
     let (cfg, out) = (r.config, r.outcome);
@@ -56,7 +60,11 @@ fn setup(r: &StudyRecord, length: usize) -> String {
         m.guidance,
         m.batch,
         m.lr,
-        if m.cosine_decay { "on a cosine decay" } else { "constant" },
+        if m.cosine_decay {
+            "on a cosine decay"
+        } else {
+            "constant"
+        },
         m.weight_decay,
         baseline_name(m),
         out.main.preset,
@@ -131,7 +139,10 @@ fn against_data(d: &Difference) -> bool {
 /// method wins against the data, metric by metric.
 fn wins(diffs: &[Difference], who: Verdict) -> String {
     let mut by_metric: Vec<(String, Vec<usize>)> = Vec::new();
-    for x in diffs.iter().filter(|x| against_data(x) && verdict(x, better(&x.metric)) == who) {
+    for x in diffs
+        .iter()
+        .filter(|x| against_data(x) && verdict(x, better(&x.metric)) == who)
+    {
         match by_metric.iter_mut().find(|m| m.0 == x.metric) {
             Some(m) => m.1.push(x.steps),
             None => by_metric.push((x.metric.clone(), vec![x.steps])),
@@ -198,27 +209,6 @@ fn rank_summary(cfg: &StudyConfig, rows: &[SweepRow]) -> Result<String> {
     ))
 }
 
-/// Per method at each sampler step count, the mean FD vs teacher along the training lengths.
-fn length_paths(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
-    let lengths = settings(rows);
-    let mut out = Vec::new();
-    for m in ["CM", "Direct"] {
-        for &k in steps {
-            let fd: Option<Vec<f64>> = lengths.iter().map(|&l| mean_at(rows, l, m, k, SWEPT[0].1)).collect();
-            let Some(fd) = fd else { continue };
-            let monotone = fd.windows(2).all(|w| w[1] <= w[0]);
-            out.push(format!(
-                "{m} at {k} step{}: FD vs teacher {} over {} training steps ({}).",
-                if k == 1 { "" } else { "s" },
-                fd.iter().map(|&v| num(v)).collect::<Vec<_>>().join(", "),
-                lengths.iter().map(|&l| shown(l)).collect::<Vec<_>>().join(", "),
-                if monotone { "falling monotonically" } else { "not monotone" }
-            ));
-        }
-    }
-    out
-}
-
 /// Per guidance scale, which method has the lower mean FD vs teacher and ODE error at
 /// each step count.
 fn guidance_lines(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
@@ -262,7 +252,7 @@ fn sweeps(cfg: &StudyConfig, out: &StudyOutcome) -> String {
             s,
             "**Training length sweep** ({}):\n\n{}\n",
             seed_note(&out.lengths),
-            bullets(&length_paths(&out.lengths, steps))
+            bullets(&[length_order(&out.lengths, steps), length_paths(&out.lengths, steps)].concat())
         );
     }
     if !out.horizons.is_empty() {
@@ -304,7 +294,11 @@ pub fn summary(r: &StudyRecord, d: &Differences) -> Result<String> {
     let steps = &cfg.main.steps;
     let mut verdicts = Vec::new();
     for (name, diffs) in [(&out.main.preset, &d.main), (&out.other.preset, &d.other)] {
-        verdicts.extend(baseline_claims(diffs, steps).into_iter().map(|c| format!("`{name}`: {c}")));
+        verdicts.extend(
+            baseline_claims(diffs, steps)
+                .into_iter()
+                .map(|c| format!("`{name}`: {c}")),
+        );
     }
     let split = disagreements(cfg, out, d);
     Ok(format!(

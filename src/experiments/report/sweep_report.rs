@@ -72,7 +72,10 @@ pub fn sweep_differences(rows: &[SweepRow], steps: &[usize], level: f64) -> Resu
     for s in settings(rows) {
         for &k in steps {
             for (name, get) in SWEPT {
-                let (cm, direct) = (per_seed_at(rows, s, "CM", k, get), per_seed_at(rows, s, "Direct", k, get));
+                let (cm, direct) = (
+                    per_seed_at(rows, s, "CM", k, get),
+                    per_seed_at(rows, s, "Direct", k, get),
+                );
                 if cm.len() >= 2 && cm.len() == direct.len() {
                     out.push((s, Difference::paired(k, name, &cm, &direct, level)?));
                 }

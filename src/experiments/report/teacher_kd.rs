@@ -17,7 +17,10 @@ const SHOWN: [(&str, Getter); 3] = [
 /// Means over seeds of the teacher's DDIM at each step count, and of its N-step
 /// reference when the run recorded it.
 fn teacher_means(rows: &[Row], steps: &[usize], get: Getter) -> (Vec<f64>, Option<(usize, f64)>) {
-    let ddim = steps.iter().map(|&k| mean(&per_seed(rows, "teacher DDIM", k, get))).collect();
+    let ddim = steps
+        .iter()
+        .map(|&k| mean(&per_seed(rows, "teacher DDIM", k, get)))
+        .collect();
     let reference = rows
         .iter()
         .find(|r| r.method == "teacher")
@@ -38,7 +41,12 @@ pub fn teacher_section(rows: &[Row], steps: &[usize]) -> String {
     let columns: Vec<_> = SHOWN.iter().map(|(_, get)| teacher_means(rows, steps, *get)).collect();
     for (i, k) in steps.iter().enumerate() {
         let cells: Vec<String> = columns.iter().map(|c| num(c.0[i])).collect();
-        let _ = writeln!(s, "| DDIM, {k} interval{} | {} |", if *k == 1 { "" } else { "s" }, cells.join(" | "));
+        let _ = writeln!(
+            s,
+            "| DDIM, {k} interval{} | {} |",
+            if *k == 1 { "" } else { "s" },
+            cells.join(" | ")
+        );
     }
     if let Some((n, _)) = columns[0].1 {
         let cells: Vec<String> = columns.iter().map(|c| c.1.map_or("–".into(), |v| num(v.1))).collect();
@@ -74,7 +82,15 @@ fn kd_path_sentence(steps: &[usize], fd: &[f64], kd: &[f64]) -> String {
     );
     let rises: Vec<String> = (1..kd.len())
         .filter(|&i| kd[i] > kd[i - 1])
-        .map(|i| format!("from {} to {} intervals ({} → {})", steps[i - 1], steps[i], num(kd[i - 1]), num(kd[i])))
+        .map(|i| {
+            format!(
+                "from {} to {} intervals ({} → {})",
+                steps[i - 1],
+                steps[i],
+                num(kd[i - 1]),
+                num(kd[i])
+            )
+        })
         .collect();
     if rises.is_empty() {
         s.push_str(" KD falls as the solve gets finer, as a measure of quality should.");
