@@ -1,5 +1,6 @@
 //! The study's pieces: the target-horizon objective at its ends and in between, the
-//! training-length checkpoints, and `dcm reproduce --preset study-smoke` end to end.
+//! training-length checkpoints, `dcm reproduce --preset study-smoke` end to end, and the
+//! committed write-up as a function of its study.json.
 
 use candle_core::{Device, Tensor};
 use dcm::consistency::cm::cm_target;
@@ -13,6 +14,9 @@ use dcm::diffusion::condition::Condition;
 use dcm::diffusion::discretization::Discretization;
 use dcm::diffusion::schedule::Schedule;
 use dcm::diffusion::solver::Solver;
+use dcm::experiments::report::study::render;
+use dcm::experiments::report::study_record::StoredStudy;
+use dcm::experiments::report::study_summary::{SUMMARY_BEGIN, SUMMARY_END};
 use dcm::nets::mlp::{Mlp, MlpConfig};
 use dcm::nets::network::NetConfig;
 use dcm::runtime::noise::{seeded, standard_normal};
@@ -20,6 +24,8 @@ use dcm::train::checkpoint::load_checkpoint;
 use dcm::train::distill::{distill, DistillConfig};
 use dcm::train::optim::OptimConfig;
 use dcm::train::trainer::{kept_checkpoint, Checkpointing};
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::process::Command;
 
 fn mixture() -> GaussianMixture {
@@ -142,9 +148,11 @@ fn a_kept_checkpoint_is_the_shorter_run() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Every stage of the study at toy size: every artifact, finite intervals in the CSV, a
-/// finding sentence per step count, the horizon sweep spanning k = 1 … N, and the report
-/// rewritten from study.json alone.
+/// Every stage of the study at toy size: every artifact, the training length chosen by the
+/// criterion from two sweep seeds, the main baseline's three seeds (two read off the sweep's
+/// runs, one trained), every interval well-formed in the CSV, a claim per step count, the
+/// sweeps on both seeds with the horizon spanning k = 1 … N, and the report rewritten from
+/// study.json alone.
 #[test]
 fn study_smoke_writes_every_artifact() {
     let dir = std::env::temp_dir().join(format!("dcm-study-{}", std::process::id()));
@@ -156,6 +164,7 @@ fn study_smoke_writes_every_artifact() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for f in [
         "README.md",
+        "summary.md",
         "study.json",
         "results.csv",
         "intervals.csv",
@@ -168,29 +177,62 @@ fn study_smoke_writes_every_artifact() {
         "ode_error_vs_fd.svg",
         "horizon.svg",
         "students/smoke/cm/model.safetensors",
-        "students/smoke-lora/direct-seed1/model.safetensors",
+        "students/smoke/direct-seed2/model.safetensors",
+        "students/smoke-lora/direct-seed2/model.safetensors",
+        "checkpoints/seed1/direct/checkpoint-10.safetensors",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
     let intervals = std::fs::read_to_string(dir.join("intervals.csv")).unwrap();
-    // 2 baselines × 4 step counts × 10 metrics, and the analytic control's 4 × 3.
-    assert_eq!(intervals.lines().count(), 1 + 2 * 4 * 10 + 4 * 3);
+    // 2 baselines × 4 step counts × 10 metrics, the analytic control's 4 × 3, and CM − Direct
+    // on FD and ODE error at 3 training lengths and 2 guidance scales × 4 step counts.
+    assert_eq!(intervals.lines().count(), 1 + 2 * 4 * 10 + 4 * 3 + (3 + 2) * 4 * 2);
     for line in intervals.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
-        let (d, lo, hi): (f64, f64, f64) = (f[5].parse().unwrap(), f[6].parse().unwrap(), f[7].parse().unwrap());
-        assert!(lo <= d && d <= hi, "{line}");
+        let v: Vec<f64> = f[6..11].iter().map(|x| x.parse().unwrap()).collect();
+        let (d, lo, hi, t_lo, t_hi) = (v[0], v[1], v[2], v[3], v[4]);
+        assert!(lo <= d && d <= hi && t_lo <= d && d <= t_hi, "{line}");
+        let (with_sign, seeds): (usize, usize) = (f[11].parse().unwrap(), f[12].parse().unwrap());
+        assert!(with_sign <= seeds && (seeds == 3 || seeds == 2), "{line}");
     }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("study.json")).unwrap()).unwrap();
+    let main = &json["outcome"]["main"];
+    assert_eq!(
+        main["training"].as_array().unwrap().len(),
+        2 * 3,
+        "CM and Direct at 3 seeds"
+    );
+    let chosen = main["training"][0]["losses"].as_array().unwrap().len();
+    assert!(
+        [5, 10, 20].contains(&chosen),
+        "the baselines train a swept length, not {chosen}"
+    );
+    let training = &json["outcome"]["other"]["training"];
+    assert_eq!(
+        training[5]["losses"].as_array().unwrap().len(),
+        chosen,
+        "both baselines at one length"
+    );
     let horizon = std::fs::read_to_string(dir.join("horizon.csv")).unwrap();
-    let ks: std::collections::BTreeSet<&str> = horizon.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    let ks: BTreeSet<&str> = horizon.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(
         ks,
         ["1", "10", "2", "5"].into_iter().collect(),
         "k = 1, 2, 5 and N = 10"
     );
+    for csv in ["horizon.csv", "guidance.csv", "training_length.csv"] {
+        let text = std::fs::read_to_string(dir.join(csv)).unwrap();
+        let seeds: BTreeSet<&str> = text.lines().skip(1).map(|l| l.split(',').nth(3).unwrap()).collect();
+        assert_eq!(seeds, ["0", "1"].into_iter().collect(), "{csv}: the sweep's two seeds");
+    }
     let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
     assert_eq!(readme.matches("- The paper's claim").count(), 2 * 4 + 4, "{readme}");
+    assert!(readme.contains(&format!("They trained **{chosen} steps**")), "{readme}");
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
     // The report is a function of study.json alone: rewriting it gives the same text.
     std::fs::remove_file(dir.join("README.md")).unwrap();
+    std::fs::remove_file(dir.join("summary.md")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
         .args(["reproduce", "--preset", "study", "--rewrite-report", "--out"])
         .arg(&dir)
@@ -198,6 +240,7 @@ fn study_smoke_writes_every_artifact() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(std::fs::read_to_string(dir.join("README.md")).unwrap(), readme);
+    assert_eq!(std::fs::read_to_string(dir.join("summary.md")).unwrap(), summary);
     let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
         .args(["reproduce", "--preset", "study", "--lr", "1e-3"])
         .output()
@@ -205,4 +248,58 @@ fn study_smoke_writes_every_artifact() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--lr"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn repo(path: &str) -> String {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Every sentence of docs/study/README.md and of the README's Results block is generated
+/// from docs/study/study.json: rendering that file again gives them to the byte (and the
+/// intervals beside them). A hand edit, or numbers changed without the text, fails here.
+#[test]
+fn the_write_up_is_generated_from_study_json() {
+    let stored = StoredStudy::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/study/study.json")).unwrap();
+    let text = render(&stored.record(), None).unwrap();
+    assert!(
+        text.readme == repo("docs/study/README.md"),
+        "docs/study/README.md is not what study.json renders"
+    );
+    assert!(
+        text.summary == repo("docs/study/summary.md"),
+        "docs/study/summary.md is not what study.json renders"
+    );
+    assert!(
+        text.intervals_csv == repo("docs/study/intervals.csv"),
+        "docs/study/intervals.csv differs"
+    );
+    let readme = repo("README.md");
+    let block = readme
+        .split_once(SUMMARY_BEGIN)
+        .and_then(|(_, rest)| rest.split_once(SUMMARY_END))
+        .map(|(block, _)| block.trim())
+        .expect("README.md has no generated Results block");
+    assert!(
+        block == text.summary.trim(),
+        "README.md's Results block differs from docs/study/summary.md: copy it in"
+    );
+}
+
+/// `paper` was never the paper's settings: it runs as `large` and says so.
+#[test]
+fn the_old_paper_preset_runs_as_large_saying_why() {
+    let out = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(["reproduce", "--preset", "paper", "--per-class", "3"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--preset paper is now --preset large") && err.contains("--preset lora"),
+        "{err}"
+    );
+    assert!(
+        !out.status.success() && err.contains("--per-class"),
+        "the large preset's validation ran: {err}"
+    );
 }

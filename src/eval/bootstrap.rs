@@ -6,7 +6,7 @@
 use crate::runtime::noise::seeded;
 use anyhow::{ensure, Result};
 use rand::Rng as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Up to this many resamples the bootstrap distribution is enumerated exactly (every
 /// one of the nⁿ index tuples; n ≤ 7), so the interval has no Monte-Carlo error.
@@ -14,8 +14,8 @@ const EXACT_LIMIT: usize = 1_000_000;
 /// Monte-Carlo resamples beyond `EXACT_LIMIT`.
 const DRAWS: usize = 20_000;
 
-/// A mean difference `a − b` with its bootstrap interval.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+/// A mean (of differences `a − b`) with an interval around it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Interval {
     pub estimate: f64,
     pub low: f64,

@@ -1,19 +1,58 @@
-//! CM − Direct per metric and step count, paired by seed, with its bootstrap interval.
+//! CM − Direct per metric and step count, paired by seed: the percentile bootstrap
+//! interval, the t-interval (df = seeds − 1) and the per-seed sign count.
 
 use crate::eval::bootstrap::{paired_interval, Interval};
 use crate::eval::records::{Getter, Row, COLUMNS};
+use crate::eval::sign_count::SignCount;
+use crate::eval::student_t::t_interval;
 use crate::eval::study::analytic_control::AnalyticRow;
-use anyhow::{Context, Result};
-use serde::Serialize;
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
 
 /// CM − Direct at one step count for one metric, paired by seed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Difference {
     pub steps: usize,
     pub metric: String,
     pub cm: f64,
     pub direct: f64,
+    /// The percentile bootstrap interval over seeds.
     pub interval: Interval,
+    /// mean ± t_{(1+level)/2, seeds−1}·s/√seeds.
+    pub t_interval: Interval,
+    pub signs: SignCount,
+    /// The confidence level of both intervals and of the sign count's test.
+    pub level: f64,
+}
+
+impl Difference {
+    /// `cm − direct` paired by position (seed), at `level`.
+    pub fn paired(steps: usize, metric: &str, cm: &[f64], direct: &[f64], level: f64) -> Result<Self> {
+        ensure!(
+            cm.len() >= 2,
+            "{metric} at {steps} steps: {} seeds, an interval needs 2",
+            cm.len()
+        );
+        let d: Vec<f64> = cm.iter().zip(direct).map(|(a, b)| a - b).collect();
+        Ok(Self {
+            steps,
+            metric: metric.to_string(),
+            cm: mean(cm),
+            direct: mean(direct),
+            interval: paired_interval(cm, direct, level)?,
+            t_interval: t_interval(&d, level)?,
+            signs: SignCount::of(&d),
+            level,
+        })
+    }
+
+    /// The two intervals exclude 0 and enough seeds share the mean's sign: the
+    /// difference's direction is resolved.
+    pub fn resolved(&self) -> bool {
+        self.interval.excludes_zero()
+            && self.t_interval.excludes_zero()
+            && self.signs.supports(self.interval.estimate, self.level)
+    }
 }
 
 pub fn mean(v: &[f64]) -> f64 {
@@ -27,23 +66,17 @@ pub fn per_seed(rows: &[Row], method: &str, steps: usize, get: Getter) -> Vec<f6
     r.iter().map(|r| get(&r.metrics)).collect()
 }
 
-/// Every metric's paired interval at every step count of a comparison's rows
+/// Every metric's paired difference at every step count of a comparison's rows
 /// (none before the comparison has run).
 pub fn differences(rows: &[Row], steps: &[usize], level: f64) -> Result<Vec<Difference>> {
     let mut out = Vec::new();
-    if rows.is_empty() {
+    if !rows.iter().any(|r| r.method == "CM") {
         return Ok(out);
     }
     for &k in steps {
         for (name, get) in COLUMNS {
             let (cm, direct) = (per_seed(rows, "CM", k, get), per_seed(rows, "Direct", k, get));
-            out.push(Difference {
-                steps: k,
-                metric: name.to_string(),
-                cm: mean(&cm),
-                direct: mean(&direct),
-                interval: paired_interval(&cm, &direct, level).with_context(|| format!("{name} at {k} steps"))?,
-            });
+            out.push(Difference::paired(k, name, &cm, &direct, level).with_context(|| format!("{name} at {k} steps"))?);
         }
     }
     Ok(out)
@@ -67,7 +100,7 @@ pub fn analytic_per_seed(rows: &[AnalyticRow], method: &str, steps: usize, get: 
     r.iter().map(|r| get(r)).collect()
 }
 
-/// The analytic control's paired intervals per step count and metric.
+/// The analytic control's paired differences per step count and metric.
 pub fn analytic_differences(rows: &[AnalyticRow], steps: &[usize], level: f64) -> Result<Vec<Difference>> {
     let mut out = Vec::new();
     for &k in steps {
@@ -76,14 +109,27 @@ pub fn analytic_differences(rows: &[AnalyticRow], steps: &[usize], level: f64) -
                 analytic_per_seed(rows, "CM", k, get),
                 analytic_per_seed(rows, "Direct", k, get),
             );
-            out.push(Difference {
-                steps: k,
-                metric: name.to_string(),
-                cm: mean(&cm),
-                direct: mean(&direct),
-                interval: paired_interval(&cm, &direct, level)?,
-            });
+            out.push(Difference::paired(k, name, &cm, &direct, level)?);
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// CM − Direct = (1, 2, 3, 4, 5): every check agrees; (−1, 2, 3, 4, 5): the bootstrap
+    /// and the t-interval may still exclude 0, but 4/5 seeds cannot resolve it.
+    #[test]
+    fn resolved_needs_both_intervals_and_the_sign_count() {
+        let direct = [0.0; 5];
+        let d = Difference::paired(1, "FD vs teacher", &[1.0, 2.0, 3.0, 4.0, 5.0], &direct, 0.95).unwrap();
+        assert!(d.resolved());
+        assert_eq!(d.signs.text(d.interval.estimate), "5/5");
+        let d = Difference::paired(1, "FD vs teacher", &[-1.0, 20.0, 30.0, 40.0, 50.0], &direct, 0.95).unwrap();
+        assert!(d.interval.excludes_zero(), "{:?}", d.interval);
+        assert!(!d.resolved(), "4/5 seeds");
+        assert!(Difference::paired(1, "x", &[1.0], &[0.0], 0.95).is_err());
+    }
 }

@@ -20,6 +20,8 @@ pub mod sd_eval;
 pub mod sd_metrics;
 pub mod sd_reference;
 pub mod setup;
+pub mod sign_count;
 pub mod spearman;
+pub mod student_t;
 pub mod students;
 pub mod study;

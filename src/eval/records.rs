@@ -23,7 +23,8 @@ pub struct Metrics {
 pub type Getter = fn(&Metrics) -> f64;
 
 /// Column name and accessor of every reported metric, in table order: FD against the
-/// teacher's samples, the paper's metric, comes first.
+/// teacher's samples (on the MNIST classifier's features: an analogue of the paper's FD)
+/// comes first.
 pub const COLUMNS: [(&str, Getter); 10] = [
     ("FD vs teacher", |m| m.fd_teacher),
     ("ODE error (latent)", |m| m.ode_error_latent),
@@ -69,5 +70,8 @@ pub struct SweepRow {
     pub setting: f64,
     pub method: String,
     pub steps: usize,
+    /// Sweeps before issue #23 ran seed 0 alone and did not record it.
+    #[serde(default)]
+    pub seed: u64,
     pub metrics: Metrics,
 }

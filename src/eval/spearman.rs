@@ -1,6 +1,8 @@
 //! Spearman's rank correlation: Pearson's correlation of the ranks, ties given their
 //! average rank (so it measures whether two quantities order the same models alike).
 
+use crate::eval::bootstrap::Interval;
+use crate::eval::student_t::normal_quantile;
 use anyhow::{ensure, Result};
 
 /// Ranks from 1, ties averaged.
@@ -47,9 +49,37 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Result<f64> {
     Ok(sxy / (sxx * syy).sqrt())
 }
 
+/// The `level` interval of a Spearman ρ from `n` independent pairs by Fisher's z:
+/// atanh ρ is near normal with variance 1.06/(n − 3) (Fieller, Hartley & Pearson 1957);
+/// None for n ≤ 3.
+pub fn fisher_interval(rho: f64, n: usize, level: f64) -> Result<Option<Interval>> {
+    if n <= 3 {
+        return Ok(None);
+    }
+    let half = normal_quantile((1.0 + level) / 2.0)? * (1.06 / (n - 3) as f64).sqrt();
+    let z = rho.atanh();
+    Ok(Some(Interval {
+        estimate: rho,
+        low: (z - half).tanh(),
+        high: (z + half).tanh(),
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// ρ = 0.5 from 28 pairs: z = atanh 0.5 = 0.549306, half-width 1.959964·√(1.06/25) =
+    /// 0.403581, so [tanh 0.145725, tanh 0.952887] = [0.144702, 0.741087].
+    #[test]
+    fn fisher_interval_by_hand() {
+        let ci = fisher_interval(0.5, 28, 0.95).unwrap().unwrap();
+        assert!(
+            (ci.low - 0.144_702).abs() < 1e-6 && (ci.high - 0.741_087).abs() < 1e-6,
+            "{ci:?}"
+        );
+        assert!(fisher_interval(0.5, 3, 0.95).unwrap().is_none());
+    }
 
     /// Without ties ρ = 1 − 6 Σd²/(n(n² − 1)): ranks (1,2,3,4,5) against (2,1,4,3,5) give
     /// Σd² = 4, ρ = 1 − 24/120 = 0.8.

@@ -4,16 +4,17 @@
 //! `--preset study`, the study built on it (docs/study/).
 
 use super::args::refuse;
+use super::report::machine::machine;
 use super::report::run::write_run;
 use super::report::study::write_study;
+use super::report::study_record::{StoredStudy, StudyRecord};
 use super::reproduce_args::ReproduceArgs;
 use crate::data::Dataset;
 use crate::eval::comparison;
 use crate::eval::model_set::Models;
-use crate::eval::reproduce_config::ReproduceConfig;
+use crate::eval::reproduce_config::{ReproduceConfig, PAPER_RENAMED};
 use crate::eval::students::{save_students, StudentSource};
 use crate::eval::study::config::StudyConfig;
-use crate::eval::study::outcome::StudyOutcome;
 use crate::eval::study::run::run as run_study;
 use crate::runtime::assets;
 use crate::runtime::files::check_output_dir;
@@ -44,9 +45,16 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// The preset's settings with the flags' overrides, validated.
+/// The preset's settings with the flags' overrides, validated. `paper`, the old name of
+/// `large`, still runs it, saying why it was renamed.
 fn config(a: &ReproduceArgs) -> Result<ReproduceConfig> {
-    let mut cfg = ReproduceConfig::preset(&a.preset).context("--preset")?;
+    let preset = if a.preset == "paper" {
+        eprintln!("note: {PAPER_RENAMED}");
+        "large"
+    } else {
+        &a.preset
+    };
+    let mut cfg = ReproduceConfig::preset(preset).context("--preset")?;
     cfg.seeds = a.seeds.unwrap_or(cfg.seeds);
     cfg.intervals = a.intervals.unwrap_or(cfg.intervals);
     cfg.solver = a.solver.unwrap_or(cfg.solver);
@@ -112,8 +120,15 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
     cfg.validate()?;
     let (out_dir, models, source) = open_run(a, &a.preset)?;
     let start = std::time::Instant::now();
+    let machine = machine();
     run_study(&cfg, &models, &source, &out_dir, |o, seconds| {
-        write_study(&out_dir, &cfg, o, seconds).map(drop)
+        let record = StudyRecord {
+            config: &cfg,
+            outcome: o,
+            seconds,
+            machine: machine.clone(),
+        };
+        write_study(&out_dir, &record).map(drop)
     })?;
     eprintln!(
         "study finished in {:.1} min; report in {}",
@@ -123,16 +138,10 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
     Ok(())
 }
 
-/// Rewrites `dir`'s report from its `study.json` (what `write_study` saved).
+/// Rewrites `dir`'s report from its `study.json` (what `write_study` saved), training nothing.
 fn rewrite_report(dir: &Path) -> Result<()> {
-    let path = dir.join("study.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("--out: cannot read {}", path.display()))?;
-    let bad = || format!("{}: not a study report", path.display());
-    let mut json: serde_json::Value = serde_json::from_str(&text).with_context(bad)?;
-    let cfg: StudyConfig = serde_json::from_value(json["config"].take()).with_context(bad)?;
-    let outcome: StudyOutcome = serde_json::from_value(json["outcome"].take()).with_context(bad)?;
-    let seconds = json["seconds"].as_f64().with_context(bad)?;
-    write_study(dir, &cfg, &outcome, seconds)?;
+    let stored = StoredStudy::load(&dir.join("study.json")).context("--rewrite-report")?;
+    write_study(dir, &stored.record())?;
     eprintln!("rewrote {}", dir.join("README.md").display());
     Ok(())
 }

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct ReproduceArgs {
-    /// smoke (≤ 60 s), default or ema (≤ 6 min on 2 cores), lora, paper (N = 100, for a GPU),
-    /// study (≈ 1.5 h: docs/study/), study-smoke, or sd (a Stable Diffusion teacher's LoRA
+    /// smoke (≤ 60 s), default or ema (≤ 6 min on 2 cores), lora, large (the default at
+    /// N = 100, batch 256, 6,000 steps, pseudo-Huber: for a GPU; `paper` is its old name),
+    /// study (hours: docs/study/), study-smoke, or sd (a Stable Diffusion teacher's LoRA
     /// students: --teacher sd:DIR --data FOLDER --prompts FILE).
     #[arg(long, default_value = "default")]
     pub preset: String,
@@ -58,8 +59,8 @@ pub struct ReproduceArgs {
     pub cosine_decay: bool,
     #[command(flatten)]
     pub lora: LoraArgs,
-    /// With `--preset study`: rewrite the report in --out from its study.json (a finished
-    /// or part-finished run) instead of running the study.
+    /// With `--preset study`: rewrite the report in --out (README.md, summary.md, the CSVs
+    /// and charts) from its study.json — a finished or part-finished run — training nothing.
     #[arg(long)]
     pub rewrite_report: bool,
     #[command(flatten)]

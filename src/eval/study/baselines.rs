@@ -1,6 +1,7 @@
-//! One faithful baseline of the study: CM and Direct at every seed, judged at every step
-//! count beside the teacher's own K-interval DDIM, and (for the main baseline) seed 0
-//! run on to the longest training length, judged at each kept checkpoint.
+//! The main baseline's training-length runs and the faithful baselines: the teacher judged
+//! once per seed (its own N-step reference and its K-interval DDIM), each sweep seed's CM
+//! and Direct run on to the longest length and judged at every kept checkpoint, and CM and
+//! Direct at every seed judged at every step count at the baselines' training length.
 
 use crate::consistency::objective::Method;
 use crate::diffusion::solver::Solver;
@@ -15,18 +16,19 @@ use crate::nets::layers::Params;
 use crate::train::checkpoint::load_checkpoint;
 use crate::train::trainer::{kept_checkpoint, Checkpointing};
 use anyhow::{Context, Result};
-use candle_core::Tensor;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// Training lengths of seed 0 and the folder their checkpoints are kept in.
-pub type Lengths<'a> = (&'a [usize], &'a Path);
-
-/// What a baseline produced: its comparison, the training-length rows (with `Lengths`)
-/// and its students.
+/// What a baseline produced: its comparison and its students.
 pub struct Baseline {
     pub comparison: Comparison,
-    pub lengths: Vec<SweepRow>,
     pub students: Vec<TrainedStudent>,
+}
+
+/// One student's run to the longest training length, its checkpoints kept at every length.
+pub struct LongRun {
+    pub student: TrainedStudent,
+    pub losses: Vec<f32>,
+    pub dir: PathBuf,
 }
 
 fn row(method: &str, steps: usize, seed: u64, metrics: Metrics) -> Row {
@@ -38,16 +40,77 @@ fn row(method: &str, steps: usize, seed: u64, metrics: Metrics) -> Row {
     }
 }
 
-/// CM and Direct at every seed, judged at every step count beside the teacher's own
-/// K-interval DDIM. With `lengths`, seed 0 trains on to the longest length keeping a
-/// checkpoint at each (its main student is the one at `distill_steps`: with a constant
-/// learning rate a longer run passes through exactly the shorter one).
+/// The teacher at `judge`'s seed: its N-step reference itself (`teacher`: the floor of
+/// every metric against the data) and its own K-interval DDIM at every step count.
+pub fn teacher_rows(cfg: &ReproduceConfig, models: &Models, judge: &Judge, seed: u64) -> Result<Vec<Row>> {
+    let mut rows = vec![row("teacher", cfg.intervals, seed, judge.judge(&judge.ref_latents)?.0)];
+    for &k in &cfg.steps {
+        let coarse =
+            TeacherOde::new(Solver::Ddim, k, cfg.guidance)?.solve(&*models.teacher, &judge.noise, &judge.cond)?;
+        rows.push(row("teacher DDIM", k, seed, judge.judge(&coarse)?.0));
+    }
+    Ok(rows)
+}
+
+/// Seeds 0 … seeds − 1 of CM and Direct, each trained once to the longest of `lengths`
+/// keeping a checkpoint at each (under `dir/seedS/METHOD`), judged at every length and
+/// step count.
+pub fn length_sweep(
+    cfg: &ReproduceConfig,
+    models: &Models,
+    setup: &Setup,
+    judges: &[Judge],
+    (lengths, dir): (&[usize], &Path),
+    seeds: usize,
+) -> Result<(Vec<SweepRow>, Vec<LongRun>)> {
+    let longest = ReproduceConfig {
+        distill_steps: *lengths.iter().max().context("no training lengths")?,
+        ..cfg.clone()
+    };
+    let (mut rows, mut runs) = (Vec::new(), Vec::new());
+    for (seed, judge) in judges.iter().enumerate().take(seeds) {
+        for method in Method::compared() {
+            let dir = dir.join(format!("seed{seed}")).join(method.name());
+            let ckpt = Checkpointing {
+                dir: Some(dir.clone()),
+                keep: lengths.to_vec(),
+                ..Default::default()
+            };
+            let (student, losses) = setup.train(&longest, models, method, seed as u64, ckpt)?;
+            eprintln!(
+                "  {} seed {seed}: {} steps in {:.0} s",
+                method.title(),
+                longest.distill_steps,
+                student.seconds
+            );
+            for &n in lengths {
+                let params = kept_params(cfg, models, &dir, n)?;
+                for &k in &cfg.steps {
+                    rows.push(SweepRow {
+                        setting: n as f64,
+                        method: method.title().to_string(),
+                        steps: k,
+                        seed: seed as u64,
+                        metrics: judge.judge(&judge.sample(cfg, &params, k)?)?.0,
+                    });
+                }
+            }
+            runs.push(LongRun { student, losses, dir });
+        }
+    }
+    Ok((rows, runs))
+}
+
+/// CM and Direct at every seed at `cfg.distill_steps`, judged at every step count. A seed
+/// with a long run among `runs` is read off its kept checkpoint at that length (with a
+/// constant learning rate a longer run passes through exactly the shorter one); the others
+/// are trained.
 pub fn baseline(
     cfg: &ReproduceConfig,
     models: &Models,
     setup: &Setup,
     judges: &[Judge],
-    lengths: Option<Lengths>,
+    runs: &[LongRun],
 ) -> Result<Baseline> {
     let mut out = Baseline {
         comparison: Comparison {
@@ -55,23 +118,16 @@ pub fn baseline(
             rows: Vec::new(),
             training: Vec::new(),
         },
-        lengths: Vec::new(),
         students: Vec::new(),
     };
     for (seed, judge) in judges.iter().enumerate().take(cfg.seeds) {
         let seed = seed as u64;
-        // The teacher's own K-interval solve depends only on the reference: judged once.
-        if lengths.is_some() {
-            for &k in &cfg.steps {
-                let coarse = teacher_ddim(cfg, models, judge, k)?;
-                out.comparison
-                    .rows
-                    .push(row("teacher DDIM", k, seed, judge.judge(&coarse)?.0));
-            }
-        }
         for method in Method::compared() {
-            let (student, losses) = match lengths.filter(|_| seed == 0) {
-                Some(lengths) => train_lengths(cfg, models, setup, judge, method, lengths, &mut out.lengths)?,
+            let (student, losses) = match runs
+                .iter()
+                .find(|r| r.student.seed == seed && r.student.method.name() == method.name())
+            {
+                Some(run) => shortened(cfg, models, run)?,
                 None => setup.train(cfg, models, method, seed, Default::default())?,
             };
             for &k in &cfg.steps {
@@ -91,81 +147,20 @@ pub fn baseline(
     Ok(out)
 }
 
-/// Seed 0 of `method` trained through every length, its rows at each added to `rows`.
-fn train_lengths(
-    cfg: &ReproduceConfig,
-    models: &Models,
-    setup: &Setup,
-    judge: &Judge,
-    method: Method,
-    (lengths, dir): Lengths,
-    rows: &mut Vec<SweepRow>,
-) -> Result<(TrainedStudent, Vec<f32>)> {
-    let dir = dir.join(method.name());
-    let trained = train_through(cfg, models, setup, method, lengths, &dir)?;
-    rows.extend(length_rows(cfg, models, judge, method, lengths, &dir)?);
-    Ok(trained)
-}
-
-/// The teacher's own `k`-interval DDIM from the judge's noise.
-fn teacher_ddim(cfg: &ReproduceConfig, models: &Models, judge: &Judge, k: usize) -> Result<Tensor> {
-    TeacherOde::new(Solver::Ddim, k, cfg.guidance)?.solve(&*models.teacher, &judge.noise, &judge.cond)
-}
-
-/// `method`'s student at each training length, judged at every step count.
-fn length_rows(
-    cfg: &ReproduceConfig,
-    models: &Models,
-    judge: &Judge,
-    method: Method,
-    lengths: &[usize],
-    dir: &Path,
-) -> Result<Vec<SweepRow>> {
-    let mut rows = Vec::new();
-    for &n in lengths {
-        let params = kept_params(cfg, models, dir, n)?;
-        for &k in &cfg.steps {
-            rows.push(SweepRow {
-                setting: n as f64,
-                method: method.title().to_string(),
-                steps: k,
-                metrics: judge.judge(&judge.sample(cfg, &params, k)?)?.0,
-            });
-        }
-    }
-    Ok(rows)
-}
-
-/// Seed 0 trained to the longest length, keeping a checkpoint at each; the returned
-/// student is the one at `cfg.distill_steps`, its losses those of its own steps.
-fn train_through(
-    cfg: &ReproduceConfig,
-    models: &Models,
-    setup: &Setup,
-    method: Method,
-    lengths: &[usize],
-    dir: &Path,
-) -> Result<(TrainedStudent, Vec<f32>)> {
-    let longest = ReproduceConfig {
-        distill_steps: *lengths.iter().max().context("no training lengths")?,
-        ..cfg.clone()
-    };
-    let ckpt = Checkpointing {
-        dir: Some(dir.to_path_buf()),
-        keep: lengths.to_vec(),
-        ..Default::default()
-    };
-    let (long, mut losses) = setup.train(&longest, models, method, 0, ckpt)?;
-    let fraction = cfg.distill_steps as f64 / longest.distill_steps as f64;
-    losses.truncate(cfg.distill_steps);
+/// `run`'s student at `cfg.distill_steps` from its kept checkpoint, its losses, time and
+/// teacher work those of its own steps.
+fn shortened(cfg: &ReproduceConfig, models: &Models, run: &LongRun) -> Result<(TrainedStudent, Vec<f32>)> {
+    let long = &run.student;
+    let fraction = cfg.distill_steps as f64 / long.distill.steps as f64;
     let student = TrainedStudent {
-        params: kept_params(cfg, models, dir, cfg.distill_steps)?,
-        distill: ReproduceConfig::distill_config(cfg, method, 0),
+        method: long.method,
+        seed: long.seed,
+        params: kept_params(cfg, models, &run.dir, cfg.distill_steps)?,
+        distill: ReproduceConfig::distill_config(cfg, long.method, long.seed),
         seconds: long.seconds * fraction,
         teacher_evaluations: (long.teacher_evaluations as f64 * fraction) as u64,
-        ..long
     };
-    Ok((student, losses))
+    Ok((student, run.losses[..cfg.distill_steps.min(run.losses.len())].to_vec()))
 }
 
 /// The student's weights at `step` from its kept checkpoint (LoRA adapters merged in).

@@ -1,5 +1,5 @@
-//! The study's sweeps at seed 0 and the sweeps' training length: the target horizon k
-//! between CM (k = 1) and Direct (k = N), and the guidance scale w.
+//! The study's sweeps at the sweep seeds and the sweeps' training length: the target
+//! horizon k between CM (k = 1) and Direct (k = N), and the guidance scale w.
 
 use crate::consistency::objective::Method;
 use crate::eval::judge::Judge;
@@ -10,35 +10,49 @@ use crate::eval::setup::Setup;
 use crate::eval::study::config::{horizon_method, StudyConfig};
 use anyhow::Result;
 
-/// Seed 0 at each horizon k; k = 1 and k = N are the training-length run's CM and Direct.
+/// Each sweep seed at each horizon k, trained `steps`; k = 1 and k = N are that seed's
+/// training-length runs' CM and Direct.
 pub fn horizon_sweep(
     cfg: &StudyConfig,
     models: &Models,
     setup: &Setup,
-    judge: &Judge,
-    lengths: &[SweepRow],
+    judges: &[Judge],
+    (lengths, steps): (&[SweepRow], usize),
 ) -> Result<Vec<SweepRow>> {
-    let mut rows = reused(
-        lengths,
-        cfg.sweep_steps,
-        &[("CM", 1.0), ("Direct", cfg.main.intervals as f64)],
-    );
-    let at = cfg.sweep_config();
-    for &k in &cfg.horizons {
-        let method = horizon_method(k)?;
-        let (student, _) = setup.train(&at, models, method, 0, Default::default())?;
-        eprintln!("  horizon k = {k}: trained in {:.0} s", student.seconds);
-        for &steps in &cfg.main.steps {
-            rows.push(SweepRow {
-                setting: k as f64,
-                method: method.title().to_string(),
-                steps,
-                metrics: judge.judge(&judge.sample(&at, &student.params, steps)?)?.0,
-            });
+    let mut rows = reused(lengths, steps, &[("CM", 1.0), ("Direct", cfg.main.intervals as f64)]);
+    let at = ReproduceConfig {
+        distill_steps: steps,
+        ..cfg.main.clone()
+    };
+    for (seed, judge) in judges.iter().enumerate().take(cfg.sweep_seeds) {
+        for &k in &cfg.horizons {
+            let method = horizon_method(k)?;
+            let (student, _) = setup.train(&at, models, method, seed as u64, Default::default())?;
+            eprintln!("  horizon k = {k}, seed {seed}: trained in {:.0} s", student.seconds);
+            for &sampler in &cfg.main.steps {
+                rows.push(SweepRow {
+                    setting: k as f64,
+                    method: method.title().to_string(),
+                    steps: sampler,
+                    seed: seed as u64,
+                    metrics: judge.judge(&judge.sample(&at, &student.params, sampler)?)?.0,
+                });
+            }
         }
     }
-    rows.sort_by(|a, b| a.setting.total_cmp(&b.setting).then(a.steps.cmp(&b.steps)));
+    sort(&mut rows);
     Ok(rows)
+}
+
+/// Setting, method, sampler steps, seed.
+fn sort(rows: &mut [SweepRow]) {
+    rows.sort_by(|a, b| {
+        a.setting
+            .total_cmp(&b.setting)
+            .then(a.method.cmp(&b.method))
+            .then(a.steps.cmp(&b.steps))
+            .then(a.seed.cmp(&b.seed))
+    });
 }
 
 /// The training-length rows at `steps` of the named methods, as sweep rows at `setting`.
@@ -52,46 +66,51 @@ fn reused(lengths: &[SweepRow], steps: usize, methods: &[(&str, f64)]) -> Vec<Sw
                 setting,
                 method: r.method.clone(),
                 steps: r.steps,
+                seed: r.seed,
                 metrics: r.metrics.clone(),
             })
         })
         .collect()
 }
 
-/// Seed 0 of CM and Direct distilled at each guidance scale, judged against that
-/// scale's own reference solve; the main scale's are the training-length run's.
+/// Each sweep seed's CM and Direct distilled at each guidance scale for `steps`, judged
+/// against that scale's own reference solve from the seed's noise; the main scale's are
+/// the training-length runs'.
 pub fn guidance_sweep(
     cfg: &StudyConfig,
     models: &Models,
     setup: &Setup,
-    lengths: &[SweepRow],
+    (lengths, steps): (&[SweepRow], usize),
 ) -> Result<Vec<SweepRow>> {
     let w0 = cfg.main.guidance;
-    let mut rows: Vec<SweepRow> = reused(lengths, cfg.sweep_steps, &[("CM", w0), ("Direct", w0)]);
-    for &w in &cfg.guidances {
-        let at_w = ReproduceConfig {
-            guidance: w,
-            ..cfg.sweep_config()
-        };
-        let judge = Judge::new(setup, &at_w, models, 0, w)?;
-        for method in Method::compared() {
-            let (student, _) = setup.train(&at_w, models, method, 0, Default::default())?;
-            eprintln!("  w = {w}, {}: trained in {:.0} s", method.title(), student.seconds);
-            for &steps in &cfg.main.steps {
-                rows.push(SweepRow {
-                    setting: w,
-                    method: method.title().to_string(),
-                    steps,
-                    metrics: judge.judge(&judge.sample(&at_w, &student.params, steps)?)?.0,
-                });
+    let mut rows: Vec<SweepRow> = reused(lengths, steps, &[("CM", w0), ("Direct", w0)]);
+    for seed in 0..cfg.sweep_seeds as u64 {
+        for &w in &cfg.guidances {
+            let at_w = ReproduceConfig {
+                guidance: w,
+                distill_steps: steps,
+                ..cfg.main.clone()
+            };
+            let judge = Judge::new(setup, &at_w, models, seed, w)?;
+            for method in Method::compared() {
+                let (student, _) = setup.train(&at_w, models, method, seed, Default::default())?;
+                eprintln!(
+                    "  w = {w}, {}, seed {seed}: trained in {:.0} s",
+                    method.title(),
+                    student.seconds
+                );
+                for &sampler in &cfg.main.steps {
+                    rows.push(SweepRow {
+                        setting: w,
+                        method: method.title().to_string(),
+                        steps: sampler,
+                        seed,
+                        metrics: judge.judge(&judge.sample(&at_w, &student.params, sampler)?)?.0,
+                    });
+                }
             }
         }
     }
-    rows.sort_by(|a, b| {
-        a.setting
-            .total_cmp(&b.setting)
-            .then(a.method.cmp(&b.method))
-            .then(a.steps.cmp(&b.steps))
-    });
+    sort(&mut rows);
     Ok(rows)
 }

@@ -2,7 +2,7 @@
 //! sample grids, the ODE-error-against-FD chart and the training-loss curves.
 
 use super::chart::{write_chart, Series};
-use super::finding::{claim, sentence, Better};
+use super::finding::{claim, sentence};
 use super::grid::write_grid;
 use super::machine::machine;
 use super::table::{csv, markdown, summarise, Summary};
@@ -29,8 +29,8 @@ fn smoothed(losses: &[f32], w: usize) -> Vec<(f64, f64, String)> {
         .collect()
 }
 
-/// The finding sentences, generated from paired bootstrap intervals over seeds; one seed
-/// has no interval, so it states none.
+/// The finding sentences, generated from the paired differences over seeds (bootstrap and
+/// t-intervals, sign count); one seed has no interval, so it states none.
 fn finding(cfg: &ReproduceConfig, out: &Outcome) -> Result<String> {
     if cfg.seeds < 2 {
         return Ok(
@@ -44,8 +44,8 @@ fn finding(cfg: &ReproduceConfig, out: &Outcome) -> Result<String> {
     for &k in &cfg.steps {
         let at = |m: &str| diffs.iter().find(|d| d.steps == k && d.metric == m);
         if let (Some(ode), Some(fd)) = (at("ODE error (latent)"), at("FD vs teacher")) {
-            s.push_str(&format!("- {}\n", claim(k, &ode.interval, &fd.interval, "the teacher")));
-            s.push_str(&format!("- {}\n", sentence(&fd.metric, k, Better::Lower, &fd.interval)));
+            s.push_str(&format!("- {}\n", claim(ode, fd, "the teacher")));
+            s.push_str(&format!("- {}\n", sentence(fd)));
         }
     }
     Ok(s)

@@ -1,0 +1,187 @@
+//! The sentences the study's report and its README summary share, generated from the
+//! record: each baseline by its settings, the paper's claim step count by step count,
+//! every point where ODE error and FD vs teacher disagree, and the sweeps read along
+//! their settings.
+
+use super::disagreement::{in_differences, in_horizons, in_sweep};
+use super::finding::{claim, leaning, num, Better, Verdict};
+use super::length_criterion::steps_text;
+use super::study_record::Differences;
+use super::sweep_report::{mean_at, settings, shown, SWEPT};
+use crate::eval::difference::Difference;
+use crate::eval::records::SweepRow;
+use crate::eval::reproduce_config::ReproduceConfig;
+use crate::eval::study::config::StudyConfig;
+use crate::eval::study::outcome::StudyOutcome;
+
+/// `EMA 0.95, full fine-tuning` / `LoRA rank 64, θ⁻ = θ`: a baseline by its settings.
+pub fn baseline_name(c: &ReproduceConfig) -> String {
+    match (c.lora, c.ema_decay) {
+        (Some(l), _) => format!("LoRA rank {}, α {}, θ⁻ = θ", l.rank, l.alpha),
+        (None, Some(d)) => format!("full fine-tuning, EMA target {d}"),
+        (None, None) => "full fine-tuning, θ⁻ = θ".into(),
+    }
+}
+
+fn find<'a>(diffs: &'a [Difference], metric: &str, steps: usize) -> Option<&'a Difference> {
+    diffs.iter().find(|d| d.metric == metric && d.steps == steps)
+}
+
+/// The paper's claim at each step count, judged on `ode` and `fd` metrics.
+pub fn claims(diffs: &[Difference], steps: &[usize], (ode, fd): (&str, &str), reference: &str) -> Vec<String> {
+    steps
+        .iter()
+        .filter_map(|&k| Some(claim(find(diffs, ode, k)?, find(diffs, fd, k)?, reference)))
+        .collect()
+}
+
+/// The paper's claim on the baselines' metrics.
+pub fn baseline_claims(diffs: &[Difference], steps: &[usize]) -> Vec<String> {
+    claims(diffs, steps, ("ODE error (latent)", "FD vs teacher"), "the teacher")
+}
+
+/// Markdown bullets, one per line.
+pub fn bullets(lines: &[String]) -> String {
+    lines.iter().map(|l| format!("- {l}\n")).collect()
+}
+
+/// Every point where ODE error and FD vs teacher disagree, grouped by where it is.
+pub fn disagreements(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> Vec<String> {
+    let steps = &cfg.main.steps;
+    let (ode, fd) = ("ODE error (latent)", "FD vs teacher");
+    let mut v = in_differences(&format!("`{}` baseline", out.main.preset), &d.main, ode, fd);
+    v.extend(in_differences(
+        &format!("`{}` baseline", out.other.preset),
+        &d.other,
+        ode,
+        fd,
+    ));
+    v.extend(in_sweep(
+        "training length",
+        |l| format!("{} training steps", shown(l)),
+        &out.lengths,
+        steps,
+    ));
+    v.extend(in_horizons(&out.horizons, steps));
+    v.extend(in_sweep(
+        "guidance",
+        |w| format!("w = {}", shown(w)),
+        &out.guidance,
+        steps,
+    ));
+    v.extend(in_differences(
+        "analytic control",
+        &d.analytic,
+        "ODE error (exact)",
+        "FD vs exact samples",
+    ));
+    v
+}
+
+/// Per sampler step count, FD vs teacher and ODE error along the horizon family, where
+/// each is lowest, and whether FD falls monotonically from CM to Direct.
+pub fn horizon_sentences(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+    let ks = settings(rows);
+    let names: Vec<String> = ks.iter().map(|&k| shown(k)).collect();
+    steps
+        .iter()
+        .filter_map(|&k| {
+            let along = |get| -> Option<Vec<f64>> {
+                ks.iter()
+                    .map(|&h| mean_at(rows, h, &rows.iter().find(|r| r.setting == h)?.method, k, get))
+                    .collect()
+            };
+            let (fd, ode) = (along(SWEPT[0].1)?, along(SWEPT[1].1)?);
+            let lowest = |v: &[f64]| names[(0..v.len()).fold(0, |b, i| if v[i] < v[b] { i } else { b })].clone();
+            let monotone = fd.windows(2).all(|w| w[1] <= w[0]);
+            let path = |v: &[f64]| v.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", ");
+            Some(format!(
+                "At {k} sampler step{}, along k = {}: FD vs teacher {} (lowest at k = {}; {}), ODE error {} (lowest at k = {}).",
+                if k == 1 { "" } else { "s" },
+                names.join(", "),
+                path(&fd),
+                lowest(&fd),
+                if monotone { "falling monotonically" } else { "not monotone" },
+                path(&ode),
+                lowest(&ode)
+            ))
+        })
+        .collect()
+}
+
+/// The paper's claim in the analytic control, against the exact samples.
+pub fn analytic_claims(cfg: &StudyConfig, diffs: &[Difference]) -> Vec<String> {
+    claims(
+        diffs,
+        &cfg.main.steps,
+        ("ODE error (exact)", "FD vs exact samples"),
+        "the exact samples",
+    )
+}
+
+/// Per method at each sampler step count, the mean FD vs teacher along the training lengths.
+pub fn length_paths(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+    let lengths = settings(rows);
+    let mut out = Vec::new();
+    for m in ["CM", "Direct"] {
+        for &k in steps {
+            let fd: Option<Vec<f64>> = lengths.iter().map(|&l| mean_at(rows, l, m, k, SWEPT[0].1)).collect();
+            let Some(fd) = fd else { continue };
+            let monotone = fd.windows(2).all(|w| w[1] <= w[0]);
+            out.push(format!(
+                "{m} at {k} step{}: FD vs teacher {} over {} training steps ({}).",
+                if k == 1 { "" } else { "s" },
+                fd.iter().map(|&v| num(v)).collect::<Vec<_>>().join(", "),
+                lengths.iter().map(|&l| shown(l)).collect::<Vec<_>>().join(", "),
+                if monotone {
+                    "falling monotonically"
+                } else {
+                    "not monotone"
+                }
+            ));
+        }
+    }
+    out
+}
+
+/// Per sampler step count, the training lengths at which CM and at which Direct has the
+/// lower mean FD vs teacher, and whether that order depends on the length.
+pub fn length_order(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+    let lengths = settings(rows);
+    steps
+        .iter()
+        .map(|&k| {
+            let (mut cm, mut direct) = (Vec::new(), Vec::new());
+            for &l in &lengths {
+                if let (Some(c), Some(d)) = (
+                    mean_at(rows, l, "CM", k, SWEPT[0].1),
+                    mean_at(rows, l, "Direct", k, SWEPT[0].1),
+                ) {
+                    match leaning(c - d, Better::Lower) {
+                        Verdict::Cm => cm.push(l as usize),
+                        Verdict::Direct => direct.push(l as usize),
+                        Verdict::Unresolved => {}
+                    }
+                }
+            }
+            let at = |v: &[usize]| {
+                if v.is_empty() {
+                    "no length".to_string()
+                } else {
+                    steps_text(v)
+                }
+            };
+            format!(
+                "At {k} step{}, the lower FD vs teacher is CM's at {} and Direct's at {} training steps: {}.",
+                if k == 1 { "" } else { "s" },
+                at(&cm),
+                at(&direct),
+                if cm.is_empty() || direct.is_empty() {
+                    "the same order at every length"
+                } else {
+                    "the order depends on the training length"
+                }
+            )
+        })
+        .collect()
+}
