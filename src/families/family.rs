@@ -263,4 +263,20 @@ pub trait ModelFamily {
     fn decode(&self, latents: &Tensor, rt: &Runtime) -> Result<Tensor>;
     /// `dcm eval`: the student's ODE error, and the family's sample-quality metrics.
     fn evaluate(&self, req: &EvalRequest, rt: &Runtime) -> Result<()>;
+    /// Refuses sampling work that cannot fit in memory and says how long it may take when
+    /// long, before anything loads (the small models need no estimate).
+    fn check_sampling(&self, _work: &SamplingWork, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The network calls a sampling run makes: `calls` of `rows` rows of per-row shape `sample`.
+#[derive(Clone, Debug)]
+pub struct SamplingWork {
+    pub sample: Vec<usize>,
+    /// Rows per call (a guided call holds both halves).
+    pub rows: usize,
+    pub calls: usize,
+    /// The input that sets the size, as a refusal names it (`--noise FILE`).
+    pub what: String,
 }

@@ -5,7 +5,7 @@
 use crate::nets::layers::Params;
 use crate::runtime::noise::{seeded, Rng};
 use crate::runtime::progress;
-use crate::runtime::signals::{requested, signal_name, Interrupted, Stopped};
+use crate::runtime::signals::{record_saved, requested, signal_name, Interrupted, Stopped, GRACE};
 use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
 use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
@@ -16,6 +16,7 @@ use indicatif::ProgressBar;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Where and how often a run saves its full state.
 #[derive(Clone, Debug, Default)]
@@ -75,6 +76,9 @@ pub struct Trainer {
     pub counter: u64,
     /// Gradients and loss summed over this step's micro-batches so far.
     pending: Option<(GradStore, f32)>,
+    /// When the last step ended: a step longer than `signals::GRACE` makes the run save after
+    /// every step, so a forced stop keeps the last completed one.
+    last_step_end: Instant,
     /// The generator and counter as the current step began (`begin_step`): what a stop in the
     /// middle of the step saves, so the resumed step draws what the interrupted one drew.
     step_start: Option<(Rng, u64)>,
@@ -106,6 +110,7 @@ impl Trainer {
             losses: Vec::new(),
             counter: 0,
             pending: None,
+            last_step_end: Instant::now(),
             step_start: None,
             bar: progress::bar(o.steps, o.what),
             run_config: json!({"run": o.run_config, "context": o.checkpointing.context}),
@@ -258,7 +263,8 @@ impl Trainer {
             }
             .into());
         }
-        if self.checkpointing.every > 0 && step.is_multiple_of(self.checkpointing.every) {
+        let long = std::mem::replace(&mut self.last_step_end, Instant::now()).elapsed() > GRACE;
+        if long || (self.checkpointing.every > 0 && step.is_multiple_of(self.checkpointing.every)) {
             self.save()?;
         }
         if self.checkpointing.keep.contains(&step) {
@@ -286,7 +292,15 @@ impl Trainer {
     }
 
     fn save(&self) -> Result<()> {
-        self.save_as(CHECKPOINT)
+        self.save_as(CHECKPOINT)?;
+        if let Some(dir) = &self.checkpointing.dir {
+            record_saved(format!(
+                "checkpoint of step {} saved, continue with --resume {}",
+                self.losses.len(),
+                dir.display()
+            ));
+        }
+        Ok(())
     }
 
     fn save_as(&self, file: &str) -> Result<()> {

@@ -149,6 +149,7 @@ impl Encoded {
             ("std", view(&self.shape, &self.std)?),
         ];
         let what = || format!("{}: cannot write the latent cache", path.display());
+        let _writing = crate::runtime::signals::Writing::start();
         safetensors::serialize_to_file(tensors, None, &tmp).with_context(what)?;
         std::fs::rename(&tmp, path).with_context(what)
     }
