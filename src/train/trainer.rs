@@ -6,7 +6,8 @@ use crate::nets::layers::Params;
 use crate::runtime::noise::{seeded, Rng};
 use crate::runtime::progress;
 use crate::runtime::signals::{record_saved, requested, signal_name, Interrupted, Stopped, GRACE};
-use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
+use crate::runtime::fingerprint::Fingerprints;
+use crate::train::checkpoint::{check_inputs, load_checkpoint, read_state, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
 use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -32,6 +33,22 @@ pub struct Checkpointing {
     /// Also keep the state at these steps, as `DIR/checkpoint-STEP.safetensors` (one run
     /// gives the whole training-length curve).
     pub keep: Vec<usize>,
+    /// Content fingerprints of the run's input files (teacher, data): recorded in every
+    /// checkpoint, and a resume on changed ones is refused naming them.
+    pub inputs: Fingerprints,
+}
+
+impl Checkpointing {
+    /// Before any work: refuses a resume whose inputs changed since the checkpoint (the
+    /// trainer checks again as it restores, with the settings).
+    pub fn check_resume_inputs(&self) -> Result<()> {
+        match (&self.dir, self.resume) {
+            (Some(dir), true) if dir.join(CHECKPOINT).is_file() => {
+                check_inputs(dir, &read_state(&dir.join(CHECKPOINT))?, &self.inputs).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The file a run's state at `step` is kept in (`Checkpointing::keep`).
@@ -321,7 +338,8 @@ impl Trainer {
         tensors.insert("losses".into(), Tensor::new(self.losses.as_slice(), &Device::Cpu)?);
         let rng = json!({"seed": self.rng.get_seed().iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "stream": self.rng.get_stream(), "word_pos": self.rng.get_word_pos().to_string()});
-        let state = json!({"adam_step": adam_step, "rng": rng, "counter": self.counter, "config": self.run_config});
+        let state = json!({"adam_step": adam_step, "rng": rng, "counter": self.counter, "config": self.run_config,
+            "inputs": self.checkpointing.inputs});
         save_checkpoint(&dir.join(file), &tensors, &state)
     }
 
@@ -346,6 +364,13 @@ impl Trainer {
                 "--resume {}: the checkpoint was made with different settings: {}",
                 dir.display(),
                 changes.join("; ")
+            );
+        }
+        if !check_inputs(&dir, &state, &self.checkpointing.inputs)? && !self.checkpointing.inputs.is_empty() {
+            eprintln!(
+                "note: --resume {}: the checkpoint records no fingerprints of the teacher's and the data's \
+                 files (made by an older dcm), so they are not checked against it; the next checkpoint records them",
+                dir.display()
             );
         }
         let mut take = |kind: &str, name: &str| {
