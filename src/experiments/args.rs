@@ -114,7 +114,7 @@ impl RunArgs {
             every: self.checkpoint_every,
             resume: self.resume.is_some(),
             context,
-            keep: Vec::new(),
+            ..Checkpointing::default()
         };
         Ok((dir, ckpt))
     }

@@ -72,6 +72,10 @@ pub struct EvalArgs {
     /// Evaluation seed: the noise and the sampler's re-noise streams (`dcm reproduce` seed K uses the same).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// SD: evaluate a --student OUT against a teacher whose files differ from those it was
+    /// distilled from (student.json records their content hashes) instead of refusing.
+    #[arg(long)]
+    pub allow_other_teacher: bool,
     #[command(flatten)]
     pub single_file: SingleFileArgs,
     #[command(flatten)]
@@ -118,5 +122,6 @@ fn request(a: &EvalArgs) -> EvalRequest {
         seed: a.seed,
         device: a.runtime.device.clone(),
         dtype: a.runtime.dtype.clone(),
+        allow_other_teacher: a.allow_other_teacher,
     }
 }

@@ -3,7 +3,7 @@
 use super::args::{refuse, refuse_recorded_options, OdeArgs, RuntimeArgs, SingleFileArgs};
 use crate::data::npy;
 use crate::diffusion::teacher_ode::TeacherOde;
-use crate::families::family::{ConditionFlags, ModelFamily, StudentSource};
+use crate::families::family::{ConditionFlags, ModelFamily, SamplingWork, StudentSource};
 use crate::families::open::{open, open_recorded};
 use crate::models::sd::images::write_pngs;
 use crate::runtime::device::Runtime;
@@ -151,11 +151,13 @@ fn condition_flags(a: &SampleArgs) -> ConditionFlags {
 
 /// The teacher's guided N-interval solve of every noise row.
 fn teacher_solve(a: &SampleArgs, family: &dyn ModelFamily, noise: &Tensor, rt: &Runtime) -> Result<Tensor> {
-    let cond = family.condition(&condition_flags(a), noise, rt)?;
     let ode = TeacherOde::new(a.ode.solver(), a.ode.intervals(), a.ode.guidance()?)?;
     if ode.guidance <= 1.0 {
         refuse_unused_null(a, "has no effect without guidance (--guidance W > 1)")?;
     }
+    let halves = if ode.guidance > 1.0 { 2 } else { 1 };
+    family.check_sampling(&work(a, noise, halves, ode.teacher_calls_per_sample())?, rt)?;
+    let cond = family.condition(&condition_flags(a), noise, rt)?;
     let teacher = family.teacher()?;
     check_class(a.class, teacher.num_classes())?;
     ode.solve(teacher, noise, &cond)
@@ -169,12 +171,23 @@ fn student_samples(
     noise: &Tensor,
     rt: &Runtime,
 ) -> Result<Tensor> {
-    let cond = family.condition(&condition_flags(a), noise, rt)?;
     refuse_unused_null(a, "has no effect on a student: its sampler uses no guidance")?;
+    family.check_sampling(&work(a, noise, 1, a.steps.unwrap_or(1))?, rt)?;
+    let cond = family.condition(&condition_flags(a), noise, rt)?;
     let student = family.student(source, rt)?;
     check_class(a.class, student.net.num_classes())?;
     let mut rng = seeded(a.seed.unwrap_or(0));
     student.sample(noise, a.steps.unwrap_or(1), &cond, &mut rng)
+}
+
+/// `calls` network calls on every noise row, each row `halves` times (guidance).
+fn work(a: &SampleArgs, noise: &Tensor, halves: usize, calls: usize) -> Result<SamplingWork> {
+    Ok(SamplingWork {
+        sample: noise.dims()[1..].to_vec(),
+        rows: noise.dim(0)? * halves,
+        calls,
+        what: format!("--noise {}", a.noise.display()),
+    })
 }
 
 /// A student samples with its own N, solver and guidance (fixed when it was distilled); a LoRA

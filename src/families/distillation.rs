@@ -1,11 +1,12 @@
 //! One distillation run of any family: prepare the plan's data and student, train, save.
 
-use super::family::DistillPlan;
+use super::family::{DistillPlan, RunRecord};
 use crate::runtime::files::check_output_file;
+use crate::runtime::fingerprint::{HashCache, HASH_CACHE};
 use crate::train::distill::{distill, DistillConfig, Distilled};
 use crate::train::trainer::Checkpointing;
 use anyhow::Result;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// What a finished run reports.
@@ -21,12 +22,21 @@ pub fn run(
     plan: &dyn DistillPlan,
     config: &DistillConfig,
     out: &Path,
-    checkpointing: Checkpointing,
+    mut checkpointing: Checkpointing,
 ) -> Result<Finished> {
     // A file that cannot be written (a folder, a pipe) is refused before hours of training.
     for name in plan.outputs() {
         check_output_file(&out.join(name), "--out")?;
     }
+    // The inputs' fingerprints, hashed once per run folder; a resume on changed inputs is
+    // refused before the data is prepared.
+    let inputs = plan.inputs()?;
+    let hashes = HashCache::open(Some(out.join(HASH_CACHE)));
+    let teacher_files = hashes.fingerprints(&absolute(&inputs.teacher))?;
+    checkpointing.inputs = hashes.fingerprints(&absolute(&inputs.data))?;
+    checkpointing.inputs.extend(teacher_files.clone());
+    hashes.save()?;
+    checkpointing.check_resume_inputs()?;
     let job = plan.prepare(out)?;
     let started = Instant::now();
     let distilled = distill(
@@ -37,11 +47,23 @@ pub fn run(
         config,
         checkpointing,
     )?;
-    let train_seconds = started.elapsed().as_secs_f64();
-    let written = plan.save(out, &distilled, train_seconds)?;
+    let record = RunRecord {
+        train_seconds: started.elapsed().as_secs_f64(),
+        teacher_files,
+    };
+    let written = plan.save(out, &distilled, &record)?;
     Ok(Finished {
         distilled,
-        train_seconds,
+        train_seconds: record.train_seconds,
         written,
     })
+}
+
+/// The paths as absolute paths (a checkpoint's fingerprints name files independently of the
+/// working folder).
+fn absolute(paths: &[PathBuf]) -> Vec<PathBuf> {
+    paths
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect()
 }

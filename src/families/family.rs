@@ -14,6 +14,7 @@ use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
 use crate::nets::network::Architecture;
 use crate::runtime::device::Runtime;
+use crate::runtime::fingerprint::Fingerprints;
 use crate::runtime::noise::{standard_normal, Rng};
 use crate::train::distill::{DistillConfig, Distilled, TrainingData};
 use anyhow::{bail, Result};
@@ -167,7 +168,12 @@ pub trait DistillPlan {
     /// Loads (or encodes into `out`) the training data and builds the student.
     fn prepare(&self, out: &Path) -> Result<DistillJob<'_>>;
     /// Writes the trained student into `out`; returns what was written, for the summary line.
-    fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String>;
+    fn save(&self, out: &Path, distilled: &Distilled, run: &RunRecord) -> Result<String>;
+    /// The files the run reads: the teacher's and the training data's, whose fingerprints a
+    /// checkpoint records and `--resume` checks (none: nothing to check).
+    fn inputs(&self) -> Result<RunInputs> {
+        Ok(RunInputs::default())
+    }
     /// The files `save` writes in `out`, checked writable before any work.
     fn outputs(&self) -> Vec<&'static str>;
     /// The adapters' rank and alpha when the plan fixes them (a LoRA file to start from),
@@ -175,6 +181,21 @@ pub trait DistillPlan {
     fn lora(&self) -> Option<LoraConfig> {
         None
     }
+}
+
+/// The files a distillation reads, by role.
+#[derive(Clone, Debug, Default)]
+pub struct RunInputs {
+    pub teacher: Vec<PathBuf>,
+    pub data: Vec<PathBuf>,
+}
+
+/// What a finished run knows besides the trained weights, for the student's record.
+#[derive(Clone, Debug, Default)]
+pub struct RunRecord {
+    pub train_seconds: f64,
+    /// Content fingerprints of the teacher's files (absolute paths), as the run read them.
+    pub teacher_files: Fingerprints,
 }
 
 /// A trained student ready to sample: its network, the grid it was distilled on, and how its
@@ -241,6 +262,9 @@ pub struct EvalRequest {
     /// `--device` and `--dtype` as given (recorded in reports).
     pub device: String,
     pub dtype: String,
+    /// Evaluate a student against a teacher whose files differ from the ones it was distilled
+    /// from (`--allow-other-teacher`).
+    pub allow_other_teacher: bool,
 }
 
 pub trait ModelFamily {
@@ -263,4 +287,20 @@ pub trait ModelFamily {
     fn decode(&self, latents: &Tensor, rt: &Runtime) -> Result<Tensor>;
     /// `dcm eval`: the student's ODE error, and the family's sample-quality metrics.
     fn evaluate(&self, req: &EvalRequest, rt: &Runtime) -> Result<()>;
+    /// Refuses sampling work that cannot fit in memory and says how long it may take when
+    /// long, before anything loads (the small models need no estimate).
+    fn check_sampling(&self, _work: &SamplingWork, _rt: &Runtime) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The network calls a sampling run makes: `calls` of `rows` rows of per-row shape `sample`.
+#[derive(Clone, Debug)]
+pub struct SamplingWork {
+    pub sample: Vec<usize>,
+    /// Rows per call (a guided call holds both halves).
+    pub rows: usize,
+    pub calls: usize,
+    /// The input that sets the size, as a refusal names it (`--noise FILE`).
+    pub what: String,
 }

@@ -1,9 +1,10 @@
 //! What every stage runs on: the device, seeded random streams, stop signals, crash-safe
-//! file output, finiteness and memory checks at the edges, progress bars, and the shipped assets' location.
+//! file output, content fingerprints of input files, finiteness and memory checks at the edges, progress bars, and the shipped assets' location.
 
 pub mod assets;
 pub mod device;
 pub mod files;
+pub mod fingerprint;
 pub mod finite;
 pub mod limits;
 pub mod memory;

@@ -3,11 +3,12 @@
 //! loss log, progress bar, and crash-safe checkpoints with exact resume.
 
 use crate::nets::layers::Params;
+use crate::runtime::fingerprint::Fingerprints;
 use crate::runtime::noise::{seeded, Rng};
 use crate::runtime::progress;
 use crate::runtime::ranks;
-use crate::runtime::signals::{requested, signal_name, Interrupted, Stopped, SIGINT, SIGTERM};
-use crate::train::checkpoint::{load_checkpoint, save_checkpoint, CHECKPOINT};
+use crate::runtime::signals::{record_saved, requested, signal_name, Interrupted, Stopped, GRACE, SIGINT, SIGTERM};
+use crate::train::checkpoint::{check_inputs, load_checkpoint, read_state, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
 use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
 use anyhow::{bail, ensure, Context, Result};
@@ -17,6 +18,7 @@ use indicatif::ProgressBar;
 use rand::SeedableRng;
 use serde_json::{json, Value};
 use std::path::PathBuf;
+use std::time::Instant;
 
 /// Where and how often a run saves its full state.
 #[derive(Clone, Debug, Default)]
@@ -32,6 +34,22 @@ pub struct Checkpointing {
     /// Also keep the state at these steps, as `DIR/checkpoint-STEP.safetensors` (one run
     /// gives the whole training-length curve).
     pub keep: Vec<usize>,
+    /// Content fingerprints of the run's input files (teacher, data): recorded in every
+    /// checkpoint, and a resume on changed ones is refused naming them.
+    pub inputs: Fingerprints,
+}
+
+impl Checkpointing {
+    /// Before any work: refuses a resume whose inputs changed since the checkpoint (the
+    /// trainer checks again as it restores, with the settings).
+    pub fn check_resume_inputs(&self) -> Result<()> {
+        match (&self.dir, self.resume) {
+            (Some(dir), true) if dir.join(CHECKPOINT).is_file() => {
+                check_inputs(dir, &read_state(&dir.join(CHECKPOINT))?, &self.inputs).map(|_| ())
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The file a run's state at `step` is kept in (`Checkpointing::keep`).
@@ -76,6 +94,9 @@ pub struct Trainer {
     pub counter: u64,
     /// Gradients and loss summed over this step's micro-batches so far.
     pending: Option<(GradStore, f32)>,
+    /// When the last step ended: a step longer than `signals::GRACE` makes the run save after
+    /// every step, so a forced stop keeps the last completed one.
+    last_step_end: Instant,
     /// The generator and counter as the current step began (`begin_step`): what a stop in the
     /// middle of the step saves, so the resumed step draws what the interrupted one drew.
     step_start: Option<(Rng, u64)>,
@@ -107,6 +128,7 @@ impl Trainer {
             losses: Vec::new(),
             counter: 0,
             pending: None,
+            last_step_end: Instant::now(),
             step_start: None,
             bar: progress::bar(o.steps, o.what),
             run_config: json!({"run": o.run_config, "context": o.checkpointing.context}),
@@ -263,7 +285,8 @@ impl Trainer {
             }
             .into());
         }
-        if self.checkpointing.every > 0 && step.is_multiple_of(self.checkpointing.every) {
+        let long = std::mem::replace(&mut self.last_step_end, Instant::now()).elapsed() > GRACE;
+        if long || (self.checkpointing.every > 0 && step.is_multiple_of(self.checkpointing.every)) {
             self.save()?;
         }
         if self.checkpointing.keep.contains(&step) {
@@ -333,7 +356,15 @@ impl Trainer {
     }
 
     fn save(&self) -> Result<()> {
-        self.save_as(CHECKPOINT)
+        self.save_as(CHECKPOINT)?;
+        if let Some(dir) = &self.checkpointing.dir {
+            record_saved(format!(
+                "checkpoint of step {} saved, continue with --resume {}",
+                self.losses.len(),
+                dir.display()
+            ));
+        }
+        Ok(())
     }
 
     fn save_as(&self, file: &str) -> Result<()> {
@@ -354,7 +385,8 @@ impl Trainer {
         tensors.insert("losses".into(), Tensor::new(self.losses.as_slice(), &Device::Cpu)?);
         let rng = json!({"seed": self.rng.get_seed().iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "stream": self.rng.get_stream(), "word_pos": self.rng.get_word_pos().to_string()});
-        let state = json!({"adam_step": adam_step, "rng": rng, "counter": self.counter, "config": self.run_config});
+        let state = json!({"adam_step": adam_step, "rng": rng, "counter": self.counter, "config": self.run_config,
+            "inputs": self.checkpointing.inputs});
         save_checkpoint(&dir.join(file), &tensors, &state)
     }
 
@@ -379,6 +411,13 @@ impl Trainer {
                 "--resume {}: the checkpoint was made with different settings: {}",
                 dir.display(),
                 changes.join("; ")
+            );
+        }
+        if !check_inputs(&dir, &state, &self.checkpointing.inputs)? && !self.checkpointing.inputs.is_empty() {
+            eprintln!(
+                "note: --resume {}: the checkpoint records no fingerprints of the teacher's and the data's \
+                 files (made by an older dcm), so they are not checked against it; the next checkpoint records them",
+                dir.display()
             );
         }
         let mut take = |kind: &str, name: &str| {

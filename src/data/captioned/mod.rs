@@ -32,6 +32,9 @@ pub struct Folder {
     pub entries: Vec<Entry>,
     /// One line each: files skipped, repeat counts honoured.
     pub notes: Vec<String>,
+    /// Every file the entries were read from: the images and the caption side files or the
+    /// metadata file (what a run's fingerprint of its data covers).
+    pub files: Vec<PathBuf>,
 }
 
 impl Folder {
@@ -41,9 +44,12 @@ impl Folder {
         let files = listing::Listing::scan(dir)?;
         let mut notes = Vec::new();
         files.check_unknown(opts.skip_unknown, &mut notes)?;
-        let mut entries = match files.metadata()? {
-            Some(meta) => metadata::entries(&files, meta, &opts.caption_column)?,
-            None => sidecar::entries(&files, &mut notes)?,
+        let (mut entries, mut read) = match files.metadata()? {
+            Some(meta) => (
+                metadata::entries(&files, meta, &opts.caption_column)?,
+                vec![meta.to_path_buf()],
+            ),
+            None => (sidecar::entries(&files, &mut notes)?, files.captions.clone()),
         };
         ensure!(
             !entries.is_empty(),
@@ -52,10 +58,13 @@ impl Folder {
             dir.display()
         );
         entries.sort_by(|a, b| a.image.cmp(&b.image));
+        read.extend(entries.iter().map(|e| e.image.clone()));
+        read.sort();
         Ok(Self {
             dir: dir.to_path_buf(),
             entries,
             notes,
+            files: read,
         })
     }
 

@@ -3,7 +3,7 @@
 //! diffusers, ComfyUI and A1111 load, with `student.json` and `train_log.csv`.
 
 use crate::data::captioned::{Folder, FolderOptions};
-use crate::families::family::{DistillJob, DistillPlan, DistillRequest, FamilyFlags};
+use crate::families::family::{DistillJob, DistillPlan, DistillRequest, FamilyFlags, RunInputs, RunRecord};
 use crate::families::sd::init_lora::{FromFile, InitLora};
 use crate::models::model_dir::{save_loss_log, LOSS_LOG};
 use crate::models::sd::captioned_latents::CaptionedLatents;
@@ -19,6 +19,7 @@ use crate::nets::sd::lora_files::{export, KohyaNames, KohyaOptions, TextEncoderP
 use crate::nets::sd::lora_metadata::LoraInfo;
 use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
 use crate::runtime::device::Runtime;
+use crate::runtime::fingerprint::relative_to;
 use crate::train::distill::{DistillConfig, Distilled};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
@@ -229,7 +230,18 @@ impl DistillPlan for SdRun<'_> {
         vec![KOHYA_FILE, PEFT_FILE, SD_STUDENT, LOSS_LOG]
     }
 
-    fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String> {
+    /// The pipeline's files (configurations, tokenizers, picked weights), the data folder's
+    /// images and captions (side files or metadata), and an `--init-lora` file.
+    fn inputs(&self) -> Result<RunInputs> {
+        let mut data = Folder::read(&self.data, &self.folder)?.files;
+        data.extend(self.init.as_ref().map(|(_, p)| p.clone()));
+        Ok(RunInputs {
+            teacher: self.pipeline.files()?,
+            data,
+        })
+    }
+
+    fn save(&self, out: &Path, distilled: &Distilled, run: &RunRecord) -> Result<String> {
         let adapters = distilled.adapters.as_ref().context("a LoRA run returns its adapters")?;
         let unet = self.pipeline.unet_config()?;
         let kohya = KohyaOptions {
@@ -246,7 +258,8 @@ impl DistillPlan for SdRun<'_> {
             lora_targets: self.targets.clone(),
             distill: self.distill.clone(),
             teacher_evaluations: distilled.teacher_evaluations,
-            train_seconds,
+            train_seconds: run.train_seconds,
+            teacher_files: Some(relative_to(self.pipeline.path(), &run.teacher_files)),
             final_loss: distilled.losses.last().copied().unwrap_or(f32::NAN),
         };
         config.save(out)?;

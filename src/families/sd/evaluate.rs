@@ -19,6 +19,7 @@ use crate::models::sd::SdTeacher;
 use crate::nets::sd::lora_files::KOHYA_FILE;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::{check_output_dir, write_atomic};
+use crate::runtime::fingerprint::{changes, describe, relative_to, HashCache, HASH_CACHE};
 use crate::runtime::finite::finite_flag;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::train::distill::MAX_GUIDANCE;
@@ -62,6 +63,53 @@ fn sd_student(r: &EvalRequest) -> Result<SdStudent> {
         lora,
         config: Some(SdStudentConfig::load(out)?),
     })
+}
+
+/// Refuses a teacher whose files differ from those the student was distilled from (their
+/// content hashes in student.json), naming them, unless `--allow-other-teacher`; a LoRA file
+/// alone, or a student.json from before the hashes were recorded, is not checked.
+fn check_teacher(teacher: &SdTeacher, r: &EvalRequest, s: &SdStudent, out: &Path) -> Result<()> {
+    let Some(config) = &s.config else {
+        ensure!(
+            !r.allow_other_teacher,
+            "--allow-other-teacher applies to --student OUT (whose student.json records its teacher), not to --lora FILE"
+        );
+        return Ok(());
+    };
+    let student = r.student.as_deref().unwrap_or(Path::new("")).display();
+    let Some(recorded) = &config.teacher_files else {
+        eprintln!(
+            "note: --student {student}: student.json records no fingerprint of its teacher (written by an \
+             older dcm), so the teacher is not checked against it"
+        );
+        return Ok(());
+    };
+    let pipeline = teacher.pipeline();
+    let files: Vec<PathBuf> = pipeline
+        .files()?
+        .iter()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
+        .collect();
+    let hashes = HashCache::open(Some(out.join(HASH_CACHE)));
+    let now = hashes.fingerprints(&files)?;
+    hashes.save()?;
+    let differences = changes(recorded, &relative_to(pipeline.path(), &now));
+    match (differences.is_empty(), r.allow_other_teacher) {
+        (true, _) => Ok(()),
+        (false, true) => {
+            eprintln!(
+                "note: --allow-other-teacher: the teacher differs from the student's: {}",
+                describe(&differences)
+            );
+            Ok(())
+        }
+        (false, false) => bail!(
+            "--student {student}: the teacher {} is not the one it was distilled from: {}; give \
+             --allow-other-teacher to evaluate against it anyway",
+            pipeline.path().display(),
+            describe(&differences)
+        ),
+    }
 }
 
 /// The teacher's ODE from the flags, else the student run's settings (its N, w, solver and
@@ -136,6 +184,7 @@ pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) 
     let out = r.out.clone().context("--out EVAL_DIR is needed for an SD evaluation")?;
     check_output_dir(&out, "--out")?;
     let student = sd_student(r)?;
+    check_teacher(teacher, r, &student, &out)?;
     let (ode, null) = teacher_ode(r, &student)?;
     let batch = r.batch.unwrap_or(DEFAULT_BATCH);
     ensure!(batch > 0, "--batch 0: must be at least 1");

@@ -8,12 +8,13 @@ use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::discretization::Discretization;
 use crate::families::family::{
-    ConditionFlags, DistillDefaults, DistillPlan, DistillRequest, EvalRequest, ModelFamily, StudentSampler,
-    StudentSource,
+    ConditionFlags, DistillDefaults, DistillPlan, DistillRequest, EvalRequest, ModelFamily, SamplingWork,
+    StudentSampler, StudentSource,
 };
 use crate::models::sd::images;
 use crate::models::sd::pipeline::Pipeline;
 use crate::models::sd::prompts;
+use crate::models::sd::sampling_cost::SamplingCost;
 use crate::models::sd::single_file::SingleFileOptions;
 use crate::models::sd::student::SdStudentConfig;
 use crate::models::sd::teacher::text_condition;
@@ -143,6 +144,16 @@ impl ModelFamily for SdFamily {
 
     fn decode(&self, latents: &Tensor, rt: &Runtime) -> Result<Tensor> {
         images::decode(&self.pipeline, rt, latents)
+    }
+
+    /// The UNet's memory and work on latents `[C, h, w]` (other shapes are refused by
+    /// `condition`, naming the shape).
+    fn check_sampling(&self, work: &SamplingWork, rt: &Runtime) -> Result<()> {
+        let Ok(latent) = <[usize; 3]>::try_from(work.sample.as_slice()) else {
+            return Ok(());
+        };
+        let cost = SamplingCost::estimate(&self.pipeline.unet_config()?, rt.dtype, latent, work.rows, work.calls)?;
+        cost.check(rt, &work.what)
     }
 
     fn evaluate(&self, req: &EvalRequest, rt: &Runtime) -> Result<()> {

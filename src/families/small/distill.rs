@@ -5,7 +5,7 @@
 use crate::data::toy::DEFAULT_SIZE;
 use crate::data::Dataset;
 use crate::diffusion::denoiser::Denoiser;
-use crate::families::family::{DistillJob, DistillPlan, DistillRequest};
+use crate::families::family::{DistillJob, DistillPlan, DistillRequest, RunInputs, RunRecord};
 use crate::models::model_dir::{self, save_run};
 use crate::models::spec::TeacherSpec;
 use crate::models::student::StudentConfig;
@@ -143,7 +143,21 @@ impl DistillPlan for SmallPlan<'_> {
         files
     }
 
-    fn save(&self, out: &Path, distilled: &Distilled, train_seconds: f64) -> Result<String> {
+    /// A network teacher's folder and a `--data` file or folder.
+    fn inputs(&self) -> Result<RunInputs> {
+        let teacher = match self.teacher {
+            Teacher::Network { dir, .. } => files_under(dir)?,
+            _ => Vec::new(),
+        };
+        let data = match self.data_spec.as_deref().map(Path::new) {
+            Some(p) if p.exists() => files_under(p)?,
+            _ => Vec::new(),
+        };
+        Ok(RunInputs { teacher, data })
+    }
+
+    fn save(&self, out: &Path, distilled: &Distilled, run: &RunRecord) -> Result<String> {
+        let train_seconds = run.train_seconds;
         let config = StudentConfig {
             teacher: TeacherSpec::portable(&self.spec),
             data: self.data_spec.clone().unwrap_or_else(|| "teacher distribution".into()),
@@ -159,4 +173,22 @@ impl DistillPlan for SmallPlan<'_> {
         }
         Ok(out.display().to_string())
     }
+}
+
+/// `path` itself if a file, else every file under it (hidden ones left out), sorted.
+fn files_under(path: &Path) -> Result<Vec<std::path::PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let entries = std::fs::read_dir(path).with_context(|| format!("{}: cannot list", path.display()))?;
+    for entry in entries {
+        let p = entry?.path();
+        if p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')) {
+            continue;
+        }
+        files.extend(files_under(&p)?);
+    }
+    files.sort();
+    Ok(files)
 }

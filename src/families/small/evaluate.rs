@@ -35,6 +35,7 @@ pub fn refuse_text_flags(r: &EvalRequest) -> Result<()> {
         ("--real", r.metrics.real.is_some()),
         ("--batch", r.batch.is_some()),
         ("--out", r.out.is_some()),
+        ("--allow-other-teacher", r.allow_other_teacher),
     ];
     let given: Vec<&str> = flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
     if given.is_empty() {

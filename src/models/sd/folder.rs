@@ -6,7 +6,7 @@
 
 use super::json::JsonFile;
 use super::scheduler::SchedulerConfig;
-use super::weights::{load_component, WeightsKind};
+use super::weights::{component_files, is_weights_file, load_component, WeightsKind};
 use crate::nets::layers::Params;
 use crate::nets::sd::clip_text::ClipTextConfig;
 use crate::nets::sd::tokenizer::ClipTokenizer;
@@ -132,6 +132,40 @@ impl Folder {
     pub fn tokenizer(&self, i: usize) -> Result<ClipTokenizer> {
         ClipTokenizer::from_dir(&self.component(TOKENIZERS[i]))
     }
+
+    /// Every file the pipeline reads: `model_index.json`, each component's configuration and
+    /// tokenizer files, and the weights files the loader picks (not the variants beside them).
+    pub fn files(&self) -> Result<Vec<PathBuf>> {
+        let mut files = vec![self.dir.join(MODEL_INDEX)];
+        let extra: &[&str] = match self.family {
+            Family::Sd => &[],
+            Family::Sdxl { .. } => &SDXL_COMPONENTS,
+        };
+        for name in SD_COMPONENTS.iter().chain(extra) {
+            let dir = self.component(name);
+            files.extend(match *name {
+                "unet" | "vae" => component_files(&dir, WeightsKind::Diffusers)?,
+                n if TEXT_ENCODERS.contains(&n) => component_files(&dir, WeightsKind::Transformers)?,
+                _ => config_files(&dir)?,
+            });
+        }
+        Ok(files)
+    }
+}
+
+/// The files of `dir` and its sub-folders that are not weights (configurations, tokenizers).
+pub fn config_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: cannot list: {e}", dir.display()))? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(config_files(&path)?);
+        } else if path.is_file() && !is_weights_file(&path) {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 #[cfg(test)]
 mod tests {

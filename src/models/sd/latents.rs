@@ -12,12 +12,11 @@ use crate::data::captioned::{load_chunk, Entry, Folder};
 use crate::nets::sd::vae::AutoencoderKl;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
+use crate::runtime::fingerprint::{HashCache, HASH_CACHE};
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use rayon::prelude::*;
 use serde_json::{json, Value};
-use std::io::Read;
 use std::path::Path;
 
 /// Image pixels decoded and encoded at a time: 8 images of 128², one image from 362² up. It
@@ -43,42 +42,25 @@ pub struct LatentSet {
     pub from_cache: bool,
 }
 
-/// A 128-bit xxh3 hash of a file's bytes, as hex (read in blocks: weights can be large).
-fn content_hash(p: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(p).with_context(|| format!("{}: cannot read", p.display()))?;
-    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    let mut block = vec![0u8; 1 << 20];
-    loop {
-        let n = file
-            .read(&mut block)
-            .with_context(|| format!("{}: cannot read", p.display()))?;
-        if n == 0 {
-            return Ok(format!("{:032x}", hasher.digest128()));
-        }
-        hasher.update(&block[..n]);
-    }
-}
-
 /// What a cached encoding depends on: the bytes of the pipeline's VAE files (a single file's
-/// whole checkpoint), the resolution,
-/// and each image's bytes, in order (issue 24: names, sizes and times could match changed
-/// images, and a touched or moved folder need not re-encode). Captions are not encoded.
-fn cache_key(pipeline: &Pipeline, folder: &Folder, r: usize) -> Result<Value> {
-    let vae_dir = pipeline.path();
+/// whole checkpoint), the resolution, and each image's bytes, in order (names, sizes and times
+/// could match changed images, and a touched or moved folder need not re-encode). Captions
+/// are not encoded. The hashes are reused while a file's identity holds (`HashCache`).
+fn cache_key(pipeline: &Pipeline, folder: &Folder, r: usize, hashes: &HashCache) -> Result<Value> {
     let vae_files: Vec<_> = pipeline.vae_files()?.into_iter().filter(|p| p.is_file()).collect();
-    let named_hash = |p: &Path, base: &Path| -> Result<Value> {
-        let name = p.strip_prefix(base).unwrap_or(p).to_string_lossy().into_owned();
-        Ok(json!([name, content_hash(p)?]))
+    let images: Vec<_> = folder.entries.iter().map(|e| e.image.clone()).collect();
+    let named = |files: &[std::path::PathBuf], base: &Path| -> Result<Vec<Value>> {
+        let prints = hashes.fingerprints(files)?;
+        Ok(files
+            .iter()
+            .map(|p| {
+                let name = p.strip_prefix(base).unwrap_or(p).to_string_lossy().into_owned();
+                json!([name, prints[&p.display().to_string()]])
+            })
+            .collect())
     };
-    let vae = vae_files
-        .iter()
-        .map(|p| named_hash(p, vae_dir))
-        .collect::<Result<Vec<_>>>()?;
-    let images = folder
-        .entries
-        .par_iter()
-        .map(|e| named_hash(&e.image, &folder.dir))
-        .collect::<Result<Vec<_>>>()?;
+    let vae = named(&vae_files, pipeline.path())?;
+    let images = named(&images, &folder.dir)?;
     Ok(json!({"vae": vae, "resolution": r, "images": images}))
 }
 
@@ -91,7 +73,8 @@ pub fn encode_folder(
     r: usize,
     cache_dir: &Path,
 ) -> Result<LatentSet> {
-    let key = cache_key(pipeline, folder, r)?;
+    let hashes = HashCache::open(Some(cache_dir.join(HASH_CACHE)));
+    let key = cache_key(pipeline, folder, r, &hashes)?;
     let (key_file, tensors) = (cache_dir.join("latents.json"), cache_dir.join("latents.safetensors"));
     let cached = read_cache(&key_file, &tensors, &key)?;
     let from_cache = cached.is_some();
@@ -107,6 +90,7 @@ pub fn encode_folder(
             latents.into_tensors()?
         }
     };
+    hashes.save()?;
     ensure!(
         mean.dim(0)? == folder.entries.len(),
         "{}: {} latents for {} images (delete it to re-encode)",
@@ -149,6 +133,7 @@ impl Encoded {
             ("std", view(&self.shape, &self.std)?),
         ];
         let what = || format!("{}: cannot write the latent cache", path.display());
+        let _writing = crate::runtime::signals::Writing::start();
         safetensors::serialize_to_file(tensors, None, &tmp).with_context(what)?;
         std::fs::rename(&tmp, path).with_context(what)
     }

@@ -10,6 +10,7 @@ pub mod json;
 pub mod latents;
 pub mod pipeline;
 pub mod prompts;
+pub mod sampling_cost;
 pub mod scheduler;
 pub mod single_file;
 pub mod student;

@@ -199,6 +199,22 @@ impl Pipeline {
         }
         Ok(files)
     }
+
+    /// Every file the pipeline is read from (a run's fingerprint of its teacher): a folder's
+    /// configurations, tokenizers and picked weights files, or the single file and the
+    /// configuration files `--config` names.
+    pub fn files(&self) -> Result<Vec<PathBuf>> {
+        let mut files = match &self.source {
+            Source::Folder(f) => f.files()?,
+            Source::File(f) => vec![f.path().to_path_buf()],
+        };
+        match &self.options.config {
+            Some(c) if c.is_dir() => files.extend(super::folder::config_files(c)?),
+            Some(c) => files.push(c.clone()),
+            None => {}
+        }
+        Ok(files)
+    }
 }
 
 /// The files of a folder, sorted.

@@ -16,6 +16,7 @@ use crate::nets::sd::unet::{UNet, UNetLora};
 use crate::nets::sd::unet_config::UNetConfig;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::write_atomic;
+use crate::runtime::fingerprint::Fingerprints;
 use crate::runtime::noise::Rng;
 use crate::train::distill::DistillConfig;
 use anyhow::{bail, ensure, Context, Result};
@@ -210,6 +211,10 @@ pub struct SdStudentConfig {
     pub teacher_evaluations: u64,
     pub train_seconds: f64,
     pub final_loss: f32,
+    /// Content hashes of the teacher's files, by path relative to the teacher (`dcm eval`
+    /// refuses another teacher); absent in folders written before they were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_files: Option<Fingerprints>,
 }
 
 /// The file name of [`SdStudentConfig`] in a run folder.

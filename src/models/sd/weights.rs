@@ -69,6 +69,48 @@ pub fn load_component(dir: &Path, kind: WeightsKind, device: &Device, dtype: DTy
     Ok((params, path))
 }
 
+/// Extensions of files that hold weights (and `.json` shard indexes, by name): the files a
+/// component folder may hold in several variants, of which `load_component` reads one.
+const WEIGHTS_EXTENSIONS: [&str; 8] = ["safetensors", "bin", "ckpt", "pt", "pth", "msgpack", "onnx", "h5"];
+
+/// Whether `p` holds weights or indexes them, rather than configuring the component.
+pub fn is_weights_file(p: &Path) -> bool {
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let ext = p
+        .extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    WEIGHTS_EXTENSIONS.contains(&ext.as_str()) || name.contains(".index.") && name.ends_with(".json")
+}
+
+/// The files `load_component` reads for the component folder `dir`: its configuration files,
+/// the weights file it picks and the shards that file indexes (not the variants it passes over).
+pub fn component_files(dir: &Path, kind: WeightsKind) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| anyhow!("{}: cannot list: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && !is_weights_file(p))
+        .collect();
+    let candidates = kind.candidates();
+    let Some(path) = candidates.iter().map(|f| dir.join(f)).find(|p| p.is_file()) else {
+        bail!(
+            "{}: no weights file; looked for {}",
+            dir.display(),
+            candidates.join(", ")
+        )
+    };
+    if path.extension().is_some_and(|e| e == "json") {
+        let shards: std::collections::BTreeSet<String> = weight_map(&path)?.into_values().collect();
+        files.extend(shards.into_iter().map(|s| dir.join(s)));
+    }
+    files.push(path);
+    files.sort();
+    Ok(files)
+}
+
 /// Every tensor of one weights file (any format `Checkpoint` reads), as `load_component`.
 pub fn load(path: &Path, device: &Device, dtype: DType) -> Result<Params> {
     let file = Checkpoint::open(path)?;
