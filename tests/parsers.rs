@@ -408,6 +408,7 @@ fn sd_student_json() -> Vec<u8> {
         teacher_evaluations: 4000,
         train_seconds: 12.5,
         final_loss: 0.01,
+        teacher_files: None,
     };
     serde_json::to_vec_pretty(&cfg).unwrap()
 }
