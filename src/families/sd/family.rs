@@ -30,7 +30,7 @@ use std::cell::OnceCell;
 use std::path::Path;
 
 /// The family-only flags Stable Diffusion teachers take.
-const FLAGS: [&str; 8] = [
+const FLAGS: [&str; 9] = [
     "--resolution",
     "--uncond",
     "--lora-targets",
@@ -39,6 +39,7 @@ const FLAGS: [&str; 8] = [
     "--lora-format",
     "--init-lora",
     "--lora-text-encoder",
+    "--gradient-checkpointing",
 ];
 
 pub struct SdFamily {
