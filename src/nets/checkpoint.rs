@@ -136,9 +136,11 @@ impl Saved {
             ));
         }
         let grads = (out * g)?.sum_all()?.backward()?;
-        let of_inputs = leaves.iter().flatten().map(|v| grads.get(v).cloned());
-        let of_params = self.params.iter().map(|p| grads.get(p).cloned());
-        Ok(of_inputs.chain(of_params).collect())
+        // candle's gradients carry the ops that made them, which reference the recomputed
+        // graph: detached, the graph is freed when this returns.
+        let of = |t: &Tensor| grads.get(t).map(Tensor::detach);
+        let of_inputs = leaves.iter().flatten().map(|v| of(v));
+        Ok(of_inputs.chain(self.params.iter().map(of)).collect())
     }
 }
 
