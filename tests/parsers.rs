@@ -404,6 +404,7 @@ fn sd_student_json() -> Vec<u8> {
         resolution: 512,
         uncond: "zeros".into(),
         lora_targets: vec!["to_q".into(), "conv1".into()],
+        gradient_checkpointing: false,
         distill: dcm::train::distill::DistillConfig::paper_lora(method, lora),
         teacher_evaluations: 4000,
         train_seconds: 12.5,

@@ -243,6 +243,71 @@ fn sigint_and_resume_give_identical_lora_files() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// `--gradient-checkpointing` through the command line trains the same student (the
+/// gradients themselves are compared in `models/sd/checkpointing_tests.rs`): for CM and Direct,
+/// the first step's loss is bit for bit the plain run's, and after that step every adapter
+/// tensor is within 1e-3 of its largest entry (AdamW's first update is ±lr wherever a gradient
+/// entry is well above ε, so only entries within rounding of zero may differ; a missing
+/// gradient would differ by lr). `student.json` records the flag, a resume may turn it off, and
+/// the small-model family refuses it by name.
+#[test]
+fn gradient_checkpointing_trains_the_same_student() {
+    let d = dir("checkpointing");
+    let data = captioned_folder(&d);
+    let teacher = fixture();
+    let adapters = |run: &Path| {
+        candle_core::safetensors::load(run.join("pytorch_lora_weights.safetensors"), &Device::Cpu).unwrap()
+    };
+    let max = |t: &candle_core::Tensor| t.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    for method in ["cm", "direct"] {
+        let (plain, ckpt) = (d.join(format!("{method}-plain")), d.join(format!("{method}-ckpt")));
+        let mut args = distill_args(method, data.to_str().unwrap(), "1");
+        args.extend(["--teacher", &teacher, "--checkpoint-every", "1"]);
+        ok(&[&args[..], &["--out", plain.to_str().unwrap()]].concat());
+        ok(&[
+            &args[..],
+            &["--out", ckpt.to_str().unwrap(), "--gradient-checkpointing"],
+        ]
+        .concat());
+        assert_eq!(losses(&plain), losses(&ckpt), "{method}");
+        let (a, b) = (adapters(&plain), adapters(&ckpt));
+        assert_eq!(a.len(), b.len());
+        let worst = (a.iter())
+            .map(|(name, x)| max(&(x - &b[name]).unwrap()) / max(x).max(f32::MIN_POSITIVE))
+            .fold(0f32, f32::max);
+        eprintln!(
+            "{method}: {} adapter tensors, largest relative difference {worst:.2e}",
+            a.len()
+        );
+        assert!(worst <= 1e-3, "{method}: {worst:e}");
+        let recorded = |run: &Path| std::fs::read_to_string(run.join("student.json")).unwrap();
+        assert!(recorded(&ckpt).contains("\"gradient_checkpointing\": true"));
+        assert!(!recorded(&plain).contains("gradient_checkpointing"));
+        ok(&[&args[..], &["--resume", ckpt.to_str().unwrap()]].concat());
+        assert!(!recorded(&ckpt).contains("gradient_checkpointing"));
+    }
+    let small = d.join("small");
+    let o = dcm(&[
+        "distill",
+        "--method",
+        "cm",
+        "--teacher",
+        "mixture:ring",
+        "--gradient-checkpointing",
+    ]
+    .iter()
+    .copied()
+    .chain(["--out", small.to_str().unwrap()])
+    .collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.trim().lines().count() == 1, "{err}");
+    assert!(
+        err.contains("--gradient-checkpointing") && err.contains("does not apply to small-model teachers"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Each bad input is refused before training with one line naming the flag or file.
 #[test]
 fn bad_input_is_one_line() {

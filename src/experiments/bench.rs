@@ -6,7 +6,7 @@
 use super::args::{refuse, RuntimeArgs};
 use crate::eval::bench::mlp::{run, FreshMlp, MlpBench};
 use crate::eval::bench::unet::{UNetBench, UNetPreset};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -61,6 +61,10 @@ pub struct BenchArgs {
     /// Latent height and width [default: 32] (unet).
     #[arg(long)]
     pub size: Option<usize>,
+    /// Recompute the student's segments in the backward pass, as `dcm distill
+    /// --gradient-checkpointing` (unet-lora).
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
     /// Timed repeats per workload, after warm-up [default: 10 (mlp), 5 (unet)].
     #[arg(long)]
     pub repeats: Option<usize>,
@@ -85,9 +89,11 @@ impl BenchArgs {
                 ("--intervals", self.intervals.is_some()),
                 ("--guidance", self.guidance.is_some()),
             ],
-            BenchWorkload::Unet | BenchWorkload::UnetLora => {
-                vec![("--unet", self.unet.is_some()), ("--size", self.size.is_some())]
-            }
+            BenchWorkload::Unet | BenchWorkload::UnetLora => vec![
+                ("--unet", self.unet.is_some()),
+                ("--size", self.size.is_some()),
+                ("--gradient-checkpointing", self.gradient_checkpointing),
+            ],
         };
         flags.into_iter().filter(|(_, g)| *g).map(|(f, _)| f).collect()
     }
@@ -107,6 +113,9 @@ pub fn command(a: BenchArgs) -> Result<()> {
                 &a.given(BenchWorkload::Mlp),
                 "cannot be set for --workload unet (MLP workloads only)",
             )?;
+            if a.gradient_checkpointing {
+                bail!("--gradient-checkpointing applies to --workload unet-lora (a training step)");
+            }
             unet_command(a)
         }
         BenchWorkload::UnetLora => {
@@ -128,6 +137,7 @@ fn unet_command(a: BenchArgs) -> Result<()> {
         batch: a.batch.unwrap_or(d.batch),
         size: a.size.unwrap_or(d.size),
         repeats: a.repeats.unwrap_or(d.repeats),
+        gradient_checkpointing: a.gradient_checkpointing,
         ..d
     };
     let r = match a.workload {

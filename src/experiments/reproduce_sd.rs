@@ -185,6 +185,7 @@ fn train_students(
             },
             kohya_names: Default::default(),
             init: None,
+            gradient_checkpointing: false,
         };
         let student_dir = out.join("students").join(method.name());
         std::fs::create_dir_all(&student_dir)

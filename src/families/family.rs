@@ -59,10 +59,12 @@ pub struct FamilyFlags {
     pub init_lora: Option<String>,
     /// What to do with text-encoder parts of that file: ignore or refuse.
     pub lora_text_encoder: Option<String>,
+    /// Recompute the student's blocks in the backward pass instead of keeping their activations.
+    pub gradient_checkpointing: bool,
 }
 
 /// Per flag, what it is for: the one message every family-only flag is refused with.
-const FLAG_PURPOSE: [(&str, &str); 11] = [
+const FLAG_PURPOSE: [(&str, &str); 12] = [
     ("--hidden", "sizes a fresh MLP student of an analytic teacher"),
     ("--depth", "sizes a fresh MLP student of an analytic teacher"),
     (
@@ -101,6 +103,10 @@ const FLAG_PURPOSE: [(&str, &str); 11] = [
         "--lora-text-encoder",
         "says what to do with the text-encoder part of an --init-lora file",
     ),
+    (
+        "--gradient-checkpointing",
+        "recomputes a Stable Diffusion (sd:DIR) student UNet's blocks in the backward pass",
+    ),
 ];
 
 impl FamilyFlags {
@@ -118,6 +124,7 @@ impl FamilyFlags {
             self.lora_format.is_some(),
             self.init_lora.is_some(),
             self.lora_text_encoder.is_some(),
+            self.gradient_checkpointing,
         ];
         FLAG_PURPOSE
             .iter()

@@ -4,6 +4,7 @@
 
 pub mod aesthetic;
 pub mod autoencoder;
+pub mod checkpoint;
 pub mod dinov2;
 pub mod featnet;
 pub mod feature_net;

@@ -46,6 +46,8 @@ pub struct UNetBench {
     pub size: usize,
     /// Timed repeats per workload, after one warm-up.
     pub repeats: usize,
+    /// Gradient checkpointing of the LoRA student (unet-lora).
+    pub gradient_checkpointing: bool,
     pub runtime: Runtime,
 }
 
@@ -88,6 +90,7 @@ impl UNetBench {
             batch: 2,
             size: 32,
             repeats: 5,
+            gradient_checkpointing: false,
             runtime,
         }
     }

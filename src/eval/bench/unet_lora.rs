@@ -101,6 +101,7 @@ impl UNetBench {
             schedule: Schedule::new(ScheduleKind::ScaledLinear),
             prediction: Prediction::Epsilon,
             dtype: self.runtime.dtype,
+            gradient_checkpointing: self.gradient_checkpointing,
             unet: cfg.clone(),
         }
     }

@@ -45,6 +45,8 @@ pub struct SdRun<'a> {
     pub kohya_names: KohyaNames,
     /// The adapters to start from (`--init-lora`), and the file's path.
     pub init: Option<(InitLora, PathBuf)>,
+    /// `--gradient-checkpointing`: not part of what a resumed run must share.
+    pub gradient_checkpointing: bool,
 }
 
 impl<'a> SdRun<'a> {
@@ -90,6 +92,7 @@ impl<'a> SdRun<'a> {
             },
             kohya_names,
             init,
+            gradient_checkpointing: req.flags.gradient_checkpointing,
         })
     }
 
@@ -193,7 +196,8 @@ impl DistillPlan for SdRun<'_> {
         for note in &folder.notes {
             eprintln!("{note}");
         }
-        let (arch, start) = LoraUnet::of_pipeline(self.pipeline, self.rt, self.targets.clone())?;
+        let (mut arch, start) = LoraUnet::of_pipeline(self.pipeline, self.rt, self.targets.clone())?;
+        arch.gradient_checkpointing = self.gradient_checkpointing;
         let side = self.resolution / vae_factor(self.pipeline)?;
         let latent = [arch.unet.in_channels, side, side];
         let memory = TrainingMemory::estimate(&arch, self.lora, &latent, &self.distill)?;
@@ -256,6 +260,7 @@ impl DistillPlan for SdRun<'_> {
             resolution: self.resolution,
             uncond: self.uncond.clone(),
             lora_targets: self.targets.clone(),
+            gradient_checkpointing: self.gradient_checkpointing,
             distill: self.distill.clone(),
             teacher_evaluations: distilled.teacher_evaluations,
             train_seconds: run.train_seconds,

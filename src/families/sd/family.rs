@@ -31,7 +31,7 @@ use std::cell::OnceCell;
 use std::path::Path;
 
 /// The family-only flags Stable Diffusion teachers take.
-const FLAGS: [&str; 8] = [
+const FLAGS: [&str; 9] = [
     "--resolution",
     "--uncond",
     "--lora-targets",
@@ -40,6 +40,7 @@ const FLAGS: [&str; 8] = [
     "--lora-format",
     "--init-lora",
     "--lora-text-encoder",
+    "--gradient-checkpointing",
 ];
 
 pub struct SdFamily {

@@ -22,6 +22,8 @@ pub mod weights;
 pub use teacher::SdTeacher;
 
 #[cfg(test)]
+mod checkpointing_tests;
+#[cfg(test)]
 mod stream_memory;
 #[cfg(test)]
 mod test_util;

@@ -120,6 +120,8 @@ pub struct LoraUnet {
     pub schedule: Schedule,
     pub prediction: Prediction,
     pub dtype: DType,
+    /// Recompute the UNet's segments in the backward pass (`--gradient-checkpointing`).
+    pub gradient_checkpointing: bool,
 }
 
 impl LoraUnet {
@@ -137,6 +139,7 @@ impl LoraUnet {
             schedule: scheduler.schedule,
             prediction: scheduler.prediction,
             dtype: rt.dtype,
+            gradient_checkpointing: false,
         };
         Ok((arch, params))
     }
@@ -165,7 +168,8 @@ impl Architecture for LoraUnet {
             cfg,
             targets: self.targets.clone(),
         };
-        let unet = UNet::new(self.unet.clone(), &cast, Some(&lora))?;
+        let mut unet = UNet::new(self.unet.clone(), &cast, Some(&lora))?;
+        unet.set_gradient_checkpointing(self.gradient_checkpointing);
         Ok(Box::new(UnetDenoiser::new(
             unet,
             self.schedule.clone(),
@@ -207,6 +211,10 @@ pub struct SdStudentConfig {
     /// The unconditional input of the teacher's guidance: zeros or empty.
     pub uncond: String,
     pub lora_targets: Vec<String>,
+    /// Whether the last run (or resumed part) recomputed the UNet's segments in the backward
+    /// pass: memory and time, not the result, so a resume may change it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
     pub distill: DistillConfig,
     pub teacher_evaluations: u64,
     pub train_seconds: f64,

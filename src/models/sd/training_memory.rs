@@ -186,6 +186,7 @@ mod tests {
             schedule: Schedule::new(ScheduleKind::ScaledLinear),
             prediction: Prediction::Epsilon,
             dtype,
+            gradient_checkpointing: false,
         }
     }
 

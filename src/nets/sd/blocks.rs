@@ -2,11 +2,13 @@
 //! `UNetMidBlock2DCrossAttn`, `UpBlock2D` / `CrossAttnUpBlock2D`).
 
 use crate::nets::sd::resnet::{Downsample, ResnetBlock, ResnetSpec, Upsample};
+use crate::nets::sd::segments::Segments;
 use crate::nets::sd::transformer::{Transformer2D, TransformerSpec};
 use crate::nets::sd::unet_config::{BlockSpec, MidSpec};
 use crate::nets::sd::weights::Weights;
 use anyhow::{anyhow, Result};
 use candle_core::Tensor;
+use std::sync::Arc;
 
 /// What every block of one UNet shares.
 #[derive(Clone, Copy, Debug)]
@@ -51,15 +53,15 @@ fn load_layers(
     path: &str,
     spec: &BlockSpec,
     sh: &Shared,
-) -> Result<(Vec<ResnetBlock>, Vec<Transformer2D>)> {
+) -> Result<(Vec<Arc<ResnetBlock>>, Vec<Transformer2D>)> {
     let mut resnets = Vec::with_capacity(spec.resnet_in.len());
     let mut attentions = Vec::new();
     for (j, &inp) in spec.resnet_in.iter().enumerate() {
-        resnets.push(ResnetBlock::load(
+        resnets.push(Arc::new(ResnetBlock::load(
             w,
             &format!("{path}.resnets.{j}"),
             sh.resnet(inp, spec.out, 1.0),
-        )?);
+        )?));
         if spec.cross_attention {
             let t = sh.transformer(spec.out, spec.heads, spec.transformer_layers);
             attentions.push(Transformer2D::load(w, &format!("{path}.attentions.{j}"), &t)?);
@@ -68,15 +70,30 @@ fn load_layers(
     Ok((resnets, attentions))
 }
 
-/// The inputs every block's forward takes: `silu(temb)` and the cross-attention context.
+/// The inputs every block's forward takes: `silu(temb)` and the cross-attention context, and
+/// how its segments run (plain or checkpointed).
 pub struct BlockInput<'a> {
     pub temb_act: &'a Tensor,
     pub context: &'a Tensor,
+    pub segments: &'a Segments,
+}
+
+impl BlockInput<'_> {
+    /// `resnet(x, silu(temb))` as one segment.
+    fn resnet(&self, resnet: &Arc<ResnetBlock>, x: &Tensor) -> Result<Tensor> {
+        let side = [self.temb_act.clone()];
+        self.segments
+            .run(resnet, x, &side, |r, x, side| r.forward(x, side.first()))
+    }
+
+    fn transformer(&self, t: &Transformer2D, x: &Tensor) -> Result<Tensor> {
+        t.forward(x, self.context, self.segments)
+    }
 }
 
 /// resnet (→ transformer) per layer, then a stride-2 convolution (all but the last block).
 pub struct DownBlock {
-    resnets: Vec<ResnetBlock>,
+    resnets: Vec<Arc<ResnetBlock>>,
     attentions: Vec<Transformer2D>,
     downsampler: Option<Downsample>,
 }
@@ -99,9 +116,9 @@ impl DownBlock {
     pub fn forward(&self, x: &Tensor, inp: &BlockInput, skips: &mut Vec<Tensor>) -> Result<Tensor> {
         let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
-            x = resnet.forward(&x, Some(inp.temb_act))?;
+            x = inp.resnet(resnet, &x)?;
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(&x, inp.context)?;
+                x = inp.transformer(attn, &x)?;
             }
             skips.push(x.clone());
         }
@@ -115,9 +132,9 @@ impl DownBlock {
 
 /// resnet → transformer → resnet (`resnets.0`, `attentions.0`, `resnets.1`).
 pub struct MidBlock {
-    first: ResnetBlock,
+    first: Arc<ResnetBlock>,
     attention: Transformer2D,
-    second: ResnetBlock,
+    second: Arc<ResnetBlock>,
 }
 
 impl MidBlock {
@@ -125,25 +142,33 @@ impl MidBlock {
         let c = spec.channels;
         let t = sh.transformer(c, spec.heads, spec.transformer_layers);
         Ok(Self {
-            first: ResnetBlock::load(w, &format!("{path}.resnets.0"), sh.resnet(c, c, spec.output_scale))?,
+            first: Arc::new(ResnetBlock::load(
+                w,
+                &format!("{path}.resnets.0"),
+                sh.resnet(c, c, spec.output_scale),
+            )?),
             attention: Transformer2D::load(w, &format!("{path}.attentions.0"), &t)?,
-            second: ResnetBlock::load(w, &format!("{path}.resnets.1"), sh.resnet(c, c, spec.output_scale))?,
+            second: Arc::new(ResnetBlock::load(
+                w,
+                &format!("{path}.resnets.1"),
+                sh.resnet(c, c, spec.output_scale),
+            )?),
         })
     }
 
     pub fn forward(&self, x: &Tensor, inp: &BlockInput) -> Result<Tensor> {
-        let x = self.first.forward(x, Some(inp.temb_act))?;
-        let x = self.attention.forward(&x, inp.context)?;
-        self.second.forward(&x, Some(inp.temb_act))
+        let x = inp.resnet(&self.first, x)?;
+        let x = inp.transformer(&self.attention, &x)?;
+        inp.resnet(&self.second, &x)
     }
 }
 
 /// Per layer: concatenate the last skip connection, resnet (→ transformer); then nearest 2×
 /// and a convolution (all but the last block).
 pub struct UpBlock {
-    resnets: Vec<ResnetBlock>,
+    resnets: Vec<Arc<ResnetBlock>>,
     attentions: Vec<Transformer2D>,
-    upsampler: Option<Upsample>,
+    upsampler: Option<Arc<Upsample>>,
 }
 
 impl UpBlock {
@@ -151,7 +176,7 @@ impl UpBlock {
         let (resnets, attentions) = load_layers(w, path, spec, sh)?;
         let upsampler = spec
             .resample
-            .then(|| Upsample::load(w, &format!("{path}.upsamplers.0"), spec.out))
+            .then(|| Upsample::load(w, &format!("{path}.upsamplers.0"), spec.out).map(Arc::new))
             .transpose()?;
         Ok(Self {
             resnets,
@@ -165,13 +190,13 @@ impl UpBlock {
         let mut x = x.clone();
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = skips.pop().ok_or_else(|| anyhow!("UNet: no skip connection left"))?;
-            x = resnet.forward(&Tensor::cat(&[&x, &skip], 1)?, Some(inp.temb_act))?;
+            x = inp.resnet(resnet, &Tensor::cat(&[&x, &skip], 1)?)?;
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(&x, inp.context)?;
+                x = inp.transformer(attn, &x)?;
             }
         }
         match &self.upsampler {
-            Some(up) => up.forward(&x),
+            Some(up) => inp.segments.run(up, &x, &[], |up, x, _| up.forward(x)),
             None => Ok(x),
         }
     }

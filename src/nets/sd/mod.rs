@@ -19,6 +19,7 @@ pub mod lora_files;
 pub mod lora_metadata;
 pub mod lora_ranks;
 pub mod resnet;
+pub mod segments;
 pub mod tokenizer;
 pub mod transformer;
 pub mod unet;

@@ -5,9 +5,11 @@ use crate::nets::lora::{LoraConv2d, LoraLinear};
 use crate::nets::sd::attention::{Attention, AttentionSpec, FeedForward};
 use crate::nets::sd::group_norm::GroupNorm;
 use crate::nets::sd::resnet::same_conv;
+use crate::nets::sd::segments::Segments;
 use crate::nets::sd::weights::{LayerNorm, Weights};
 use anyhow::Result;
 use candle_core::Tensor;
+use std::sync::Arc;
 
 /// LayerNorm ε of the transformer blocks (`Transformer2DModel`'s default, not the UNet's `norm_eps`).
 const LAYER_NORM_EPS: f64 = 1e-5;
@@ -84,44 +86,87 @@ impl Projection {
     }
 }
 
-/// `x + proj_out(blocks(proj_in(norm(x))))` with the spatial positions as tokens.
-pub struct Transformer2D {
+/// `[B, C, H, W]` → tokens `[B, H·W, C]`.
+fn to_tokens(t: &Tensor) -> Result<Tensor> {
+    let (b, c, h, w) = t.dims4()?;
+    Ok(t.permute((0, 2, 3, 1))?.reshape((b, h * w, c))?)
+}
+
+/// Tokens `[B, H·W, C]` → `[B, C, H, W]`.
+fn to_image(t: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
+    let (b, _, c) = t.dims3()?;
+    Ok(t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous()?)
+}
+
+/// The way into the tokens: `proj_in(norm(x))` with the spatial positions as tokens.
+struct TokensIn {
     norm: GroupNorm,
     proj_in: Projection,
-    blocks: Vec<BasicTransformerBlock>,
+}
+
+impl TokensIn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let normed = self.norm.forward(x)?;
+        match &self.proj_in {
+            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?),
+            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?),
+        }
+    }
+}
+
+/// The way out: `proj_out(tokens)` as an image, plus the transformer's input `x`.
+struct TokensOut {
     proj_out: Projection,
+}
+
+impl TokensOut {
+    fn forward(&self, tokens: &Tensor, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let out = match &self.proj_out {
+            Projection::Conv(conv) => conv.forward(&to_image(tokens, (h, w))?)?,
+            Projection::Linear(lin) => to_image(&lin.forward(tokens)?, (h, w))?,
+        };
+        Ok((out + x)?)
+    }
+}
+
+/// `x + proj_out(blocks(proj_in(norm(x))))` with the spatial positions as tokens; the way in,
+/// each layer and the way out are segments (`nets::sd::segments`).
+pub struct Transformer2D {
+    tokens_in: Arc<TokensIn>,
+    blocks: Vec<Arc<BasicTransformerBlock>>,
+    tokens_out: Arc<TokensOut>,
 }
 
 impl Transformer2D {
     pub fn load(w: &mut Weights, path: &str, s: &TransformerSpec) -> Result<Self> {
         let p = |name: &str| format!("{path}.{name}");
-        Ok(Self {
+        let tokens_in = TokensIn {
             norm: w.group_norm(&p("norm"), s.groups, s.channels, GROUP_NORM_EPS)?,
             proj_in: Projection::load(w, &p("proj_in"), s.channels, s.linear_projection)?,
-            blocks: (0..s.layers)
-                .map(|i| BasicTransformerBlock::load(w, &p(&format!("transformer_blocks.{i}")), s))
-                .collect::<Result<_>>()?,
+        };
+        let blocks = (0..s.layers)
+            .map(|i| BasicTransformerBlock::load(w, &p(&format!("transformer_blocks.{i}")), s).map(Arc::new))
+            .collect::<Result<_>>()?;
+        let tokens_out = TokensOut {
             proj_out: Projection::load(w, &p("proj_out"), s.channels, s.linear_projection)?,
+        };
+        Ok(Self {
+            tokens_in: Arc::new(tokens_in),
+            blocks,
+            tokens_out: Arc::new(tokens_out),
         })
     }
 
     /// `x` `[B, C, H, W]`, `context` `[B, S, context_dim]`.
-    pub fn forward(&self, x: &Tensor, context: &Tensor) -> Result<Tensor> {
-        let (b, c, h, wd) = x.dims4()?;
-        let to_tokens = |t: &Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * wd, c));
-        let to_image = |t: &Tensor| t.reshape((b, h, wd, c))?.permute((0, 3, 1, 2))?.contiguous();
-        let normed = self.norm.forward(x)?;
-        let mut tokens = match &self.proj_in {
-            Projection::Conv(conv) => to_tokens(&conv.forward(&normed)?)?,
-            Projection::Linear(lin) => lin.forward(&to_tokens(&normed)?)?,
-        };
+    pub fn forward(&self, x: &Tensor, context: &Tensor, segments: &Segments) -> Result<Tensor> {
+        let mut tokens = segments.run(&self.tokens_in, x, &[], |t, x, _| t.forward(x))?;
+        let context = [context.clone()];
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = segments.run(block, &tokens, &context, |b, t, c| b.forward(t, &c[0]))?;
         }
-        let out = match &self.proj_out {
-            Projection::Conv(conv) => conv.forward(&to_image(&tokens)?)?,
-            Projection::Linear(lin) => to_image(&lin.forward(&tokens)?)?,
-        };
-        Ok((out + x)?)
+        segments.run(&self.tokens_out, &tokens, &[x.clone()], |t, tokens, x| {
+            t.forward(tokens, &x[0])
+        })
     }
 }

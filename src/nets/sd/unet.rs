@@ -14,10 +14,12 @@ use crate::nets::lora::{LoraConfig, LoraConv2d, Switch};
 use crate::nets::sd::blocks::{BlockInput, DownBlock, MidBlock, Shared, UpBlock};
 use crate::nets::sd::embeddings::{Sinusoid, TimestepEmbedding};
 use crate::nets::sd::resnet::{same_conv, NormActConv};
+use crate::nets::sd::segments::Segments;
 use crate::nets::sd::unet_config::{AddEmbedSpec, Layout, UNetConfig};
 use crate::nets::sd::weights::{AdaptedLayer, Weights};
 use anyhow::{anyhow, ensure, Result};
 use candle_core::{DType, Device, Tensor};
+use std::sync::Arc;
 
 /// The LoRA targets of diffusers' LCM-LoRA script and the paper's code (docs/SD_FORMATS.md, "LoRA targets").
 pub const DEFAULT_LORA_TARGETS: [&str; 14] = [
@@ -106,7 +108,7 @@ struct Parts {
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
-    out: NormActConv,
+    out: Arc<NormActConv>,
 }
 
 impl Parts {
@@ -153,13 +155,13 @@ impl Parts {
             up: (l.up.iter().enumerate())
                 .map(|(i, s)| UpBlock::load(w, &format!("up_blocks.{i}"), s, &sh))
                 .collect::<Result<_>>()?,
-            out: NormActConv::load(
+            out: Arc::new(NormActConv::load(
                 w,
                 "conv_norm_out",
                 "conv_out",
                 (l.groups, cfg.norm_eps),
                 same_conv(cfg.out_channels, c0, cfg.conv_out_kernel),
-            )?,
+            )?),
         })
     }
 }
@@ -169,6 +171,7 @@ pub struct UNet {
     cfg: UNetConfig,
     parts: Parts,
     switch: Switch,
+    segments: Segments,
     adapted: Vec<AdaptedLayer>,
     context_dim: usize,
     dtype: DType,
@@ -217,10 +220,15 @@ impl UNet {
         let (dtype, device) = (w.dtype(), w.device().clone());
         let parts = Parts::load(&cfg, &layout, &mut w)?;
         let (switch, adapted) = w.finish("UNet")?;
+        let segments = Segments {
+            checkpointing: false,
+            switch: switch.clone(),
+        };
         Ok(Self {
             cfg,
             parts,
             switch,
+            segments,
             adapted,
             context_dim: layout.context_dim,
             dtype,
@@ -235,6 +243,13 @@ impl UNet {
     /// The on/off switch shared by all adapters (off: the base model).
     pub fn adapters(&self) -> &Switch {
         &self.switch
+    }
+
+    /// Gradient checkpointing on or off (off when built): on, the forward pass of a student
+    /// keeps only the inputs of its segments (`nets::sd::segments`) and the backward pass runs
+    /// them again; the values and gradients are the plain path's.
+    pub fn set_gradient_checkpointing(&mut self, on: bool) {
+        self.segments.checkpointing = on;
     }
 
     /// The adapted layers (module path, base weight shape), in construction order.
@@ -278,6 +293,7 @@ impl UNet {
         let inp = BlockInput {
             temb_act: &temb_act,
             context: &context,
+            segments: &self.segments,
         };
         let mut h = self.parts.conv_in.forward(&self.cast(x)?)?;
         let mut skips = vec![h.clone()];
@@ -288,7 +304,7 @@ impl UNet {
         for block in &self.parts.up {
             h = block.forward(&h, &inp, &mut skips)?;
         }
-        let y = self.parts.out.forward(&h)?;
+        let y = (self.segments).run(&self.parts.out, &h, &[], |out, h, _| out.forward(h))?;
         Ok(y.to_device(x.device())?.to_dtype(x.dtype())?)
     }
 
