@@ -315,7 +315,7 @@ impl LoraLinear {
         if x.track_op() && !weights_train {
             let y = self.base_forward(&x.detach())?;
             let w = w.clone();
-            return with_input_gradient(x, y, move |g, _| match kernels::serve(g) && kernels::serve(&w) {
+            return with_input_gradient(x, y, move |g, _, _| match kernels::serve(g) && kernels::serve(&w) {
                 true => kernels::linear::input_gradient(g, &w),
                 false => g.contiguous()?.broadcast_matmul(&w),
             });
@@ -444,7 +444,7 @@ impl LoraConv2d {
         if x.track_op() && !w.track_op() && !b.is_some_and(Tensor::track_op) {
             let y = self.base_forward(&x.detach())?;
             let (w, cfg, x_dims) = (w.clone(), *self.base.config(), x.dims().to_vec());
-            return with_input_gradient(x, y, move |g, _| {
+            return with_input_gradient(x, y, move |g, _, _| {
                 if kernels::serve(g) && kernels::serve(&w) && cfg.dilation == 1 && cfg.groups == 1 {
                     return conv_backward::conv_input_gradient(g, &w, cfg.stride, cfg.padding, &x_dims);
                 }

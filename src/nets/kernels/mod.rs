@@ -6,6 +6,7 @@ pub mod conv;
 pub mod conv_backward;
 pub mod dense;
 pub mod geglu;
+pub mod layer_norm;
 pub mod gemm;
 pub mod group_norm;
 pub mod linear;

@@ -136,7 +136,7 @@ fn softmax(scores: &Tensor, dtype: DType) -> Result<Tensor> {
     }
     // The gradient goes to the scores, in their dtype (f32 when upcast, whatever `dtype` is).
     let scores_dtype = scores.dtype();
-    let gradient = move |g: &Tensor, p: &Tensor| -> candle_core::Result<Tensor> {
+    let gradient = move |g: &Tensor, _: &Tensor, p: &Tensor| -> candle_core::Result<Tensor> {
         let (gw, pw) = (g.to_dtype(work)?, p.to_dtype(work)?);
         let dot = (&gw * &pw)?.sum_keepdim(D::Minus1)?;
         (pw * gw.broadcast_sub(&dot)?)?.to_dtype(scores_dtype)
@@ -164,8 +164,12 @@ impl FeedForward {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(&x.contiguous()?)?;
-        if !h.track_op() && kernels::serve(&h) {
-            return self.out.forward(&Geglu::forward(&h)?);
+        if kernels::serve(&h) {
+            let y = Geglu::forward(&h.detach())?;
+            return match h.track_op() {
+                true => self.out.forward(&with_input_gradient(&h, y, |g, h, _| Geglu::backward(h, g))?),
+                false => self.out.forward(&y),
+            };
         }
         let value = h.narrow(D::Minus1, 0, self.inner)?;
         let gate = h.narrow(D::Minus1, self.inner, self.inner)?;
