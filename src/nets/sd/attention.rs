@@ -1,12 +1,12 @@
 //! Multi-head attention as diffusers' `Attention` computes it (`AttnProcessor2_0`, no mask),
 //! and the GEGLU feed-forward of its transformer blocks (`FeedForward`, `activation_fn="geglu"`).
 //!
-//! The probabilities come from `softmax_last_dim` on detached scores (it has no backward of
-//! its own, which would silently cut the gradient to `to_q`, `to_k`), joined to the graph with
-//! softmax's own backward (`nets::input_gradient`), so only they are kept for it.
-//! Attention is the plain formula, all heads in one batched matmul; its `[B·heads, L, S]`
-//! scores are kept for the backward (no flash attention). Frozen f32 CPU attention (nothing
-//! records a gradient) takes the fused kernel `kernels::attention` instead.
+//! f32 attention on the CPU takes the fused kernel `kernels::attention`, whose backward
+//! recomputes the probabilities block by block (nothing of size `[B·heads, L, S]` is kept).
+//! Elsewhere attention is the plain formula, all heads in one batched matmul, its scores kept
+//! for the backward; the probabilities come from `softmax_last_dim` on detached scores (it has
+//! no backward of its own, which would silently cut the gradient to `to_q`, `to_k`), joined to
+//! the graph with softmax's own backward (`nets::input_gradient`), so only they are kept for it.
 //!
 //! Token inputs are made contiguous before the linear layers: candle 0.11.1's CPU matmul folds
 //! the batches of a non-contiguous (transposed) `[B, L, C]` input times a broadcast weight —
@@ -70,9 +70,8 @@ impl Attention {
         let x = &x.contiguous()?;
         let c = &context.unwrap_or(x).contiguous()?;
         let (q, k, v) = (self.to_q.forward(x)?, self.to_k.forward(c)?, self.to_v.forward(c)?);
-        // Inference takes the fused kernel; whatever records a gradient, the composed ops.
-        let frozen = [&q, &k, &v].iter().all(|t| !t.track_op());
-        if frozen && kernels::serve(&q) {
+        // f32 on the CPU takes the fused kernel (with its own backward under a graph).
+        if kernels::serve(&q) {
             let heads = self.heads;
             return self.to_out.forward(&Sdpa { heads }.forward(&q, &k, &v)?);
         }
