@@ -10,14 +10,19 @@
 //! - Attention's softmax (`nets::sd::attention`): composed of differentiable ops it keeps four
 //!   `[B·heads, L, S]` maps (more with f32 upcasting), the largest activations of a UNet at high
 //!   resolution; its own backward `p ⊙ (g − Σ g p)` needs only the probabilities.
+//! - Normalizations and activations with frozen parameters (GroupNorm + SiLU, LayerNorm,
+//!   GEGLU): composed of candle's ops they keep several maps of their input's size, and every
+//!   op of the composition costs the backward pass a fresh gradient buffer and an addition;
+//!   their fused kernels' backward reads only the input.
 
 use anyhow::Result;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Shape, Storage, Tensor};
 use std::sync::{Arc, Mutex};
 
-/// `∂L/∂x` from `∂L/∂y` and the output y.
-type InputGradient = dyn Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync;
+/// `∂L/∂x` from `∂L/∂y`, the input x (its values: it records a graph, which the gradient must
+/// not extend) and the output y.
+type InputGradient = dyn Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync;
 
 /// Forward: the layer's output, computed beforehand and handed over once (taken, so the graph
 /// keeps only the op's result, not a second copy). Backward: `∂L/∂x` from the closure.
@@ -63,17 +68,17 @@ impl CustomOp1 for PassThrough {
         }
     }
 
-    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some((self.input_gradient)(grad, res)?))
+    fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some((self.input_gradient)(grad, &x.detach(), res)?))
     }
 }
 
 /// `y` (computed from `x.detach()`), joined to `x`'s graph: the backward pass sends
-/// `input_gradient(∂L/∂y, y)` to `x`.
+/// `input_gradient(∂L/∂y, x, y)` to `x`.
 pub fn with_input_gradient(
     x: &Tensor,
     y: Tensor,
-    input_gradient: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
+    input_gradient: impl Fn(&Tensor, &Tensor, &Tensor) -> candle_core::Result<Tensor> + Send + Sync + 'static,
 ) -> Result<Tensor> {
     // The forward copies y's whole storage: it must hold exactly y, from its start.
     let y = match y.is_contiguous() && y.layout().start_offset() == 0 {

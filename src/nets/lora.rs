@@ -14,7 +14,8 @@
 //! finite-difference tests below).
 
 use crate::nets::input_gradient::with_input_gradient;
-use crate::nets::kernels::{self, linear::FrozenLinear};
+use crate::nets::kernels::lora::{Frozen, LoraConv as FusedConv, LoraLinear as FusedLinear};
+use crate::nets::kernels::{self, conv_backward, linear::FrozenLinear};
 use crate::nets::layers::{conv_act, param, Init, Params};
 use crate::runtime::noise::Rng;
 use anyhow::{bail, ensure, Result};
@@ -204,6 +205,21 @@ impl Adapter {
     fn rank(&self) -> usize {
         self.a.dims()[0]
     }
+
+    /// Whether the fused kernels (`kernels::lora`) serve this adapter over frozen `weight`,
+    /// `bias` and input `x`: all f32 on the CPU, the base weights recording no gradient.
+    fn fused(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> bool {
+        let frozen = !weight.track_op() && !bias.is_some_and(Tensor::track_op);
+        frozen && [x, weight, &self.a, &self.b].iter().all(|t| kernels::serve(t))
+    }
+
+    fn frozen(&self, weight: &Tensor, bias: Option<&Tensor>) -> Frozen {
+        Frozen {
+            weight: weight.clone(),
+            bias: bias.cloned(),
+            scale: self.scale,
+        }
+    }
 }
 
 /// `NAME.bias` with shape `shape` if the file has one (attention projections have none).
@@ -274,6 +290,12 @@ impl LoraLinear {
         // right side, silently (docs/CANDLE_TRAPS.md, "Matmul with a non-contiguous left side");
         // `Linear` does exactly that product.
         let x = &x.contiguous()?;
+        let (w, b) = (self.base.weight(), self.base.bias());
+        if let (Some(ad), true) = (&self.adapter, self.switch.is_on()) {
+            if ad.fused(x, w, b) {
+                return Ok(FusedLinear::forward(&ad.frozen(w, b), x, &ad.a, &ad.b)?);
+            }
+        }
         let y = self.base_forward(x)?;
         match (&self.adapter, self.switch.is_on()) {
             (Some(ad), true) => {
@@ -293,7 +315,10 @@ impl LoraLinear {
         if x.track_op() && !weights_train {
             let y = self.base_forward(&x.detach())?;
             let w = w.clone();
-            return with_input_gradient(x, y, move |g, _| g.contiguous()?.broadcast_matmul(&w));
+            return with_input_gradient(x, y, move |g, _, _| match kernels::serve(g) && kernels::serve(&w) {
+                true => kernels::linear::input_gradient(g, &w),
+                false => g.contiguous()?.broadcast_matmul(&w),
+            });
         }
         let frozen = !x.track_op() && !weights_train;
         if frozen && kernels::serve(x) && kernels::serve(w) {
@@ -395,6 +420,12 @@ impl LoraConv2d {
     /// [`conv_act`], which takes the fused kernel when nothing records a gradient), so with the
     /// adapter off this is exactly the base layer's computation.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (w, b, cfg) = (self.base.weight(), self.base.bias(), self.base.config());
+        if let (Some(ad), true, 1, 1) = (&self.adapter, self.switch.is_on(), cfg.dilation, cfg.groups) {
+            if ad.fused(x, w, b) {
+                return Ok(FusedConv::forward(&ad.frozen(w, b), cfg.stride, cfg.padding, x, &ad.a, &ad.b)?);
+            }
+        }
         let y = self.base_forward(x)?;
         match (&self.adapter, self.switch.is_on()) {
             (Some(ad), true) => {
@@ -412,9 +443,12 @@ impl LoraConv2d {
         let (w, b) = (self.base.weight(), self.base.bias());
         if x.track_op() && !w.track_op() && !b.is_some_and(Tensor::track_op) {
             let y = self.base_forward(&x.detach())?;
-            let (w, cfg, x_h) = (w.clone(), *self.base.config(), x.dim(2)?);
-            return with_input_gradient(x, y, move |g, _| {
-                let k_h = w.dim(2)?;
+            let (w, cfg, x_dims) = (w.clone(), *self.base.config(), x.dims().to_vec());
+            return with_input_gradient(x, y, move |g, _, _| {
+                if kernels::serve(g) && kernels::serve(&w) && cfg.dilation == 1 && cfg.groups == 1 {
+                    return conv_backward::conv_input_gradient(g, &w, cfg.stride, cfg.padding, &x_dims);
+                }
+                let (x_h, k_h) = (x_dims[2], w.dim(2)?);
                 let size = (g.dim(2)? - 1) * cfg.stride + cfg.dilation * (k_h - 1) + 1 - 2 * cfg.padding;
                 g.conv_transpose2d(&w, cfg.padding, x_h - size, cfg.stride, cfg.dilation)
             });

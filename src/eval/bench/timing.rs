@@ -15,6 +15,10 @@ pub struct Workload {
     /// Samples processed per second (per repeat: the batch).
     pub samples_per_second: f64,
     pub teacher_evaluations: Option<u64>,
+    /// Distillation steps: the grid indices n (start timestep `T − n k`) of each timed step's
+    /// rows, which decide a Direct step's work (a reference run repeats them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub starts: Option<Vec<Vec<usize>>>,
 }
 
 impl Workload {
@@ -25,6 +29,7 @@ impl Workload {
             seconds,
             samples_per_second: batch as f64 / seconds,
             teacher_evaluations: None,
+            starts: None,
         }
     }
 }

@@ -4,12 +4,17 @@
 //! stays in cache, reading q, k and v straight from the projections' `[B, L, heads·d]`
 //! layout and writing the output in the layout `to_out` takes. That removes the head split
 //! and merge copies, the `[B·heads, L, S]` score tensor and the five single-threaded passes
-//! of the composed softmax. No backward: training keeps the composed ops.
+//! of the composed softmax.
+//!
+//! The backward pass (Dao et al. 2022, "FlashAttention", Algorithm 2) recomputes each block's
+//! probabilities from q and k instead of keeping them, so a graph holds only q, k, v and the
+//! output: per batch row and head, `dV = Pᵀ dO`, `dS = P ⊙ (dO Vᵀ − rowsum(dO ⊙ O))`,
+//! `dQ = dS K / √d`, `dK = dSᵀ Q / √d`.
 
 use super::gemm::{product, View};
 use super::silu::{exp, vectorized};
-use super::storage::contiguous_f32;
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use super::storage::{contiguous_f32, Values};
+use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Queries per task: their scores against every key (`QUERIES × S` values) stay in L2.
@@ -24,8 +29,75 @@ impl Sdpa {
     /// `q` `[B, L, heads·d]`, `k` and `v` `[B, S, heads·d]` → `[B, L, heads·d]`, head `h` in
     /// columns `h·d..(h + 1)·d` of each.
     pub fn forward(self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        q.contiguous()?
-            .apply_op3_no_bwd(&k.contiguous()?, &v.contiguous()?, &self)
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        match q.track_op() || k.track_op() || v.track_op() {
+            true => q.apply_op3(&k, &v, self),
+            false => q.apply_op3_no_bwd(&k, &v, &self),
+        }
+    }
+
+    /// The sizes of `q` `[B, L, width]` against `k` and `v` `[B, S, width]`.
+    fn dims(self, q: &[usize], k: &[usize], v: &[usize]) -> Result<(usize, Dims)> {
+        let (&[b, l, width], &[bk, s, wk]) = (q, k) else {
+            candle_core::bail!("attention: expected [B, L, heads·d] queries and [B, S, heads·d] keys")
+        };
+        if bk != b || wk != width || v != k || self.heads == 0 || width % self.heads != 0 || s == 0 {
+            candle_core::bail!(
+                "attention: queries {q:?}, keys {k:?} and values {v:?} do not fit {} heads",
+                self.heads
+            )
+        }
+        let dims = Dims {
+            l,
+            s,
+            heads: self.heads,
+            d: width / self.heads,
+        };
+        Ok((b, dims))
+    }
+}
+
+/// One batch row's and head's gradients `(dQ [L, d], dK [S, d], dV [S, d])`, query blocks of
+/// `QUERIES` one after the other.
+fn head_backward(t: [&[f32]; 5], dims: Dims, h: usize) -> [Vec<f32>; 3] {
+    let [q, k, v, o, g] = t;
+    let Dims { l, s, d, .. } = dims;
+    let scale = 1.0 / (d as f32).sqrt();
+    let (mut dq, mut dk, mut dv) = (vec![0f32; l * d], vec![0f32; s * d], vec![0f32; s * d]);
+    let (mut p, mut dp) = (vec![0f32; QUERIES * s], vec![0f32; QUERIES * s]);
+    let (keys, values) = (dims.head(k, 0, s, h), dims.head(v, 0, s, h));
+    for l0 in (0..l).step_by(QUERIES) {
+        let rows = QUERIES.min(l - l0);
+        let (p, dp) = (&mut p[..rows * s], &mut dp[..rows * s]);
+        let (qb, gb) = (dims.head(q, l0, rows, h), dims.head(g, l0, rows, h));
+        product(qb, keys.t(), p, None, false);
+        let inv = softmax_rows(p, s, scale);
+        for (row, inv) in p.chunks_exact_mut(s).zip(&inv) {
+            row.iter_mut().for_each(|x| *x *= inv);
+        }
+        product(View::row_major(p, rows, s).t(), gb, &mut dv, None, true);
+        product(gb, values.t(), dp, None, false);
+        let ob = dims.head(o, l0, rows, h);
+        vectorized(|| {
+            for (i, (dpr, pr)) in dp.chunks_exact_mut(s).zip(p.chunks_exact(s)).enumerate() {
+                let delta: f32 = (0..d).map(|j| gb.data[i * gb.rs + j] * ob.data[i * ob.rs + j]).sum();
+                for (x, &pv) in dpr.iter_mut().zip(pr) {
+                    *x = pv * (*x - delta) * scale;
+                }
+            }
+        });
+        let ds = View::row_major(dp, rows, s);
+        product(ds, keys, &mut dq[l0 * d..(l0 + rows) * d], None, false);
+        product(ds.t(), qb, &mut dk, None, true);
+    }
+    [dq, dk, dv]
+}
+
+/// Head `h`'s `[rows, d]` values into columns `h·d..` of the `[rows, heads·d]` matrix `dst`.
+fn place(dst: &mut [f32], head: &[f32], dims: Dims, h: usize) {
+    let d = dims.d;
+    for (row, src) in dst.chunks_exact_mut(dims.width()).zip(head.chunks_exact(d)) {
+        row[h * d..(h + 1) * d].copy_from_slice(src);
     }
 }
 
@@ -131,24 +203,8 @@ impl CustomOp3 for Sdpa {
             contiguous_f32(sk, lk, "attention")?,
             contiguous_f32(sv, lv, "attention")?,
         );
-        let (&[b, l, width], &[bk, s, wk]) = (lq.dims(), lk.dims()) else {
-            candle_core::bail!("attention: expected [B, L, heads·d] queries and [B, S, heads·d] keys")
-        };
-        if bk != b || wk != width || lv.dims() != lk.dims() || self.heads == 0 || width % self.heads != 0 || s == 0 {
-            candle_core::bail!(
-                "attention: queries {:?}, keys {:?} and values {:?} do not fit {} heads",
-                lq.dims(),
-                lk.dims(),
-                lv.dims(),
-                self.heads
-            )
-        }
-        let dims = Dims {
-            l,
-            s,
-            heads: self.heads,
-            d: width / self.heads,
-        };
+        let (b, dims) = self.dims(lq.dims(), lk.dims(), lv.dims())?;
+        let (l, s, width) = (dims.l, dims.s, dims.width());
         let mut out = vec![0f32; b * l * width];
         out.par_chunks_mut(l * width).enumerate().for_each(|(bi, rows)| {
             let (q, kv) = (&q[bi * l * width..], bi * s * width..(bi + 1) * s * width);
@@ -158,6 +214,33 @@ impl CustomOp3 for Sdpa {
                 .for_each(|(block, out)| attend_block(q, k, v, dims, block * QUERIES, out));
         });
         Ok((CpuStorage::F32(out), Shape::from((b, dims.l, width))))
+    }
+
+    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (b, dims) = self.dims(q.dims(), k.dims(), v.dims())?;
+        let (o, grad) = (res.contiguous()?, grad.contiguous()?);
+        let views = [q, k, v, &o, &grad].map(Values::of);
+        let [qs, ks, vs, os, gs] = [0, 1, 2, 3, 4].map(|i| views[i].get());
+        let (qs, ks, vs, os, gs) = (qs?, ks?, vs?, os?, gs?);
+        let (l, s, width) = (dims.l, dims.s, dims.width());
+        let heads: Vec<[Vec<f32>; 3]> = (0..b * dims.heads)
+            .into_par_iter()
+            .map(|task| {
+                let (bi, h) = (task / dims.heads, task % dims.heads);
+                let (rows, keys) = (bi * l * width..(bi + 1) * l * width, bi * s * width..(bi + 1) * s * width);
+                let t = [&qs[rows.clone()], &ks[keys.clone()], &vs[keys], &os[rows.clone()], &gs[rows]];
+                head_backward(t, dims, h)
+            })
+            .collect();
+        let (mut dq, mut dk, mut dv) = (vec![0f32; b * l * width], vec![0f32; b * s * width], vec![0f32; b * s * width]);
+        for (task, [hq, hk, hv]) in heads.iter().enumerate() {
+            let (bi, h) = (task / dims.heads, task % dims.heads);
+            place(&mut dq[bi * l * width..(bi + 1) * l * width], hq, dims, h);
+            place(&mut dk[bi * s * width..(bi + 1) * s * width], hk, dims, h);
+            place(&mut dv[bi * s * width..(bi + 1) * s * width], hv, dims, h);
+        }
+        let grad_of = |t: &Tensor, g: Vec<f32>| t.track_op().then(|| Tensor::from_vec(g, t.dims(), &Device::Cpu)).transpose();
+        Ok((grad_of(q, dq)?, grad_of(k, dk)?, grad_of(v, dv)?))
     }
 }
 
@@ -202,6 +285,30 @@ mod tests {
             let want = reference(&q, &k, &v, heads);
             let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
             assert!(diff < 2e-5, "b={b} l={l} s={s} heads={heads} d={d}: differs by {diff}");
+        }
+        Ok(())
+    }
+
+    /// Gradients of q, k and v against the composed formula's backward (candle's matmul and
+    /// softmax), on a loss `Σ o ⊙ r`: self- and cross-attention, query counts across the block
+    /// size, one and several heads.
+    #[test]
+    fn backward_matches_the_composed_formula() -> Result<()> {
+        let dev = Device::Cpu;
+        for (b, l, s, heads, d) in [(2, 37, 37, 3, 5), (1, 70, 77, 2, 8), (2, 130, 29, 1, 16)] {
+            let draw = |n| candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, n, heads * d), &dev)?);
+            let (q, k, v) = (draw(l)?, draw(s)?, draw(s)?);
+            let r = Tensor::randn(0f32, 1.0, (b, l, heads * d), &dev)?;
+            let want = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), heads);
+            let want = (want * &r)?.sum_all()?.backward()?;
+            let got = Sdpa { heads }.forward(q.as_tensor(), k.as_tensor(), v.as_tensor())?;
+            let got = (got * &r)?.sum_all()?.backward()?;
+            for (t, name) in [(&q, "q"), (&k, "k"), (&v, "v")] {
+                let (g, w) = (got.get(t.as_tensor()).unwrap(), want.get(t.as_tensor()).unwrap());
+                let scale = w.abs()?.max_all()?.to_scalar::<f32>()?;
+                let diff = (g - w)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff < 2e-5 * scale, "b={b} l={l} s={s} heads={heads}: d{name} differs by {diff}");
+            }
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! 2-D convolution for frozen image networks (evaluation: decoding latents, the feature
 //! network, Stable Diffusion's UNet and VAE): im2col then one matrix product with the bias and
-//! optional SiLU fused. No backward: training keeps candle's convolution.
+//! optional SiLU fused. No backward of its own: `conv_backward` computes the input gradient
+//! of frozen weights and the weight gradient of LoRA factors from the same im2col.
 //!
 //! Two ways to use the cores, chosen by shape alone so an image's values never depend on the
 //! rest of its batch:
@@ -10,14 +11,14 @@
 //!   at a time and split each product's output channels across threads: every thread packs
 //!   only its rows of the weights, and a batch of two no longer leaves a core idle.
 
-use super::gemm::{product, View};
+use super::gemm::{gemm, product, View};
 use super::silu::silu;
 use super::storage::contiguous_f32;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Output positions per matrix product, at least.
-const COLUMNS: usize = 512;
+pub(super) const COLUMNS: usize = 512;
 /// gemm sums in another order when both sides of a product are at most this wide, or when
 /// their product is at most `SMALL²/16`: wide-layer products stay above both, whatever their
 /// batch or thread split.
@@ -35,27 +36,32 @@ pub struct Conv {
 
 /// Sizes of one convolution: input `c × h × w`, kernel `k × k`, output `o × ho × wo`.
 #[derive(Clone, Copy, Debug)]
-struct Geometry {
-    c: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    o: usize,
-    ho: usize,
-    wo: usize,
+pub(super) struct Geometry {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub k: usize,
+    pub o: usize,
+    pub ho: usize,
+    pub wo: usize,
 }
 
 impl Geometry {
-    fn depth(&self) -> usize {
+    pub fn depth(&self) -> usize {
         self.c * self.k * self.k
     }
 
-    fn positions(&self) -> usize {
+    pub fn positions(&self) -> usize {
         self.ho * self.wo
     }
 
-    fn image(&self) -> usize {
+    pub fn image(&self) -> usize {
         self.c * self.h * self.w
+    }
+
+    /// The same convolution with `o` output channels.
+    pub fn with_outputs(self, o: usize) -> Self {
+        Self { o, ..self }
     }
 }
 
@@ -70,9 +76,73 @@ impl Conv {
         (size + 2 * self.padding).checked_sub(k).map(|d| d / self.stride + 1)
     }
 
+    /// The sizes of this convolution of an `x` `[B, C, H, W]` with a `w` `[O, C, k, k]`.
+    pub(super) fn geometry(self, x: &[usize], w: &[usize]) -> Result<Geometry> {
+        let (&[_, c, h, wd], &[o, wc, k, k2]) = (x, w) else {
+            candle_core::bail!("conv: expected [B, C, H, W] input and [O, C, k, k] weight, got {x:?} and {w:?}")
+        };
+        let (Some(ho), Some(wo)) = (self.out_size(h, k), self.out_size(wd, k)) else {
+            candle_core::bail!("conv: a {k}×{k} kernel does not fit a {h}×{wd} input")
+        };
+        if wc != c || k2 != k || self.stride == 0 {
+            candle_core::bail!("conv: input {x:?} and weight {w:?} do not fit")
+        }
+        Ok(Geometry {
+            c,
+            h,
+            w: wd,
+            k,
+            o,
+            ho,
+            wo,
+        })
+    }
+
     /// A 1×1 convolution at stride 1 without padding: the input already is its im2col matrix.
-    fn pointwise(self, g: Geometry) -> bool {
+    pub(super) fn pointwise(self, g: Geometry) -> bool {
         g.k == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// `act(conv2d(x, w) + b)` of `n` images on slices: `w` `[O, depth]`, `b` `[O]`.
+    pub(super) fn run(self, x: &[f32], w: &[f32], b: &[f32], n: usize, g: Geometry) -> Vec<f32> {
+        // Wide products must stay on gemm's general path for every batch: more than SMALL
+        // channels, and at least 4 positions per image (o · width > SMALL²/16).
+        match self.is_wide(g) {
+            true => self.wide(x, w, b, n, g, None),
+            false => self.narrow(x, w, b, n, g),
+        }
+    }
+
+    fn is_wide(self, g: Geometry) -> bool {
+        g.o > SMALL && g.positions() >= 4
+    }
+
+    /// `(conv2d(x, w) + b, conv2d(x, a))` for a LoRA layer's base weights `w` `[O, depth]`
+    /// and down factor `a` `[r, depth]`: wide layers take both products from one im2col.
+    pub(super) fn run_adapted(self, x: &[f32], w: &[f32], b: &[f32], a: &[f32], n: usize, g: Geometry) -> (Vec<f32>, Vec<f32>) {
+        let r = g.with_outputs(a.len() / g.depth().max(1));
+        if !self.is_wide(g) {
+            return (self.narrow(x, w, b, n, g), self.run(x, a, &vec![0.0; r.o], n, r));
+        }
+        let mut h = vec![0f32; n * r.o * g.positions()];
+        let y = self.wide(x, w, b, n, g, Some((a, &mut h)));
+        (y, h)
+    }
+
+    /// The im2col matrix `[depth, images·positions]` of the images `xs`, rows filled in
+    /// parallel (image `j` in columns `j·positions..`).
+    pub(super) fn im2col_images(self, xs: &[f32], g: Geometry, cols: &mut Vec<f32>) {
+        let hw = g.positions();
+        let width = xs.len() / g.image() * hw;
+        cols.resize(g.depth() * width, 0.0);
+        cols.par_chunks_mut(width)
+            .enumerate()
+            .with_min_len(16)
+            .for_each(|(row, line)| {
+                for (j, image) in xs.chunks_exact(g.image()).enumerate() {
+                    im2col_row(image, g, self, row, &mut line[j * hw..(j + 1) * hw]);
+                }
+            });
     }
 
     /// Narrow layers: groups of images (one fixed-width product each, a short last group
@@ -103,11 +173,13 @@ impl Conv {
 
     /// Wide layers: groups of images of at least `COLUMNS` positions (not padded), one after
     /// the other, each product's output channels split across threads.
-    fn wide(self, x: &[f32], w: &[f32], b: &[f32], n: usize, g: Geometry) -> Vec<f32> {
+    /// With `adapter` = (A `[r, depth]`, h `[n, r, positions]`), also `h ← conv2d(x, A)` from
+    /// the same im2col matrices.
+    fn wide(self, x: &[f32], w: &[f32], b: &[f32], n: usize, g: Geometry, mut adapter: Option<(&[f32], &mut [f32])>) -> Vec<f32> {
         let (ckk, hw, o) = (g.depth(), g.positions(), g.o);
         let group = COLUMNS.div_ceil(hw).min(n);
         let mut out = vec![0f32; n * o * hw];
-        let (mut cols, mut prod) = (Vec::new(), Vec::new());
+        let (mut cols, mut prod, mut hidden) = (Vec::new(), Vec::new(), Vec::new());
         for (gi, y) in out.chunks_mut(group * o * hw).enumerate() {
             let images = y.len() / (o * hw);
             let width = images * hw;
@@ -115,17 +187,21 @@ impl Conv {
             let rhs: &[f32] = if self.pointwise(g) && images == 1 {
                 xs
             } else {
-                cols.resize(ckk * width, 0.0);
-                cols.par_chunks_mut(width)
-                    .enumerate()
-                    .with_min_len(16)
-                    .for_each(|(row, line)| {
-                        for (j, image) in xs.chunks_exact(g.image()).enumerate() {
-                            im2col_row(image, g, self, row, &mut line[j * hw..(j + 1) * hw]);
-                        }
-                    });
+                self.im2col_images(xs, g, &mut cols);
                 &cols
             };
+            if let Some((a, h)) = adapter.as_mut() {
+                let r = a.len() / ckk;
+                let h = &mut h[gi * group * r * hw..][..images * r * hw];
+                let (a, rhs) = (View::row_major(a, r, ckk), View::row_major(rhs, ckk, width));
+                if images == 1 {
+                    gemm(a, rhs, h, None, false);
+                } else {
+                    hidden.resize(r * width, 0.0);
+                    gemm(a, rhs, &mut hidden, None, false);
+                    scatter(&hidden, h, hw, width);
+                }
+            }
             // One image: the product's rows are its output channels, written in place.
             let dst: &mut [f32] = if images == 1 {
                 y
@@ -180,7 +256,7 @@ fn biased_product(w: &[f32], rhs: &[f32], b: &[f32], dst: &mut [f32], (r0, depth
 
 /// Image `j`'s channels from the product of a group (`prod` `[O, width]`, image `j` in
 /// columns `j·hw..`) into `y` `[images, O, hw]`.
-fn scatter(prod: &[f32], y: &mut [f32], hw: usize, width: usize) {
+pub(super) fn scatter(prod: &[f32], y: &mut [f32], hw: usize, width: usize) {
     let o = prod.len() / width;
     for (j, image) in y.chunks_exact_mut(o * hw).enumerate() {
         for (channel, dst) in image.chunks_exact_mut(hw).enumerate() {
@@ -199,7 +275,7 @@ fn im2col(x: &[f32], g: Geometry, conv: Conv, cols: &mut [f32], ld: usize) {
 }
 
 /// Row `row` = `(c·k + ky)·k + kx` of one image's im2col matrix into `out` (`ho·wo` values).
-fn im2col_row(x: &[f32], g: Geometry, conv: Conv, row: usize, out: &mut [f32]) {
+pub(super) fn im2col_row(x: &[f32], g: Geometry, conv: Conv, row: usize, out: &mut [f32]) {
     let (h, w, k, wo) = (g.h, g.w, g.k, g.wo);
     let (s, p) = (conv.stride, conv.padding as isize);
     let (ci, ky, kx) = (row / (k * k), row / k % k, row % k);
@@ -248,36 +324,13 @@ impl CustomOp3 for Conv {
             contiguous_f32(sw, lw, "conv")?,
             contiguous_f32(sb, lb, "conv")?,
         );
-        let (&[n, c, h, wd], &[o, wc, k, k2], &[bo]) = (lx.dims(), lw.dims(), lb.dims()) else {
-            candle_core::bail!("conv: expected [B, C, H, W] input, [O, C, k, k] weight and [O] bias")
-        };
-        let (Some(ho), Some(wo)) = (self.out_size(h, k), self.out_size(wd, k)) else {
-            candle_core::bail!("conv: a {k}×{k} kernel does not fit a {h}×{wd} input")
-        };
-        if wc != c || k2 != k || bo != o || self.stride == 0 {
-            candle_core::bail!(
-                "conv: input {:?}, weight {:?} and bias {:?} do not fit",
-                lx.dims(),
-                lw.dims(),
-                lb.dims()
-            )
+        let g = self.geometry(lx.dims(), lw.dims())?;
+        let n = lx.dims()[0];
+        if lb.dims() != [g.o] {
+            candle_core::bail!("conv: bias {:?} does not fit weight {:?}", lb.dims(), lw.dims())
         }
-        let g = Geometry {
-            c,
-            h,
-            w: wd,
-            k,
-            o,
-            ho,
-            wo,
-        };
-        // Wide products must stay on gemm's general path for every batch: more than SMALL
-        // channels, and at least 4 positions per image (o · width > SMALL²/16).
-        let out = match o > SMALL && g.positions() >= 4 {
-            true => self.wide(x, w, b, n, g),
-            false => self.narrow(x, w, b, n, g),
-        };
-        Ok((CpuStorage::F32(out), Shape::from((n, o, ho, wo))))
+        let out = self.run(x, w, b, n, g);
+        Ok((CpuStorage::F32(out), Shape::from((n, g.o, g.ho, g.wo))))
     }
 }
 

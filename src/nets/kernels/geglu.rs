@@ -1,9 +1,11 @@
 //! diffusers' GEGLU activation `value · gelu(gate)` (`[value, gate]` = the halves of the last
-//! axis) for frozen networks: one vectorized pass over rows split across threads, instead of
-//! candle's narrow copies and five single-threaded passes around a scalar `erf`. No backward.
+//! axis): one vectorized pass over rows split across threads, instead of candle's narrow
+//! copies and five single-threaded passes around a scalar `erf`; its backward (`backward`)
+//! is one more such pass, reading only the input.
 
-use super::silu::vectorized;
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use super::silu::{exp, vectorized};
+use super::storage::Values;
+use candle_core::{CpuStorage, CustomOp1, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// Values per thread task, at least.
@@ -15,6 +17,43 @@ impl Geglu {
     /// `h` `[…, 2·inner]` → `[…, inner]`.
     pub fn forward(h: &Tensor) -> Result<Tensor> {
         h.contiguous()?.apply_op1_no_bwd(&Geglu)
+    }
+
+    /// `∂L/∂h` from `∂L/∂y` (`grad`, `[…, inner]`): `g · gelu(gate)` for the value half and
+    /// `g · value · gelu'(gate)` for the gate half.
+    pub fn backward(h: &Tensor, grad: &Tensor) -> Result<Tensor> {
+        let (h, grad) = (h.contiguous()?, grad.contiguous()?);
+        let (hv, gv) = (Values::of(&h), Values::of(&grad));
+        let width = halves(h.dims())?;
+        let inner = width / 2;
+        if grad.dims().split_last() != Some((&inner, &h.dims()[..h.rank() - 1])) {
+            candle_core::bail!("geglu: gradient {:?} for input {:?}", grad.dims(), h.dims())
+        }
+        let mut out = vec![0f32; hv.get()?.len()];
+        let rows = (CHUNK / inner.max(1)).max(1);
+        out.par_chunks_mut(rows * width.max(1))
+            .zip(hv.get()?.par_chunks(rows * width.max(1)).zip(gv.get()?.par_chunks(rows * inner.max(1))))
+            .for_each(|(dst, (src, gs))| {
+                vectorized(|| {
+                    for ((d, row), g) in dst.chunks_exact_mut(width).zip(src.chunks_exact(width)).zip(gs.chunks_exact(inner)) {
+                        let (value, gate) = row.split_at(inner);
+                        let (dv, dg) = d.split_at_mut(inner);
+                        for (((dv, dg), (&v, &x)), &g) in dv.iter_mut().zip(dg).zip(value.iter().zip(gate)).zip(g) {
+                            *dv = g * gelu(x);
+                            *dg = g * v * gelu_derivative(x);
+                        }
+                    }
+                })
+            });
+        Tensor::from_vec(out, h.dims(), &Device::Cpu)
+    }
+}
+
+/// The width of the last axis of `dims`, which must split in halves.
+fn halves(dims: &[usize]) -> Result<usize> {
+    match dims.last() {
+        Some(&w) if w % 2 == 0 => Ok(w),
+        _ => candle_core::bail!("geglu: the last axis of {dims:?} does not split in halves"),
     }
 }
 
@@ -52,6 +91,14 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
+/// `Φ(x) + x φ(x)`, the derivative of `x Φ(x)`.
+#[inline(always)]
+fn gelu_derivative(x: f32) -> f32 {
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    cdf + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+}
+
 impl CustomOp1 for Geglu {
     fn name(&self) -> &'static str {
         "geglu"
@@ -62,9 +109,8 @@ impl CustomOp1 for Geglu {
             candle_core::bail!("geglu: expected a contiguous tensor")
         };
         let h = &s.as_slice::<f32>()?[start..end];
-        let Some((&width, lead)) = l.dims().split_last().filter(|(w, _)| *w % 2 == 0) else {
-            candle_core::bail!("geglu: the last axis of {:?} does not split in halves", l.dims())
-        };
+        let width = halves(l.dims())?;
+        let lead = &l.dims()[..l.dims().len() - 1];
         let inner = width / 2;
         let mut out = vec![0f32; h.len() / 2];
         let rows = (CHUNK / inner.max(1)).max(1);
@@ -127,6 +173,26 @@ mod tests {
         );
         for ((g, w), s) in got.iter().zip(&want).zip(&scale) {
             assert!((g - w).abs() <= 1e-6 * (1.0 + s), "{g} vs {w}");
+        }
+        Ok(())
+    }
+
+    /// The input gradient against the composed formula's backward (candle's `erf` and
+    /// arithmetic), on a loss `Σ y ⊙ r`, including gates in the tails (|x| > 4).
+    #[test]
+    fn backward_matches_the_composed_formula() -> Result<()> {
+        let dev = Device::Cpu;
+        let h = candle_core::Var::from_tensor(&Tensor::randn(0f32, 2.5, (3, 4, 2 * 29), &dev)?)?;
+        let (value, gate) = (h.narrow(D::Minus1, 0, 29)?, h.narrow(D::Minus1, 29, 29)?);
+        let phi = (&gate * std::f64::consts::FRAC_1_SQRT_2)?.erf()?.affine(0.5, 0.5)?;
+        let y = (&value * (&gate * phi)?)?;
+        let r = Tensor::randn(0f32, 1.0, y.dims(), &dev)?;
+        let grads = (y * &r)?.sum_all()?.backward()?;
+        let want = grads.get(h.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+        let got = Geglu::backward(&h.as_tensor().detach(), &r)?.flatten_all()?.to_vec1::<f32>()?;
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 2e-6 * scale, "{g} vs {w}");
         }
         Ok(())
     }

@@ -4,8 +4,8 @@
 //! separate broadcast add. No backward: whatever records a gradient takes candle's ops.
 
 use super::gemm::{gemm, View};
-use super::storage::contiguous_f32;
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use super::storage::{contiguous_f32, Values};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor};
 
 pub struct FrozenLinear;
 
@@ -18,6 +18,30 @@ impl FrozenLinear {
             None => x.apply_op2_no_bwd(&w, &FrozenLinear),
         }
     }
+}
+
+/// `∂L/∂x = g W` of `y = x Wᵀ (+ b)` with frozen `w` `[out, in]`, from `g` `[…, out]`.
+pub fn input_gradient(grad: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (grad, w) = (grad.contiguous()?, w.contiguous()?);
+    let (gv, wv) = (Values::of(&grad), Values::of(&w));
+    let (&[out, inp], Some((&g_out, lead))) = (wv.dims(), gv.dims().split_last()) else {
+        candle_core::bail!("linear input gradient: expected a [out, in] weight and a [.., out] gradient")
+    };
+    if g_out != out {
+        candle_core::bail!("linear input gradient: gradient {:?} does not fit weight {:?}", gv.dims(), wv.dims())
+    }
+    let rows: usize = lead.iter().product();
+    let mut gx = vec![0f32; rows * inp];
+    gemm(
+        View::row_major(gv.get()?, rows, out),
+        View::row_major(wv.get()?, out, inp),
+        &mut gx,
+        None,
+        false,
+    );
+    let mut dims = lead.to_vec();
+    dims.push(inp);
+    Tensor::from_vec(gx, dims, &Device::Cpu)
 }
 
 /// The product for `x` (`lx`) and `w` (`lw`), with `bias` per output.

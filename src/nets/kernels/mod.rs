@@ -3,11 +3,14 @@
 
 pub mod attention;
 pub mod conv;
+pub mod conv_backward;
 pub mod dense;
 pub mod geglu;
+pub mod layer_norm;
 pub mod gemm;
 pub mod group_norm;
 pub mod linear;
+pub mod lora;
 pub mod silu;
 pub mod storage;
 

@@ -1,12 +1,12 @@
 //! Multi-head attention as diffusers' `Attention` computes it (`AttnProcessor2_0`, no mask),
 //! and the GEGLU feed-forward of its transformer blocks (`FeedForward`, `activation_fn="geglu"`).
 //!
-//! The probabilities come from `softmax_last_dim` on detached scores (it has no backward of
-//! its own, which would silently cut the gradient to `to_q`, `to_k`), joined to the graph with
-//! softmax's own backward (`nets::input_gradient`), so only they are kept for it.
-//! Attention is the plain formula, all heads in one batched matmul; its `[B·heads, L, S]`
-//! scores are kept for the backward (no flash attention). Frozen f32 CPU attention (nothing
-//! records a gradient) takes the fused kernel `kernels::attention` instead.
+//! f32 attention on the CPU takes the fused kernel `kernels::attention`, whose backward
+//! recomputes the probabilities block by block (nothing of size `[B·heads, L, S]` is kept).
+//! Elsewhere attention is the plain formula, all heads in one batched matmul, its scores kept
+//! for the backward; the probabilities come from `softmax_last_dim` on detached scores (it has
+//! no backward of its own, which would silently cut the gradient to `to_q`, `to_k`), joined to
+//! the graph with softmax's own backward (`nets::input_gradient`), so only they are kept for it.
 //!
 //! Token inputs are made contiguous before the linear layers: candle 0.11.1's CPU matmul folds
 //! the batches of a non-contiguous (transposed) `[B, L, C]` input times a broadcast weight —
@@ -70,9 +70,8 @@ impl Attention {
         let x = &x.contiguous()?;
         let c = &context.unwrap_or(x).contiguous()?;
         let (q, k, v) = (self.to_q.forward(x)?, self.to_k.forward(c)?, self.to_v.forward(c)?);
-        // Inference takes the fused kernel; whatever records a gradient, the composed ops.
-        let frozen = [&q, &k, &v].iter().all(|t| !t.track_op());
-        if frozen && kernels::serve(&q) {
+        // f32 on the CPU takes the fused kernel (with its own backward under a graph).
+        if kernels::serve(&q) {
             let heads = self.heads;
             return self.to_out.forward(&Sdpa { heads }.forward(&q, &k, &v)?);
         }
@@ -136,7 +135,7 @@ fn softmax(scores: &Tensor, dtype: DType) -> Result<Tensor> {
     }
     // The gradient goes to the scores, in their dtype (f32 when upcast, whatever `dtype` is).
     let scores_dtype = scores.dtype();
-    let gradient = move |g: &Tensor, p: &Tensor| -> candle_core::Result<Tensor> {
+    let gradient = move |g: &Tensor, _: &Tensor, p: &Tensor| -> candle_core::Result<Tensor> {
         let (gw, pw) = (g.to_dtype(work)?, p.to_dtype(work)?);
         let dot = (&gw * &pw)?.sum_keepdim(D::Minus1)?;
         (pw * gw.broadcast_sub(&dot)?)?.to_dtype(scores_dtype)
@@ -164,8 +163,12 @@ impl FeedForward {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = self.proj.forward(&x.contiguous()?)?;
-        if !h.track_op() && kernels::serve(&h) {
-            return self.out.forward(&Geglu::forward(&h)?);
+        if kernels::serve(&h) {
+            let y = Geglu::forward(&h.detach())?;
+            return match h.track_op() {
+                true => self.out.forward(&with_input_gradient(&h, y, |g, h, _| Geglu::backward(h, g))?),
+                false => self.out.forward(&y),
+            };
         }
         let value = h.narrow(D::Minus1, 0, self.inner)?;
         let gate = h.narrow(D::Minus1, self.inner, self.inner)?;

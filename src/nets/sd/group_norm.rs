@@ -1,7 +1,9 @@
 //! The GroupNorm layer of the SD networks, optionally followed by SiLU (the resnets' and the
-//! output heads' `silu(norm(x))`): frozen f32 CPU inputs take the fused kernel, anything that
-//! records a gradient (or runs elsewhere) candle's GroupNorm, which has a backward.
+//! output heads' `silu(norm(x))`): with frozen scale and shift, f32 CPU inputs take the fused
+//! kernel, and under a graph its own backward (`nets::input_gradient`); trained scale and
+//! shift, or other devices and precisions, candle's GroupNorm.
 
+use crate::nets::input_gradient::with_input_gradient;
 use crate::nets::kernels::{self, group_norm::GroupNormAct};
 use anyhow::Result;
 use candle_core::{Module, Tensor};
@@ -39,14 +41,19 @@ impl GroupNorm {
     }
 
     fn apply(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        let frozen = !x.track_op() && !self.weight.track_op() && !self.bias.track_op();
+        let frozen = !self.weight.track_op() && !self.bias.track_op();
         if frozen && kernels::serve(x) && kernels::serve(&self.weight) {
             let op = GroupNormAct {
                 groups: self.groups,
                 eps: self.eps,
                 silu,
             };
-            return Ok(op.forward(x, &self.weight, &self.bias)?);
+            let y = op.forward(&x.detach(), &self.weight, &self.bias)?;
+            if !x.track_op() {
+                return Ok(y);
+            }
+            let (w, b) = (self.weight.clone(), self.bias.clone());
+            return with_input_gradient(x, y, move |g, x, _| op.backward(x, &w, &b, g));
         }
         let y = self.generic.forward(x)?;
         Ok(if silu { y.silu()? } else { y })

@@ -10,6 +10,8 @@
 //! placeholder tensors (one element each), which lists the adapted layers and their shapes from
 //! a configuration alone.
 
+use crate::nets::input_gradient::with_input_gradient;
+use crate::nets::kernels;
 use crate::nets::layers::{param, Params};
 use crate::nets::lora::{adapter_names, Adapter, ConvSpec, LoraConfig, LoraConv2d, LoraLinear, Switch};
 use crate::nets::sd::group_norm::GroupNorm;
@@ -229,9 +231,10 @@ impl<'a> Weights<'a> {
     }
 }
 
-/// Layer normalization over the last dimension, composed of differentiable ops
-/// (`candle_nn::LayerNorm::forward` takes a fused path without backward); statistics in f32
-/// for f16/bf16 inputs, as PyTorch computes them.
+/// Layer normalization over the last dimension: with frozen scale and shift on f32 CPU
+/// inputs the fused kernel (`kernels::layer_norm`, its own input gradient under a graph);
+/// otherwise composed of differentiable ops (`candle_nn::LayerNorm::forward` takes a fused
+/// path without backward), statistics in f32 for f16/bf16 inputs, as PyTorch computes them.
 #[derive(Clone, Debug)]
 pub struct LayerNorm {
     weight: Tensor,
@@ -241,6 +244,16 @@ pub struct LayerNorm {
 
 impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let frozen = !self.weight.track_op() && !self.bias.track_op();
+        if frozen && kernels::serve(x) && kernels::serve(&self.weight) {
+            let op = kernels::layer_norm::LayerNorm { eps: self.eps };
+            let y = op.forward(&x.detach(), &self.weight, &self.bias)?;
+            if !x.track_op() {
+                return Ok(y);
+            }
+            let w = self.weight.clone();
+            return with_input_gradient(x, y, move |g, x, _| op.backward(x, &w, g));
+        }
         Ok(candle_nn::ops::layer_norm_slow(
             x,
             &self.weight,
