@@ -66,7 +66,7 @@ pub fn checkpoint(x: &Tensor, side: &[Tensor], segment: Arc<Segment>) -> Result<
         params,
     };
     let n = tapped.len();
-    with_input_gradient(&taps, y, move |g, _| {
+    with_input_gradient(&taps, y, move |g, _, _| {
         let grads = saved
             .recompute(g)
             .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
@@ -102,7 +102,7 @@ fn run_tracked(segment: &Segment, inputs: &[&Tensor], tracked: &[bool]) -> Resul
 fn tap(t: &Tensor, i: usize, slots: &Slots) -> Result<Tensor> {
     let zero = Tensor::zeros(1, TAP_DTYPE, t.device())?;
     let (slots, shape, dtype) = (slots.clone(), t.shape().clone(), t.dtype());
-    with_input_gradient(t, zero, move |g, _| {
+    with_input_gradient(t, zero, move |g, _, _| {
         let taken = slots.lock().map_err(|_| poisoned())?[i].take();
         match taken {
             Some(grad) => Ok(grad),

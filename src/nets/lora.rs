@@ -423,7 +423,14 @@ impl LoraConv2d {
         let (w, b, cfg) = (self.base.weight(), self.base.bias(), self.base.config());
         if let (Some(ad), true, 1, 1) = (&self.adapter, self.switch.is_on(), cfg.dilation, cfg.groups) {
             if ad.fused(x, w, b) {
-                return Ok(FusedConv::forward(&ad.frozen(w, b), cfg.stride, cfg.padding, x, &ad.a, &ad.b)?);
+                return Ok(FusedConv::forward(
+                    &ad.frozen(w, b),
+                    cfg.stride,
+                    cfg.padding,
+                    x,
+                    &ad.a,
+                    &ad.b,
+                )?);
             }
         }
         let y = self.base_forward(x)?;

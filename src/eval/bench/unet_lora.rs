@@ -44,7 +44,10 @@ struct RandomLatents {
 impl RandomLatents {
     /// The draws recorded since the last call, and empties the record.
     fn take_draws(&self) -> Vec<(Instant, Vec<usize>)> {
-        self.draws.lock().map(|mut d| std::mem::take(&mut *d)).unwrap_or_default()
+        self.draws
+            .lock()
+            .map(|mut d| std::mem::take(&mut *d))
+            .unwrap_or_default()
     }
 }
 
@@ -172,12 +175,21 @@ impl UNetBench {
             run.teacher_evaluations
         );
         let ends = draws.iter().skip(1).map(|(t, _)| *t).chain([end]);
-        let times: Vec<f64> = draws.iter().zip(ends).map(|((t, _), e)| (e - *t).as_secs_f64()).skip(1).collect();
+        let times: Vec<f64> = draws
+            .iter()
+            .zip(ends)
+            .map(|((t, _), e)| (e - *t).as_secs_f64())
+            .skip(1)
+            .collect();
         let timed = &draws[1..];
         into.workloads.push(Workload {
             teacher_evaluations: Some(timed.iter().map(|(_, s)| per_row(s)).sum()),
             starts: Some(timed.iter().map(|(_, s)| s.clone()).collect()),
-            ..Workload::timed(format!("{} LoRA step", step.method.title()), median(times.clone()), self.batch)
+            ..Workload::timed(
+                format!("{} LoRA step", step.method.title()),
+                median(times.clone()),
+                self.batch,
+            )
         });
         into.times.extend(times);
         Ok(())

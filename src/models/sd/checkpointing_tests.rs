@@ -12,7 +12,6 @@ use crate::diffusion::condition::{Condition, TextEmbedding};
 use crate::diffusion::discretization::Discretization;
 use crate::diffusion::guidance::Guided;
 use crate::diffusion::solver::Solver;
-use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
 use crate::nets::network::{AdaptersOff, Architecture};
 use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;

@@ -216,7 +216,14 @@ impl CustomOp3 for Sdpa {
         Ok((CpuStorage::F32(out), Shape::from((b, dims.l, width))))
     }
 
-    fn bwd(&self, q: &Tensor, k: &Tensor, v: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (b, dims) = self.dims(q.dims(), k.dims(), v.dims())?;
         let (o, grad) = (res.contiguous()?, grad.contiguous()?);
         let views = [q, k, v, &o, &grad].map(Values::of);
@@ -227,19 +234,36 @@ impl CustomOp3 for Sdpa {
             .into_par_iter()
             .map(|task| {
                 let (bi, h) = (task / dims.heads, task % dims.heads);
-                let (rows, keys) = (bi * l * width..(bi + 1) * l * width, bi * s * width..(bi + 1) * s * width);
-                let t = [&qs[rows.clone()], &ks[keys.clone()], &vs[keys], &os[rows.clone()], &gs[rows]];
+                let (rows, keys) = (
+                    bi * l * width..(bi + 1) * l * width,
+                    bi * s * width..(bi + 1) * s * width,
+                );
+                let t = [
+                    &qs[rows.clone()],
+                    &ks[keys.clone()],
+                    &vs[keys],
+                    &os[rows.clone()],
+                    &gs[rows],
+                ];
                 head_backward(t, dims, h)
             })
             .collect();
-        let (mut dq, mut dk, mut dv) = (vec![0f32; b * l * width], vec![0f32; b * s * width], vec![0f32; b * s * width]);
+        let (mut dq, mut dk, mut dv) = (
+            vec![0f32; b * l * width],
+            vec![0f32; b * s * width],
+            vec![0f32; b * s * width],
+        );
         for (task, [hq, hk, hv]) in heads.iter().enumerate() {
             let (bi, h) = (task / dims.heads, task % dims.heads);
             place(&mut dq[bi * l * width..(bi + 1) * l * width], hq, dims, h);
             place(&mut dk[bi * s * width..(bi + 1) * s * width], hk, dims, h);
             place(&mut dv[bi * s * width..(bi + 1) * s * width], hv, dims, h);
         }
-        let grad_of = |t: &Tensor, g: Vec<f32>| t.track_op().then(|| Tensor::from_vec(g, t.dims(), &Device::Cpu)).transpose();
+        let grad_of = |t: &Tensor, g: Vec<f32>| {
+            t.track_op()
+                .then(|| Tensor::from_vec(g, t.dims(), &Device::Cpu))
+                .transpose()
+        };
         Ok((grad_of(q, dq)?, grad_of(k, dk)?, grad_of(v, dv)?))
     }
 }
@@ -307,7 +331,10 @@ mod tests {
                 let (g, w) = (got.get(t.as_tensor()).unwrap(), want.get(t.as_tensor()).unwrap());
                 let scale = w.abs()?.max_all()?.to_scalar::<f32>()?;
                 let diff = (g - w)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(diff < 2e-5 * scale, "b={b} l={l} s={s} heads={heads}: d{name} differs by {diff}");
+                assert!(
+                    diff < 2e-5 * scale,
+                    "b={b} l={l} s={s} heads={heads}: d{name} differs by {diff}"
+                );
             }
         }
         Ok(())

@@ -119,7 +119,15 @@ impl Conv {
 
     /// `(conv2d(x, w) + b, conv2d(x, a))` for a LoRA layer's base weights `w` `[O, depth]`
     /// and down factor `a` `[r, depth]`: wide layers take both products from one im2col.
-    pub(super) fn run_adapted(self, x: &[f32], w: &[f32], b: &[f32], a: &[f32], n: usize, g: Geometry) -> (Vec<f32>, Vec<f32>) {
+    pub(super) fn run_adapted(
+        self,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        a: &[f32],
+        n: usize,
+        g: Geometry,
+    ) -> (Vec<f32>, Vec<f32>) {
         let r = g.with_outputs(a.len() / g.depth().max(1));
         if !self.is_wide(g) {
             return (self.narrow(x, w, b, n, g), self.run(x, a, &vec![0.0; r.o], n, r));
@@ -175,7 +183,15 @@ impl Conv {
     /// the other, each product's output channels split across threads.
     /// With `adapter` = (A `[r, depth]`, h `[n, r, positions]`), also `h ← conv2d(x, A)` from
     /// the same im2col matrices.
-    fn wide(self, x: &[f32], w: &[f32], b: &[f32], n: usize, g: Geometry, mut adapter: Option<(&[f32], &mut [f32])>) -> Vec<f32> {
+    fn wide(
+        self,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        n: usize,
+        g: Geometry,
+        mut adapter: Option<(&[f32], &mut [f32])>,
+    ) -> Vec<f32> {
         let (ckk, hw, o) = (g.depth(), g.positions(), g.o);
         let group = COLUMNS.div_ceil(hw).min(n);
         let mut out = vec![0f32; n * o * hw];

@@ -26,7 +26,13 @@ pub(super) struct Term<'a> {
 
 /// `∂L/∂x` of `y = conv2d(x, w)` (stride, padding; `x` of shape `x_dims`) from `∂L/∂y`,
 /// f32 on the CPU.
-pub fn conv_input_gradient(grad: &Tensor, w: &Tensor, stride: usize, padding: usize, x_dims: &[usize]) -> Result<Tensor> {
+pub fn conv_input_gradient(
+    grad: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    padding: usize,
+    x_dims: &[usize],
+) -> Result<Tensor> {
     let conv = Conv {
         stride,
         padding,
@@ -37,7 +43,10 @@ pub fn conv_input_gradient(grad: &Tensor, w: &Tensor, stride: usize, padding: us
     let (gv, wv) = (Values::of(&grad), Values::of(&w));
     let (gs, ws) = (gv.get()?, wv.get()?);
     if gs.len() != x_dims[0] * g.o * g.positions() {
-        candle_core::bail!("conv input gradient: gradient {:?} does not fit the output of {x_dims:?}", grad.dims())
+        candle_core::bail!(
+            "conv input gradient: gradient {:?} does not fit the output of {x_dims:?}",
+            grad.dims()
+        )
     }
     let terms = [Term { weights: ws, grad: gs }];
     Tensor::from_vec(input_gradient(conv, g, x_dims[0], &terms), x_dims, &Device::Cpu)
@@ -93,7 +102,9 @@ pub(super) fn input_gradient(conv: Conv, g: Geometry, n: usize, terms: &[Term]) 
                 let (c0, cn) = (bi * channels, d.len() / (images * plane));
                 let mut col = vec![0f32; cn * kk * width];
                 for (i, (t, rhs)) in terms.iter().zip(&rhs).enumerate() {
-                    let lhs = View::row_major(t.weights, rhs.rows, g.depth()).t().rows(c0 * kk, cn * kk);
+                    let lhs = View::row_major(t.weights, rhs.rows, g.depth())
+                        .t()
+                        .rows(c0 * kk, cn * kk);
                     product(lhs, *rhs, &mut col, None, i > 0);
                 }
                 d.fill(0.0);
@@ -250,7 +261,10 @@ mod tests {
                 assert_eq!(got.len(), want.len(), "{case}: {what} size");
                 let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
                 let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(err <= 1e-5 * scale, "{case}: {what} gradient off by {err} (scale {scale})");
+                assert!(
+                    err <= 1e-5 * scale,
+                    "{case}: {what} gradient off by {err} (scale {scale})"
+                );
             }
         }
         Ok(())

@@ -32,10 +32,18 @@ impl Geglu {
         let mut out = vec![0f32; hv.get()?.len()];
         let rows = (CHUNK / inner.max(1)).max(1);
         out.par_chunks_mut(rows * width.max(1))
-            .zip(hv.get()?.par_chunks(rows * width.max(1)).zip(gv.get()?.par_chunks(rows * inner.max(1))))
+            .zip(
+                hv.get()?
+                    .par_chunks(rows * width.max(1))
+                    .zip(gv.get()?.par_chunks(rows * inner.max(1))),
+            )
             .for_each(|(dst, (src, gs))| {
                 vectorized(|| {
-                    for ((d, row), g) in dst.chunks_exact_mut(width).zip(src.chunks_exact(width)).zip(gs.chunks_exact(inner)) {
+                    for ((d, row), g) in dst
+                        .chunks_exact_mut(width)
+                        .zip(src.chunks_exact(width))
+                        .zip(gs.chunks_exact(inner))
+                    {
                         let (value, gate) = row.split_at(inner);
                         let (dv, dg) = d.split_at_mut(inner);
                         for (((dv, dg), (&v, &x)), &g) in dv.iter_mut().zip(dg).zip(value.iter().zip(gate)).zip(g) {
@@ -189,7 +197,9 @@ mod tests {
         let r = Tensor::randn(0f32, 1.0, y.dims(), &dev)?;
         let grads = (y * &r)?.sum_all()?.backward()?;
         let want = grads.get(h.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
-        let got = Geglu::backward(&h.as_tensor().detach(), &r)?.flatten_all()?.to_vec1::<f32>()?;
+        let got = Geglu::backward(&h.as_tensor().detach(), &r)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 2e-6 * scale, "{g} vs {w}");

@@ -51,7 +51,9 @@ impl GroupNormAct {
     fn check(self, x: &[usize], w: &[usize], b: &[usize]) -> Result<(usize, usize)> {
         let (c, g) = (x.get(1).copied().unwrap_or(0), self.groups);
         if x.len() < 3 || g == 0 || c % g != 0 || w != [c] || b != [c] {
-            candle_core::bail!("group norm: input {x:?} with weight {w:?} and bias {b:?} does not split into {g} groups")
+            candle_core::bail!(
+                "group norm: input {x:?} with weight {w:?} and bias {b:?} does not split into {g} groups"
+            )
         }
         Ok((x[2..].iter().product(), c / g))
     }
@@ -249,7 +251,10 @@ mod tests {
                 let got = op.backward(&x.as_tensor().detach(), &w, &b, &r)?;
                 let scale = want.abs()?.max_all()?.to_scalar::<f32>()?;
                 let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-                assert!(diff < 2e-5 * scale, "{shape:?} groups {groups} silu {act}: differs by {diff} (scale {scale})");
+                assert!(
+                    diff < 2e-5 * scale,
+                    "{shape:?} groups {groups} silu {act}: differs by {diff} (scale {scale})"
+                );
             }
         }
         Ok(())

@@ -39,7 +39,11 @@ impl LayerNorm {
         out.par_chunks_mut(rows * width)
             .zip(xv.get()?.par_chunks(rows * width).zip(gy.par_chunks(rows * width)))
             .for_each(|(dst, (xs, gs))| {
-                for ((d, x), g) in dst.chunks_exact_mut(width).zip(xs.chunks_exact(width)).zip(gs.chunks_exact(width)) {
+                for ((d, x), g) in dst
+                    .chunks_exact_mut(width)
+                    .zip(xs.chunks_exact(width))
+                    .zip(gs.chunks_exact(width))
+                {
                     self.row_backward(x, g, w, d);
                 }
             });
@@ -178,7 +182,10 @@ mod tests {
             let got = op.backward(&x.as_tensor().detach(), &w, &r)?;
             let scale = want_grad.abs()?.max_all()?.to_scalar::<f32>()?;
             let diff = (got - want_grad)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 2e-5 * scale, "{shape:?}: gradients differ by {diff} (scale {scale})");
+            assert!(
+                diff < 2e-5 * scale,
+                "{shape:?}: gradients differ by {diff} (scale {scale})"
+            );
         }
         Ok(())
     }

@@ -28,7 +28,11 @@ pub fn input_gradient(grad: &Tensor, w: &Tensor) -> Result<Tensor> {
         candle_core::bail!("linear input gradient: expected a [out, in] weight and a [.., out] gradient")
     };
     if g_out != out {
-        candle_core::bail!("linear input gradient: gradient {:?} does not fit weight {:?}", gv.dims(), wv.dims())
+        candle_core::bail!(
+            "linear input gradient: gradient {:?} does not fit weight {:?}",
+            gv.dims(),
+            wv.dims()
+        )
     }
     let rows: usize = lead.iter().product();
     let mut gx = vec![0f32; rows * inp];

@@ -60,7 +60,13 @@ fn tensor(v: Vec<f32>, dims: &[usize]) -> Result<Tensor> {
 }
 
 /// Runs `op` on `x`, A, B: with a backward when anything records a gradient.
-fn apply<C: CustomOp3 + Send + Sync + 'static>(op: C, x: &Tensor, a: &Tensor, b: &Tensor, tracked: bool) -> Result<Tensor> {
+fn apply<C: CustomOp3 + Send + Sync + 'static>(
+    op: C,
+    x: &Tensor,
+    a: &Tensor,
+    b: &Tensor,
+    tracked: bool,
+) -> Result<Tensor> {
     let (x, a, b) = (x.contiguous()?, a.contiguous()?, b.contiguous()?);
     match tracked {
         true => x.apply_op3(&a, &b, op),
@@ -77,7 +83,14 @@ pub struct LoraConv {
 }
 
 impl LoraConv {
-    pub fn forward(frozen: &Frozen, stride: usize, padding: usize, x: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    pub fn forward(
+        frozen: &Frozen,
+        stride: usize,
+        padding: usize,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+    ) -> Result<Tensor> {
         let conv = Conv {
             stride,
             padding,
@@ -132,7 +145,14 @@ impl CustomOp3 for LoraConv {
         Ok((CpuStorage::F32(y), Shape::from((n, g.o, g.ho, g.wo))))
     }
 
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let h = self.hidden.take()?;
         let grad = grad.contiguous()?;
         let (gv, xv, av, bv, wv) = (
@@ -248,7 +268,13 @@ impl CustomOp3 for LoraLinear {
         let mut h = vec![0f32; rows * r];
         gemm(xv, View::row_major(a, r, inp).t(), &mut h, None, false);
         let h = scaled(h, self.frozen.scale as f32);
-        gemm(View::row_major(&h, rows, r), View::row_major(bf, out, r).t(), &mut y, None, true);
+        gemm(
+            View::row_major(&h, rows, r),
+            View::row_major(bf, out, r).t(),
+            &mut y,
+            None,
+            true,
+        );
         self.hidden.keep(h);
         let mut dims = lx.dims().to_vec();
         if let Some(d) = dims.last_mut() {
@@ -257,7 +283,14 @@ impl CustomOp3 for LoraLinear {
         Ok((CpuStorage::F32(y), Shape::from(dims)))
     }
 
-    fn bwd(&self, x: &Tensor, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let h = self.hidden.take()?;
         let grad = grad.contiguous()?;
         let (gv, xv, av, bv, wv) = (
@@ -323,7 +356,12 @@ mod tests {
     /// The output and the gradients of x, A and B against candle's composed layer (`y =
     /// base(x) + s·B(A(x))` with candle's conv2d / matmul and their backward), on a loss
     /// `Σ y ⊙ r`.
-    fn check(fused: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>, composed: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>, shapes: [&[usize]; 3], case: &str) {
+    fn check(
+        fused: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+        composed: impl Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>,
+        shapes: [&[usize]; 3],
+        case: &str,
+    ) {
         let vars = shapes.map(|s| Var::from_tensor(&randn(s, 0.5)).unwrap());
         let [x, a, b] = vars.each_ref().map(|v| v.as_tensor());
         let (y, want) = (fused(x, a, b).unwrap(), composed(x, a, b).unwrap());
@@ -369,7 +407,12 @@ mod tests {
             };
             let fused = |x: &Tensor, a: &Tensor, b: &Tensor| LoraConv::forward(&frozen, stride, padding, x, a, b);
             let case = format!("conv n={n} c={c} o={o} k={k} s={stride}");
-            check(fused, composed, [&[n, c, size, size], &[rank, c, k, k], &[o, rank, 1, 1]], &case);
+            check(
+                fused,
+                composed,
+                [&[n, c, size, size], &[rank, c, k, k], &[o, rank, 1, 1]],
+                &case,
+            );
         }
     }
 
@@ -392,7 +435,12 @@ mod tests {
             };
             let fused = |x: &Tensor, a: &Tensor, b: &Tensor| LoraLinear::forward(&frozen, x, a, b);
             let x_shape: Vec<usize> = lead.iter().copied().chain([inp]).collect();
-            check(fused, composed, [&x_shape, &[rank, inp], &[out, rank]], &format!("linear {lead:?}"));
+            check(
+                fused,
+                composed,
+                [&x_shape, &[rank, inp], &[out, rank]],
+                &format!("linear {lead:?}"),
+            );
         }
     }
 

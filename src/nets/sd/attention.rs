@@ -166,7 +166,9 @@ impl FeedForward {
         if kernels::serve(&h) {
             let y = Geglu::forward(&h.detach())?;
             return match h.track_op() {
-                true => self.out.forward(&with_input_gradient(&h, y, |g, h, _| Geglu::backward(h, g))?),
+                true => self
+                    .out
+                    .forward(&with_input_gradient(&h, y, |g, h, _| Geglu::backward(h, g))?),
                 false => self.out.forward(&y),
             };
         }
