@@ -352,7 +352,7 @@ fn bad_pipelines_and_flags_fail_cleanly() {
     run(&sd1, &[], &["needs --prompt TEXT or --prompts FILE"]);
     run(
         &sd1,
-        &["--prompt", "a", "--uncond", "ones"],
+        &["--prompt", "a", "--guidance", "3", "--uncond", "ones"],
         &["--uncond ones: expected zeros or empty"],
     );
     run(&sd1, &["--prompt", "a", "--class", "3"], &["--class"]);

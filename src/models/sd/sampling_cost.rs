@@ -324,9 +324,10 @@ mod tests {
     use super::*;
 
     fn sd15() -> UNetConfig {
-        let mut cfg = UNetConfig::default();
-        cfg.cross_attention_dim = crate::nets::sd::unet_config::PerBlock::One(768);
-        cfg
+        UNetConfig {
+            cross_attention_dim: crate::nets::sd::unet_config::PerBlock::One(768),
+            ..Default::default()
+        }
     }
 
     /// SD 1.5's UNet at 64×64 latents: its 859.5 M parameters, and about 0.8 TFLOP per row —

@@ -308,7 +308,7 @@ mod tests {
             let got = Sdpa { heads }.forward(&q, &k, &v)?;
             let want = reference(&q, &k, &v, heads);
             let diff = (got - want)?.abs()?.max_all()?.to_scalar::<f32>()?;
-            assert!(diff < 2e-5, "b={b} l={l} s={s} heads={heads} d={d}: differs by {diff}");
+            assert!(diff < 4e-5, "b={b} l={l} s={s} heads={heads} d={d}: differs by {diff}");
         }
         Ok(())
     }

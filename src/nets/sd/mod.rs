@@ -36,6 +36,8 @@ mod clip_model_tests;
 #[cfg(test)]
 mod unet_tests;
 #[cfg(test)]
+mod segments_tests;
+#[cfg(test)]
 mod vae_tests;
 #[cfg(test)]
 mod grad_tests;

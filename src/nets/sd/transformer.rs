@@ -165,7 +165,7 @@ impl Transformer2D {
         for block in &self.blocks {
             tokens = segments.run(block, &tokens, &context, |b, t, c| b.forward(t, &c[0]))?;
         }
-        segments.run(&self.tokens_out, &tokens, &[x.clone()], |t, tokens, x| {
+        segments.run(&self.tokens_out, &tokens, std::slice::from_ref(x), |t, tokens, x| {
             t.forward(tokens, &x[0])
         })
     }
