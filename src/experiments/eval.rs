@@ -22,6 +22,10 @@ pub struct EvalArgs {
     /// A LoRA student of the sd:DIR teacher (kohya, PEFT or diffusers' mixed layout).
     #[arg(long, value_name = "FILE", conflicts_with = "student", requires = "teacher")]
     pub lora: Option<PathBuf>,
+    /// Text-encoder parts of the --lora file: refuse (an error) or ignore (evaluate its UNet
+    /// part alone; dcm does not apply LoRAs to text encoders) [default: refuse].
+    #[arg(long, value_name = "ignore|refuse", requires = "lora")]
+    pub lora_text_encoder: Option<String>,
     /// SD: prompts, one line per noise row (a file of one line applies it to every row).
     #[arg(long, value_name = "FILE")]
     pub prompts: Option<PathBuf>,
@@ -99,6 +103,7 @@ fn request(a: &EvalArgs) -> EvalRequest {
     EvalRequest {
         student: a.student.clone(),
         lora: a.lora.clone(),
+        lora_text_encoder: a.lora_text_encoder.clone(),
         teacher: a.teacher.clone(),
         prompts: a.prompts.clone(),
         noise: a.noise.clone(),

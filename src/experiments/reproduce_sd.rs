@@ -236,7 +236,7 @@ fn evaluate_students(
             },
         };
         let lora_file = out.join("students").join(method.name()).join(KOHYA_FILE);
-        let student = family.with_adapters(&lora_file, rt)?;
+        let student = family.with_adapters(&lora_file, crate::nets::sd::lora_files::TextEncoderParts::Refuse, rt)?;
         eprintln!("evaluating the {} student", method.title());
         let mut grids = Grids::default();
         let eval = setup.run(&student, &mut grids)?;

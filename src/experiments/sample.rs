@@ -6,6 +6,7 @@ use crate::diffusion::teacher_ode::TeacherOde;
 use crate::families::family::{ConditionFlags, ModelFamily, SamplingWork, StudentSource};
 use crate::families::open::{open, open_recorded};
 use crate::models::sd::images::write_pngs;
+use crate::nets::sd::lora_files::TextEncoderParts;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::{check_output_dir, check_output_file};
 use crate::runtime::memory::{ensure_fits, f32_bytes};
@@ -47,6 +48,10 @@ pub struct SampleArgs {
     /// diffusers' LCMScheduler timesteps (N = --intervals, its original_inference_steps).
     #[arg(long, value_name = "FILE", conflicts_with = "student")]
     pub lora: Option<PathBuf>,
+    /// Text-encoder parts of the --lora file: refuse (an error) or ignore (sample with its UNet
+    /// part alone; dcm does not apply LoRAs to text encoders) [default: refuse].
+    #[arg(long, value_name = "ignore|refuse", requires = "lora")]
+    pub lora_text_encoder: Option<String>,
     /// Student sampling steps K (1 ≤ K ≤ the student's N) [default: 1].
     #[arg(long)]
     pub steps: Option<usize>,
@@ -96,9 +101,14 @@ pub fn command(a: SampleArgs) -> Result<()> {
             )?;
             let out = match lora {
                 Some(file) => {
+                    let text_encoder = match &a.lora_text_encoder {
+                        Some(v) => v.parse()?,
+                        None => TextEncoderParts::default(),
+                    };
                     let source = StudentSource::Adapters {
                         file,
                         intervals: a.ode.intervals(),
+                        text_encoder,
                     };
                     student_samples(&a, &*family, source, &noise, &rt)?
                 }

@@ -13,6 +13,7 @@ use crate::eval::metric_nets::MetricFiles;
 use crate::nets::layers::Params;
 use crate::nets::lora::LoraConfig;
 use crate::nets::network::Architecture;
+use crate::nets::sd::lora_files::TextEncoderParts;
 use crate::runtime::device::Runtime;
 use crate::runtime::fingerprint::Fingerprints;
 use crate::runtime::noise::{standard_normal, Rng};
@@ -228,8 +229,12 @@ pub enum StudentSource<'a> {
     /// A run folder written by `dcm distill`.
     Folder(&'a Path),
     /// An adapter file (a LoRA student of a Stable Diffusion teacher), sampled on a grid of
-    /// `intervals`.
-    Adapters { file: &'a Path, intervals: usize },
+    /// `intervals`; `text_encoder` says what to do with text-encoder parts of the file.
+    Adapters {
+        file: &'a Path,
+        intervals: usize,
+        text_encoder: TextEncoderParts,
+    },
 }
 
 /// The per-row conditions `dcm sample` and `dcm eval` can be given.
@@ -249,6 +254,8 @@ pub struct EvalRequest {
     /// A student run folder, or an adapter file.
     pub student: Option<PathBuf>,
     pub lora: Option<PathBuf>,
+    /// `--lora-text-encoder` as given.
+    pub lora_text_encoder: Option<String>,
     /// `--teacher` as given.
     pub teacher: Option<String>,
     pub prompts: Option<PathBuf>,

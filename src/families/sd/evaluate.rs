@@ -16,7 +16,7 @@ use crate::models::sd::prompts;
 use crate::models::sd::student::SdStudentConfig;
 use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
-use crate::nets::sd::lora_files::KOHYA_FILE;
+use crate::nets::sd::lora_files::{TextEncoderParts, KOHYA_FILE};
 use crate::runtime::device::Runtime;
 use crate::runtime::files::{check_output_dir, write_atomic};
 use crate::runtime::fingerprint::{changes, describe, relative_to, HashCache, HASH_CACHE};
@@ -139,7 +139,13 @@ fn noise_and_prompts(r: &EvalRequest, rt: &Runtime) -> Result<(Tensor, Vec<Strin
         .as_deref()
         .context("--noise IN.npy is needed for an SD evaluation")?;
     let noise = npy::read(noise_file)?;
-    let rows = noise.dim(0).unwrap_or(0);
+    ensure!(
+        noise.rank() == 4 && noise.elem_count() > 0,
+        "--noise {}: expected latents [B, C, h, w] holding values, got shape {:?}",
+        noise_file.display(),
+        noise.dims()
+    );
+    let rows = noise.dim(0)?;
     let prompts = prompts::per_row(
         None,
         Some(r.prompts.as_deref().context("--prompts FILE is needed")?),
@@ -184,6 +190,10 @@ pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) 
     let out = r.out.clone().context("--out EVAL_DIR is needed for an SD evaluation")?;
     check_output_dir(&out, "--out")?;
     let student = sd_student(r)?;
+    let te = match &r.lora_text_encoder {
+        Some(v) => v.parse()?,
+        None => TextEncoderParts::default(),
+    };
     check_teacher(teacher, r, &student, &out)?;
     let (ode, null) = teacher_ode(r, &student)?;
     let batch = r.batch.unwrap_or(DEFAULT_BATCH);
@@ -206,7 +216,7 @@ pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) 
     // Cheap checks before the student, CLIP and real images load.
     setup.validate()?;
     // The loader's errors name the LoRA file.
-    let lora_student = SdTeacher::from_pipeline(teacher.pipeline().clone(), rt, Some(&student.lora))?;
+    let lora_student = SdTeacher::from_pipeline_parts(teacher.pipeline().clone(), rt, Some(&student.lora), te)?;
     let loaded = r.metrics.load(rt)?;
     setup.nets = loaded.nets();
     let mut files = StudentFiles::new(&out, setup.noise.dims(), &setup.steps)?;

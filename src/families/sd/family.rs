@@ -22,7 +22,7 @@ use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
 use crate::models::spec::TeacherSpec;
 use crate::nets::lora::LoraConfig;
-use crate::nets::sd::lora_files::KOHYA_FILE;
+use crate::nets::sd::lora_files::{TextEncoderParts, KOHYA_FILE};
 use crate::runtime::device::Runtime;
 use crate::train::distill::DistillConfig;
 use anyhow::{ensure, Context, Result};
@@ -75,9 +75,10 @@ impl SdFamily {
         &self.pipeline
     }
 
-    /// The UNet with a LoRA file's adapters on (the loader's errors name the file).
-    pub fn with_adapters(&self, file: &Path, rt: &Runtime) -> Result<SdTeacher> {
-        SdTeacher::from_pipeline(self.pipeline.clone(), rt, Some(file))
+    /// The UNet with a LoRA file's adapters on (the loader's errors name the file); `te` says
+    /// what to do with the file's text-encoder parts.
+    pub fn with_adapters(&self, file: &Path, te: TextEncoderParts, rt: &Runtime) -> Result<SdTeacher> {
+        SdTeacher::from_pipeline_parts(self.pipeline.clone(), rt, Some(file), te)
             .with_context(|| format!("--teacher '{}'", TeacherSpec::sd(self.pipeline.path())))
     }
 }
@@ -121,18 +122,22 @@ impl ModelFamily for SdFamily {
     /// A LoRA file, or a run folder's (with the N it was distilled on); sampled at diffusers'
     /// LCMScheduler timesteps.
     fn student(&self, source: StudentSource, rt: &Runtime) -> Result<StudentSampler> {
-        let (file, intervals) = match source {
-            StudentSource::Adapters { file, intervals } => (file.to_path_buf(), intervals),
+        let (file, intervals, te) = match source {
+            StudentSource::Adapters {
+                file,
+                intervals,
+                text_encoder,
+            } => (file.to_path_buf(), intervals, text_encoder),
             StudentSource::Folder(dir) => {
                 let config = SdStudentConfig::load(dir)?;
-                (dir.join(KOHYA_FILE), config.distill.intervals)
+                (dir.join(KOHYA_FILE), config.distill.intervals, TextEncoderParts::Refuse)
             }
         };
         ensure!(file.is_file(), "--lora {}: no such file", file.display());
         Ok(StudentSampler {
             grid: Discretization::new(intervals).context("--intervals")?,
             picking: Picking::Floor,
-            net: Box::new(self.with_adapters(&file, rt)?),
+            net: Box::new(self.with_adapters(&file, te, rt)?),
         })
     }
 

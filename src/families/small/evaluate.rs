@@ -36,6 +36,7 @@ pub fn refuse_text_flags(r: &EvalRequest) -> Result<()> {
         ("--batch", r.batch.is_some()),
         ("--out", r.out.is_some()),
         ("--allow-other-teacher", r.allow_other_teacher),
+        ("--lora-text-encoder", r.lora_text_encoder.is_some()),
     ];
     let given: Vec<&str> = flags.iter().filter(|(_, g)| *g).map(|(f, _)| *f).collect();
     if given.is_empty() {

@@ -122,12 +122,17 @@ impl Pipeline {
     /// The UNet with a LoRA file's adapters attached (on), or without with `None`; the LoRA
     /// computes in the runtime's precision too.
     pub fn unet_with_lora(&self, rt: &Runtime, lora: Option<&Path>) -> Result<UNet> {
+        self.unet_with_lora_parts(rt, lora, TextEncoderParts::Refuse)
+    }
+
+    /// As `unet_with_lora`, saying what to do with text-encoder parts of the LoRA file.
+    pub fn unet_with_lora_parts(&self, rt: &Runtime, lora: Option<&Path>, te: TextEncoderParts) -> Result<UNet> {
         let cfg = self.unet_config()?;
         let (mut params, path) = self.unet_params(rt)?;
         let Some(file) = lora else {
             return UNet::new(cfg, &params, None).map_err(|e| anyhow!("{}: {e}", path.display()));
         };
-        let lora = import(file, &cfg, TextEncoderParts::Refuse)?;
+        let lora = import(file, &cfg, te)?;
         for (name, t) in &lora.params {
             params.insert(name.clone(), t.to_device(&rt.device)?.to_dtype(rt.dtype)?);
         }

@@ -7,6 +7,10 @@ use std::path::Path;
 /// (a file with a single line applies it to every row). Lines end in `\n` or `\r\n`; an
 /// empty line is the empty prompt.
 pub fn per_row(prompt: Option<&str>, file: Option<&Path>, rows: usize) -> Result<Vec<String>> {
+    if rows == 0 {
+        let source = file.map_or_else(|| "--prompt".to_string(), |f| format!("--prompts {}", f.display()));
+        bail!("{source}: the noise has no rows, so there is nothing to prompt");
+    }
     let lines = match (prompt, file) {
         (Some(p), None) => vec![p.to_string()],
         (None, Some(path)) => read_lines(path, rows)?,
@@ -57,6 +61,8 @@ mod tests {
         std::fs::write(&path, b"\xff\xfe").unwrap();
         assert!(per_row(None, Some(&path), 1).unwrap_err().to_string().contains("UTF-8"));
         assert!(per_row(None, None, 1).is_err());
+        let e = per_row(None, Some(&path), 0).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--prompts {}: the noise has no rows", path.display())), "{e}");
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -9,6 +9,7 @@ use crate::diffusion::condition::Condition;
 use crate::diffusion::denoiser::Denoiser;
 use crate::diffusion::prediction::Prediction;
 use crate::diffusion::schedule::Schedule;
+use crate::nets::sd::lora_files::TextEncoderParts;
 use crate::nets::sd::unet::UNet;
 use crate::nets::sd::vae::VaeConfig;
 use crate::runtime::device::Runtime;
@@ -37,6 +38,17 @@ impl SdTeacher {
 
     /// The teacher of an opened pipeline, with a LoRA file's adapters on its UNet or without.
     pub fn from_pipeline(pipeline: Pipeline, rt: &Runtime, lora: Option<&std::path::Path>) -> Result<Self> {
+        Self::from_pipeline_parts(pipeline, rt, lora, TextEncoderParts::Refuse)
+    }
+
+    /// As `from_pipeline`, saying what to do with text-encoder parts of the LoRA file
+    /// (`--lora-text-encoder`).
+    pub fn from_pipeline_parts(
+        pipeline: Pipeline,
+        rt: &Runtime,
+        lora: Option<&std::path::Path>,
+        te: TextEncoderParts,
+    ) -> Result<Self> {
         ensure!(
             !(rt.device.is_cpu() && rt.dtype == DType::BF16),
             "--dtype bf16: candle's CPU convolutions have no bf16 kernel; use f32 or f16 on the CPU (bf16 on CUDA)"
@@ -52,7 +64,7 @@ impl SdTeacher {
             cfg.out_channels,
             vae.latent_channels
         );
-        let unet = pipeline.unet_with_lora(rt, lora)?;
+        let unet = pipeline.unet_with_lora_parts(rt, lora, te)?;
         Ok(Self {
             denoiser: UnetDenoiser::new(unet, scheduler.schedule, scheduler.prediction),
             vae,
