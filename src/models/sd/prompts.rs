@@ -62,7 +62,10 @@ mod tests {
         assert!(per_row(None, Some(&path), 1).unwrap_err().to_string().contains("UTF-8"));
         assert!(per_row(None, None, 1).is_err());
         let e = per_row(None, Some(&path), 0).unwrap_err().to_string();
-        assert!(e.starts_with(&format!("--prompts {}: the noise has no rows", path.display())), "{e}");
+        assert!(
+            e.starts_with(&format!("--prompts {}: the noise has no rows", path.display())),
+            "{e}"
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }
