@@ -145,6 +145,8 @@ fn exit_code(result: Result<()>) -> ExitCode {
                 return ExitCode::from(128 + stop.signal as u8);
             }
             eprintln!("error: {}", dcm::runtime::message::one_line(&e));
+            // The other ranks may be waiting for this one: end the job now.
+            dcm::runtime::ranks::abort(2);
             ExitCode::from(2)
         }
     }

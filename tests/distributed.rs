@@ -197,6 +197,25 @@ fn descends_from(mut pid: u32, ancestor: u32) -> bool {
     false
 }
 
+/// `kill SIGNAL pid`.
+fn signal(name: &str, pid: u32) {
+    assert!(Command::new("kill")
+        .args([name, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// The job's ranks' pids in rank order, each stopped (SIGSTOP): a run of a few hundred
+/// milliseconds is then interrupted at a known point, mid-run, on any machine.
+fn pause(job: &Child) -> Vec<u32> {
+    let mut ranks = ranks_of(job);
+    ranks.sort();
+    assert_eq!(ranks.iter().map(|r| r.0).collect::<Vec<_>>(), [0, 1], "the job's ranks");
+    ranks.iter().for_each(|&(_, pid)| signal("-STOP", pid));
+    ranks.into_iter().map(|(_, pid)| pid).collect()
+}
+
 /// SIGKILL to rank 1 of a K = 2 run ends the job with a non-zero exit within 60 s and a message
 /// naming rank 1; the last checkpoint (rank 0's, written atomically) resumes with K = 1 to the
 /// student of an uninterrupted K = 1 run.
@@ -205,7 +224,7 @@ fn a_killed_rank_ends_the_job_and_its_checkpoint_resumes_with_one_rank() {
     let d = dir("kill");
     let (whole, cut) = (d.join("whole"), d.join("cut"));
     let mut args = MLP.to_vec();
-    args.extend(["--method", "cm", "--steps", "1000", "--checkpoint-every", "5"]);
+    args.extend(["--method", "cm", "--steps", "1000", "--checkpoint-every", "50"]);
     let mut one = args.clone();
     one.extend(["--out", whole.to_str().unwrap()]);
     run(1, &one);
@@ -222,13 +241,10 @@ fn a_killed_rank_ends_the_job_and_its_checkpoint_resumes_with_one_rank() {
         assert!(Instant::now() < deadline, "no checkpoint within 120 s");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let rank1 = ranks_of(&job)
-        .into_iter()
-        .find(|(r, _)| *r == 1)
-        .expect("rank 1 runs")
-        .1;
+    let ranks = pause(&job);
     let killed = Instant::now();
-    Command::new("kill").args(["-9", &rank1.to_string()]).status().unwrap();
+    signal("-KILL", ranks[1]);
+    signal("-CONT", ranks[0]);
     let status = loop {
         if let Some(s) = job.try_wait().unwrap() {
             break s;
@@ -278,10 +294,10 @@ fn sigterm_stops_every_rank_at_one_step_and_the_checkpoint_resumes() {
         assert!(Instant::now() < deadline, "no checkpoint within 120 s");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Command::new("kill")
-        .args(["-TERM", &job.id().to_string()])
-        .status()
-        .unwrap();
+    let ranks = pause(&job);
+    signal("-TERM", job.id());
+    std::thread::sleep(Duration::from_millis(500));
+    ranks.iter().for_each(|&pid| signal("-CONT", pid));
     let output = job.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     let steps: Vec<&str> = stderr
@@ -289,6 +305,10 @@ fn sigterm_stops_every_rank_at_one_step_and_the_checkpoint_resumes() {
         .filter_map(|l| l.strip_prefix("stopped by SIGTERM after step "))
         .map(|l| l.split(';').next().unwrap())
         .collect();
+    assert!(
+        !stderr.contains("distilled in"),
+        "the run ended before SIGTERM reached it: {stderr}"
+    );
     assert_eq!(steps.len(), 2, "{stderr}");
     assert_eq!(steps[0], steps[1], "the ranks stopped at different steps: {stderr}");
     let o = Command::new(env!("CARGO_BIN_EXE_dcm"))
@@ -359,4 +379,98 @@ fn a_hung_rank_ends_the_job_in_bounded_time() {
     );
     assert!(cut.join("checkpoint.safetensors").is_file());
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// `dcm eval` of a LoRA student of the tiny SD pipeline: K = 2 ranks (sharing five rows in
+/// blocks of two, so one round leaves rank 1 idle) write the table, samples and teacher
+/// reference K = 1 writes, bit for bit apart from the wall times; and K = 2 reading K = 1's
+/// reference cache gives the same table.
+#[test]
+fn two_ranks_evaluate_as_one_rank_does() {
+    let d = dir("eval");
+    let fixture = |p: &str| format!("{}/tests/fixtures/sd/{p}", env!("CARGO_MANIFEST_DIR"));
+    let noise = d.join("noise.npy");
+    let draw = candle_core::Tensor::randn(0f32, 1.0, (5, 4, 8, 8), &Device::Cpu).unwrap();
+    dcm::data::npy::write(&noise, &draw).unwrap();
+    let prompts = d.join("prompts.txt");
+    std::fs::write(&prompts, "a red cat\nblue sky\nblue sky over a field\na dog\na field\n").unwrap();
+    let eval = |ranks: usize, out: &Path, extra: &[&str]| {
+        let teacher = format!("sd:{}", fixture("sd1"));
+        let (lora, clip) = (fixture("lora/lora_kohya.safetensors"), fixture("clip"));
+        let mut args = vec![
+            "eval",
+            "--teacher",
+            &teacher,
+            "--lora",
+            &lora,
+            "--clip",
+            &clip,
+            "--intervals",
+            "10",
+            "--guidance",
+            "3",
+            "--steps",
+            "1,2",
+            "--batch",
+            "2",
+        ];
+        args.extend([
+            "--prompts",
+            prompts.to_str().unwrap(),
+            "--noise",
+            noise.to_str().unwrap(),
+        ]);
+        args.extend(["--out", out.to_str().unwrap()]);
+        args.extend(extra);
+        run(ranks, &args);
+    };
+    let (one, two, cached) = (d.join("one"), d.join("two"), d.join("cached"));
+    eval(1, &one, &[]);
+    eval(2, &two, &[]);
+    let reference = one.join("reference");
+    eval(2, &cached, &["--reference", reference.to_str().unwrap()]);
+    let table = |dir: &Path| -> Vec<String> {
+        let csv = std::fs::read_to_string(dir.join("eval.csv")).unwrap();
+        // The last column is wall time.
+        csv.lines().map(|l| l.rsplit_once(',').unwrap().0.to_string()).collect()
+    };
+    assert_eq!(table(&one), table(&two));
+    assert_eq!(table(&one), table(&cached));
+    let files = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut found: Vec<(String, Vec<u8>)> = walk(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "png" || e == "npy"))
+            .map(|p| {
+                (
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    };
+    let (a, b) = (files(&one), files(&two));
+    assert!(
+        a.len() > 10,
+        "samples written: {:?}",
+        a.iter().map(|f| &f.0).collect::<Vec<_>>()
+    );
+    assert_eq!(a.len(), b.len());
+    for ((name_a, bytes_a), (name_b, bytes_b)) in a.iter().zip(&b) {
+        assert_eq!(name_a, name_b);
+        assert!(bytes_a == bytes_b, "{name_a} differs between K = 1 and K = 2");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .flat_map(|e| match e.path().is_dir() {
+            true => walk(&e.path()),
+            false => vec![e.path()],
+        })
+        .collect()
 }

@@ -11,11 +11,12 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// Float32 rows appended in order to a temporary file, renamed to `path` by `finish`.
+/// Float32 rows appended in order to a temporary file, renamed to `path` by `finish`. Among
+/// data-parallel ranks only rank 0 writes (as `write_atomic`); the others' writers hold nothing.
 pub struct RowWriter {
     path: PathBuf,
     tmp: PathBuf,
-    /// `None` once finished.
+    /// `None` once finished, and on ranks other than 0.
     file: Option<BufWriter<File>>,
     shape: Vec<usize>,
     written: usize,
@@ -29,6 +30,15 @@ impl RowWriter {
             .file_name()
             .with_context(|| format!("{}: not a file path", path.display()))?;
         let tmp = path.with_file_name(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+        if !crate::runtime::ranks::place().is_root() {
+            return Ok(Self {
+                path: path.to_path_buf(),
+                tmp,
+                file: None,
+                shape: shape.to_vec(),
+                written: 0,
+            });
+        }
         let header = npy::header_bytes(shape);
         let mut file = BufWriter::new(File::create(&tmp).with_context(|| format!("{}: cannot write", path.display()))?);
         file.write_all(&header)
@@ -66,6 +76,9 @@ impl RowWriter {
 
     /// Every row written: the file appears under its name.
     pub fn finish(mut self) -> Result<()> {
+        if !crate::runtime::ranks::place().is_root() {
+            return Ok(());
+        }
         ensure!(
             self.written == self.shape[0],
             "{}: {} of {} rows written",

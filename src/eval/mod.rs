@@ -17,6 +17,7 @@ pub mod ode_error;
 pub mod records;
 pub mod reproduce_config;
 pub mod sd_eval;
+pub mod sd_eval_blocks;
 pub mod sd_metrics;
 pub mod sd_reference;
 pub mod setup;

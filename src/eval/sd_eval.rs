@@ -7,6 +7,7 @@
 //! adapters, or one being distilled in memory), sampled by the multistep consistency sampler.
 
 use super::ode_error::squared_error;
+use super::sd_eval_blocks::{gather, MadeBlock, Sampled};
 use super::sd_metrics::{BlockFeatures, MetricNets, Scorer, Tally, PAPER_SAMPLES};
 use super::sd_reference::{quantize, ReferenceBlocks, ReferenceCache, ReferenceKey};
 use crate::consistency::renoise_streams::RenoiseStreams;
@@ -22,8 +23,8 @@ use crate::models::sd::SdTeacher;
 use crate::nets::sd::clip_model::ClipModel;
 use crate::nets::sd::vae::AutoencoderKl;
 use crate::runtime::device::Runtime;
-use crate::runtime::progress;
-use anyhow::{bail, ensure, Result};
+use crate::runtime::{progress, ranks};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 use serde::{Deserialize, Serialize};
@@ -82,6 +83,7 @@ pub trait SampleSink {
     fn student(&mut self, steps: usize, start: usize, latents: &Tensor, images: &Tensor) -> Result<()>;
 }
 
+#[derive(Serialize, Deserialize)]
 pub struct SdEvaluation {
     /// The teacher's row first, then one per K.
     pub rows: Vec<SdEvalRow>,
@@ -164,7 +166,8 @@ pub fn student_samples(
         .map(|start| {
             let len = batch.max(1).min(n - start);
             let x = noise.narrow(0, start, len)?;
-            sample_block(student, &x, &cond.narrow(start, len)?, ts, &mut streams)
+            let draws = streams.block(len, &Device::Cpu)?;
+            sample_block(student, &x, &cond.narrow(start, len)?, ts, draws)
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(Tensor::cat(&parts, 0)?)
@@ -176,13 +179,12 @@ fn sample_block(
     x: &Tensor,
     cond: &Condition,
     ts: &[usize],
-    streams: &mut RenoiseStreams,
+    draws: Vec<Tensor>,
 ) -> Result<Tensor> {
-    let draws = streams.block(x.dim(0)?, x.device())?;
     let mut step = 0;
     let mut renoise = |_: &candle_core::Shape| {
         step += 1;
-        Ok(draws[step - 1].clone())
+        Ok(draws[step - 1].to_device(x.device())?)
     };
     multistep_sample_with(student, x, ts, cond, &mut renoise, &mut |_| ())
 }
@@ -225,14 +227,33 @@ impl SdEvalSetup<'_> {
     /// each block's prompts are encoded, the teacher's samples read from the cache or made, and
     /// every K's samples made, scored and handed to `sink` before the next block, so memory
     /// stays bounded by a block and the feature vectors whatever the number of prompts.
+    ///
+    /// Under several ranks each round gives every rank one block's UNet work; rank 0 takes the
+    /// blocks in row order (scores, cache, `sink`), so the result equals one process's, and
+    /// every rank returns rank 0's evaluation.
     pub fn run(&self, student: &dyn Denoiser, sink: &mut dyn SampleSink) -> Result<SdEvaluation> {
         self.validate()?;
         let mut pass = Pass::new(self)?;
-        let rows = self.noise.dim(0)?;
-        for start in (0..rows).step_by(self.batch.max(1)) {
-            pass.block(student, sink, start, self.batch.max(1).min(rows - start))?;
+        let (rows, batch) = (self.noise.dim(0)?, self.batch.max(1));
+        let blocks: Vec<(usize, usize)> = (0..rows).step_by(batch).map(|s| (s, batch.min(rows - s))).collect();
+        for round in blocks.chunks(ranks::place().size) {
+            let mine = pass.make_round(student, round)?;
+            for (i, made) in gather(mine)?.into_iter().enumerate() {
+                if i > 0 {
+                    pass.tick_for(&made);
+                }
+                pass.take(sink, made)?;
+            }
         }
-        pass.finish()
+        if ranks::place().size == 1 {
+            return pass.finish();
+        }
+        let json = match ranks::place().is_root() {
+            true => serde_json::to_vec(&pass.finish()?)?,
+            false => Vec::new(),
+        };
+        let json = ranks::from_root(&json)?;
+        serde_json::from_slice(&json).context("rank 0's evaluation did not reach this rank intact")
     }
 
     /// One line on where the teacher's samples came from.
@@ -261,7 +282,8 @@ impl SdEvalSetup<'_> {
     }
 
     /// The teacher's guided N-interval solve of a block and its images u8.
-    fn teacher_block(&self, block: &Block, vae: &AutoencoderKl, bar: &ProgressBar) -> Result<(Tensor, Tensor)> {
+    fn teacher_block(&self, block: &Block, vae: &AutoencoderKl, bar: &ProgressBar) -> Result<Sampled> {
+        let started = Instant::now();
         let ticking = Ticking {
             inner: self.teacher,
             bar,
@@ -269,7 +291,11 @@ impl SdEvalSetup<'_> {
         let latents = self.ode.solve(&ticking, &block.noise, &block.cond)?;
         let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         let images = self.decode(vae, &latents)?;
-        Ok((latents, images))
+        Ok(Sampled {
+            latents,
+            images,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
     /// Images u8 of latents through the teacher's VAE.
@@ -393,7 +419,10 @@ struct Pass<'s> {
     setup: &'s SdEvalSetup<'s>,
     scorer: Scorer<'s>,
     frozen: Frozen,
-    reference: ReferenceBlocks,
+    /// Rank 0's: the cache it reads or writes.
+    reference: Option<ReferenceBlocks>,
+    /// The teacher's samples come from the cache (known to every rank).
+    from_cache: bool,
     bar: ProgressBar,
     streams: Vec<RenoiseStreams>,
     teacher: Running,
@@ -403,12 +432,16 @@ struct Pass<'s> {
 impl<'s> Pass<'s> {
     fn new(setup: &'s SdEvalSetup<'s>) -> Result<Self> {
         let scorer = Scorer::new(&setup.nets, setup.batch)?;
-        let reference = ReferenceBlocks::open(&setup.reference_key(), &setup.reference)?;
+        let reference = match ranks::place().is_root() {
+            true => Some(ReferenceBlocks::open(&setup.reference_key(), &setup.reference)?),
+            false => None,
+        };
+        let from_cache = ranks::from_root(&[u8::from(reference.as_ref().is_some_and(|r| r.from_cache()))])? == [1];
         let frozen = Frozen {
             text: TextConditioner::load(setup.teacher.pipeline(), setup.rt)?,
             vae: setup.teacher.pipeline().vae(setup.rt)?,
         };
-        let teacher_calls = if reference.from_cache() {
+        let teacher_calls = if from_cache {
             0
         } else {
             setup.ode.teacher_calls_per_sample()
@@ -423,6 +456,7 @@ impl<'s> Pass<'s> {
             scorer,
             frozen,
             reference,
+            from_cache,
             bar: progress::bar(calls, "evaluation (UNet calls)"),
             streams: streams.collect(),
             teacher: Running::default(),
@@ -430,35 +464,89 @@ impl<'s> Pass<'s> {
         })
     }
 
-    /// Rows `start .. start + len`: the teacher's samples, then each K's, scored and handed on.
-    fn block(&mut self, student: &dyn Denoiser, sink: &mut dyn SampleSink, start: usize, len: usize) -> Result<()> {
+    /// This rank's block of a round (its `rank`-th, if the round has one): the teacher's
+    /// samples unless cached, then each K's. Every rank draws every block's re-noise, so each
+    /// block gets the rows one process would give it.
+    fn make_round(&mut self, student: &dyn Denoiser, round: &[(usize, usize)]) -> Result<Option<MadeBlock>> {
+        let rank = ranks::place().rank;
+        let mut mine = None;
+        for (i, &(start, len)) in round.iter().enumerate() {
+            let draws = self.streams.iter_mut().map(|s| s.block(len, &Device::Cpu));
+            let draws = draws.collect::<Result<Vec<_>>>()?;
+            if i == rank {
+                mine = Some(self.make(student, start, len, draws)?);
+            }
+        }
+        Ok(mine)
+    }
+
+    /// Rows `start .. start + len`, given each K's re-noise draws of them.
+    fn make(&self, student: &dyn Denoiser, start: usize, len: usize, draws: Vec<Vec<Tensor>>) -> Result<MadeBlock> {
         let setup = self.setup;
         let block = Block::new(setup, &self.frozen.text, start, len)?;
-        let started = Instant::now();
-        let (frozen, bar) = (&self.frozen, &self.bar);
-        let made = self
-            .reference
-            .block(start, len, || setup.teacher_block(&block, &frozen.vae, bar))?;
-        if !self.reference.from_cache() {
-            self.teacher.seconds += started.elapsed().as_secs_f64();
-        }
-        sink.teacher(start, &made.images)?;
-        let prompts = self.scorer.prompt_features(&setup.prompts[start..start + len])?;
-        let teacher_features = self.scorer.features(&made.images)?;
-        let teacher = (&teacher_features, &made.latents);
-        self.teacher.add(&self.scorer, teacher, teacher, prompts.as_ref())?;
-        for i in 0..setup.steps.len() {
-            let k = setup.steps[i];
+        let teacher = match self.from_cache {
+            true => None,
+            false => Some(setup.teacher_block(&block, &self.frozen.vae, &self.bar)?),
+        };
+        let mut students = Vec::new();
+        for (&k, draws) in setup.steps.iter().zip(draws) {
             let started = Instant::now();
             let ts = picked_timesteps(setup.ode.grid, k, setup.picking)?;
-            let ticking = Ticking { inner: student, bar };
-            let latents = sample_block(&ticking, &block.noise, &block.cond, &ts, &mut self.streams[i])?;
+            let ticking = Ticking {
+                inner: student,
+                bar: &self.bar,
+            };
+            let latents = sample_block(&ticking, &block.noise, &block.cond, &ts, draws)?;
             let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
-            let images = setup.decode(&frozen.vae, &latents)?;
-            self.students[i].seconds += started.elapsed().as_secs_f64();
-            sink.student(k, start, &latents, &images)?;
-            let features = self.scorer.features(&images)?;
-            self.students[i].add(&self.scorer, (&features, &latents), teacher, prompts.as_ref())?;
+            let images = setup.decode(&self.frozen.vae, &latents)?;
+            let seconds = started.elapsed().as_secs_f64();
+            students.push(Sampled {
+                latents,
+                images,
+                seconds,
+            });
+        }
+        Ok(MadeBlock {
+            start,
+            len,
+            teacher,
+            students,
+        })
+    }
+
+    /// Rank 0's progress bar advanced by the UNet calls another rank made for `made`.
+    fn tick_for(&self, made: &MadeBlock) {
+        let teacher = match made.teacher {
+            Some(_) => self.setup.ode.teacher_calls_per_sample(),
+            None => 0,
+        };
+        let calls = made.len * (teacher + self.setup.steps.iter().sum::<usize>());
+        self.bar.inc(calls as u64);
+    }
+
+    /// Rank 0: a block's samples scored, the teacher's cached (or read from the cache), and
+    /// every sample handed to `sink`.
+    fn take(&mut self, sink: &mut dyn SampleSink, made: MadeBlock) -> Result<()> {
+        let setup = self.setup;
+        let (start, len) = (made.start, made.len);
+        if made.teacher.is_some() {
+            self.teacher.seconds += made.teacher.as_ref().map_or(0.0, |t| t.seconds);
+        }
+        let reference = self.reference.as_mut().context("only rank 0 takes blocks")?;
+        let teacher_made = made.teacher.map(|t| (t.latents, t.images));
+        let reference = reference.block(start, len, || {
+            teacher_made.context("the teacher's samples of a block were not made")
+        })?;
+        sink.teacher(start, &reference.images)?;
+        let prompts = self.scorer.prompt_features(&setup.prompts[start..start + len])?;
+        let teacher_features = self.scorer.features(&reference.images)?;
+        let teacher = (&teacher_features, &reference.latents);
+        self.teacher.add(&self.scorer, teacher, teacher, prompts.as_ref())?;
+        for ((&k, sampled), running) in setup.steps.iter().zip(made.students).zip(&mut self.students) {
+            running.seconds += sampled.seconds;
+            sink.student(k, start, &sampled.latents, &sampled.images)?;
+            let features = self.scorer.features(&sampled.images)?;
+            running.add(&self.scorer, (&features, &sampled.latents), teacher, prompts.as_ref())?;
         }
         Ok(())
     }
@@ -467,8 +555,10 @@ impl<'s> Pass<'s> {
     fn finish(self) -> Result<SdEvaluation> {
         self.bar.finish_and_clear();
         let (setup, scorer, teacher) = (self.setup, &self.scorer, &self.teacher);
-        let reference_from_cache = self.reference.from_cache();
-        self.reference.finish()?;
+        let reference_from_cache = self.from_cache;
+        if let Some(reference) = self.reference {
+            reference.finish()?;
+        }
         setup.say_reference(reference_from_cache, teacher.seconds)?;
         let (n, evals) = (setup.ode.intervals(), setup.ode.network_evals_per_sample());
         let mut rows = vec![setup.row("teacher", n, evals, teacher, teacher, scorer)?];

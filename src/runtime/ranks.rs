@@ -48,6 +48,38 @@ pub fn sum(values: &mut [f64]) -> Result<()> {
     }
 }
 
+/// Every rank's `values` (of any length), in rank order, on rank 0; empty on the others.
+pub fn gather(values: &[f64]) -> Result<Vec<Vec<f64>>> {
+    match place().size {
+        1 => Ok(vec![values.to_vec()]),
+        _ => backend::gather(values),
+    }
+}
+
+/// Rank 0's `bytes` on every rank (summed with the others' zeros: exact).
+pub fn from_root(bytes: &[u8]) -> Result<Vec<u8>> {
+    let place = place();
+    if place.size == 1 {
+        return Ok(bytes.to_vec());
+    }
+    let mut len = [if place.is_root() { bytes.len() as f64 } else { 0.0 }];
+    sum(&mut len)?;
+    let mut values: Vec<f64> = match place.is_root() {
+        true => bytes.iter().map(|&b| f64::from(b)).collect(),
+        false => vec![0.0; len[0] as usize],
+    };
+    sum(&mut values)?;
+    Ok(values.iter().map(|&v| v as u8).collect())
+}
+
+/// Ends every rank's process with `code`: for an error on one rank, which the others would
+/// otherwise wait for in their next sum until the watchdog's limit.
+pub fn abort(code: i32) {
+    if place().size > 1 {
+        backend::abort(code);
+    }
+}
+
 /// Joins the ranks when launched under MPI; the guard ends MPI when dropped.
 pub fn init() -> Result<Guard> {
     backend::init()
@@ -79,6 +111,12 @@ mod backend {
     pub fn sum(_: &mut [f64]) -> Result<()> {
         Ok(())
     }
+
+    pub fn gather(values: &[f64]) -> Result<Vec<Vec<f64>>> {
+        Ok(vec![values.to_vec()])
+    }
+
+    pub fn abort(_: i32) {}
 }
 
 /// Whether a process manager started this process as one of several ranks (Open MPI, MPICH
@@ -94,6 +132,7 @@ mod backend {
     use super::Place;
     use anyhow::{anyhow, Result};
     use mpi::collective::SystemOperation;
+    use mpi::datatype::PartitionMut;
     use mpi::environment::Universe;
     use mpi::topology::SimpleCommunicator;
     use mpi::traits::*;
@@ -149,6 +188,55 @@ mod backend {
         }
         root.broadcast_into(values);
         Ok(())
+    }
+
+    /// `MPI_Abort` on the world; a plain exit if the communicator is held (no call can be
+    /// waiting in it on this rank's only MPI thread).
+    pub fn abort(code: i32) {
+        if let Some(world) = WORLD.get().and_then(|(w, _)| w.0.try_lock().ok()) {
+            world.abort(code);
+        }
+        std::process::exit(code);
+    }
+
+    /// Lengths first (one count per rank), then the values by `MPI_Gatherv`.
+    pub fn gather(values: &[f64]) -> Result<Vec<Vec<f64>>> {
+        let (world, place) = WORLD.get().ok_or_else(|| anyhow!("MPI is not initialised"))?;
+        let _watch = super::watchdog::Waiting::start(place.rank);
+        let world = world.0.lock().map_err(|_| anyhow!("MPI communicator poisoned"))?;
+        let root = world.process_at_rank(0);
+        let count = mpi::Count::try_from(values.len())
+            .map_err(|_| anyhow!("{} values are too many for one MPI message", values.len()))?;
+        if world.rank() != 0 {
+            root.gather_into(&count);
+            root.gather_varcount_into(values);
+            return Ok(Vec::new());
+        }
+        let mut counts = vec![0 as mpi::Count; place.size];
+        root.gather_into_root(&count, &mut counts[..]);
+        let displs: Vec<mpi::Count> = counts
+            .iter()
+            .scan(0, |at, &c| {
+                let start = *at;
+                *at += c;
+                Some(start)
+            })
+            .collect();
+        let total: usize = counts.iter().map(|&c| c as usize).sum();
+        let mut all = vec![0f64; total];
+        {
+            let mut parts = PartitionMut::new(&mut all[..], &counts[..], &displs[..]);
+            root.gather_varcount_into_root(values, &mut parts);
+        }
+        let mut at = 0;
+        Ok(counts
+            .iter()
+            .map(|&c| {
+                let part = all[at..at + c as usize].to_vec();
+                at += c as usize;
+                part
+            })
+            .collect())
     }
 }
 
