@@ -62,7 +62,8 @@ pub fn parse_dtype(spec: &str) -> Result<DType> {
 pub fn parse(spec: &str) -> Result<Device> {
     let ordinal = match spec {
         "cpu" => return Ok(Device::Cpu),
-        "cuda" => 0,
+        // One GPU per rank: a rank's GPU is its index on its node (0 for a single process).
+        "cuda" => super::ranks::local_rank(),
         _ => match spec.strip_prefix("cuda:").map(str::parse::<usize>) {
             Some(Ok(n)) => n,
             _ => bail!("--device {spec}: expected cpu, cuda or cuda:N"),

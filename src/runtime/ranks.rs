@@ -119,6 +119,19 @@ mod backend {
     pub fn abort(_: i32) {}
 }
 
+/// This rank's index among the ranks on its own node (0 when not launched as a rank), as the
+/// launcher states it: Open MPI, MPICH/Hydra or Slurm.
+pub fn local_rank() -> usize {
+    local_rank_from(|v| std::env::var(v).ok())
+}
+
+fn local_rank_from(var: impl Fn(&str) -> Option<String>) -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| var(v)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Whether a process manager started this process as one of several ranks (Open MPI, MPICH
 /// and Slurm's PMI set these).
 fn launched_by_mpi() -> bool {
@@ -322,6 +335,24 @@ mod watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The first launcher variable that parses wins; none (or garbage) is node rank 0.
+    #[test]
+    fn local_rank_comes_from_the_launcher() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(local_rank_from(env(&[])), 0);
+        assert_eq!(local_rank_from(env(&[("SLURM_LOCALID", "3")])), 3);
+        assert_eq!(
+            local_rank_from(env(&[("OMPI_COMM_WORLD_LOCAL_RANK", "1"), ("SLURM_LOCALID", "3")])),
+            1
+        );
+        assert_eq!(
+            local_rank_from(env(&[("MPI_LOCALRANKID", "x"), ("SLURM_LOCALID", "2")])),
+            2
+        );
+    }
 
     /// Shares cover the batch exactly once, in rank order, sizes differing by at most one.
     #[test]
