@@ -8,6 +8,7 @@ use crate::families::distillation;
 use crate::families::family::{refuse_other_flags, DistillDefaults, DistillRequest, FamilyFlags};
 use crate::families::open::open;
 use crate::nets::lora::LoraConfig;
+use crate::runtime::ranks;
 use crate::train::distill::DistillConfig;
 use crate::train::optim::OptimConfig;
 use anyhow::Result;
@@ -190,6 +191,10 @@ pub fn command(a: DistillArgs) -> Result<()> {
     config.validate()?;
     let (out, checkpointing) = a.run.checkpointing(plan.context())?;
     let done = distillation::run(&*plan, &config, &out, checkpointing)?;
+    let place = ranks::place();
+    if !place.is_root() {
+        return Ok(());
+    }
     eprintln!(
         "distilled in {:.1} s ({} per-sample teacher evaluations); final loss {:.3e}; wrote {}",
         done.train_seconds,
@@ -197,5 +202,14 @@ pub fn command(a: DistillArgs) -> Result<()> {
         done.distilled.losses.last().copied().unwrap_or(f32::NAN),
         done.written
     );
+    if place.size > 1 {
+        let summing = ranks::seconds_summing();
+        eprintln!(
+            "{} ranks: {summing:.1} s of the {:.1} s in the gradient sum ({:.1} %: the all-reduce and the wait for the slowest rank)",
+            place.size,
+            done.train_seconds,
+            100.0 * summing / done.train_seconds.max(1e-9)
+        );
+    }
     Ok(())
 }

@@ -11,6 +11,7 @@
 
 use anyhow::Result;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// This process's place among the ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,8 +45,21 @@ pub fn place() -> Place {
 pub fn sum(values: &mut [f64]) -> Result<()> {
     match place().size {
         1 => Ok(()),
-        _ => backend::sum(values),
+        _ => {
+            let started = std::time::Instant::now();
+            let done = backend::sum(values);
+            SUMMING_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            done
+        }
     }
+}
+
+static SUMMING_NANOS: AtomicU64 = AtomicU64::new(0);
+
+/// Seconds this rank has spent in `sum` so far: the collective itself and the wait for the
+/// slowest rank, which is what data parallelism costs a step.
+pub fn seconds_summing() -> f64 {
+    SUMMING_NANOS.load(Ordering::Relaxed) as f64 * 1e-9
 }
 
 /// Every rank's `values` (of any length), in rank order, on rank 0; empty on the others.
