@@ -67,10 +67,28 @@ fn command_line() -> clap::Command {
     cli
 }
 
+/// The arguments with a non-finite negative value joined to its flag (`--lr -inf` →
+/// `--lr=-inf`): clap reads `-1` as a value but `-inf` as short flags, whose error would name
+/// no flag of the user's; joined, the command refuses the value by its flag.
+fn joined_args() -> Vec<String> {
+    let mut args: Vec<String> = Vec::new();
+    for a in std::env::args() {
+        let negative = matches!(a.to_ascii_lowercase().as_str(), "-inf" | "-infinity" | "-nan");
+        match args.last_mut() {
+            Some(flag) if negative && flag.starts_with("--") && !flag.contains('=') => {
+                flag.push('=');
+                flag.push_str(&a);
+            }
+            _ => args.push(a),
+        }
+    }
+    args
+}
+
 /// Clap's message folded into one line (help and version print as usual).
 fn parse_args() -> Result<Cli, ExitCode> {
     command_line()
-        .try_get_matches()
+        .try_get_matches_from(joined_args())
         .and_then(|m| Cli::from_arg_matches(&m))
         .map_err(|e| {
             if !e.use_stderr() {

@@ -387,7 +387,13 @@ fn bad_pipelines_and_flags_fail_cleanly() {
         "--out",
         o,
     ];
-    assert_clean_failure(&args, &["[2, 256]: a Stable Diffusion teacher needs [B, C, h, w]"]);
+    assert_clean_failure(
+        &args,
+        &[
+            "--noise",
+            "rows of shape [256], but a Stable Diffusion teacher needs latents [B, C, h, w]",
+        ],
+    );
     assert_clean_failure(
         &[
             "sample",

@@ -92,6 +92,15 @@ impl Dataset {
         }
         train.sort_unstable();
         test.sort_unstable();
+        ensure!(
+            !test.is_empty() && !train.is_empty(),
+            "{} samples: holding out {:.0}% of each class (rounded) leaves {} for training and {} for testing; give at least {} per class",
+            self.labels.len(),
+            held_out * 100.0,
+            train.len(),
+            test.len(),
+            (0.5 / held_out).ceil().max(2.0)
+        );
         Ok((self.subset(&train)?, self.subset(&test)?))
     }
 }

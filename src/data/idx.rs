@@ -8,7 +8,7 @@ use std::path::Path;
 
 /// Reads a file, un-gzipping it when it starts with the gzip magic.
 fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let raw = crate::runtime::files::read_regular(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
@@ -65,7 +65,8 @@ pub fn read_labels(path: &Path) -> Result<Vec<u32>> {
     Ok(data.iter().map(|&b| b as u32).collect())
 }
 
-/// The image and label files of an IDX folder (names containing `images-idx3` / `labels-idx1`).
+/// The image and label files of an IDX folder (names containing `images-idx3` / `labels-idx1`);
+/// one without the other is an error naming it.
 pub fn find_pair(dir: &Path) -> Result<Option<(std::path::PathBuf, std::path::PathBuf)>> {
     let mut images = None;
     let mut labels = None;
@@ -90,7 +91,17 @@ pub fn find_pair(dir: &Path) -> Result<Option<(std::path::PathBuf, std::path::Pa
             );
         }
     }
-    Ok(images.zip(labels))
+    match (images, labels) {
+        (Some(i), None) => bail!(
+            "{}: an IDX image file without a labels-idx1 file beside it",
+            i.display()
+        ),
+        (None, Some(l)) => bail!(
+            "{}: an IDX label file without an images-idx3 file beside it",
+            l.display()
+        ),
+        pair => Ok(pair.0.zip(pair.1)),
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! once every row is in; a reader that seeks to the rows asked for.
 
 use super::npy;
+use crate::runtime::files::ensure_replaceable;
 use crate::runtime::finite::ensure_finite;
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -26,6 +27,7 @@ impl RowWriter {
     /// A writer of an array of `shape` (its first dimension the rows).
     pub fn create(path: &Path, shape: &[usize]) -> Result<Self> {
         ensure!(!shape.is_empty(), "{}: an array of rows needs a shape", path.display());
+        ensure_replaceable(path, "output")?;
         let name = path
             .file_name()
             .with_context(|| format!("{}: not a file path", path.display()))?;

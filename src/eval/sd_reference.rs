@@ -12,10 +12,10 @@
 
 use crate::data::npy_rows::{RowReader, RowWriter};
 use crate::diffusion::teacher_ode::TeacherOde;
-use crate::models::sd::images::{png_path, write_pngs_from};
+use crate::models::sd::images::{check_png_paths, png_path, write_pngs_from};
 use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
-use crate::runtime::files::write_atomic;
+use crate::runtime::files::{ensure_replaceable, write_atomic};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
@@ -198,6 +198,8 @@ impl ReferenceBlocks {
             return Ok(Self::Cached { latents, images });
         }
         std::fs::create_dir_all(&images).with_context(|| format!("{}: cannot create folder", images.display()))?;
+        ensure_replaceable(&cache.dir.join(KEY_FILE), "output")?;
+        check_png_paths(&images, rows, "output")?;
         let mut shape = key.noise.dims().to_vec();
         shape[0] = rows;
         Ok(Self::Making {
@@ -263,7 +265,8 @@ fn cached_key(cache: &ReferenceCache, key: &Value) -> Result<bool> {
         );
         return Ok(false);
     }
-    let text = std::fs::read_to_string(&key_file).with_context(|| format!("{}: cannot read", key_file.display()))?;
+    let text = crate::runtime::files::read_regular_text(&key_file)
+        .with_context(|| format!("{}: cannot read", key_file.display()))?;
     let have: Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", key_file.display()))?;
     if let Some(diff) = first_difference(&have, key) {
         bail!(

@@ -5,7 +5,7 @@ use crate::data::npy;
 use crate::diffusion::teacher_ode::TeacherOde;
 use crate::families::family::{ConditionFlags, ModelFamily, SamplingWork, StudentSource};
 use crate::families::open::{open, open_recorded};
-use crate::models::sd::images::write_pngs;
+use crate::models::sd::images::{check_png_paths, write_pngs};
 use crate::nets::sd::lora_files::TextEncoderParts;
 use crate::runtime::device::Runtime;
 use crate::runtime::files::{check_output_dir, check_output_file};
@@ -86,6 +86,9 @@ pub fn command(a: SampleArgs) -> Result<()> {
         check_output_dir(dir, "--decode")?;
     }
     let noise = read_noise(&a, &rt)?;
+    if let Some(Some(dir)) = &a.decode {
+        check_png_paths(dir, noise.dim(0)?, "--decode")?;
+    }
     let (family, out) = match (&a.student, &a.lora) {
         (Some(dir), _) => {
             refuse_recorded_options(&a.single_file)?;

@@ -127,7 +127,7 @@ pub fn teacher_command(a: TrainTeacherArgs) -> Result<()> {
     let mut data = Dataset::load(&a.data, a.seed).with_context(|| format!("--data {}", a.data))?;
     if let Some(dir) = &a.autoencoder {
         let ae = model_dir::load_autoencoder(dir, &rt)?;
-        let (train, _) = data.standard_split()?;
+        let (train, _) = data.standard_split().with_context(|| format!("--data {}", a.data))?;
         data = Dataset::new(encode_all(&ae, &train.x)?, train.labels, train.num_classes)?;
     }
     let net = MlpConfig {
@@ -186,7 +186,7 @@ pub fn image_training(a: &ImageTrainArgs) -> Result<(Dataset, Dataset, ImageTrai
         "--data {}: image training needs labelled images",
         a.data
     );
-    let (train, test) = data.standard_split()?;
+    let (train, test) = data.standard_split().with_context(|| format!("--data {}", a.data))?;
     let optim = OptimConfig {
         lr: a.lr,
         weight_decay: 1e-4,

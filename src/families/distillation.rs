@@ -3,9 +3,10 @@
 use super::family::{DistillPlan, RunRecord};
 use crate::runtime::files::check_output_file;
 use crate::runtime::fingerprint::{HashCache, HASH_CACHE};
+use crate::train::checkpoint::CHECKPOINT;
 use crate::train::distill::{distill, DistillConfig, Distilled};
 use crate::train::trainer::Checkpointing;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,9 +25,15 @@ pub fn run(
     out: &Path,
     mut checkpointing: Checkpointing,
 ) -> Result<Finished> {
-    // A file that cannot be written (a folder, a pipe) is refused before hours of training.
-    for name in plan.outputs() {
-        check_output_file(&out.join(name), "--out")?;
+    // A file that cannot be written (a folder, a pipe) is refused before hours of training,
+    // and so is one the run reads back (a pipe there would block the read).
+    let own = [HASH_CACHE, CHECKPOINT].map(PathBuf::from);
+    for name in plan.outputs().into_iter().chain(own) {
+        let path = out.join(name);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("--out: cannot create {}", dir.display()))?;
+        }
+        check_output_file(&path, "--out")?;
     }
     // The inputs' fingerprints, hashed once per run folder; a resume on changed inputs is
     // refused before the data is prepared.

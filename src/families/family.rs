@@ -182,8 +182,9 @@ pub trait DistillPlan {
     fn inputs(&self) -> Result<RunInputs> {
         Ok(RunInputs::default())
     }
-    /// The files `save` writes in `out`, checked writable before any work.
-    fn outputs(&self) -> Vec<&'static str>;
+    /// The files the run writes in `out` (paths relative to it), checked writable before any
+    /// work.
+    fn outputs(&self) -> Vec<PathBuf>;
     /// The adapters' rank and alpha when the plan fixes them (a LoRA file to start from),
     /// overriding the flags'.
     fn lora(&self) -> Option<LoraConfig> {

@@ -25,9 +25,8 @@ pub fn save(dir: &Path, config: &impl Serialize, params: &Params) -> Result<()> 
 /// `params` as one safetensors file (f32, from any device), written atomically.
 pub fn save_tensors(path: &Path, params: &Params) -> Result<()> {
     let cpu = Runtime::default().trainable(params)?;
-    let bytes = safetensors::serialize(cpu.iter().map(|(k, v)| (k.clone(), v.clone())), None)
-        .context("cannot serialise weights")?;
-    write_atomic(path, &bytes)
+    let tensors = cpu.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    crate::runtime::tensor_file::write(path, tensors, &Default::default())
 }
 
 /// A trained run's folder: `save` plus `train_log.csv` (the loss of every step).
@@ -88,7 +87,8 @@ impl Kind {
 /// folder is named as such rather than reported as a field serde cannot place.
 pub fn load_config<T: DeserializeOwned>(dir: &Path, expected: Kind) -> Result<T> {
     let path = dir.join(CONFIG);
-    let text = std::fs::read_to_string(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text =
+        crate::runtime::files::read_regular_text(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let kind = serde_json::from_str(&text).ok().and_then(|v| Kind::of(&v));
     if let Some(kind) = kind.filter(|&k| k != expected) {
         bail!(
@@ -103,7 +103,8 @@ pub fn load_config<T: DeserializeOwned>(dir: &Path, expected: Kind) -> Result<T>
 
 pub fn load_params(dir: &Path) -> Result<Params> {
     let path = dir.join(WEIGHTS);
-    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let bytes =
+        crate::runtime::files::read_regular(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let map = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
         .with_context(|| format!("{}: malformed safetensors", path.display()))?;
     let params: Params = map.into_iter().collect();

@@ -59,6 +59,14 @@ impl LoraConfig {
             "--lora-alpha must be finite and positive (got {})",
             self.alpha
         );
+        // The adapters compute in float32: a larger scale is infinite there (∞ · 0 = NaN at
+        // the first step, where B = 0).
+        let scale = self.alpha / self.rank as f64;
+        ensure!(
+            (scale as f32).is_finite(),
+            "--lora-alpha {:e}: the adapters' scale α/R = {scale:e} is beyond float32's range",
+            self.alpha
+        );
         Ok(())
     }
 }

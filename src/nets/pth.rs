@@ -28,7 +28,7 @@ const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x
 /// Every tensor of the state dict in `path`, by name.
 pub fn read_pth(path: &Path) -> Result<Params> {
     let file = path.display();
-    let bytes = std::fs::read(path).with_context(|| format!("{file}: cannot read"))?;
+    let bytes = crate::runtime::files::read_regular(path).with_context(|| format!("{file}: cannot read"))?;
     if bytes.starts_with(ZIP_MAGIC) {
         drop(bytes);
         read_zip(path)

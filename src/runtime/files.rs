@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// Errors unless `path` is absent or a regular file (not a symlink, device, FIFO or folder).
-fn ensure_replaceable(path: &Path, what: &str) -> Result<()> {
+pub fn ensure_replaceable(path: &Path, what: &str) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Err(_) => Ok(()),
         Ok(m) if m.file_type().is_file() => Ok(()),
@@ -21,6 +21,32 @@ fn ensure_replaceable(path: &Path, what: &str) -> Result<()> {
             path.display()
         ),
     }
+}
+
+/// Opens `path` for reading if it is a regular file (or a link to one). Files found inside a
+/// folder (configs, captions, weights) are opened through this: opening a pipe blocks until
+/// a writer comes, and a device may never end.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a pipe, device or folder)",
+        ));
+    }
+    std::fs::File::open(path)
+}
+
+/// The bytes of the regular file `path` (`open_regular`).
+pub fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut open_regular(path)?, &mut bytes)?;
+    Ok(bytes)
+}
+
+/// The text of the regular file `path` (`open_regular`), which must be UTF-8.
+pub fn read_regular_text(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read_regular(path)?)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8"))
 }
 
 /// Checks, before any work, that `path` can be written as a regular file by `flag`:
@@ -56,6 +82,12 @@ fn check_writable(dir: &Path, flag: &str) -> Result<()> {
 /// file or the new one, never part of one. Among data-parallel ranks only rank 0 writes
 /// (every rank holds the same results; K writers of one file would race).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// `write_atomic` with the content written by `fill` into the temporary file, so a large file
+/// is streamed instead of held whole in memory.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> Result<()> {
     if !crate::runtime::ranks::place().is_root() {
         return Ok(());
     }
@@ -71,9 +103,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     // A forced stop (runtime::signals) waits for the write to finish.
     let _writing = super::signals::Writing::start();
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        fill(&mut f)?;
+        f.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, path)?;
         if let Ok(d) = std::fs::File::open(dir) {
             d.sync_all()?;

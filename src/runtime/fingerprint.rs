@@ -31,7 +31,7 @@ const SETTLED: Duration = Duration::from_secs(2);
 
 /// A 128-bit xxh3 hash of a file's bytes, as hex (read in blocks: weights can be large).
 pub fn content_hash(p: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(p).with_context(|| format!("{}: cannot read", p.display()))?;
+    let mut file = super::files::open_regular(p).with_context(|| format!("{}: cannot read", p.display()))?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut block = vec![0u8; 1 << 20];
     loop {
@@ -99,8 +99,11 @@ impl HashCache {
     /// The cache in `path` (`None`: in memory only). A missing or unreadable cache is empty:
     /// it only saves work.
     pub fn open(path: Option<PathBuf>) -> Self {
+        // Only a regular file is read: reading a pipe would block.
+        let regular = |p: &&Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
         let known = path
             .as_deref()
+            .filter(regular)
             .and_then(|p| std::fs::read_to_string(p).ok())
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();

@@ -14,4 +14,5 @@ pub mod pickle_check;
 pub mod progress;
 pub mod ranks;
 pub mod signals;
+pub mod tensor_file;
 pub mod torch_archive;

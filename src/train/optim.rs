@@ -29,6 +29,16 @@ impl OptimConfig {
             "--weight-decay {}: must be a finite number ≥ 0",
             self.weight_decay
         );
+        // The decoupled decay multiplies the weights by 1 − lr·wd each step: at lr·wd ≥ 1 it
+        // zeroes or flips them.
+        ensure!(
+            self.lr * self.weight_decay < 1.0,
+            "--weight-decay {}: with --lr {} each step scales the weights by 1 − lr·wd = {:.3e}; \
+             lr × weight decay must be below 1",
+            self.weight_decay,
+            self.lr,
+            1.0 - self.lr * self.weight_decay
+        );
         ensure!(
             self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0,
             "--max-grad-norm {}: must be a finite number ≥ 0 (0: no clipping)",

@@ -92,7 +92,8 @@ fn resolve(root: &Path, row: &Row) -> Result<PathBuf> {
 }
 
 fn read_jsonl(meta: &Path, column: &str) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(meta).with_context(|| format!("{}: cannot read", meta.display()))?;
+    let text =
+        crate::runtime::files::read_regular_text(meta).with_context(|| format!("{}: cannot read", meta.display()))?;
     let mut rows = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let at = format!("{} line {}", meta.display(), i + 1);

@@ -49,7 +49,17 @@ impl Folder {
                 metadata::entries(&files, meta, &opts.caption_column)?,
                 vec![meta.to_path_buf()],
             ),
-            None => (sidecar::entries(&files, &mut notes)?, files.captions.clone()),
+            None => {
+                // A column other than the default names nothing in side-file captions.
+                ensure!(
+                    opts.caption_column == FolderOptions::default().caption_column,
+                    "--caption-column {}: {} has no metadata.jsonl or metadata.csv to take a column from \
+                     (its captions are side files)",
+                    opts.caption_column,
+                    dir.display()
+                );
+                (sidecar::entries(&files, &mut notes)?, files.captions.clone())
+            }
         };
         ensure!(
             !entries.is_empty(),

@@ -65,7 +65,7 @@ pub fn entries(files: &Listing, notes: &mut Vec<String>) -> Result<Vec<Entry>> {
 }
 
 fn read_caption(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::runtime::files::read_regular_text(path)
         .with_context(|| format!("{}: cannot read (captions are UTF-8 text)", path.display()))?;
     Ok(text.trim().to_string())
 }

@@ -22,7 +22,7 @@ use crate::runtime::device::Runtime;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::{seeded, standard_normal, Rng};
 use crate::train::distill::{distill, DistillConfig};
-use anyhow::{ensure, Result};
+use anyhow::{bail, ensure, Result};
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -118,6 +118,11 @@ impl MlpBench {
         ensure!(self.repeats > 0 && batch > 0, "--repeats and --batch must be positive");
         ensure_fits(f32_bytes(&[batch, dim.max(784), 64]), &format!("--batch {batch}"))?;
         let (net, params) = match &self.teacher {
+            Some(dir) if !dir.is_dir() => bail!(
+                "--teacher {}: not a folder; bench --workload mlp times a network teacher folder written by \
+                 dcm train-teacher (--workload unet and unet-lora time a released-size SD UNet of random weights)",
+                dir.display()
+            ),
             Some(dir) => (
                 model_dir::load_net_config::<NetConfig>(dir, model_dir::Kind::Teacher)?,
                 model_dir::load_params(dir)?,

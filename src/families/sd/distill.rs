@@ -7,7 +7,7 @@ use crate::families::family::{DistillJob, DistillPlan, DistillRequest, FamilyFla
 use crate::families::sd::init_lora::{FromFile, InitLora};
 use crate::models::model_dir::{save_loss_log, LOSS_LOG};
 use crate::models::sd::captioned_latents::CaptionedLatents;
-use crate::models::sd::latents::encode_folder;
+use crate::models::sd::latents::{cache_files, encode_folder};
 use crate::models::sd::pipeline::Pipeline;
 use crate::models::sd::student::{LoraUnet, SdStudentConfig, SD_STUDENT};
 use crate::models::sd::text::NullText;
@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 /// The unconditional input of the teacher's guidance in training: zero embeddings, as the
 /// paper's and LCM's training code.
 pub const TRAINING_UNCOND: &str = "zeros";
+
+/// The run folder's sub-folder holding the latent cache.
+const LATENT_CACHE: &str = "latents";
 
 /// One LoRA student's training: teacher, data and every setting.
 pub struct SdRun<'a> {
@@ -203,7 +206,13 @@ impl DistillPlan for SdRun<'_> {
         let memory = TrainingMemory::estimate(&arch, self.lora, &latent, &self.distill)?;
         eprintln!("{memory}");
         memory.check(self.rt)?;
-        let latents = encode_folder(self.pipeline, self.rt, &folder, self.resolution, &out.join("latents"))?;
+        let latents = encode_folder(
+            self.pipeline,
+            self.rt,
+            &folder,
+            self.resolution,
+            &out.join(LATENT_CACHE),
+        )?;
         let source = if latents.from_cache {
             "latents from the cache"
         } else {
@@ -230,8 +239,10 @@ impl DistillPlan for SdRun<'_> {
         })
     }
 
-    fn outputs(&self) -> Vec<&'static str> {
-        vec![KOHYA_FILE, PEFT_FILE, SD_STUDENT, LOSS_LOG]
+    /// The LoRA files, student.json, the loss log and the latent cache.
+    fn outputs(&self) -> Vec<PathBuf> {
+        let files = [KOHYA_FILE, PEFT_FILE, SD_STUDENT, LOSS_LOG].map(PathBuf::from);
+        files.into_iter().chain(cache_files(Path::new(LATENT_CACHE))).collect()
     }
 
     /// The pipeline's files (configurations, tokenizers, picked weights), the data folder's

@@ -11,14 +11,15 @@ use crate::eval::sd_eval::{SampleSink, SdEvalSetup, SdEvaluation};
 use crate::eval::sd_metrics::MetricNets;
 use crate::eval::sd_reference::ReferenceCache;
 use crate::families::family::EvalRequest;
-use crate::models::sd::images::write_pngs_from;
+use crate::models::sd::images::{check_png_paths, write_pngs_from};
 use crate::models::sd::prompts;
+use crate::models::sd::sampling_cost::SamplingCost;
 use crate::models::sd::student::SdStudentConfig;
 use crate::models::sd::text::NullText;
 use crate::models::sd::SdTeacher;
 use crate::nets::sd::lora_files::{TextEncoderParts, KOHYA_FILE};
 use crate::runtime::device::Runtime;
-use crate::runtime::files::{check_output_dir, write_atomic};
+use crate::runtime::files::{check_output_dir, check_output_file, write_atomic};
 use crate::runtime::fingerprint::{changes, describe, relative_to, HashCache, HASH_CACHE};
 use crate::runtime::finite::finite_flag;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
@@ -129,6 +130,11 @@ fn teacher_ode(r: &EvalRequest, s: &SdStudent) -> Result<(TeacherOde, NullText)>
         (None, Some(d)) => d.guidance,
         (w, _) => finite_flag(w.unwrap_or(1.0), "--guidance", MAX_GUIDANCE)?,
     };
+    // Without guidance (w ≤ 1, as diffusers) the unconditional input is never read.
+    let given = [("--negative-prompt", &r.negative_prompt), ("--uncond", &r.uncond)];
+    if let Some((flag, _)) = given.iter().find(|(_, v)| v.is_some() && guidance <= 1.0) {
+        bail!("{flag} has no effect without guidance (--guidance W > 1)");
+    }
     Ok((TeacherOde::new(solver, intervals, guidance)?, null))
 }
 
@@ -163,6 +169,24 @@ fn noise_and_prompts(r: &EvalRequest, rt: &Runtime) -> Result<(Tensor, Vec<Strin
     Ok((noise.to_dtype(DType::F32)?.to_device(&rt.device)?, prompts))
 }
 
+/// The UNet's memory for one block of rows (refused naming `--noise` when one row cannot
+/// fit, else `--batch`) and, when long, the time of every call: the teacher's guided solve
+/// (if the reference is made) and each step count's sampler.
+fn check_sampling(setup: &SdEvalSetup, r: &EvalRequest, rt: &Runtime) -> Result<()> {
+    let cfg = setup.teacher.pipeline().unet_config()?;
+    let [rows, c, h, w] = <[usize; 4]>::try_from(setup.noise.dims()).context("--noise: [B, C, h, w]")?;
+    let halves = if setup.ode.guidance > 1.0 { 2 } else { 1 };
+    let row_calls = rows * (halves * setup.ode.teacher_calls_per_sample() + setup.steps.iter().sum::<usize>());
+    let noise = format!("--noise {}", r.noise.as_deref().unwrap_or(Path::new("")).display());
+    let one = SamplingCost::estimate(&cfg, rt.dtype, [c, h, w], halves, 1)?;
+    if rt.device.is_cpu() {
+        ensure_fits(one.memory(), &format!("{noise} (one row of {c}×{h}×{w} latents)"))?;
+    }
+    let held = halves * setup.batch.min(rows);
+    let block = SamplingCost::estimate(&cfg, rt.dtype, [c, h, w], held, row_calls.div_ceil(held))?;
+    block.check(rt, &format!("--batch {}", setup.batch))
+}
+
 /// Where the teacher's reference samples are read or made.
 fn reference_cache(r: &EvalRequest, out: &Path) -> Result<ReferenceCache> {
     Ok(match &r.reference {
@@ -189,6 +213,10 @@ pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) 
     );
     let out = r.out.clone().context("--out EVAL_DIR is needed for an SD evaluation")?;
     check_output_dir(&out, "--out")?;
+    // Files written at the end, and the hash cache read first (a pipe there would block).
+    for name in ["eval.json", "eval.csv", "eval.md", HASH_CACHE] {
+        check_output_file(&out.join(name), "--out")?;
+    }
     let student = sd_student(r)?;
     let te = match &r.lora_text_encoder {
         Some(v) => v.parse()?,
@@ -215,6 +243,7 @@ pub fn evaluate(teacher: &SdTeacher, spec: &str, r: &EvalRequest, rt: &Runtime) 
     };
     // Cheap checks before the student, CLIP and real images load.
     setup.validate()?;
+    check_sampling(&setup, r, rt)?;
     // The loader's errors name the LoRA file.
     let lora_student = SdTeacher::from_pipeline_parts(teacher.pipeline().clone(), rt, Some(&student.lora), te)?;
     let loaded = r.metrics.load(rt)?;
@@ -245,6 +274,7 @@ impl StudentFiles {
             .iter()
             .map(|dir| {
                 std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
+                check_png_paths(dir, noise[0], "--out")?;
                 RowWriter::create(&dir.join("latents.npy"), noise)
             })
             .collect::<Result<Vec<_>>>()?;

@@ -25,7 +25,7 @@ use crate::nets::lora::LoraConfig;
 use crate::nets::sd::lora_files::{TextEncoderParts, KOHYA_FILE};
 use crate::runtime::device::Runtime;
 use crate::train::distill::DistillConfig;
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::Tensor;
 use std::cell::OnceCell;
 use std::path::Path;
@@ -152,13 +152,22 @@ impl ModelFamily for SdFamily {
         images::decode(&self.pipeline, rt, latents)
     }
 
-    /// The UNet's memory and work on latents `[C, h, w]` (other shapes are refused by
-    /// `condition`, naming the shape).
+    /// Rows of latents `[C, h, w]` the UNet takes (its channels, a size its levels halve
+    /// evenly), else an error naming the input; then the UNet's memory and work on them.
     fn check_sampling(&self, work: &SamplingWork, rt: &Runtime) -> Result<()> {
-        let Ok(latent) = <[usize; 3]>::try_from(work.sample.as_slice()) else {
-            return Ok(());
+        let cfg = self.pipeline.unet_config()?;
+        let levels = 1usize << cfg.block_out_channels.len().saturating_sub(1).min(16);
+        let latent = match <[usize; 3]>::try_from(work.sample.as_slice()) {
+            Ok([c, h, w]) if c == cfg.in_channels && h % levels == 0 && w % levels == 0 => [c, h, w],
+            _ => bail!(
+                "{}: rows of shape {:?}, but a Stable Diffusion teacher needs latents [B, C, h, w] with C = {} \
+                 (its UNet's channels) and h, w multiples of {levels}",
+                work.what,
+                work.sample,
+                cfg.in_channels
+            ),
         };
-        let cost = SamplingCost::estimate(&self.pipeline.unet_config()?, rt.dtype, latent, work.rows, work.calls)?;
+        let cost = SamplingCost::estimate(&cfg, rt.dtype, latent, work.rows, work.calls)?;
         cost.check(rt, &work.what)
     }
 

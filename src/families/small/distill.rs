@@ -18,7 +18,7 @@ use crate::runtime::memory::{ensure_fits, f32_bytes};
 use crate::runtime::noise::seeded;
 use crate::train::distill::{DistillConfig, Distilled};
 use anyhow::{bail, ensure, Context, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Working copies of a batch one distillation step holds (x₀, noise, x_t, targets, the
 /// student's activations and their gradients).
@@ -135,12 +135,12 @@ impl DistillPlan for SmallPlan<'_> {
         })
     }
 
-    fn outputs(&self) -> Vec<&'static str> {
+    fn outputs(&self) -> Vec<PathBuf> {
         let mut files = vec![model_dir::CONFIG, model_dir::WEIGHTS, model_dir::LOSS_LOG];
         if self.config.lora.is_some() {
             files.push(model_dir::ADAPTERS);
         }
-        files
+        files.into_iter().map(PathBuf::from).collect()
     }
 
     /// A network teacher's folder and a `--data` file or folder.

@@ -5,7 +5,7 @@ use super::pipeline::Pipeline;
 use crate::nets::layers::map_chunks;
 use crate::nets::sd::vae::AutoencoderKl;
 use crate::runtime::device::Runtime;
-use crate::runtime::files::write_atomic;
+use crate::runtime::files::{ensure_replaceable, write_atomic};
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Tensor};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,12 @@ pub fn decode_rows(vae: &AutoencoderKl, latents: &Tensor, tick: &dyn Fn()) -> Re
 /// The file of row `i` in `dir`: `00000.png`, `00001.png`, ….
 pub fn png_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("{i:05}.png"))
+}
+
+/// Refuses, before work, a PNG file of rows `0..rows` in `dir` that exists and is not a
+/// regular file (a pipe, device, link or folder), naming `flag`.
+pub fn check_png_paths(dir: &Path, rows: usize, flag: &str) -> Result<()> {
+    (0..rows).try_for_each(|i| ensure_replaceable(&png_path(dir, i), flag))
 }
 
 /// One PNG per row of `images` `[B, C, H, W]` in [0, 1] (C = 1: grey, 3: RGB), values

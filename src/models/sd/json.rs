@@ -12,7 +12,8 @@ pub struct JsonFile {
 
 impl JsonFile {
     pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let text = crate::runtime::files::read_regular_text(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
         let value: Value =
             serde_json::from_str(&text).map_err(|e| anyhow!("{}: not valid JSON ({e})", path.display()))?;
         match value {

@@ -17,7 +17,7 @@ use crate::runtime::memory::{ensure_fits, f32_bytes};
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Image pixels decoded and encoded at a time: 8 images of 128², one image from 362² up. It
 /// bounds the pixels held and the VAE's activations, and how long a stop signal waits (it is
@@ -27,6 +27,11 @@ const CHUNK_PIXELS: usize = 8 * 128 * 128;
 /// Images per chunk at resolution `r`: at least one, at most 8.
 fn chunk_images(r: usize) -> usize {
     (CHUNK_PIXELS / (r * r).max(1)).clamp(1, 8)
+}
+
+/// The cache's files in `cache_dir`: its key, the latents, the image hashes.
+pub fn cache_files(cache_dir: &Path) -> [PathBuf; 3] {
+    ["latents.json", "latents.safetensors", HASH_CACHE].map(|f| cache_dir.join(f))
 }
 
 /// The latent distribution of every captioned image, unscaled, its caption and repeat count.
@@ -73,9 +78,9 @@ pub fn encode_folder(
     r: usize,
     cache_dir: &Path,
 ) -> Result<LatentSet> {
-    let hashes = HashCache::open(Some(cache_dir.join(HASH_CACHE)));
+    let [key_file, tensors, hash_file] = cache_files(cache_dir);
+    let hashes = HashCache::open(Some(hash_file));
     let key = cache_key(pipeline, folder, r, &hashes)?;
-    let (key_file, tensors) = (cache_dir.join("latents.json"), cache_dir.join("latents.safetensors"));
     let cached = read_cache(&key_file, &tensors, &key)?;
     let from_cache = cached.is_some();
     let (mean, std) = match cached {
@@ -174,7 +179,7 @@ fn encode_stream(vae: &AutoencoderKl, rt: &Runtime, entries: &[Entry], r: usize,
 
 /// The cached (mean, std) when the cache's key equals `key`.
 fn read_cache(key_file: &Path, tensors: &Path, key: &Value) -> Result<Option<(Tensor, Tensor)>> {
-    let Ok(text) = std::fs::read_to_string(key_file) else {
+    let Ok(text) = crate::runtime::files::read_regular_text(key_file) else {
         return Ok(None);
     };
     if serde_json::from_str::<Value>(&text).ok().as_ref() != Some(key) || !tensors.is_file() {

@@ -235,7 +235,7 @@ impl SdStudentConfig {
 
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(SD_STUDENT);
-        let text = std::fs::read_to_string(&path).map_err(|e| {
+        let text = crate::runtime::files::read_regular_text(&path).map_err(|e| {
             anyhow::anyhow!(
                 "{}: cannot read ({e}); not a run folder of `dcm distill --teacher sd:DIR`",
                 path.display()

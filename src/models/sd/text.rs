@@ -33,6 +33,12 @@ impl TextEncoder {
             tokenizer.vocab_size(),
             cfg.vocab_size
         );
+        ensure!(
+            tokenizer.max_length() <= cfg.max_position_embeddings,
+            "{at}: the tokenizer pads prompts to {} tokens (its model_max_length) but the text encoder has {} positions (max_position_embeddings)",
+            tokenizer.max_length(),
+            cfg.max_position_embeddings
+        );
         let model = ClipTextModel::new(&cfg, &params).map_err(|e| anyhow!("{at}: {e}"))?;
         let sdxl_second = i == 1;
         ensure!(

@@ -1,6 +1,7 @@
 //! The fields of a transformers `Dinov2Config` (`config.json` of a `Dinov2Model` folder) that
 //! fix the network's shape; sizes S/B/L/g all come from here.
 
+use crate::nets::sd::config_keys::in_range;
 use anyhow::{anyhow, ensure, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -37,7 +38,8 @@ pub struct Dinov2Config {
 impl Dinov2Config {
     /// Reads and validates `config.json`; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+        let text =
+            crate::runtime::files::read_regular_text(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
         let cfg: Self = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         cfg.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(cfg)
@@ -79,10 +81,7 @@ impl Dinov2Config {
             self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0,
             "mlp_ratio must be finite and positive"
         );
-        ensure!(
-            self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0,
-            "layer_norm_eps must be finite and positive"
-        );
+        in_range("layer_norm_eps", self.layer_norm_eps, 1e-12, 1.0)?;
         ensure!(
             self.hidden_act == "gelu",
             "hidden_act is '{}', only 'gelu' (DINOv2's exact GELU) is implemented",

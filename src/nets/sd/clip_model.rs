@@ -29,7 +29,8 @@ pub struct ClipModelConfig {
 impl ClipModelConfig {
     /// Reads `config.json`; a config that is not a `CLIPModel`'s is a one-line error saying what it is.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+        let text =
+            crate::runtime::files::read_regular_text(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Self::from_json(&json).map_err(|e| anyhow!("{}: {e}", path.display()))
     }

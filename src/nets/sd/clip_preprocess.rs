@@ -52,7 +52,8 @@ pub struct ClipImageProcessor {
 impl ClipImageProcessor {
     /// Reads `preprocessor_config.json`; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+        let text =
+            crate::runtime::files::read_regular_text(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
         let p: Self = serde_json::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         p.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Ok(p)

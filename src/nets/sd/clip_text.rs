@@ -15,6 +15,7 @@
 //! used: an unknown or missing tensor is an error naming it.
 
 use crate::nets::layers::{param, Params};
+use crate::nets::sd::config_keys::in_range;
 use anyhow::{anyhow, bail, ensure, Result};
 use candle_core::{DType, Device, Module, Tensor, D};
 use candle_nn::Linear;
@@ -54,7 +55,8 @@ pub struct ClipTextConfig {
 impl ClipTextConfig {
     /// Reads a component's `config.json`; errors name the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+        let text =
+            crate::runtime::files::read_regular_text(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
         let parse = || -> Result<Self> { super::config_keys::from_object(serde_json::from_str(&text)?) };
         let cfg = parse().map_err(|e| anyhow!("{}: {e}", path.display()))?;
         cfg.validate().map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -79,12 +81,7 @@ impl ClipTextConfig {
             self.hidden_size,
             self.num_attention_heads
         );
-        ensure!(
-            self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0,
-            "layer_norm_eps must be finite and positive (got {})",
-            self.layer_norm_eps
-        );
-        Ok(())
+        in_range("layer_norm_eps", self.layer_norm_eps, 1e-12, 1.0)
     }
 
     fn layer_dims(&self) -> LayerDims {

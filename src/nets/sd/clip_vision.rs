@@ -10,6 +10,7 @@
 
 use super::clip_text::{Activation, EncoderLayer, LayerDims, Norm, Weights};
 use crate::nets::layers::Params;
+use crate::nets::sd::config_keys::in_range;
 use anyhow::{anyhow, ensure, Result};
 use candle_core::{DType, Tensor};
 use serde::Deserialize;
@@ -58,11 +59,7 @@ impl ClipVisionConfig {
             self.image_size,
             self.patch_size
         );
-        ensure!(
-            self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0,
-            "vision_config.layer_norm_eps must be finite and positive"
-        );
-        Ok(())
+        in_range("vision_config.layer_norm_eps", self.layer_norm_eps, 1e-12, 1.0)
     }
 
     /// Class token + patches.

@@ -54,8 +54,8 @@ use crate::nets::sd::lora_metadata::{kohya_metadata, LoraInfo};
 use crate::nets::sd::lora_ranks::{unify, Checked};
 use crate::nets::sd::unet::UNetLora;
 use crate::nets::sd::unet_config::UNetConfig;
-use crate::runtime::files::write_atomic;
 use crate::runtime::finite::ensure_finite;
+use crate::runtime::tensor_file;
 use anyhow::{anyhow, bail, ensure, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -211,7 +211,7 @@ pub fn export_kohya(
         Some(info) => kohya_metadata(unet_cfg, cfg, info),
         None => BTreeMap::from([("format", "pt".to_string())]),
     };
-    write_atomic(path, &safetensors_bytes(tensors, &meta).map_err(at)?)
+    write_safetensors(path, tensors, &meta)
 }
 
 /// Writes `adapters` in diffusers' PEFT layout with rank and alpha in the header metadata.
@@ -233,7 +233,7 @@ pub fn export_peft(path: &Path, unet_cfg: &UNetConfig, adapters: &Params, cfg: L
         tensors.push((format!("unet.{module}.lora_A.weight"), a));
         tensors.push((format!("unet.{module}.lora_B.weight"), b));
     }
-    write_atomic(path, &safetensors_bytes(tensors, &meta).map_err(at)?)
+    write_safetensors(path, tensors, &meta)
 }
 
 /// The UNet's adaptable layers: base weight shape by module path, module paths by kohya name
@@ -672,32 +672,9 @@ fn alpha_json(alpha: f64) -> serde_json::Value {
     }
 }
 
-/// A safetensors file as the safetensors library lays it out (tensors by descending dtype,
-/// then name; header padded with spaces to 8 bytes), with the metadata keys sorted.
-fn safetensors_bytes(mut tensors: Vec<(String, Tensor)>, metadata: &BTreeMap<&str, String>) -> Result<Vec<u8>> {
-    use safetensors::View;
-    tensors.sort_by(|(ln, l), (rn, r)| View::dtype(r).cmp(&View::dtype(l)).then(ln.cmp(rn)));
-    let mut header = format!("{{\"__metadata__\":{}", serde_json::to_string(metadata)?);
-    let mut offset = 0;
-    for (name, t) in &tensors {
-        let end = offset + View::data_len(t);
-        header += &format!(
-            ",{}:{{\"dtype\":{},\"shape\":{},\"data_offsets\":[{offset},{end}]}}",
-            serde_json::to_string(name)?,
-            serde_json::to_string(&View::dtype(t))?,
-            serde_json::to_string(t.dims())?
-        );
-        offset = end;
-    }
-    header.push('}');
-    while !header.len().is_multiple_of(8) {
-        header.push(' ');
-    }
-    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
-    bytes.extend((header.len() as u64).to_le_bytes());
-    bytes.extend(header.as_bytes());
-    for (_, t) in &tensors {
-        bytes.extend(View::data(t).as_ref());
-    }
-    Ok(bytes)
+/// Writes a safetensors file as the safetensors library lays it out (tensors by descending
+/// dtype, then name; header padded with spaces to 8 bytes), with the metadata keys sorted.
+fn write_safetensors(path: &Path, tensors: Vec<(String, Tensor)>, metadata: &BTreeMap<&str, String>) -> Result<()> {
+    let metadata = metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+    tensor_file::write(path, tensors, &metadata)
 }

@@ -196,7 +196,7 @@ impl Bpe {
 }
 
 fn read_text(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))
+    crate::runtime::files::read_regular_text(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))
 }
 
 /// `vocab.json`: token → id.

@@ -209,7 +209,8 @@ pub struct Layout {
 impl UNetConfig {
     /// Reads `path` (diffusers' `unet/config.json`); any error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        let text = crate::runtime::files::read_regular_text(path)
+            .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
         Self::from_json(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 

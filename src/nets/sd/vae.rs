@@ -84,7 +84,8 @@ impl VaeConfig {
     /// Reads `path` (diffusers' `vae/config.json`; keys starting with `_` ignored, unknown keys
     /// rejected); any error names the file.
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+        let text = crate::runtime::files::read_regular_text(path)
+            .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
         Self::from_json(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
     }
 
