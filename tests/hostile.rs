@@ -787,6 +787,22 @@ fn sizes_beyond_an_address_space_limit_are_refused_naming_the_limit() {
             ]),
             "--batch 100000000: needs about",
         ),
+        (
+            strings(&[
+                "reproduce",
+                "--preset",
+                "smoke",
+                "--batch",
+                "100000000",
+                "--out",
+                &path("ulimit-reproduce"),
+            ]),
+            "--batch 100000000: needs about",
+        ),
+        (
+            strings(&["bench", "--workload", "unet-lora", "--size", "256", "--repeats", "1"]),
+            "--size (256×256 latents) even at one sample per batch",
+        ),
     ];
     for (args, says) in cases {
         let o = dcm_under_ulimit_v(4_000_000, &args);
