@@ -826,6 +826,13 @@ fn sizes_beyond_an_address_space_limit_are_refused_naming_the_limit() {
             ]),
             "huge-noise.npy: needs about",
         ),
+        (
+            {
+                let wide = sparse_npy("wide-features.npy", &[4, 100_000]);
+                strings(&["fd", &wide, &wide])
+            },
+            "(100000-wide features): needs about",
+        ),
     ];
     for (args, says) in cases {
         let o = dcm_under_ulimit_v(4_000_000, &args);
