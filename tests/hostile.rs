@@ -714,6 +714,17 @@ fn caption_folder() -> String {
     dir
 }
 
+/// A float32 `.npy` of `shape` whose data are a hole in the file (zeros, no disk space).
+fn sparse_npy(name: &str, shape: &[usize]) -> String {
+    let p = path(name);
+    let header = npy::header_bytes(shape);
+    let file = std::fs::File::create(&p).unwrap();
+    std::io::Write::write_all(&mut &file, &header).unwrap();
+    file.set_len((header.len() + 4 * shape.iter().product::<usize>()) as u64)
+        .unwrap();
+    p
+}
+
 /// dcm run under `ulimit -v KIB` (an address-space limit, as batch schedulers set).
 fn dcm_under_ulimit_v(kib: u64, args: &[String]) -> Output {
     Command::new("sh")
@@ -786,6 +797,41 @@ fn sizes_beyond_an_address_space_limit_are_refused_naming_the_limit() {
                 &path("ulimit-small"),
             ]),
             "--batch 100000000: needs about",
+        ),
+        (
+            strings(&[
+                "reproduce",
+                "--preset",
+                "smoke",
+                "--batch",
+                "100000000",
+                "--out",
+                &path("ulimit-reproduce"),
+            ]),
+            "--batch 100000000: needs about",
+        ),
+        (
+            strings(&["bench", "--workload", "unet-lora", "--size", "256", "--repeats", "1"]),
+            "--size (256×256 latents) even at one sample per batch",
+        ),
+        (
+            strings(&[
+                "sample",
+                "--teacher",
+                "gaussian:mean=0,std=1",
+                "--noise",
+                &sparse_npy("huge-noise.npy", &[1, 4, 20_000, 20_000]),
+                "--out",
+                &path("huge-out.npy"),
+            ]),
+            "huge-noise.npy: needs about",
+        ),
+        (
+            {
+                let wide = sparse_npy("wide-features.npy", &[4, 100_000]);
+                strings(&["fd", &wide, &wide])
+            },
+            "(100000-wide features): needs about",
         ),
     ];
     for (args, says) in cases {

@@ -951,7 +951,7 @@ fn sigterm_during_long_sd_work_ends_within_seconds() {
     image::RgbImage::from_fn(768, 768, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]))
         .save(images.join("0.png"))
         .unwrap();
-    for k in 0..24 {
+    for k in 0..48 {
         if k > 0 {
             std::fs::copy(images.join("0.png"), images.join(format!("{k}.png"))).unwrap();
         }

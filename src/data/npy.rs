@@ -3,11 +3,16 @@
 //! the declared shape is checked against the file length before anything is allocated.
 
 use crate::runtime::finite::ensure_finite;
-use anyhow::{bail, ensure, Context, Result};
+use crate::runtime::memory::ensure_fits;
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use candle_core::{Device, Tensor};
+use std::io::Read;
 use std::path::Path;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
+
+/// Largest header read (NumPy's own headers are a few hundred bytes).
+const MAX_HEADER: usize = 1 << 20;
 
 /// Parsed header: element size in bytes (4 or 8) and the shape.
 #[derive(Debug, PartialEq)]
@@ -94,38 +99,113 @@ pub fn decode(bytes: &[u8]) -> Result<Tensor> {
     let data_start = header_end(bytes)?;
     ensure!(data_start <= bytes.len(), "truncated .npy header");
     let (float64, shape) = header(bytes)?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .context("shape is too large")?;
-    let elem = if float64 { 8 } else { 4 };
-    let data = &bytes[data_start..];
-    ensure!(
-        count.checked_mul(elem) == Some(data.len()),
-        "shape {:?} needs {} data bytes but the file has {}",
-        shape,
-        count.saturating_mul(elem),
-        data.len()
-    );
-    let values: Vec<f32> = if float64 {
-        data.chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32)
-            .collect()
-    } else {
-        data.chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("chunk of 4")))
-            .collect()
-    };
+    let values = values(&mut &bytes[data_start..], float64, &shape)?;
     Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
 }
 
-/// Reads a `.npy` file as float32; errors name the file.
+/// The element count of `shape`, refused when it overflows.
+fn count(shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .context("shape is too large")
+}
+
+/// The data of an array of `shape` read from `src` block by block into float32 values: memory
+/// holds the values and one block, never the file's bytes as well. `src` must hold exactly the
+/// data the shape declares.
+fn values(src: &mut impl Read, float64: bool, shape: &[usize]) -> Result<Vec<f32>> {
+    let count = count(shape)?;
+    let elem = if float64 { 8 } else { 4 };
+    let needs = count.checked_mul(elem).context("shape is too large")?;
+    let short = |got: usize| anyhow!("shape {shape:?} needs {needs} data bytes but the file has {got}");
+    let mut values: Vec<f32> = Vec::with_capacity(count);
+    // 1 MiB: a whole number of elements of either size.
+    let mut block = vec![0u8; 1 << 20];
+    let mut got = 0;
+    while got < needs {
+        let want = block.len().min(needs - got);
+        let n = read_full(src, &mut block[..want])?;
+        got += n;
+        ensure!(n == want, "{}", short(got));
+        match float64 {
+            true => values.extend(
+                block[..n]
+                    .chunks_exact(8)
+                    .map(|c| f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32),
+            ),
+            false => values.extend(
+                block[..n]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("chunk of 4"))),
+            ),
+        }
+    }
+    let extra = read_full(src, &mut block[..1])?;
+    ensure!(
+        extra == 0,
+        "shape {shape:?} needs {needs} data bytes but the file has more"
+    );
+    Ok(values)
+}
+
+/// Reads into `buf` until it is full or the source ends; the bytes read.
+fn read_full(src: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+/// Reads a `.npy` file as float32; errors name the file. The header is read first, so an array
+/// larger than the memory available is refused before its data is read.
 pub fn read(path: &Path) -> Result<Tensor> {
-    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let t = decode(&bytes).with_context(|| format!("{}: malformed .npy", path.display()))?;
-    // float64 values beyond float32's range become infinite here, and are refused too.
-    ensure_finite(&t, &path.display().to_string())?;
-    Ok(t)
+    let bad = || format!("{}: malformed .npy", path.display());
+    let mut file =
+        std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?);
+    let mut head = vec![0u8; 12];
+    let n = read_full(&mut file, &mut head).with_context(|| format!("{}: cannot read", path.display()))?;
+    head.truncate(n);
+    let end = header_end(&head).with_context(bad)?;
+    ensure!(end <= MAX_HEADER, "{}: header of {end} bytes", bad());
+    // The first bytes may reach past a very short header: they start the data.
+    let leftover = head.split_off(end.min(head.len()));
+    let missing = end - head.len();
+    let mut rest = vec![0u8; missing];
+    ensure!(
+        read_full(&mut file, &mut rest).with_context(bad)? == missing,
+        "{}: truncated .npy header",
+        bad()
+    );
+    head.extend(rest);
+    let (float64, shape) = header(&head).with_context(bad)?;
+    let elements = count(&shape).with_context(bad)?;
+    // A file's length is checked against the shape before the values are allocated.
+    if let Some(m) = std::fs::metadata(path).ok().filter(|m| m.is_file()).map(|m| m.len()) {
+        let needs = (elements as u64).saturating_mul(if float64 { 8 } else { 4 });
+        let has = m.saturating_sub(end as u64);
+        ensure!(
+            needs == has,
+            "{}: shape {shape:?} needs {needs} data bytes but the file has {has}",
+            bad()
+        );
+    }
+    ensure_fits(4.0 * elements as f64, &path.display().to_string())?;
+    let values = values(&mut (&leftover[..]).chain(file), float64, &shape).with_context(bad)?;
+    // float64 values beyond float32's range become infinite here, and are refused too (checked
+    // on the values: a check on the tensor would copy it).
+    ensure!(
+        values.iter().all(|v| v.is_finite()),
+        "{}: contains NaN or infinite values",
+        path.display()
+    );
+    Ok(Tensor::from_vec(values, shape, &Device::Cpu)?)
 }
 
 /// The header of a float32 `.npy` (v1.0) of `dims`, padded to 64 bytes.

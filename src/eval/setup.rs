@@ -12,8 +12,11 @@ use crate::eval::model_set::Models;
 use crate::eval::reproduce_config::ReproduceConfig;
 use crate::eval::students::TrainedStudent;
 use crate::nets::autoencoder::encode_all;
+use crate::nets::network::NetConfig;
 use crate::runtime::memory::{ensure_fits, f32_bytes};
+use crate::train::budget::check_batch;
 use crate::train::distill::distill;
+use crate::train::score_matching::kept_per_sample;
 use crate::train::trainer::Checkpointing;
 use anyhow::{ensure, Result};
 use nalgebra::DMatrix;
@@ -78,6 +81,10 @@ impl Setup {
         // A LoRA student's teacher is itself with its adapters off (the same weights).
         let teacher = cfg.lora.is_none().then_some(&*models.teacher as &dyn Denoiser);
         let distill_cfg = cfg.distill_config(method, seed);
+        // A step keeps the student's maps as a teacher-training step does, and the teacher's
+        // and target's passes as much again: a batch beyond memory is refused by name.
+        let NetConfig::Mlp(net) = &models.teacher_net;
+        check_batch(&models.teacher_params, 3.0 * kept_per_sample(net), distill_cfg.batch)?;
         let d = distill(
             teacher,
             &models.teacher_net,

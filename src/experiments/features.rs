@@ -11,6 +11,7 @@ use crate::eval::metrics::kd::kernel_distance;
 use crate::eval::metrics::to_matrix;
 use crate::nets::feature_net::FeatureNet;
 use crate::runtime::files::check_output_file;
+use crate::runtime::memory::ensure_fits;
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 use clap::Args;
@@ -77,8 +78,13 @@ pub fn fd_command(a: FdArgs) -> Result<()> {
         (None, true) => anyhow::bail!("--model: an image folder needs a network ({MODEL_HELP})"),
         (None, false) => None,
     };
-    let x = to_matrix(&set_features(&a.a, net.as_deref(), a.batch)?)?;
-    let y = to_matrix(&set_features(&a.b, net.as_deref(), a.batch)?)?;
+    let (fa, fb) = (
+        set_features(&a.a, net.as_deref(), a.batch)?,
+        set_features(&a.b, net.as_deref(), a.batch)?,
+    );
+    check_fd_memory(&a, &fa, &fb)?;
+    let x = to_matrix(&fa)?;
+    let y = to_matrix(&fb)?;
     ensure!(
         x.ncols() == y.ncols(),
         "{} has {}-wide features, {} {}-wide",
@@ -95,6 +101,22 @@ pub fn fd_command(a: FdArgs) -> Result<()> {
         x.ncols()
     );
     Ok(())
+}
+
+/// f64 matrices of D × D values FD holds at its peak (both covariances, the square root's
+/// eigendecomposition and products, the cross term's).
+const FD_SQUARE_MATRICES: f64 = 8.0;
+
+/// Refuses, naming the sets, features whose FD cannot fit in memory: its D × D matrices and
+/// both sets as f64 (twice while centred).
+fn check_fd_memory(a: &FdArgs, x: &Tensor, y: &Tensor) -> Result<()> {
+    let d = x.dim(1)? as f64;
+    let rows = (x.dim(0)? + y.dim(0)?) as f64;
+    let bytes = 8.0 * (FD_SQUARE_MATRICES * d * d + 2.0 * rows * d);
+    ensure_fits(
+        bytes,
+        &format!("{} and {} ({d}-wide features)", a.a.display(), a.b.display()),
+    )
 }
 
 /// An image folder's features under `net`, or a feature file's rows.

@@ -33,7 +33,7 @@ pub struct Trained {
 
 /// Values one row keeps through a step: x₀, noise, x_t, the prediction, its error and square;
 /// three maps per layer (its output, SiLU's sigmoid and product); the time and class embeddings.
-fn kept_per_sample(net: &MlpConfig) -> f64 {
+pub fn kept_per_sample(net: &MlpConfig) -> f64 {
     let layers = (net.depth + 2) as f64;
     6.0 * net.dim() as f64 + 3.0 * net.hidden as f64 * layers + 4.0 * net.time_dim as f64
 }

@@ -122,7 +122,7 @@ impl UNetBench {
 
     /// Refuses, before any weights are drawn, sizes the UNet cannot run and sizes that
     /// cannot fit in memory.
-    fn check(&self, cfg: &UNetConfig) -> Result<()> {
+    pub(super) fn check(&self, cfg: &UNetConfig) -> Result<()> {
         ensure!(
             self.repeats > 0 && self.batch > 0 && self.size > 0,
             "--repeats, --batch and --size must be positive"

@@ -90,10 +90,19 @@ impl UNetBench {
             cfg.addition_embed_type.is_none(),
             "--workload unet-lora times SD 1.x/2.x-shaped UNets (--unet sd15); SDXL's added conditioning is not drawn here"
         );
-        let start = Instant::now();
-        let params = self.runtime.frozen(&random_unet_params(&cfg, &mut seeded(0))?)?;
+        self.check(&cfg)?;
         let arch = self.lora_student(&cfg);
         let intervals = intervals.unwrap_or(INTERVALS);
+        // The training step's memory, as dcm distill estimates it, before any weights are drawn.
+        let latent = [cfg.in_channels, self.size, self.size];
+        let paper = DistillConfig::paper_lora(Method::compared()[0], LoraConfig::PAPER);
+        let one = DistillConfig {
+            batch: self.batch,
+            ..paper
+        };
+        TrainingMemory::estimate(&arch, LoraConfig::PAPER, &latent, &one)?.check_as(&self.runtime, "--size")?;
+        let start = Instant::now();
+        let params = self.runtime.frozen(&random_unet_params(&cfg, &mut seeded(0))?)?;
         let data = RandomLatents {
             shape: vec![cfg.in_channels, self.size, self.size],
             context: (CONTEXT_TOKENS, cfg.layout()?.context_dim),

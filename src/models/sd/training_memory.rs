@@ -45,10 +45,11 @@ impl TrainingMemory {
             .iter()
             .map(|(_, shape)| lora.rank as f64 * (shape[1..].iter().product::<usize>() + shape[0]) as f64)
             .sum();
-        // f32 weights, gradients, two AdamW moments, EMA, the gradient sum of --grad-accum;
-        // the cast copy the UNet computes with.
+        // f32 weights, gradients, two AdamW moments, the backward pass's transient gradient
+        // of each adapter (measured: a rank-10,000 sd1 run peaks 15% above four copies), EMA,
+        // the gradient sum of --grad-accum; the cast copy the UNet computes with.
         let optional = [cfg.ema_decay.is_some(), cfg.grad_accum > 1];
-        let f32_copies = 4.0 + optional.iter().filter(|&&b| b).count() as f64;
+        let f32_copies = 5.0 + optional.iter().filter(|&&b| b).count() as f64;
         let adapters = adapter_elems * (4.0 * f32_copies + size);
         let layout = arch.unet.layout().map_err(|e| anyhow!("UNet config: {e}"))?;
         let (h, w) = match latent {
@@ -72,15 +73,20 @@ impl TrainingMemory {
     /// Refuses a run whose estimate exceeds the memory available (CPU runs; on a GPU the
     /// estimate is printed and the device's allocator has the last word).
     pub fn check(&self, rt: &Runtime) -> Result<()> {
+        self.check_as(rt, "--resolution")
+    }
+
+    /// `check`, naming `size_flag` as the flag that sets the latent size.
+    pub fn check_as(&self, rt: &Runtime, size_flag: &str) -> Result<()> {
         match rt.device.is_cpu() {
-            true => self.check_on_cpu(),
+            true => self.check_on_cpu(size_flag),
             false => Ok(()),
         }
     }
 
     /// Refuses the run naming the flag to change: the adapters' rank when they dominate, else
-    /// the latent size (set by --resolution) when one sample alone cannot fit, else --batch.
-    fn check_on_cpu(&self) -> Result<()> {
+    /// the latent size (set by `size_flag`) when one sample alone cannot fit, else --batch.
+    fn check_on_cpu(&self, size_flag: &str) -> Result<()> {
         let activations = self.activations_per_sample * self.batch as f64;
         if self.adapters >= activations && self.adapters >= self.weights {
             return ensure_fits(self.total(), &format!("--lora-rank {}", self.rank));
@@ -89,7 +95,7 @@ impl TrainingMemory {
         let one = self.weights + self.adapters + self.activations_per_sample;
         ensure_fits(
             one,
-            &format!("--resolution ({h}×{w} latents) even at one sample per batch"),
+            &format!("{size_flag} ({h}×{w} latents) even at one sample per batch"),
         )?;
         ensure_fits(self.total(), &format!("--batch {} of {h}×{w} latents", self.batch))
     }
@@ -225,7 +231,7 @@ mod tests {
         let lora = |rank| LoraConfig { rank, alpha: 1.0 };
         let refusal = |rank, side, batch| {
             let m = TrainingMemory::estimate(&a, lora(rank), &[4, side, side], &cfg(batch)).unwrap();
-            m.check_on_cpu().unwrap_err().to_string()
+            m.check_on_cpu("--resolution").unwrap_err().to_string()
         };
         let e = refusal(60_000, 8, 1);
         assert!(e.starts_with("--lora-rank 60000: needs about"), "{e}");
