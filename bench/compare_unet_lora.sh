@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Runs `dcm bench --workload unet-lora` (one CM and one Direct LoRA distillation step of the
+# SD 1.5 UNet, random weights and data) and the same steps in diffusers + peft
+# (bench/torch_unet_lora.py), alternating ROUNDS times (default 3) so that a burst of load from
+# other tenants hits both. Each round runs dcm first; the PyTorch side then repeats, step for
+# step, the grid indices dcm drew, so that the teacher does the same evaluations (checked).
+# Settings: N = INTERVALS (default 10), w = GUIDANCE (default 9), rank 64 on LCM-LoRA's
+# targets, f32, THREADS threads each (default 2), REPEATS timed steps after one warm-up step
+# (default 2), at each of CONFIGS (default "16:1 32:2": latent side:batch).
+# Prints every round's times (with the 1-minute load average before it: other tenants' work
+# slows both sides, PyTorch's OpenMP threads more than dcm's) and each side's peak resident memory, dcm's estimate beside
+# it, and, LAST, the median round's throughput ratio dcm / diffusers+peft for each method and
+# configuration:
+#   dcm / diffusers+peft throughput, median round: CM 16x16 b1 X.XX, Direct 16x16 b1 X.XX, ...
+# Usage: bench/compare_unet_lora.sh [more flags for dcm, e.g. --gradient-checkpointing];
+# PYTHON=/path/to/python with torch, diffusers and peft (default python3; see
+# scripts/requirements-fixtures.txt). DCM="cmd…" runs that instead of building target/release/dcm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+THREADS=${THREADS:-2}
+PYTHON=${PYTHON:-python3}
+ROUNDS=${ROUNDS:-3}
+INTERVALS=${INTERVALS:-10}
+GUIDANCE=${GUIDANCE:-9}
+REPEATS=${REPEATS:-2}
+CONFIGS=${CONFIGS:-"16:1 32:2"}
+if [[ -z "${DCM:-}" ]]; then
+  cargo build --release --quiet
+  DCM=${CARGO_TARGET_DIR:-target}/release/dcm
+fi
+out=$(mktemp -d)
+# The grid indices of every timed step of dcm's workload number W (0: CM, 1: Direct), as
+# torch_unet_lora.py's --starts reads them: rows by ',', steps by ';'.
+starts() {
+  python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+print(";".join(",".join(map(str, s)) for s in r["workloads"][int(sys.argv[2])]["starts"]))' "$1" "$2"
+}
+for r in $(seq "$ROUNDS"); do
+  for config in $CONFIGS; do
+    size=${config%:*}
+    batch=${config#*:}
+    tag="$size.$batch.$r"
+    cut -d' ' -f1 /proc/loadavg > "$out/load.$tag"
+    # shellcheck disable=SC2086 # DCM may be a command with arguments
+    env RAYON_NUM_THREADS="$THREADS" $DCM bench --workload unet-lora --json --size "$size" --batch "$batch" \
+      --intervals "$INTERVALS" --guidance "$GUIDANCE" --repeats "$REPEATS" "$@" > "$out/dcm.$tag.json"
+    for w in 0 1; do
+      method=$([[ $w == 0 ]] && echo cm || echo direct)
+      "$PYTHON" bench/torch_unet_lora.py --method "$method" --size "$size" --starts "$(starts "$out/dcm.$tag.json" $w)" \
+        --intervals "$INTERVALS" --guidance "$GUIDANCE" --threads "$THREADS" 2> /dev/null > "$out/torch.$method.$tag.json"
+    done
+  done
+done
+python3 - "$out" "$ROUNDS" "$CONFIGS" <<'PY'
+import json, statistics, sys
+out, rounds, configs = sys.argv[1], int(sys.argv[2]), [c.split(":") for c in sys.argv[3].split()]
+load = lambda path: json.load(open(path))
+ratios = []
+for size, batch in configs:
+    d = [load(f"{out}/dcm.{size}.{batch}.{r}.json") for r in range(1, rounds + 1)]
+    t = {m: [load(f"{out}/torch.{m}.{size}.{batch}.{r}.json") for r in range(1, rounds + 1)] for m in ("cm", "direct")}
+    assert d[0]["parameters"] == t["cm"][0]["parameters"], (d[0]["parameters"], t["cm"][0]["parameters"])
+    print(f"\nSD 1.5 UNet ({d[0]['parameters']} parameters), {size}x{size} latents, batch {batch}, f32, "
+          f"{d[0]['threads']} threads, torch {t['cm'][0]['torch']}, {rounds} alternating rounds of {len(d[0]['times']) // 2} timed steps")
+    print("| step | round | load before | dcm s (median step) | diffusers+peft s | dcm / diffusers+peft throughput |")
+    print("|---|---|---|---|---|---|")
+    loads = [open(f"{out}/load.{size}.{batch}.{r}").read().strip() for r in range(1, rounds + 1)]
+    for w, m in enumerate(("cm", "direct")):
+        ds = [run["workloads"][w]["seconds"] for run in d]
+        ts = [run["workloads"][0]["seconds"] for run in t[m]]
+        for r in range(rounds):
+            de, te = d[r]["workloads"][w]["teacher_evaluations"], t[m][r]["workloads"][0]["teacher_evaluations"]
+            assert de == te, f"round {r + 1} {m}: teacher evaluations dcm {de}, torch {te}"
+            print(f"| {m} | {r + 1} | {loads[r]} | {ds[r]:.2f} | {ts[r]:.2f} | {ts[r] / ds[r]:.2f}x |")
+        ratio = statistics.median(ts) / statistics.median(ds)
+        print(f"| {m} | median | | {statistics.median(ds):.2f} | {statistics.median(ts):.2f} | **{ratio:.2f}x** |")
+        ratios.append(f"{'CM' if m == 'cm' else 'Direct'} {size}x{size} b{batch} {ratio:.2f}")
+    peak_t = max(run["peak_memory_mib"] for m in t for run in t[m])
+    print(f"peak resident memory: dcm {max(run['peak_memory_mib'] for run in d):.0f} MiB "
+          f"(its estimate {d[0]['estimated_memory_mib']:.0f} MiB), diffusers+peft {peak_t:.0f} MiB")
+print("\ndcm / diffusers+peft throughput, median round: " + ", ".join(ratios))
+PY
