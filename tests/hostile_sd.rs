@@ -991,6 +991,9 @@ fn sigterm_during_long_sd_work_ends_within_seconds() {
         terminate(&args, || checkpoint.is_file(), Duration::from_secs(1)),
     );
     assert!(checkpoint.is_file());
+    for dir in [images.display().to_string(), path("encode-run"), run] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// The size in bytes of `2.5 GiB`-style text.
@@ -1060,6 +1063,8 @@ fn large_adapters_train_checkpoint_and_resume_under_an_address_space_limit() {
         assert!(!err.contains("memory allocation"), "{err}");
     }
     assert!(Path::new(&run).join("checkpoint.safetensors").is_file());
+    // Gigabytes of adapters and moments.
+    let _ = std::fs::remove_dir_all(&run);
 }
 
 const VALUES: &[&str] = &[
