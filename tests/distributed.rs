@@ -236,11 +236,7 @@ fn a_killed_rank_ends_the_job_and_its_checkpoint_resumes_with_one_rank() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !cut.join("checkpoint.safetensors").is_file() {
-        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_checkpoint(&cut);
     let ranks = pause(&job);
     let killed = Instant::now();
     signal("-KILL", ranks[1]);
@@ -269,11 +265,12 @@ fn a_killed_rank_ends_the_job_and_its_checkpoint_resumes_with_one_rank() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
-/// SIGTERM to `mpirun` reaches every rank; they stop at the end of the same step (the request
-/// travels with the gradients' sum), rank 0 saves that step, and the checkpoint resumes with
-/// K = 1 to the uninterrupted run's student.
+/// SIGTERM to one rank stops every rank at the end of the same step (the request travels with
+/// the gradients' sum), rank 0 saves that step, and the checkpoint resumes with K = 1 to the
+/// uninterrupted run's student. The ranks are paused while the signal is queued, so it lands
+/// mid-run however fast the machine is.
 #[test]
-fn sigterm_stops_every_rank_at_one_step_and_the_checkpoint_resumes() {
+fn sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_checkpoint_resumes() {
     let d = dir("sigterm");
     let (whole, cut) = (d.join("whole"), d.join("cut"));
     let mut args = MLP.to_vec();
@@ -289,28 +286,18 @@ fn sigterm_stops_every_rank_at_one_step_and_the_checkpoint_resumes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !cut.join("checkpoint.safetensors").is_file() {
-        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&cut);
     let ranks = pause(&job);
-    signal("-TERM", job.id());
-    std::thread::sleep(Duration::from_millis(500));
+    signal("-TERM", ranks[1]);
     ranks.iter().for_each(|&pid| signal("-CONT", pid));
     let output = job.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let steps: Vec<&str> = stderr
-        .lines()
-        .filter_map(|l| l.strip_prefix("stopped by SIGTERM after step "))
-        .map(|l| l.split(';').next().unwrap())
-        .collect();
     assert!(
         !stderr.contains("distilled in"),
         "the run ended before SIGTERM reached it: {stderr}"
     );
-    assert_eq!(steps.len(), 2, "{stderr}");
-    assert_eq!(steps[0], steps[1], "the ranks stopped at different steps: {stderr}");
+    let step = stopped_step(&stderr);
+    assert!(step < 1500, "{stderr}");
     let o = Command::new(env!("CARGO_BIN_EXE_dcm"))
         .args(&args)
         .args(["--resume", cut.to_str().unwrap()])
@@ -319,6 +306,62 @@ fn sigterm_stops_every_rank_at_one_step_and_the_checkpoint_resumes() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_close(&whole.join("model.safetensors"), &cut.join("model.safetensors"), 1e-5);
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// SIGTERM to `mpirun` (which passes it on to the ranks in its own time) stops the job within
+/// 60 s, every rank at the end of the same step, with a non-zero exit and the checkpoint of
+/// that step saved. The run (200,000 steps, a minute or more) cannot end before the signal arrives.
+#[test]
+fn sigterm_to_mpirun_stops_every_rank_at_one_step_with_its_checkpoint() {
+    let d = dir("sigterm-mpirun");
+    let cut = d.join("cut");
+    let mut args = MLP.to_vec();
+    args.extend(["--method", "direct", "--steps", "200000", "--checkpoint-every", "50"]);
+    args.extend(["--out", cut.to_str().unwrap()]);
+    let job = mpirun(2)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&cut);
+    let sent = Instant::now();
+    signal("-TERM", job.id());
+    let output = job.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(60),
+        "the job outlived SIGTERM by 60 s"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let step = stopped_step(&stderr);
+    let checkpoint = std::fs::read(cut.join("checkpoint.safetensors")).unwrap();
+    let len = u64::from_le_bytes(checkpoint[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&checkpoint[8..8 + len]).unwrap();
+    let state: serde_json::Value = serde_json::from_str(header["__metadata__"]["dcm_state"].as_str().unwrap()).unwrap();
+    assert_eq!(state["adam_step"].as_u64(), Some(step as u64), "{stderr}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Waits (at most 120 s) for a run's first checkpoint.
+fn wait_for_checkpoint(out: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !out.join("checkpoint.safetensors").is_file() {
+        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The step after which both ranks of a K = 2 job say they stopped by SIGTERM (they must agree).
+fn stopped_step(stderr: &str) -> usize {
+    let steps: Vec<&str> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("stopped by SIGTERM after step "))
+        .map(|l| l.split(';').next().unwrap())
+        .collect();
+    assert_eq!(steps.len(), 2, "{stderr}");
+    assert_eq!(steps[0], steps[1], "the ranks stopped at different steps: {stderr}");
+    steps[0].parse().unwrap()
 }
 
 /// A rank that hangs without dying (SIGSTOP) ends the job within 60 s: the other rank gives up
@@ -344,11 +387,7 @@ fn a_hung_rank_ends_the_job_in_bounded_time() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !cut.join("checkpoint.safetensors").is_file() {
-        assert!(Instant::now() < deadline, "no checkpoint within 120 s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_checkpoint(&cut);
     let rank1 = ranks_of(&job)
         .into_iter()
         .find(|(r, _)| *r == 1)
