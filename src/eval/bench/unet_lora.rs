@@ -145,7 +145,8 @@ impl UNetBench {
         step: &DistillConfig,
         into: &mut Measured,
     ) -> Result<()> {
-        let memory = TrainingMemory::estimate(arch, LoraConfig::PAPER, &data.shape, step)?;
+        let memory =
+            TrainingMemory::estimate(arch, LoraConfig::PAPER, &data.shape, step, self.runtime.device.is_cpu())?;
         into.estimated_memory_mib = Some(memory.total() / (1024.0 * 1024.0));
         data.take_draws();
         let run = distill(None, arch, params, data, step, Default::default())?;
