@@ -15,6 +15,8 @@
 # Usage: bench/compare_unet_lora.sh [more flags for dcm, e.g. --gradient-checkpointing];
 # PYTHON=/path/to/python with torch, diffusers and peft (default python3; see
 # scripts/requirements-fixtures.txt). DCM="cmd…" runs that instead of building target/release/dcm.
+# BASELINE="cmd…" (another dcm build, e.g. before a change) also runs in every round, after dcm
+# and on the same grid indices; its times and dcm's speed-up over it are printed too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-2}
@@ -45,6 +47,11 @@ for r in $(seq "$ROUNDS"); do
     # shellcheck disable=SC2086 # DCM may be a command with arguments
     env RAYON_NUM_THREADS="$THREADS" $DCM bench --workload unet-lora --json --size "$size" --batch "$batch" \
       --intervals "$INTERVALS" --guidance "$GUIDANCE" --repeats "$REPEATS" "$@" > "$out/dcm.$tag.json"
+    if [[ -n "${BASELINE:-}" ]]; then
+      # shellcheck disable=SC2086 # BASELINE may be a command with arguments
+      env RAYON_NUM_THREADS="$THREADS" $BASELINE bench --workload unet-lora --json --size "$size" --batch "$batch" \
+        --intervals "$INTERVALS" --guidance "$GUIDANCE" --repeats "$REPEATS" "$@" > "$out/base.$tag.json"
+    fi
     for w in 0 1; do
       method=$([[ $w == 0 ]] && echo cm || echo direct)
       "$PYTHON" bench/torch_unet_lora.py --method "$method" --size "$size" --starts "$(starts "$out/dcm.$tag.json" $w)" \
@@ -53,7 +60,7 @@ for r in $(seq "$ROUNDS"); do
   done
 done
 python3 - "$out" "$ROUNDS" "$CONFIGS" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 out, rounds, configs = sys.argv[1], int(sys.argv[2]), [c.split(":") for c in sys.argv[3].split()]
 load = lambda path: json.load(open(path))
 ratios = []
@@ -63,21 +70,32 @@ for size, batch in configs:
     assert d[0]["parameters"] == t["cm"][0]["parameters"], (d[0]["parameters"], t["cm"][0]["parameters"])
     print(f"\nSD 1.5 UNet ({d[0]['parameters']} parameters), {size}x{size} latents, batch {batch}, f32, "
           f"{d[0]['threads']} threads, torch {t['cm'][0]['torch']}, {rounds} alternating rounds of {len(d[0]['times']) // 2} timed steps")
-    print("| step | round | load before | dcm s (median step) | diffusers+peft s | dcm / diffusers+peft throughput |")
-    print("|---|---|---|---|---|---|")
+    base = [load(f"{out}/base.{size}.{batch}.{r}.json") for r in range(1, rounds + 1) if os.path.exists(f"{out}/base.{size}.{batch}.{r}.json")]
+    extra = ("", "") if not base else (" baseline dcm s |", "---|")
+    speedups = []
+    print(f"| step | round | load before | dcm s (median step) |{extra[0]} diffusers+peft s | dcm / diffusers+peft throughput |")
+    print(f"|---|---|---|---|{extra[1]}---|---|")
     loads = [open(f"{out}/load.{size}.{batch}.{r}").read().strip() for r in range(1, rounds + 1)]
     for w, m in enumerate(("cm", "direct")):
         ds = [run["workloads"][w]["seconds"] for run in d]
         ts = [run["workloads"][0]["seconds"] for run in t[m]]
+        bs = [run["workloads"][w]["seconds"] for run in base]
+        cell = lambda v, r: f" {v[r]:.2f} |" if v else ""
         for r in range(rounds):
             de, te = d[r]["workloads"][w]["teacher_evaluations"], t[m][r]["workloads"][0]["teacher_evaluations"]
             assert de == te, f"round {r + 1} {m}: teacher evaluations dcm {de}, torch {te}"
-            print(f"| {m} | {r + 1} | {loads[r]} | {ds[r]:.2f} | {ts[r]:.2f} | {ts[r] / ds[r]:.2f}x |")
+            print(f"| {m} | {r + 1} | {loads[r]} | {ds[r]:.2f} |{cell(bs, r)} {ts[r]:.2f} | {ts[r] / ds[r]:.2f}x |")
         ratio = statistics.median(ts) / statistics.median(ds)
-        print(f"| {m} | median | | {statistics.median(ds):.2f} | {statistics.median(ts):.2f} | **{ratio:.2f}x** |")
+        median_base = f" {statistics.median(bs):.2f} |" if bs else ""
+        print(f"| {m} | median | | {statistics.median(ds):.2f} |{median_base} {statistics.median(ts):.2f} | **{ratio:.2f}x** |")
+        if bs:
+            speedups.append(f"{'CM' if m == 'cm' else 'Direct'} {statistics.median(bs) / statistics.median(ds):.2f}")
         ratios.append(f"{'CM' if m == 'cm' else 'Direct'} {size}x{size} b{batch} {ratio:.2f}")
     peak_t = max(run["peak_memory_mib"] for m in t for run in t[m])
+    peak_b = f", baseline dcm {max(run['peak_memory_mib'] for run in base):.0f} MiB" if base else ""
     print(f"peak resident memory: dcm {max(run['peak_memory_mib'] for run in d):.0f} MiB "
-          f"(its estimate {d[0]['estimated_memory_mib']:.0f} MiB), diffusers+peft {peak_t:.0f} MiB")
+          f"(its estimate {d[0]['estimated_memory_mib']:.0f} MiB), diffusers+peft {peak_t:.0f} MiB{peak_b}")
+    if speedups:
+        print("dcm / baseline dcm throughput, median round: " + ", ".join(speedups))
 print("\ndcm / diffusers+peft throughput, median round: " + ", ".join(ratios))
 PY

@@ -11,6 +11,23 @@ use std::process::ExitCode;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+extern "C" {
+    /// mimalloc's option setter (its `mimalloc.h`), linked in with the allocator.
+    fn mi_option_set(option: std::ffi::c_int, value: std::ffi::c_long);
+}
+
+/// `mi_option_purge_delay` in the bundled mimalloc's `mi_option_e` (libmimalloc-sys 0.1.49, v3).
+const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
+
+/// Keeps freed memory mapped: by default mimalloc returns it to the system 10 ms after it is
+/// freed, and a training step, which frees and reallocates its whole working set between its
+/// phases, page-faults it back in (zeroing each transparent huge page again): a third of the
+/// SD LoRA step's time (docs/CANDLE_TRAPS.md).
+fn keep_freed_memory() {
+    // SAFETY: sets one integer option; mimalloc reads options with atomic loads.
+    unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
+}
+
 #[derive(Parser)]
 #[command(
     name = "dcm",
@@ -112,6 +129,7 @@ fn parse_args() -> Result<Cli, ExitCode> {
 }
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     // candle's element-wise pool spins for its next job after each op, taking a core from
     // the matrix products that carry the work (dcm's own kernels and gemm run on rayon);
     // the remaining candle ops are small enough for one thread (docs/PERFORMANCE.md).

@@ -236,6 +236,8 @@ pub fn distill(
         run_config: serde_json::json!({"distill": cfg, "net": net.describe()}),
     };
     let mut trainer = Trainer::new(&init, options)?;
+    // The trainer copied them: a LoRA run's fresh adapters would stay resident to the end.
+    drop(init);
     // Under LoRA the trained tensors are the adapters, added to the frozen start weights.
     let with_start = |trained: Params| -> Params {
         match cfg.lora {

@@ -100,7 +100,8 @@ impl UNetBench {
             batch: self.batch,
             ..paper
         };
-        TrainingMemory::estimate(&arch, LoraConfig::PAPER, &latent, &one)?.check_as(&self.runtime, "--size")?;
+        TrainingMemory::estimate(&arch, LoraConfig::PAPER, &latent, &one, self.runtime.device.is_cpu())?
+            .check_as(&self.runtime, "--size")?;
         let start = Instant::now();
         let params = self.runtime.frozen(&random_unet_params(&cfg, &mut seeded(0))?)?;
         let data = RandomLatents {
@@ -154,7 +155,8 @@ impl UNetBench {
         step: &DistillConfig,
         into: &mut Measured,
     ) -> Result<()> {
-        let memory = TrainingMemory::estimate(arch, LoraConfig::PAPER, &data.shape, step)?;
+        let memory =
+            TrainingMemory::estimate(arch, LoraConfig::PAPER, &data.shape, step, self.runtime.device.is_cpu())?;
         into.estimated_memory_mib = Some(memory.total() / (1024.0 * 1024.0));
         data.take_draws();
         let run = distill(None, arch, params, data, step, Default::default())?;

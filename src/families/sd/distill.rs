@@ -203,7 +203,7 @@ impl DistillPlan for SdRun<'_> {
         arch.gradient_checkpointing = self.gradient_checkpointing;
         let side = self.resolution / vae_factor(self.pipeline)?;
         let latent = [arch.unet.in_channels, side, side];
-        let memory = TrainingMemory::estimate(&arch, self.lora, &latent, &self.distill)?;
+        let memory = TrainingMemory::estimate(&arch, self.lora, &latent, &self.distill, self.rt.device.is_cpu())?;
         eprintln!("{memory}");
         memory.check(self.rt)?;
         let latents = encode_folder(

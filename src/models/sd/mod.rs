@@ -11,6 +11,7 @@ pub mod latents;
 pub mod pipeline;
 pub mod prompts;
 pub mod sampling_cost;
+pub mod saved_maps;
 pub mod scheduler;
 pub mod single_file;
 pub mod student;

@@ -1,36 +1,56 @@
-//! What a LoRA distillation step of a Stable Diffusion UNet holds in memory, estimated before
-//! the run starts: the frozen UNet in its precision, the adapters with their f32 gradients
-//! and AdamW moments (and EMA), and the activations the student's forward pass keeps for
-//! the backward pass — the part that grows with the batch. The teacher's and target
-//! network's passes keep no graph, so their activations are transient.
+//! What a LoRA distillation step of a Stable Diffusion UNet holds in memory at its peak,
+//! estimated before the run starts: the frozen UNet in its precision; the adapters as the
+//! trainer keeps them (f32 weights, gradients, AdamW's two moments, an EMA and the gradient sum
+//! of `--grad-accum` when asked, the cast copy the UNet computes with); the maps the student's
+//! forward pass keeps for the backward pass, per sample (`saved_maps`, plain or checkpointed);
+//! and on the CPU the process's own memory. The teacher's and target network's passes keep no
+//! graph, so their maps are transient.
 
+use super::saved_maps::{Kernels, SavedMaps};
 use super::student::LoraUnet;
 use crate::nets::lora::LoraConfig;
-use crate::nets::sd::unet_config::{BlockSpec, Layout};
 use crate::runtime::device::Runtime;
 use crate::runtime::memory::{ensure_fits, human};
 use crate::train::distill::DistillConfig;
 use anyhow::{anyhow, Result};
+use candle_core::DType;
+use std::collections::HashSet;
 
-/// Tokens of the text context the cross-attention layers attend to (CLIP's 77).
-const CONTEXT_TOKENS: usize = 77;
+/// What a CPU run holds beyond the weights, the adapters' state and the saved maps at the
+/// step's peak: the binary and its threads, and the working memory of the step as the
+/// allocator keeps it (the teacher's and target's passes, the backward pass's per-op buffers,
+/// the optimizer's update; `src/main.rs` keeps freed memory for reuse). Measured on the SD 1.5
+/// UNet in f32 at 16×16 and 32×32 latents, batch 1 and 2, with and without checkpointing
+/// (docs/PERFORMANCE.md): the peak minus the counted parts was 531–722 MiB, one constant
+/// for every size and batch rather than a part of the activations.
+const CPU_PROCESS: f64 = 600.0 * 1024.0 * 1024.0;
 
 #[derive(Clone, Copy, Debug)]
 pub struct TrainingMemory {
     pub weights: f64,
-    /// Adapters (f32 and the cast copy), their gradients, AdamW moments and EMA.
+    /// Adapters (f32 weights, gradients, AdamW moments, EMA, the cast copy).
     pub adapters: f64,
     pub activations_per_sample: f64,
+    /// The process's own memory (CPU runs; 0 on a GPU, where it is host memory).
+    pub process: f64,
     /// Rows per micro-batch.
     pub batch: usize,
     /// What sets each part, for a refusal that names the flag to change.
     pub rank: usize,
     pub latent: (usize, usize),
+    pub gradient_checkpointing: bool,
 }
 
 impl TrainingMemory {
-    /// For latents of per-sample shape `[C, h, w]` and the run's batch.
-    pub fn estimate(arch: &LoraUnet, lora: LoraConfig, latent: &[usize], cfg: &DistillConfig) -> Result<Self> {
+    /// For latents of per-sample shape `[C, h, w]` and the run's batch, on the CPU (the fused
+    /// f32 kernels when the UNet computes in f32) or a GPU (candle's generic ops).
+    pub fn estimate(
+        arch: &LoraUnet,
+        lora: LoraConfig,
+        latent: &[usize],
+        cfg: &DistillConfig,
+        cpu: bool,
+    ) -> Result<Self> {
         let size = arch.dtype.size_in_bytes() as f64;
         let weights = arch
             .unet
@@ -39,35 +59,45 @@ impl TrainingMemory {
             .map(|(_, shape)| shape.iter().product::<usize>() as f64)
             .sum::<f64>()
             * size;
-        let adapter_elems: f64 = arch
-            .unet
-            .lora_layers(&arch.targets)?
+        let layers = arch.unet.lora_layers(&arch.targets)?;
+        let adapter_elems: f64 = layers
             .iter()
             .map(|(_, shape)| lora.rank as f64 * (shape[1..].iter().product::<usize>() + shape[0]) as f64)
             .sum();
         // f32 weights, gradients, two AdamW moments, the backward pass's transient gradient
         // of each adapter (measured: a rank-10,000 sd1 run peaks 15% above four copies), EMA,
-        // the gradient sum of --grad-accum; the cast copy the UNet computes with.
+        // the gradient sum of --grad-accum; the copy cast to the UNet's dtype (none in f32).
         let optional = [cfg.ema_decay.is_some(), cfg.grad_accum > 1];
         let f32_copies = 5.0 + optional.iter().filter(|&&b| b).count() as f64;
-        let adapters = adapter_elems * (4.0 * f32_copies + size);
-        let layout = arch.unet.layout().map_err(|e| anyhow!("UNet config: {e}"))?;
+        let cast = if arch.dtype == DType::F32 { 0.0 } else { size };
+        let adapters = adapter_elems * (4.0 * f32_copies + cast);
         let (h, w) = match latent {
             [_, h, w] => (*h, *w),
             _ => return Err(anyhow!("latents of shape {latent:?}: expected [C, h, w]")),
         };
+        let adapted: HashSet<String> = layers.into_iter().map(|(path, _)| path).collect();
+        let kernels = Kernels::of(arch.dtype, cpu);
+        let maps = SavedMaps::count(&arch.unet, &adapted, lora.rank, (h, w), kernels)?;
         Ok(Self {
             weights,
             adapters,
-            activations_per_sample: saved_elements(&layout, h * w) * size,
+            activations_per_sample: maps.per_sample(arch.gradient_checkpointing),
+            process: if cpu { CPU_PROCESS } else { 0.0 },
             batch: cfg.batch,
             rank: lora.rank,
             latent: (h, w),
+            gradient_checkpointing: arch.gradient_checkpointing,
         })
     }
 
     pub fn total(&self) -> f64 {
-        self.weights + self.adapters + self.activations_per_sample * self.batch as f64
+        self.weights + self.adapters + self.process + self.activations_per_sample * self.batch as f64
+    }
+
+    /// Samples per micro-batch that fit in `bytes` (0 when not even the weights do).
+    pub fn samples_in(&self, bytes: f64) -> usize {
+        let room = bytes - self.weights - self.adapters - self.process;
+        (room / self.activations_per_sample).max(0.0).floor() as usize
     }
 
     /// Refuses a run whose estimate exceeds the memory available (CPU runs; on a GPU the
@@ -85,27 +115,40 @@ impl TrainingMemory {
     }
 
     /// Refuses the run naming the flag to change: the adapters' rank when they dominate, else
-    /// the latent size (set by `size_flag`) when one sample alone cannot fit, else --batch.
+    /// the latent size (set by `size_flag`) when one sample alone cannot fit, else --batch
+    /// (and --gradient-checkpointing when it is off).
     fn check_on_cpu(&self, size_flag: &str) -> Result<()> {
         let activations = self.activations_per_sample * self.batch as f64;
         if self.adapters >= activations && self.adapters >= self.weights {
             return ensure_fits(self.total(), &format!("--lora-rank {}", self.rank));
         }
         let (h, w) = self.latent;
-        let one = self.weights + self.adapters + self.activations_per_sample;
+        let one = self.weights + self.adapters + self.process + self.activations_per_sample;
         ensure_fits(
             one,
             &format!("{size_flag} ({h}×{w} latents) even at one sample per batch"),
         )?;
-        ensure_fits(self.total(), &format!("--batch {} of {h}×{w} latents", self.batch))
+        let fits = ensure_fits(self.total(), &format!("--batch {} of {h}×{w} latents", self.batch));
+        match self.gradient_checkpointing {
+            true => fits,
+            false => fits.map_err(|e| anyhow!("{e}; --gradient-checkpointing keeps less per sample")),
+        }
     }
 }
 
 impl std::fmt::Display for TrainingMemory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let process = match self.process > 0.0 {
+            true => format!(" + process {}", human(self.process)),
+            false => String::new(),
+        };
+        let checkpointing = match self.gradient_checkpointing {
+            true => ", checkpointed",
+            false => "",
+        };
         write!(
             f,
-            "memory estimate: UNet {} + adapters and optimizer {} + activations {} per sample × {} = {}",
+            "memory estimate: UNet {} + adapters and optimizer {}{process} + activations {} per sample{checkpointing} × {} = {}",
             human(self.weights),
             human(self.adapters),
             human(self.activations_per_sample),
@@ -115,66 +158,6 @@ impl std::fmt::Display for TrainingMemory {
     }
 }
 
-/// Elements the student's forward pass saves for its backward pass, per sample, for latents
-/// of `pixels` = h·w: every resnet's normalised, activated and convolved maps, and every
-/// transformer layer's token maps and attention probabilities (`heads · S²` for self-attention,
-/// the term that dominates at high resolution).
-fn saved_elements(layout: &Layout, pixels: usize) -> f64 {
-    let mut total = 0.0;
-    let mut s = pixels as f64;
-    for block in &layout.down {
-        total += block_elements(block, s);
-        if block.resample {
-            s /= 4.0;
-        }
-    }
-    let mid = &layout.mid;
-    total += 2.0 * resnet_elements(mid.channels as f64, mid.channels as f64, s)
-        + mid.transformer_layers as f64 * transformer_elements(mid.channels as f64, mid.heads as f64, s);
-    for block in &layout.up {
-        total += block_elements(block, s);
-        if block.resample {
-            s *= 4.0;
-        }
-    }
-    total
-}
-
-fn block_elements(block: &BlockSpec, s: f64) -> f64 {
-    let out = block.out as f64;
-    let per_resnet: f64 = block
-        .resnet_in
-        .iter()
-        .map(|&c_in| {
-            let attention = match block.cross_attention {
-                true => block.transformer_layers as f64 * transformer_elements(out, block.heads as f64, s),
-                false => 0.0,
-            };
-            resnet_elements(c_in as f64, out, s) + attention
-        })
-        .sum();
-    per_resnet + if block.resample { out * s } else { 0.0 }
-}
-
-/// Maps of the width of the input (GroupNorm's intermediates, SiLU) and of the output
-/// (convolutions, each adapter's three products, the time embedding's sum, the residual).
-fn resnet_elements(c_in: f64, c_out: f64, s: f64) -> f64 {
-    MEASURED * (3.0 * c_in * s + 4.0 * c_out * s)
-}
-
-/// One `BasicTransformerBlock` of width `d` on S tokens: token maps of width d (norms,
-/// projections and their adapters, GEGLU's 8d-wide input and 4d-wide halves), and per head
-/// the self-attention scores and probabilities `S²` (the only maps of attention's softmax
-/// kept for the backward pass) and cross-attention's against the text context.
-fn transformer_elements(d: f64, heads: f64, s: f64) -> f64 {
-    MEASURED * 30.0 * d * s + 2.0 * heads * s * s + 2.0 * heads * s * CONTEXT_TOKENS as f64
-}
-
-/// What candle's graph keeps beyond the maps counted above (each op's own output, reshapes
-/// made contiguous, the adapters' paths): measured on the CPU for the SD 1.5 UNet at 32×32
-/// latents in f32, 3,069 MiB per sample (peak at batch 2 minus batch 1) against 810 MiB counted.
-const MEASURED: f64 = 3.8;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,7 +166,6 @@ mod tests {
     use crate::diffusion::schedule::{Schedule, ScheduleKind};
     use crate::nets::sd::unet::DEFAULT_LORA_TARGETS;
     use crate::nets::sd::unet_config::UNetConfig;
-    use candle_core::DType;
 
     fn arch(unet: UNetConfig, dtype: DType) -> LoraUnet {
         LoraUnet {
@@ -193,6 +175,13 @@ mod tests {
             prediction: Prediction::Epsilon,
             dtype,
             gradient_checkpointing: false,
+        }
+    }
+
+    fn checkpointed(unet: UNetConfig, dtype: DType) -> LoraUnet {
+        LoraUnet {
+            gradient_checkpointing: true,
+            ..arch(unet, dtype)
         }
     }
 
@@ -212,7 +201,9 @@ mod tests {
     fn sdxl_estimate_at_1024() {
         let a = arch(UNetConfig::sdxl(), DType::BF16);
         let lora = LoraConfig::PAPER;
-        let at = |side: usize, batch: usize| TrainingMemory::estimate(&a, lora, &[4, side, side], &cfg(batch)).unwrap();
+        let at = |side: usize, batch: usize| {
+            TrainingMemory::estimate(&a, lora, &[4, side, side], &cfg(batch), false).unwrap()
+        };
         let (m64, m128) = (at(64, 1), at(128, 16));
         eprintln!("SDXL 64²: {m64}\nSDXL 128²: {m128}");
         assert!((m128.weights / 2.0 - 2.567e9).abs() < 0.01e9, "{}", m128.weights);
@@ -224,13 +215,14 @@ mod tests {
     }
 
     /// A refusal names the part of the estimate that dominates: the adapters' rank, or the
-    /// batch at this latent size (set by --resolution), never a flag that is not the cause.
+    /// batch at this latent size (set by --resolution), never a flag that is not the cause;
+    /// a batch refusal names --gradient-checkpointing while it is off.
     #[test]
     fn refusals_name_the_flag_that_sets_the_size() {
         let a = arch(UNetConfig::sdxl(), DType::BF16);
         let lora = |rank| LoraConfig { rank, alpha: 1.0 };
         let refusal = |rank, side, batch| {
-            let m = TrainingMemory::estimate(&a, lora(rank), &[4, side, side], &cfg(batch)).unwrap();
+            let m = TrainingMemory::estimate(&a, lora(rank), &[4, side, side], &cfg(batch), true).unwrap();
             m.check_on_cpu("--resolution").unwrap_err().to_string()
         };
         let e = refusal(60_000, 8, 1);
@@ -242,5 +234,38 @@ mod tests {
         );
         let e = refusal(4, 8, 100_000_000);
         assert!(e.starts_with("--batch 100000000 of 8×8 latents: needs"), "{e}");
+        assert!(e.ends_with("; --gradient-checkpointing keeps less per sample"), "{e}");
+        let a = checkpointed(UNetConfig::sdxl(), DType::BF16);
+        let m = TrainingMemory::estimate(&a, lora(4), &[4, 8, 8], &cfg(100_000_000), true).unwrap();
+        let e = m.check_on_cpu("--resolution").unwrap_err().to_string();
+        assert!(!e.contains("--gradient-checkpointing"), "{e}");
+    }
+
+    /// The mark for SDXL at 1024² (128×128 latents) in bf16 on a GPU: with gradient
+    /// checkpointing at least 8 samples per micro-batch fit in 80 GB, and checkpointing keeps at
+    /// least 3× less per sample than the plain path.
+    #[test]
+    fn sdxl_with_checkpointing_fits_eight_samples_in_80_gb() {
+        let at = |a: &LoraUnet| TrainingMemory::estimate(a, LoraConfig::PAPER, &[4, 128, 128], &cfg(1), false).unwrap();
+        let plain = at(&arch(UNetConfig::sdxl(), DType::BF16));
+        let ckpt = at(&checkpointed(UNetConfig::sdxl(), DType::BF16));
+        eprintln!("SDXL 128², plain: {plain}\nSDXL 128², checkpointed: {ckpt}");
+        assert!(ckpt.samples_in(80e9) >= 8, "{ckpt}");
+        assert!(plain.activations_per_sample >= 3.0 * ckpt.activations_per_sample);
+    }
+
+    /// On the CPU the fused kernels keep one map where the generic ops keep several: the f32
+    /// estimate there is below the generic one, and the process's own memory is counted.
+    #[test]
+    fn cpu_estimates_count_the_fused_kernels_and_the_process() {
+        let a = arch(UNetConfig::sd15(), DType::F32);
+        let at = |cpu| TrainingMemory::estimate(&a, LoraConfig::PAPER, &[4, 32, 32], &cfg(2), cpu).unwrap();
+        let (cpu, gpu) = (at(true), at(false));
+        assert!(cpu.activations_per_sample < gpu.activations_per_sample);
+        assert_eq!(
+            cpu.total() - cpu.process,
+            cpu.weights + cpu.adapters + 2.0 * cpu.activations_per_sample
+        );
+        assert_eq!(gpu.process, 0.0);
     }
 }
