@@ -203,7 +203,12 @@ impl DistillPlan for SdRun<'_> {
         arch.gradient_checkpointing = self.gradient_checkpointing;
         let side = self.resolution / vae_factor(self.pipeline)?;
         let latent = [arch.unet.in_channels, side, side];
-        let memory = TrainingMemory::estimate(&arch, self.lora, &latent, &self.distill, self.rt.device.is_cpu())?;
+        let encoders = (0..self.pipeline.text_encoders())
+            // SDXL's second encoder is the one with a projection.
+            .map(|i| Ok(self.pipeline.text_encoder_config(i)?.parameters(i == 1)))
+            .sum::<Result<usize>>()?;
+        let memory = TrainingMemory::estimate(&arch, self.lora, &latent, &self.distill, self.rt.device.is_cpu())?
+            .with_text_encoders(encoders, self.rt.dtype);
         eprintln!("{memory}");
         memory.check(self.rt)?;
         let latents = encode_folder(

@@ -120,10 +120,15 @@ impl Folder {
         }
     }
 
+    /// Text encoder `i`'s configuration.
+    pub fn text_encoder_config(&self, i: usize) -> Result<ClipTextConfig> {
+        ClipTextConfig::from_file(&self.component(TEXT_ENCODERS[i]).join("config.json"))
+    }
+
     /// Text encoder `i`'s configuration, weights and weights file.
     pub fn text_encoder(&self, i: usize, device: &Device, dtype: DType) -> Result<(ClipTextConfig, Params, PathBuf)> {
         let dir = self.component(TEXT_ENCODERS[i]);
-        let cfg = ClipTextConfig::from_file(&dir.join("config.json"))?;
+        let cfg = self.text_encoder_config(i)?;
         let (params, path) = load_component(&dir, WeightsKind::Transformers, device, dtype)?;
         Ok((cfg, params, path))
     }

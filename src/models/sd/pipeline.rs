@@ -181,6 +181,14 @@ impl Pipeline {
         }
     }
 
+    /// Text encoder `i`'s configuration alone (no weights read).
+    pub fn text_encoder_config(&self, i: usize) -> Result<ClipTextConfig> {
+        match &self.source {
+            Source::Folder(f) => f.text_encoder_config(i),
+            Source::File(f) => Ok(f.text_encoder_config(i)),
+        }
+    }
+
     /// Text encoder `i`'s tokenizer.
     pub fn tokenizer(&self, i: usize) -> Result<ClipTokenizer> {
         match &self.source {
@@ -247,5 +255,24 @@ mod tests {
         let z = candle_core::Tensor::zeros((1, 4, 2, 2), DType::F32, &rt.device).unwrap();
         let decoded = p.vae(&rt).unwrap().decode(&z).unwrap();
         assert_eq!(decoded.dtype(), DType::F32);
+    }
+
+    /// A text encoder's parameter count from its configuration alone (the memory estimate's)
+    /// equals the count of the weights it loads, for each encoder of each family.
+    #[test]
+    fn text_encoder_parameters_from_the_config_match_the_weights() {
+        let rt = Runtime {
+            device: candle_core::Device::Cpu,
+            dtype: DType::F32,
+        };
+        for name in ["sd1", "sd2", "sdxl"] {
+            let p = Pipeline::open(&fixture(name)).unwrap();
+            for i in 0..p.text_encoders() {
+                let (_, params, _) = p.text_encoder(i, &rt).unwrap();
+                let loaded: usize = params.values().map(|t| t.elem_count()).sum();
+                let counted = p.text_encoder_config(i).unwrap().parameters(i == 1);
+                assert_eq!(counted, loaded, "{name} text encoder {i}");
+            }
+        }
     }
 }

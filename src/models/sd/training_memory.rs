@@ -1,5 +1,6 @@
 //! What a LoRA distillation step of a Stable Diffusion UNet holds in memory at its peak,
-//! estimated before the run starts: the frozen UNet in its precision; the adapters as the
+//! estimated before the run starts: the frozen UNet in its precision (and the text encoders a
+//! run keeps to encode its captions); the adapters as the
 //! trainer keeps them (f32 weights, gradients, AdamW's two moments, an EMA and the gradient sum
 //! of `--grad-accum` when asked, the cast copy the UNet computes with); the maps the student's
 //! forward pass keeps for the backward pass, per sample (`saved_maps`, plain or checkpointed);
@@ -28,6 +29,9 @@ const CPU_PROCESS: f64 = 600.0 * 1024.0 * 1024.0;
 #[derive(Clone, Copy, Debug)]
 pub struct TrainingMemory {
     pub weights: f64,
+    /// The text encoders a run keeps loaded to encode each batch's captions (0 until
+    /// `with_text_encoders`).
+    pub text_encoders: f64,
     /// Adapters (f32 weights, gradients, AdamW moments, EMA, the cast copy).
     pub adapters: f64,
     pub activations_per_sample: f64,
@@ -80,6 +84,7 @@ impl TrainingMemory {
         let maps = SavedMaps::count(&arch.unet, &adapted, lora.rank, (h, w), kernels)?;
         Ok(Self {
             weights,
+            text_encoders: 0.0,
             adapters,
             activations_per_sample: maps.per_sample(arch.gradient_checkpointing),
             process: if cpu { CPU_PROCESS } else { 0.0 },
@@ -90,13 +95,26 @@ impl TrainingMemory {
         })
     }
 
+    /// Adds text encoders of `parameters` in all, held in `dtype`.
+    pub fn with_text_encoders(self, parameters: usize, dtype: DType) -> Self {
+        Self {
+            text_encoders: parameters as f64 * dtype.size_in_bytes() as f64,
+            ..self
+        }
+    }
+
+    /// Everything but the activations.
+    fn fixed(&self) -> f64 {
+        self.weights + self.text_encoders + self.adapters + self.process
+    }
+
     pub fn total(&self) -> f64 {
-        self.weights + self.adapters + self.process + self.activations_per_sample * self.batch as f64
+        self.fixed() + self.activations_per_sample * self.batch as f64
     }
 
     /// Samples per micro-batch that fit in `bytes` (0 when not even the weights do).
     pub fn samples_in(&self, bytes: f64) -> usize {
-        let room = bytes - self.weights - self.adapters - self.process;
+        let room = bytes - self.fixed();
         (room / self.activations_per_sample).max(0.0).floor() as usize
     }
 
@@ -123,7 +141,7 @@ impl TrainingMemory {
             return ensure_fits(self.total(), &format!("--lora-rank {}", self.rank));
         }
         let (h, w) = self.latent;
-        let one = self.weights + self.adapters + self.process + self.activations_per_sample;
+        let one = self.fixed() + self.activations_per_sample;
         ensure_fits(
             one,
             &format!("{size_flag} ({h}×{w} latents) even at one sample per batch"),
@@ -146,9 +164,13 @@ impl std::fmt::Display for TrainingMemory {
             true => ", checkpointed",
             false => "",
         };
+        let encoders = match self.text_encoders > 0.0 {
+            true => format!(" + text encoders {}", human(self.text_encoders)),
+            false => String::new(),
+        };
         write!(
             f,
-            "memory estimate: UNet {} + adapters and optimizer {}{process} + activations {} per sample{checkpointing} × {} = {}",
+            "memory estimate: UNet {}{encoders} + adapters and optimizer {}{process} + activations {} per sample{checkpointing} × {} = {}",
             human(self.weights),
             human(self.adapters),
             human(self.activations_per_sample),
@@ -252,6 +274,45 @@ mod tests {
         eprintln!("SDXL 128², plain: {plain}\nSDXL 128², checkpointed: {ckpt}");
         assert!(ckpt.samples_in(80e9) >= 8, "{ckpt}");
         assert!(plain.activations_per_sample >= 3.0 * ckpt.activations_per_sample);
+    }
+
+    /// The README's table of what fits where is this estimate's, for the released SD 1.5 at
+    /// 512² and SDXL at 1024² in bf16 on a GPU with the paper's rank-64 adapters, the text
+    /// encoders kept, 1 GiB of each card left to the CUDA context
+    /// (`cargo test --release --lib readme_states_what_fits_where -- --nocapture` prints it).
+    #[test]
+    fn readme_states_what_fits_where() {
+        use crate::models::sd::single_file::released::ReleasedFamily;
+        let gib = 1024f64.powi(3);
+        let mut table = String::from(
+            "| model, resolution | UNet + text encoders + adapters | activations per sample, plain / checkpointed \
+             | samples per micro-batch in 24 GiB | 48 GiB | 80 GiB |\n|---|---|---|---|---|---|\n",
+        );
+        for (family, pixels) in [(ReleasedFamily::Sd1, 512), (ReleasedFamily::Sdxl, 1024)] {
+            let encoders: usize =
+                family.text_encoders().iter().enumerate().map(|(i, c)| c.parameters(i == 1)).sum();
+            let at = |a: &LoraUnet| {
+                TrainingMemory::estimate(a, LoraConfig::PAPER, &[4, pixels / 8, pixels / 8], &cfg(1), false)
+                    .unwrap()
+                    .with_text_encoders(encoders, DType::BF16)
+            };
+            let unet = family.unet(Prediction::Epsilon);
+            let (plain, ckpt) = (at(&arch(unet.clone(), DType::BF16)), at(&checkpointed(unet, DType::BF16)));
+            let fits = |g: f64| format!("{} / {}", plain.samples_in((g - 1.0) * gib), ckpt.samples_in((g - 1.0) * gib));
+            table += &format!(
+                "| {} at {pixels}² | {} | {} / {} | {} | {} | {} |\n",
+                family.name(),
+                human(plain.fixed()),
+                human(plain.activations_per_sample),
+                human(ckpt.activations_per_sample),
+                fits(24.0),
+                fits(48.0),
+                fits(80.0)
+            );
+        }
+        eprintln!("{table}");
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        assert!(readme.contains(&table), "README.md's table of what fits where is not the estimate's:\n{table}");
     }
 
     /// On the CPU the fused kernels keep one map where the generic ops keep several: the f32

@@ -84,6 +84,20 @@ impl ClipTextConfig {
         in_range("layer_norm_eps", self.layer_norm_eps, 1e-12, 1.0)
     }
 
+    /// The model's parameter count: token and position embeddings, per layer four attention
+    /// projections, two LayerNorms and the MLP's two linears (all with biases), the final
+    /// LayerNorm, and with `projection` (CLIPTextModelWithProjection) `text_projection`, no bias.
+    pub fn parameters(&self, projection: bool) -> usize {
+        let (d, ff) = (self.hidden_size, self.intermediate_size);
+        let embeddings = (self.vocab_size + self.max_position_embeddings) * d;
+        let layer = 4 * (d * d + d) + 2 * (2 * d) + (d * ff + ff) + (ff * d + d);
+        let projection = match projection {
+            true => d * self.projection_dim.unwrap_or(d),
+            false => 0,
+        };
+        embeddings + self.num_hidden_layers * layer + 2 * d + projection
+    }
+
     fn layer_dims(&self) -> LayerDims {
         LayerDims {
             hidden: self.hidden_size,

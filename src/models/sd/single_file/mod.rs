@@ -174,6 +174,11 @@ impl SingleFile {
         self.text.len()
     }
 
+    /// Text encoder `i`'s configuration.
+    pub fn text_encoder_config(&self, i: usize) -> ClipTextConfig {
+        self.text[i].config.clone()
+    }
+
     /// Text encoder `i`'s configuration and weights in transformers' names.
     pub fn text_encoder(&self, i: usize, device: &Device, dtype: DType) -> Result<(ClipTextConfig, Params)> {
         let part = &self.text[i];
