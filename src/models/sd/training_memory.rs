@@ -289,16 +289,29 @@ mod tests {
              | samples per micro-batch in 24 GiB | 48 GiB | 80 GiB |\n|---|---|---|---|---|---|\n",
         );
         for (family, pixels) in [(ReleasedFamily::Sd1, 512), (ReleasedFamily::Sdxl, 1024)] {
-            let encoders: usize =
-                family.text_encoders().iter().enumerate().map(|(i, c)| c.parameters(i == 1)).sum();
+            let encoders: usize = family
+                .text_encoders()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| c.parameters(i == 1))
+                .sum();
             let at = |a: &LoraUnet| {
                 TrainingMemory::estimate(a, LoraConfig::PAPER, &[4, pixels / 8, pixels / 8], &cfg(1), false)
                     .unwrap()
                     .with_text_encoders(encoders, DType::BF16)
             };
             let unet = family.unet(Prediction::Epsilon);
-            let (plain, ckpt) = (at(&arch(unet.clone(), DType::BF16)), at(&checkpointed(unet, DType::BF16)));
-            let fits = |g: f64| format!("{} / {}", plain.samples_in((g - 1.0) * gib), ckpt.samples_in((g - 1.0) * gib));
+            let (plain, ckpt) = (
+                at(&arch(unet.clone(), DType::BF16)),
+                at(&checkpointed(unet, DType::BF16)),
+            );
+            let fits = |g: f64| {
+                format!(
+                    "{} / {}",
+                    plain.samples_in((g - 1.0) * gib),
+                    ckpt.samples_in((g - 1.0) * gib)
+                )
+            };
             table += &format!(
                 "| {} at {pixels}² | {} | {} / {} | {} | {} | {} |\n",
                 family.name(),
@@ -312,7 +325,10 @@ mod tests {
         }
         eprintln!("{table}");
         let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-        assert!(readme.contains(&table), "README.md's table of what fits where is not the estimate's:\n{table}");
+        assert!(
+            readme.contains(&table),
+            "README.md's table of what fits where is not the estimate's:\n{table}"
+        );
     }
 
     /// On the CPU the fused kernels keep one map where the generic ops keep several: the f32
