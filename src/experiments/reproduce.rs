@@ -181,19 +181,19 @@ fn study_folder(a: &ReproduceArgs, cfg: &StudyConfig) -> Result<(PathBuf, Option
     Ok((dir, None))
 }
 
-/// A study stopped by a signal: its message names the study's folder to resume, not the
-/// training run's inside it.
+/// A study stopped by a signal: its message names the study's folder to resume (or, before
+/// its first stage ended, to start again), not the training run's inside it.
 fn resumable(e: anyhow::Error, a: &ReproduceArgs, dir: &Path) -> anyhow::Error {
     let interrupted = e.downcast_ref::<Interrupted>().map(|i| Interrupted {
         dir: dir.to_path_buf(),
         ..*i
     });
     if interrupted.is_some() || e.downcast_ref::<Stopped>().is_some() {
-        eprintln!(
-            "continue the study with: dcm reproduce --preset {} --resume {}",
-            a.preset,
-            dir.display()
-        );
+        let (how, flag) = match dir.join(study_resume::RECORD).is_file() {
+            true => ("continue the study with", "--resume"),
+            false => ("the study finished no stage; start it again with", "--out"),
+        };
+        eprintln!("{how}: dcm reproduce --preset {} {flag} {}", a.preset, dir.display());
     }
     interrupted.map_or(e, Into::into)
 }

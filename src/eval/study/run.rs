@@ -23,8 +23,8 @@ use std::time::Instant;
 
 const STAGES: usize = 7;
 
-/// Stages 2, 3, 4 and 6 judge against each seed's reference solve: a study resumed at
-/// stage 7 needs none.
+/// Stages 1 to 6 but 5 judge against each seed's reference solve (made once, as the first
+/// of stages 1 to 6 a process runs starts): a study resumed at stage 7 needs none.
 const LAST_JUDGED: usize = 6;
 
 /// The outcome before any stage has run.
@@ -61,7 +61,8 @@ struct Study<'a> {
     setup: Setup,
     units: Units,
     students: PathBuf,
-    /// Each seed's evaluation noise and the teacher's reference solve from it.
+    /// Each seed's evaluation noise and the teacher's reference solve from it: made by the
+    /// first stage this process runs that judges.
     judges: Vec<Judge<'a>>,
     /// The training-length runs, once stage 2 has run in this process.
     runs: Option<Vec<LongRun>>,
@@ -85,13 +86,6 @@ pub fn run(
         seconds: 0.0,
     });
     let o = &mut outcome;
-    let judging = Instant::now();
-    let judges = match o.stages.len() < LAST_JUDGED {
-        true => (0..cfg.main.seeds as u64)
-            .map(|seed| Judge::new(&setup, &cfg.main, models, seed, cfg.main.guidance))
-            .collect::<Result<_>>()?,
-        false => Vec::new(),
-    };
     let mut study = Study {
         cfg,
         models,
@@ -99,11 +93,9 @@ pub fn run(
         setup,
         units: Units::new(out.join("checkpoints")),
         students: out.join("students"),
-        judges,
+        judges: Vec::new(),
         runs: None,
     };
-    // The reference solves count as work of the first stage this process runs.
-    let mut solves = judging.elapsed().as_secs_f64();
     // Time before this process: the record's, and the units it takes from earlier ones.
     let mut earlier = seconds;
     for n in 1..=STAGES {
@@ -117,11 +109,15 @@ pub fn run(
             (earlier + started.elapsed().as_secs_f64()) / 60.0
         );
         let clock = Instant::now();
+        if n <= LAST_JUDGED && study.judges.is_empty() {
+            study.judges = (0..cfg.main.seeds as u64)
+                .map(|seed| Judge::new(&study.setup, &cfg.main, models, seed, cfg.main.guidance))
+                .collect::<Result<_>>()?;
+        }
         let name = study.stage(n, o)?;
         let carried = study.units.take_carried();
         earlier += carried;
-        let own = clock.elapsed().as_secs_f64() + std::mem::take(&mut solves);
-        o.stages.push((name, own + carried));
+        o.stages.push((name, clock.elapsed().as_secs_f64() + carried));
         report(o, earlier + started.elapsed().as_secs_f64())?;
     }
     Ok(outcome)
