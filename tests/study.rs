@@ -1,6 +1,7 @@
 //! The study's pieces: the target-horizon objective at its ends and in between, the
-//! training-length checkpoints, `dcm reproduce --preset study-smoke` end to end, and the
-//! committed write-up as a function of its study.json.
+//! training-length checkpoints, `dcm reproduce --preset study-smoke` end to end, its resume
+//! after signals (and its refusal to mix studies), and the committed write-up as a function
+//! of its study.json.
 
 use candle_core::{Device, Tensor};
 use dcm::consistency::cm::cm_target;
@@ -14,9 +15,11 @@ use dcm::diffusion::condition::Condition;
 use dcm::diffusion::discretization::Discretization;
 use dcm::diffusion::schedule::Schedule;
 use dcm::diffusion::solver::Solver;
+use dcm::eval::study::config::StudyConfig;
 use dcm::experiments::report::study::render;
 use dcm::experiments::report::study_record::StoredStudy;
 use dcm::experiments::report::study_summary::{SUMMARY_BEGIN, SUMMARY_END};
+use dcm::experiments::study_resume::StudyInputs;
 use dcm::nets::mlp::{Mlp, MlpConfig};
 use dcm::nets::network::NetConfig;
 use dcm::runtime::noise::{seeded, standard_normal};
@@ -247,6 +250,182 @@ fn study_smoke_writes_every_artifact() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--lr"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `dcm ARGS`, run to its end.
+fn dcm(args: &[&str], dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(args)
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// `kill -SIGNAL pid`.
+fn signal(name: &str, pid: u32) {
+    assert!(Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// `dcm ARGS DIR` stopped by SIGTERM as soon as `ready(DIR, stderr so far)` holds: paused
+/// first (SIGSTOP), so that however fast the machine the signal lands where `ready` saw the
+/// run, then signalled and let go on. It must end by the signal (128 + 15), not finish.
+/// Returns its stderr.
+fn stopped_when(args: &[&str], dir: &Path, ready: impl Fn(&Path, &str) -> bool) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(args)
+        .arg(dir)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (pipe, err) = (child.stderr.take().unwrap(), err.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+                err.lock().unwrap().push_str(&(line.unwrap() + "\n"));
+            }
+        })
+    };
+    while !ready(dir, &err.lock().unwrap()) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended before the signal: {}",
+            err.lock().unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    signal("STOP", child.id());
+    signal("TERM", child.id());
+    signal("CONT", child.id());
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let err = err.lock().unwrap().clone();
+    assert_eq!(
+        status.code(),
+        Some(128 + 15),
+        "{args:?} was not stopped by SIGTERM: {err}"
+    );
+    err
+}
+
+/// study.json without its wall times (each stage's, each student's, the whole study's).
+fn without_times(dir: &Path) -> serde_json::Value {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("study.json")).unwrap()).unwrap();
+    json["seconds"] = 0.into();
+    for stage in json["outcome"]["stages"].as_array_mut().unwrap() {
+        stage[1] = 0.into();
+    }
+    for baseline in ["main", "other"] {
+        for t in json["outcome"][baseline]["training"].as_array_mut().unwrap() {
+            t["seconds"] = 0.into();
+        }
+    }
+    json
+}
+
+/// A study stopped by SIGTERM three times — in the middle of a training-length run (which
+/// saves its checkpoint and continues from it), as the main baseline starts, and as the last
+/// stage starts (the main baseline resumed with stages 1 and 2 taken from the record and the
+/// long runs from their units) — and resumed each time with `--resume` ends with the record
+/// of an uninterrupted study, wall times apart.
+#[test]
+fn a_study_stopped_by_signals_resumes_to_the_uninterrupted_record() {
+    let base = std::env::temp_dir().join(format!("dcm-study-resume-{}", std::process::id()));
+    let (whole, parts) = (base.join("whole"), base.join("parts"));
+    let out = dcm(&["reproduce", "--preset", "study-smoke", "--out"], &whole);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unit = parts.join("checkpoints/seed0/cm");
+    let err = stopped_when(&["reproduce", "--preset", "study-smoke", "--out"], &parts, |_, _| {
+        unit.join(kept_checkpoint(5)).is_file()
+    });
+    assert!(
+        err.contains(&format!("checkpoint saved, continue with --resume {}", parts.display())),
+        "the message names the study's folder: {err}"
+    );
+    assert!(unit.join("checkpoint.safetensors").is_file() && !unit.join("result.json").is_file());
+    let resume = ["reproduce", "--preset", "study-smoke", "--resume"];
+    let err = stopped_when(&resume, &parts, |_, err| err.contains("[study 3/7]"));
+    assert!(err.contains("[study 1/7] references: finished before"), "{err}");
+    let err = stopped_when(&resume, &parts, |_, err| err.contains("[study 7/7]"));
+    assert!(err.contains("[study 2/7] training length: finished before"), "{err}");
+    let out = dcm(&resume, &parts);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("[study 6/7] target horizon: finished before"), "{err}");
+    assert!(
+        without_times(&parts) == without_times(&whole),
+        "the resumed study's record differs"
+    );
+    for f in [
+        "results.csv",
+        "intervals.csv",
+        "training_length.csv",
+        "horizon.csv",
+        "guidance.csv",
+    ] {
+        let read = |d: &Path| std::fs::read_to_string(d.join(f)).unwrap();
+        assert!(read(&parts) == read(&whole), "{f} differs");
+    }
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+/// A study's record made with other settings or from other data is not continued: one line
+/// names what differs. Nor is a study started over a recorded one, or `--resume` taken
+/// outside the study.
+#[test]
+fn a_resume_with_other_settings_is_refused_naming_them() {
+    let dir = std::env::temp_dir().join(format!("dcm-study-refuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = serde_json::to_value(StudyConfig::named("study-smoke").unwrap()).unwrap();
+    let empty = |preset: &str| serde_json::json!({"preset": preset, "rows": [], "training": []});
+    let record = |config: &serde_json::Value| {
+        let outcome = serde_json::json!({"classes": 10, "main": empty("smoke"), "other": empty("smoke-lora"),
+            "lengths": [], "horizons": [], "guidance": [], "analytic": [], "analytic_samples": 0, "stages": []});
+        let json = serde_json::json!({"config": config, "outcome": outcome, "seconds": 0.0, "machine": ""});
+        std::fs::write(dir.join("study.json"), json.to_string()).unwrap();
+    };
+    let refused = |args: &[&str], wanted: &[&str]| {
+        let out = dcm(args, &dir);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+        assert!(wanted.iter().all(|w| err.contains(w)), "{args:?}: {err}");
+    };
+    let resume = ["reproduce", "--preset", "study-smoke", "--resume"];
+    refused(&resume, &["no study.json there"]);
+    config["main"]["per_class"] = 9.into();
+    config["level"] = 0.9.into();
+    record(&config);
+    refused(
+        &resume,
+        &["different settings", "main.per_class: 9 → 8", "level: 0.9 → 0.95"],
+    );
+    refused(
+        &["reproduce", "--preset", "study", "--resume"],
+        &["different settings", "more"],
+    );
+    record(&serde_json::to_value(StudyConfig::named("study-smoke").unwrap()).unwrap());
+    let mut inputs = StudyInputs::of(&dcm::runtime::assets::home().join("models"), "mnist").unwrap();
+    inputs.data = "digits/".into();
+    inputs.save(&dir).unwrap();
+    refused(&resume, &["other models or data", "--data: digits/ → mnist"]);
+    refused(
+        &["reproduce", "--preset", "study-smoke", "--out"],
+        &["holds a study already", "--resume"],
+    );
+    refused(
+        &["reproduce", "--preset", "smoke", "--resume"],
+        &["--resume: only with --preset study"],
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -12,4 +12,5 @@ pub mod reproduce;
 pub mod reproduce_args;
 pub mod reproduce_sd;
 pub mod sample;
+pub mod study_resume;
 pub mod train;

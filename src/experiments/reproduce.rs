@@ -9,19 +9,26 @@ use super::report::run::write_run;
 use super::report::study::write_study;
 use super::report::study_record::{StoredStudy, StudyRecord};
 use super::reproduce_args::ReproduceArgs;
+use super::study_resume::{self, StudyInputs};
 use crate::data::Dataset;
 use crate::eval::comparison;
 use crate::eval::model_set::Models;
 use crate::eval::reproduce_config::{ReproduceConfig, PAPER_RENAMED};
 use crate::eval::students::{save_students, StudentSource};
 use crate::eval::study::config::StudyConfig;
-use crate::eval::study::run::run as run_study;
+use crate::eval::study::outcome::StudyOutcome;
+use crate::eval::study::run::{run as run_study, Resumed};
 use crate::runtime::assets;
 use crate::runtime::files::check_output_dir;
+use crate::runtime::signals::{Interrupted, Stopped};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
 pub fn command(a: ReproduceArgs) -> Result<()> {
+    ensure!(
+        a.resume.is_none() || a.preset.starts_with("study"),
+        "--resume: only with --preset study (its run folder)"
+    );
     if a.preset == "sd" {
         return super::reproduce_sd::command(a);
     }
@@ -31,7 +38,12 @@ pub fn command(a: ReproduceArgs) -> Result<()> {
     }
     ensure!(!a.rewrite_report, "--rewrite-report: only with --preset study");
     let cfg = config(&a)?;
-    let (out_dir, models, source) = open_run(&a, &format!("reproduce-{}", cfg.preset))?;
+    let out_dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("reproduce-{}", cfg.preset)));
+    check_output_dir(&out_dir, "--out")?;
+    let (models, source) = open_models(&a)?;
     let start = std::time::Instant::now();
     let outcome = comparison::run(&cfg, &models)?;
     save_students(&out_dir.join("students"), &source, &outcome.students)?;
@@ -71,21 +83,21 @@ fn config(a: &ReproduceArgs) -> Result<ReproduceConfig> {
     Ok(cfg)
 }
 
-/// The run folder (checked writable; default `runs/NAME`), the shipped or given models with
-/// `--data`, and where the run's students come from.
-fn open_run(a: &ReproduceArgs, name: &str) -> Result<(PathBuf, Models, StudentSource)> {
+/// The shipped or given models with `--data`, and where the run's students come from.
+fn open_models(a: &ReproduceArgs) -> Result<(Models, StudentSource)> {
     let rt = a.runtime.runtime()?;
-    let models_dir = a.models.clone().unwrap_or_else(|| assets::home().join("models"));
-    let out_dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(name));
-    check_output_dir(&out_dir, "--out")?;
     let data = Dataset::load(&a.data, 0).with_context(|| format!("--data {}", a.data))?;
-    let models = Models::load(&models_dir, data, &rt)?;
+    let models = Models::load(&models_dir(a), data, &rt)?;
     let source = StudentSource {
-        teacher: models_dir.join("teacher"),
+        teacher: models_dir(a).join("teacher"),
         data: a.data.clone(),
         net: models.teacher_net.clone(),
     };
-    Ok((out_dir, models, source))
+    Ok((models, source))
+}
+
+fn models_dir(a: &ReproduceArgs) -> PathBuf {
+    a.models.clone().unwrap_or_else(|| assets::home().join("models"))
 }
 
 /// `--preset study` (or `study-smoke`): the whole study into `--out` (default
@@ -110,6 +122,10 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
         bail!("{flag}: --preset study has fixed settings (only --out, --models and --data apply)");
     }
     if a.rewrite_report {
+        ensure!(
+            a.resume.is_none(),
+            "--resume: not with --rewrite-report (give --out DIR)"
+        );
         let dir = a
             .out
             .as_deref()
@@ -118,10 +134,11 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
     }
     let cfg = StudyConfig::named(&a.preset)?;
     cfg.validate()?;
-    let (out_dir, models, source) = open_run(a, &a.preset)?;
+    let (out_dir, resumed) = study_folder(a, &cfg)?;
+    let (models, source) = open_models(a)?;
     let start = std::time::Instant::now();
     let machine = machine();
-    run_study(&cfg, &models, &source, &out_dir, |o, seconds| {
+    let report = |o: &StudyOutcome, seconds| {
         let record = StudyRecord {
             config: &cfg,
             outcome: o,
@@ -129,13 +146,56 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
             machine: machine.clone(),
         };
         write_study(&out_dir, &record).map(drop)
-    })?;
+    };
+    run_study(&cfg, (&models, &source), &out_dir, resumed, report).map_err(|e| resumable(e, a, &out_dir))?;
     eprintln!(
         "study finished in {:.1} min; report in {}",
         start.elapsed().as_secs_f64() / 60.0,
         out_dir.join("README.md").display()
     );
     Ok(())
+}
+
+/// The study's folder — `--resume DIR` (the study recorded there, checked to be this one),
+/// or a new study's `--out` (default `runs/PRESET`), whose inputs are recorded for a resume.
+fn study_folder(a: &ReproduceArgs, cfg: &StudyConfig) -> Result<(PathBuf, Option<Resumed>)> {
+    let inputs = StudyInputs::of(&models_dir(a), &a.data).context("--models")?;
+    match (&a.out, &a.resume) {
+        (Some(o), Some(r)) => ensure!(
+            o == r,
+            "--out {} and --resume {} name different folders",
+            o.display(),
+            r.display()
+        ),
+        (_, Some(dir)) => {
+            check_output_dir(dir, "--resume")?;
+            let resumed = study_resume::resumed(dir, cfg, &inputs)?;
+            return Ok((dir.clone(), Some(resumed)));
+        }
+        _ => {}
+    }
+    let dir = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&a.preset));
+    check_output_dir(&dir, "--out")?;
+    study_resume::check_new(&dir)?;
+    inputs.save(&dir)?;
+    Ok((dir, None))
+}
+
+/// A study stopped by a signal: its message names the study's folder to resume (or, before
+/// its first stage ended, to start again), not the training run's inside it.
+fn resumable(e: anyhow::Error, a: &ReproduceArgs, dir: &Path) -> anyhow::Error {
+    let interrupted = e.downcast_ref::<Interrupted>().map(|i| Interrupted {
+        dir: dir.to_path_buf(),
+        ..*i
+    });
+    if interrupted.is_some() || e.downcast_ref::<Stopped>().is_some() {
+        let (how, flag) = match dir.join(study_resume::RECORD).is_file() {
+            true => ("continue the study with", "--resume"),
+            false => ("the study finished no stage; start it again with", "--out"),
+        };
+        eprintln!("{how}: dcm reproduce --preset {} {flag} {}", a.preset, dir.display());
+    }
+    interrupted.map_or(e, Into::into)
 }
 
 /// Rewrites `dir`'s report from its `study.json` (what `write_study` saved), training nothing.

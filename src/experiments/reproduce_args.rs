@@ -63,6 +63,11 @@ pub struct ReproduceArgs {
     /// and charts) from its study.json — a finished or part-finished run — training nothing.
     #[arg(long)]
     pub rewrite_report: bool,
+    /// With `--preset study`: continue the study in this folder where it stopped — its
+    /// finished stages and training runs are kept — after a signal, a kill or a crash (its
+    /// settings, models and data must be the study's own).
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
     #[command(flatten)]
     pub sd: SdReproduceArgs,
     #[command(flatten)]

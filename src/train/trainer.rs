@@ -470,7 +470,7 @@ impl Trainer {
 
 /// Every setting that differs between `old` and `new`, as `path: old → new`
 /// (`run.` and `context.` prefixes dropped: they are where, not what).
-fn differences(old: &Value, new: &Value, path: &str, out: &mut Vec<String>) {
+pub fn differences(old: &Value, new: &Value, path: &str, out: &mut Vec<String>) {
     match (old, new) {
         (Value::Object(a), Value::Object(b)) => {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();

@@ -10,3 +10,4 @@ pub mod length_choice;
 pub mod outcome;
 pub mod run;
 pub mod sweeps;
+pub mod units;
