@@ -4,7 +4,9 @@
 # (bench/compare_unet.sh), throughput and peak GPU memory (nvidia-smi) for
 #   1. SD 1.5, 64×64 latents (512×512 images), f16
 #   2. SDXL base, 128×128 latents (1024×1024 images), bf16
-# both at batch BATCH (default 2: one guided step's pair), random weights on both sides.
+# both at batch BATCH (default 2: one guided step's pair), random weights on both sides; then
+#   3. one CM and one Direct LoRA distillation step of SD 1.5 (64×64 latents, batch 4, f16) against
+#      diffusers + peft (bench/compare_unet_lora.sh), with peak GPU memory beside dcm's estimate.
 #
 # Prepare on the CPU machine (nothing can be fetched on the GPU machine):
 #   scripts/build-cuda.sh                      # target-cuda/release/dcm (~57 MB)
@@ -12,9 +14,13 @@
 # then, in one device call carrying only that folder (the working tree and it must stay
 # under the 64 MiB a call carries, hence the compression):
 #   run(command="scripts/gpu-unet-bench.sh", carry=["target-cuda/carry"], timeout_s=600)
-# dcm draws the weights on the host (SDXL: 2.6 G values, ~35 s a run), so the whole script
-# should take 5–6 minutes with ROUNDS=2 (an estimate: it has not run yet); ROUNDS, REPEATS,
-# BATCH and ONLY=sd15|sdxl change that. The CPU binary packs to 3 MB; the CUDA one's size
+# dcm draws the weights on the host (SDXL: 2.6 G values, ~35 s a run), so parts 1 and 2 should
+# take 4–5 minutes with ROUNDS=2, and part 3 1.5–3 minutes with ROUNDS_LORA=1 (estimates: none of
+# it has run on a GPU yet; part 3 assumes a torch step of ~0.25 s (CM) and ~2.5 s (Direct, N = 50)
+# and dcm up to 3× slower, plus ~25 s of setup per process), which keeps scripts/gpu-check.sh
+# under its 10 minutes; part 3 is stopped after LORA_TIMEOUT_S (default 300) so that the rest of
+# the check still prints. ROUNDS, REPEATS, BATCH, ROUNDS_LORA, REPEATS_LORA, INTERVALS and
+# ONLY=sd15|sdxl|lora change that. The CPU binary packs to 3 MB; the CUDA one's size
 # packed is not known yet (57 MB unpacked, 33 MB of it compiled kernels). TORCH_VENV (default /opt/torch/.venv) provides PyTorch and the CUDA libraries.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -51,6 +57,8 @@ tarfile.open(f"{carry}/diffusers.tgz").extractall(work)
 PY
 export PYTHONPATH="$work${PYTHONPATH:+:$PYTHONPATH}"
 "$venv/bin/python" -c 'import torch, diffusers; print("torch", torch.__version__, "diffusers", diffusers.__version__, torch.cuda.get_device_name())'
+# peft (part 3) comes with the GPU image, not with the carry.
+"$venv/bin/python" -c 'import peft; print("peft", peft.__version__)' || echo "peft missing: part 3 will fail"
 
 batch=${BATCH:-2}
 export DCM="$recipe/run_on_gpu.sh $work/dcm" PYTHON="$venv/bin/python"
@@ -66,9 +74,16 @@ if [[ "${ONLY:-sdxl}" == sdxl ]]; then
 fi
 if [[ "${ONLY:-lora}" == lora ]]; then
   # One CM and one Direct LoRA distillation step (rank 64, LCM-LoRA's targets, w = 9), SD 1.5
-  # shape, 64x64 latents, batch 4, f16: seconds per step and dcm distill's memory estimate
-  # beside the peak. (No diffusers + peft counterpart is scripted yet.)
-  echo "== SD 1.5 LoRA distillation step, 64x64 latents, f16, batch 4"
-  $DCM bench --workload unet-lora --unet sd15 --size 64 --batch 4 --intervals "${INTERVALS:-100}" \
-    --guidance 9 --repeats "${REPEATS_LORA:-3}" --device cuda --dtype f16
+  # shape, 64x64 latents, batch 4, f16, against diffusers + peft as diffusers' LCM-LoRA script
+  # trains (f16 weights, f32 adapters, autocast). N = 50, the LCM-LoRA script's default
+  # (--num_ddim_timesteps): the paper's 100 doubles a Direct step's teacher work.
+  echo "== SD 1.5 LoRA distillation steps against diffusers + peft, 64x64 latents, f16, batch 4"
+  lora_status=0
+  DEVICE=cuda DTYPE=f16 CONFIGS=64:4 ROUNDS=${ROUNDS_LORA:-1} REPEATS=${REPEATS_LORA:-2} \
+    INTERVALS=${INTERVALS:-50} GUIDANCE=9 THREADS=${THREADS_LORA:-8} \
+    timeout "${LORA_TIMEOUT_S:-300}" bench/compare_unet_lora.sh || lora_status=$?
+  if [[ $lora_status == 124 ]]; then
+    echo "LoRA steps: stopped after LORA_TIMEOUT_S=${LORA_TIMEOUT_S:-300} s (not measured); rerun with ONLY=lora"
+  fi
+  exit "$lora_status"
 fi
