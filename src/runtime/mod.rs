@@ -2,6 +2,7 @@
 //! file output, content fingerprints of input files, finiteness and memory checks at the edges, progress bars, and the shipped assets' location.
 
 pub mod assets;
+pub mod bucket;
 pub mod device;
 pub mod files;
 pub mod fingerprint;
@@ -9,6 +10,8 @@ pub mod finite;
 pub mod limits;
 pub mod memory;
 pub mod message;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 pub mod noise;
 pub mod pickle_check;
 pub mod progress;

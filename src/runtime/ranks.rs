@@ -10,6 +10,7 @@
 //! and EMA states of all ranks equal without ever comparing them.
 
 use anyhow::Result;
+use candle_core::{Device, Tensor};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -51,6 +52,50 @@ pub fn sum(values: &mut [f64]) -> Result<()> {
             SUMMING_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             done
         }
+    }
+}
+
+/// Whether sums of tensors on `device` run on it (NCCL: feature `nccl`, CUDA devices) rather
+/// than through the host's `sum`: under mpirun/srun even for one rank, so that a single GPU
+/// runs the communicator (scripts/gpu-check.sh).
+pub fn sums_on(device: &Device) -> bool {
+    cfg!(feature = "nccl") && device.is_cuda() && launched_by_mpi()
+}
+
+/// Element-wise sums of a device tensor over all ranks, in place, where `sums_on` its device;
+/// identical on every rank afterwards.
+pub fn sum_in_place(t: &Tensor) -> Result<()> {
+    let started = std::time::Instant::now();
+    let done = on_device::sum(t);
+    SUMMING_NANOS.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    done
+}
+
+#[cfg(feature = "nccl")]
+mod on_device {
+    use super::super::nccl;
+    use anyhow::Result;
+    use candle_core::Tensor;
+
+    pub fn sum(t: &Tensor) -> Result<()> {
+        let place = super::place();
+        let _watch = super::watchdog::Waiting::start(place.rank);
+        let ranks = nccl::Ranks {
+            rank: place.rank,
+            size: place.size,
+            from_root: super::from_root,
+        };
+        nccl::all_reduce(t, &ranks)
+    }
+}
+
+#[cfg(not(feature = "nccl"))]
+mod on_device {
+    use anyhow::Result;
+    use candle_core::Tensor;
+
+    pub fn sum(_: &Tensor) -> Result<()> {
+        anyhow::bail!("sums on the device need a dcm built with the `nccl` feature")
     }
 }
 

@@ -3,6 +3,7 @@
 //! loss log, progress bar, and crash-safe checkpoints with exact resume.
 
 use crate::nets::layers::Params;
+use crate::runtime::bucket;
 use crate::runtime::fingerprint::Fingerprints;
 use crate::runtime::noise::{seeded, Rng};
 use crate::runtime::progress;
@@ -296,44 +297,28 @@ impl Trainer {
     }
 
     /// This step's gradients, loss and stop request summed over the data-parallel ranks (each
-    /// rank's are its rows' share of the batch mean), as one flattened buffer: identical on
-    /// every rank, so all take the same update and stop at the same step.
-    /// The teacher-evaluation counter is summed likewise (its increment over the step).
-    fn across_ranks(&mut self, mut grads: GradStore, value: f32) -> Result<(GradStore, f32, Option<usize>)> {
-        if ranks::place().size == 1 {
+    /// rank's are its rows' share of the batch mean): identical on every rank, so all take the
+    /// same update and stop at the same step. The teacher-evaluation counter is summed likewise
+    /// (its increment over the step). On the CPU everything goes in one flattened host buffer;
+    /// where the gradients' device sums them itself (NCCL), they go in one flattened bucket
+    /// there and only the control values through the host.
+    fn across_ranks(&mut self, grads: GradStore, value: f32) -> Result<(GradStore, f32, Option<usize>)> {
+        let on_device = ranks::sums_on(&self.device());
+        if ranks::place().size == 1 && !on_device {
             return Ok((grads, value, requested()));
         }
-        let mut flat = Vec::new();
-        for v in &self.vars {
-            match grads.get(v) {
-                Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?),
-                None => flat.resize(flat.len() + v.elem_count(), 0.0),
-            }
-        }
-        let signal = requested();
         let counted_from = self.step_start.as_ref().map_or(self.counter, |(_, c)| *c);
-        flat.push((self.counter - counted_from) as f64);
-        flat.extend([
-            value as f64,
-            f64::from(u8::from(signal == Some(SIGINT))),
-            f64::from(u8::from(signal == Some(SIGTERM))),
-        ]);
-        ranks::sum(&mut flat)?;
-        let mut at = 0;
-        for v in &self.vars {
-            let n = v.elem_count();
-            let g = Tensor::from_slice(&flat[at..at + n], v.shape(), &Device::Cpu)?;
-            grads.insert(v, g.to_dtype(v.dtype())?.to_device(v.device())?);
-            at += n;
-        }
-        self.counter = counted_from + flat[at] as u64;
-        at += 1;
-        let stop = match (flat[at + 1] > 0.0, flat[at + 2] > 0.0) {
-            (_, true) => Some(SIGTERM),
-            (true, false) => Some(SIGINT),
-            _ => None,
+        let control = Control {
+            evaluations: self.counter - counted_from,
+            loss: value,
+            signal: requested(),
         };
-        Ok((grads, flat[at] as f32, stop))
+        let (grads, summed) = match on_device {
+            true => summed_on_device(grads, &self.vars, &control)?,
+            false => summed_on_host(grads, &self.vars, &control)?,
+        };
+        self.counter = counted_from + summed.evaluations;
+        Ok((grads, summed.loss, summed.signal))
     }
 
     /// Without a terminal the bar is hidden; print a line every 10% instead, so logs show progress.
@@ -468,6 +453,75 @@ impl Trainer {
     }
 }
 
+/// The gradients and control values in one host buffer of f64, summed over MPI.
+fn summed_on_host(mut grads: GradStore, vars: &[Var], control: &Control) -> Result<(GradStore, Control)> {
+    let mut flat = Vec::new();
+    for v in vars {
+        match grads.get(v) {
+            Some(g) => flat.extend(g.flatten_all()?.to_dtype(DType::F64)?.to_vec1::<f64>()?),
+            None => flat.resize(flat.len() + v.elem_count(), 0.0),
+        }
+    }
+    let at = flat.len();
+    flat.extend(control.values());
+    ranks::sum(&mut flat)?;
+    let mut from = 0;
+    for v in vars {
+        let n = v.elem_count();
+        let g = Tensor::from_slice(&flat[from..from + n], v.shape(), &Device::Cpu)?;
+        grads.insert(v, g.to_dtype(v.dtype())?.to_device(v.device())?);
+        from += n;
+    }
+    Ok((grads, Control::from_values(&flat[at..])))
+}
+
+/// The gradients in one bucket on their device, summed there (NCCL); the control values over
+/// MPI.
+fn summed_on_device(mut grads: GradStore, vars: &[Var], control: &Control) -> Result<(GradStore, Control)> {
+    let flat = bucket::flatten(&grads, vars, bucket::dtype(vars))?;
+    ranks::sum_in_place(&flat)?;
+    bucket::split(&flat, vars, &mut grads)?;
+    let mut values = control.values();
+    ranks::sum(&mut values)?;
+    Ok((grads, Control::from_values(&values)))
+}
+
+/// The values every step sums over the ranks besides the gradients: this rank's teacher
+/// evaluations in the step, its share of the loss, and whether it was asked to stop.
+#[derive(Debug, PartialEq)]
+struct Control {
+    evaluations: u64,
+    loss: f32,
+    signal: Option<usize>,
+}
+
+impl Control {
+    /// As four numbers to sum: a stop request counts once per signal, so the sum says whether
+    /// any rank had one.
+    fn values(&self) -> [f64; 4] {
+        [
+            self.evaluations as f64,
+            self.loss as f64,
+            f64::from(u8::from(self.signal == Some(SIGINT))),
+            f64::from(u8::from(self.signal == Some(SIGTERM))),
+        ]
+    }
+
+    /// The summed values: SIGTERM on any rank wins over SIGINT on another (it leaves no time).
+    fn from_values(v: &[f64]) -> Control {
+        let signal = match (v[2] > 0.0, v[3] > 0.0) {
+            (_, true) => Some(SIGTERM),
+            (true, false) => Some(SIGINT),
+            _ => None,
+        };
+        Control {
+            evaluations: v[0] as u64,
+            loss: v[1] as f32,
+            signal,
+        }
+    }
+}
+
 /// Every setting that differs between `old` and `new`, as `path: old → new`
 /// (`run.` and `context.` prefixes dropped: they are where, not what).
 pub fn differences(old: &Value, new: &Value, path: &str, out: &mut Vec<String>) {
@@ -548,6 +602,48 @@ mod tests {
 
     /// Two accumulated halves make the same step as one step on their mean loss: the
     /// gradient of `(L₁ + L₂)/2` is `(∇L₁ + ∇L₂)/2`, and the logged loss is the mean.
+    /// The control values survive the sum over ranks: evaluation counts and losses add up,
+    /// and a stop request on any rank stops all, SIGTERM before SIGINT.
+    #[test]
+    fn control_values_sum_over_ranks() {
+        let sum = |cs: &[&Control]| {
+            let mut total = [0.0; 4];
+            for c in cs {
+                total.iter_mut().zip(c.values()).for_each(|(t, v)| *t += v);
+            }
+            Control::from_values(&total)
+        };
+        let (a, b, c) = (
+            Control {
+                evaluations: 3,
+                loss: 0.25,
+                signal: None,
+            },
+            Control {
+                evaluations: 5,
+                loss: 0.5,
+                signal: Some(SIGINT),
+            },
+            Control {
+                evaluations: 0,
+                loss: 0.0,
+                signal: Some(SIGTERM),
+            },
+        );
+        assert_eq!(sum(&[&a]), a);
+        assert_eq!(
+            sum(&[&a, &b]),
+            Control {
+                evaluations: 8,
+                loss: 0.75,
+                signal: Some(SIGINT)
+            }
+        );
+        assert_eq!(sum(&[&b, &b]).signal, Some(SIGINT));
+        assert_eq!(sum(&[&a, &b, &c]).signal, Some(SIGTERM));
+        assert_eq!(sum(&[&c, &b]).signal, Some(SIGTERM));
+    }
+
     #[test]
     fn accumulated_parts_step_as_their_mean() {
         let (c1, c2) = ([1.0, 0.0, -3.0], [0.0, 4.0, 1.0]);
