@@ -7,8 +7,9 @@
 #      1e-4 relative) and bf16 (error stated, no bound).
 #   2. The SD 1.5 UNet forward at 64×64 f16 against diffusers, and SDXL at 128×128 bf16
 #      (scripts/gpu-unet-bench.sh: alternating rounds, peak GPU memory).
-#   3. One CM and one Direct LoRA step of the SD 1.5 UNet on the GPU, with dcm distill's memory
-#      estimate beside the measured peak (dcm bench --workload unet-lora).
+#   3. One CM and one Direct LoRA step of the SD 1.5 UNet on the GPU (64×64 latents, batch 4,
+#      f16) against diffusers + peft's (bench/compare_unet_lora.sh through gpu-unet-bench.sh),
+#      with both peaks (nvidia-smi, torch's max_memory_allocated) beside dcm distill's estimate.
 #   4. Where target-cuda/carry/dcm-nccl.xz was carried: the NCCL gradient sum on one GPU. A tiny
 #      SD LoRA distill under `mpirun -n 1` (K = 1, which joins a one-rank NCCL communicator
 #      and sums every step's gradient bucket through it) must write the LoRA file a plain run
