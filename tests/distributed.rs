@@ -255,13 +255,7 @@ fn a_killed_rank_ends_the_job_and_its_checkpoint_resumes_with_one_rank() {
     std::io::Read::read_to_string(job.stderr.as_mut().unwrap(), &mut stderr).unwrap();
     assert!(!status.success(), "exit {status:?}");
     assert!(stderr.contains("rank 1"), "{stderr}");
-    let o = Command::new(env!("CARGO_BIN_EXE_dcm"))
-        .args(&args)
-        .args(["--resume", cut.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_close(&whole.join("model.safetensors"), &cut.join("model.safetensors"), 1e-5);
+    resume_with_one_rank(&args, &cut, &whole);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -298,13 +292,7 @@ fn sigterm_to_one_rank_stops_every_rank_at_one_step_and_the_checkpoint_resumes()
     );
     let step = stopped_step(&stderr);
     assert!(step < 1500, "{stderr}");
-    let o = Command::new(env!("CARGO_BIN_EXE_dcm"))
-        .args(&args)
-        .args(["--resume", cut.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_close(&whole.join("model.safetensors"), &cut.join("model.safetensors"), 1e-5);
+    resume_with_one_rank(&args, &cut, &whole);
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -341,6 +329,18 @@ fn sigterm_to_mpirun_stops_every_rank_at_one_step_with_its_checkpoint() {
     let state: serde_json::Value = serde_json::from_str(header["__metadata__"]["dcm_state"].as_str().unwrap()).unwrap();
     assert_eq!(state["adam_step"].as_u64(), Some(step as u64), "{stderr}");
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// Resumes the interrupted run in `cut` with one rank (no mpirun) and checks that it ends with
+/// the uninterrupted run's student in `whole`, to 1e-5 relative.
+fn resume_with_one_rank(args: &[&str], cut: &Path, whole: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_dcm"))
+        .args(args)
+        .args(["--resume", cut.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_close(&whole.join("model.safetensors"), &cut.join("model.safetensors"), 1e-5);
 }
 
 /// Waits (at most 120 s) for a run's first checkpoint.
