@@ -20,8 +20,9 @@ pub fn criterion_steps(cfg: &StudyConfig) -> Vec<usize> {
     }
 }
 
-pub fn steps_text(steps: &[usize]) -> String {
-    let v: Vec<String> = steps.iter().map(|k| k.to_string()).collect();
+/// `1, 2 and 4`: items in a sentence.
+pub fn steps_text<T: ToString>(items: &[T]) -> String {
+    let v: Vec<String> = items.iter().map(|k| k.to_string()).collect();
     match v.split_last() {
         Some((last, rest)) if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
         _ => v.join(""),
@@ -130,9 +131,17 @@ pub fn behind_sentence(checks: &[(String, String, usize, f64, f64)], steps: &[us
             )
         })
         .collect();
-    if behind.is_empty() {
+    let mut judged: Vec<&str> = checks.iter().map(|c| c.0.as_str()).collect();
+    judged.dedup();
+    if judged.is_empty() {
+        "No baseline has been judged yet.".into()
+    } else if behind.is_empty() {
         format!(
-            "Every student of both baselines beats the teacher's own DDIM on FD vs teacher at {} steps.",
+            "Every student of {} beats the teacher's own DDIM on FD vs teacher at {} steps.",
+            match judged.as_slice() {
+                [one] => format!("the {one} baseline"),
+                _ => format!("the {} baselines", steps_text(&judged)),
+            },
             steps_text(steps)
         )
     } else {

@@ -119,25 +119,46 @@ pub fn analytic_claims(cfg: &StudyConfig, diffs: &[Difference]) -> Vec<String> {
     )
 }
 
-/// Per method at each sampler step count, the mean FD vs teacher along the training lengths.
+/// How a mean metric runs along the training lengths: falling throughout, or where it is
+/// lowest and how many times that the longest length's value is (a run that comes apart
+/// late shows as a large factor).
+fn path_shape(v: &[f64], lengths: &[f64]) -> String {
+    if v.windows(2).all(|w| w[1] <= w[0]) {
+        return "falling monotonically".into();
+    }
+    let low = (0..v.len()).fold(0, |b, i| if v[i] < v[b] { i } else { b });
+    let last = v.len() - 1;
+    if low == last {
+        return "not monotone, lowest at the longest".into();
+    }
+    format!(
+        "not monotone; lowest at {} training steps, and {}× that at {}",
+        shown(lengths[low]),
+        num(v[last] / v[low]),
+        shown(lengths[last])
+    )
+}
+
+/// Per method at each sampler step count, the mean FD vs teacher and ODE error along the
+/// training lengths, each with its shape.
 pub fn length_paths(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
     let lengths = settings(rows);
+    let path = |v: &[f64]| v.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", ");
     let mut out = Vec::new();
     for m in ["CM", "Direct"] {
         for &k in steps {
-            let fd: Option<Vec<f64>> = lengths.iter().map(|&l| mean_at(rows, l, m, k, SWEPT[0].1)).collect();
-            let Some(fd) = fd else { continue };
-            let monotone = fd.windows(2).all(|w| w[1] <= w[0]);
+            let along = |get| -> Option<Vec<f64>> { lengths.iter().map(|&l| mean_at(rows, l, m, k, get)).collect() };
+            let (Some(fd), Some(ode)) = (along(SWEPT[0].1), along(SWEPT[1].1)) else {
+                continue;
+            };
             out.push(format!(
-                "{m} at {k} step{}: FD vs teacher {} over {} training steps ({}).",
+                "{m} at {k} step{} over {} training steps: FD vs teacher {} ({}); ODE error {} ({}).",
                 if k == 1 { "" } else { "s" },
-                fd.iter().map(|&v| num(v)).collect::<Vec<_>>().join(", "),
                 lengths.iter().map(|&l| shown(l)).collect::<Vec<_>>().join(", "),
-                if monotone {
-                    "falling monotonically"
-                } else {
-                    "not monotone"
-                }
+                path(&fd),
+                path_shape(&fd, &lengths),
+                path(&ode),
+                path_shape(&ode, &lengths)
             ));
         }
     }
