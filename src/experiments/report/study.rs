@@ -8,7 +8,8 @@ use super::finding::{bounds, favours, num, signed};
 use super::length_criterion::criterion_section;
 use super::rank_correlation::rank_section;
 use super::study_findings::{
-    analytic_claims, baseline_claims, baseline_name, bullets, disagreements, horizon_sentences, length_order,
+    analytic_claims, baseline_claims, baseline_name, bullets, disagreements, horizon_sentences, length_caveats,
+    length_order,
 };
 use super::study_record::{Differences, StudyRecord};
 use super::study_summary::summary;
@@ -448,7 +449,7 @@ fn readme(dir: Option<&Path>, r: &StudyRecord, d: &Differences) -> Result<String
     let longest = cfg.lengths.iter().max().copied().unwrap_or(0);
     let (main_cfg, other_cfg) = cfg.baselines_at(length);
     Ok(format!(
-        "{}## Training length\n\n{}\n\
+        "{}## Training length\n\n{}\n{}\
          ## The teacher's own solves, and KD\n\n{}\n\
          {}\n{}\n\
          ## Where ODE error and FD vs teacher disagree\n\n{}\n\
@@ -458,6 +459,10 @@ fn readme(dir: Option<&Path>, r: &StudyRecord, d: &Differences) -> Result<String
          ## Analytic control: `{}` mixture, exact ODE solution ({} seeds, {} samples each)\n\n{}",
         preamble(r),
         criterion_section(cfg, out)?,
+        match bullets(&length_caveats(&out.lengths, &cfg.main.steps)) {
+            b if b.is_empty() => b,
+            b => b + "\n",
+        },
         teacher_section(&out.main.rows, &cfg.main.steps),
         baseline_section(&main_cfg, &out.main, &d.main, length, &out.main.rows),
         baseline_section(&other_cfg, &out.other, &d.other, length, &out.main.rows),

@@ -7,7 +7,7 @@ use super::disagreement::{in_differences, in_horizons, in_sweep};
 use super::finding::{claim, leaning, num, Better, Verdict};
 use super::length_criterion::steps_text;
 use super::study_record::Differences;
-use super::sweep_report::{mean_at, settings, shown, SWEPT};
+use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
 use crate::eval::difference::Difference;
 use crate::eval::records::SweepRow;
 use crate::eval::reproduce_config::ReproduceConfig;
@@ -165,44 +165,71 @@ pub fn length_paths(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
     out
 }
 
+/// The training lengths at which CM, and those at which Direct, has the lower mean FD vs
+/// teacher at `k` sampler steps.
+fn order_along_length(rows: &[SweepRow], k: usize) -> (Vec<usize>, Vec<usize>) {
+    let (mut cm, mut direct) = (Vec::new(), Vec::new());
+    for l in settings(rows) {
+        if let (Some(c), Some(d)) = (
+            mean_at(rows, l, "CM", k, SWEPT[0].1),
+            mean_at(rows, l, "Direct", k, SWEPT[0].1),
+        ) {
+            match leaning(c - d, Better::Lower) {
+                Verdict::Cm => cm.push(l as usize),
+                Verdict::Direct => direct.push(l as usize),
+                Verdict::Unresolved => {}
+            }
+        }
+    }
+    (cm, direct)
+}
+
+fn at_lengths(v: &[usize]) -> String {
+    if v.is_empty() {
+        "no length".to_string()
+    } else {
+        steps_text(v)
+    }
+}
+
 /// Per sampler step count, the training lengths at which CM and at which Direct has the
 /// lower mean FD vs teacher, and whether that order depends on the length.
 pub fn length_order(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
-    let lengths = settings(rows);
     steps
         .iter()
         .map(|&k| {
-            let (mut cm, mut direct) = (Vec::new(), Vec::new());
-            for &l in &lengths {
-                if let (Some(c), Some(d)) = (
-                    mean_at(rows, l, "CM", k, SWEPT[0].1),
-                    mean_at(rows, l, "Direct", k, SWEPT[0].1),
-                ) {
-                    match leaning(c - d, Better::Lower) {
-                        Verdict::Cm => cm.push(l as usize),
-                        Verdict::Direct => direct.push(l as usize),
-                        Verdict::Unresolved => {}
-                    }
-                }
-            }
-            let at = |v: &[usize]| {
-                if v.is_empty() {
-                    "no length".to_string()
-                } else {
-                    steps_text(v)
-                }
-            };
+            let (cm, direct) = order_along_length(rows, k);
             format!(
                 "At {k} step{}, the lower FD vs teacher is CM's at {} and Direct's at {} training steps: {}.",
                 if k == 1 { "" } else { "s" },
-                at(&cm),
-                at(&direct),
+                at_lengths(&cm),
+                at_lengths(&direct),
                 if cm.is_empty() || direct.is_empty() {
                     "the same order at every length"
                 } else {
                     "the order depends on the training length"
                 }
             )
+        })
+        .collect()
+}
+
+/// For the headline: the step counts at which the CM-vs-Direct order on FD vs teacher
+/// changes along the training-length sweep, with where the curve is.
+pub fn length_caveats(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+    steps
+        .iter()
+        .filter_map(|&k| {
+            let (cm, direct) = order_along_length(rows, k);
+            (!cm.is_empty() && !direct.is_empty()).then(|| {
+                format!(
+                    "At {k} step{} the order depends on the training length: in the training-length sweep ({}) CM has the lower FD vs teacher at {} and Direct at {} training steps (the curve: `docs/study/training_length_fd.svg`).",
+                    if k == 1 { "" } else { "s" },
+                    seed_note(rows),
+                    steps_text(&cm),
+                    steps_text(&direct)
+                )
+            })
         })
         .collect()
 }

@@ -9,8 +9,8 @@ use super::finding::{better, bounds, leaning, num, signed, verdict, Better, Verd
 use super::length_criterion::{against_ddim, behind_sentence, choice_sentence, criterion_steps, named, steps_text};
 use super::rank_correlation::{pooled, ranks, rho_text};
 use super::study_findings::{
-    analytic_claims, baseline_claims, baseline_name, bullets, disagreements, horizon_sentences, length_order,
-    length_paths,
+    analytic_claims, baseline_claims, baseline_name, bullets, disagreements, horizon_sentences, length_caveats,
+    length_order, length_paths,
 };
 use super::study_record::{Differences, StudyRecord};
 use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
@@ -300,6 +300,7 @@ pub fn summary(r: &StudyRecord, d: &Differences) -> Result<String> {
                 .map(|c| format!("`{name}`: {c}")),
         );
     }
+    verdicts.extend(length_caveats(&out.lengths, steps));
     let split = disagreements(cfg, out, d);
     Ok(format!(
         "{}\n{}\n**FD vs teacher and ODE error, CM − Direct** (means over seeds; intervals at {:.0} %):\n\n{}\n\
