@@ -20,7 +20,7 @@ use crate::eval::study::outcome::StudyOutcome;
 use crate::eval::study::run::{run as run_study, Resumed};
 use crate::runtime::assets;
 use crate::runtime::files::check_output_dir;
-use crate::runtime::signals::{Interrupted, Stopped};
+use crate::runtime::signals::{self, Interrupted, Stopped};
 use anyhow::{bail, ensure, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -147,6 +147,11 @@ fn study_command(a: &ReproduceArgs) -> Result<()> {
         };
         write_study(&out_dir, &record).map(drop)
     };
+    signals::continue_with(format!(
+        "dcm reproduce --preset {} --resume {}",
+        a.preset,
+        out_dir.display()
+    ));
     run_study(&cfg, (&models, &source), &out_dir, resumed, report).map_err(|e| resumable(e, a, &out_dir))?;
     eprintln!(
         "study finished in {:.1} min; report in {}",

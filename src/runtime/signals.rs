@@ -88,6 +88,25 @@ pub fn record_saved(what: String) {
     }
 }
 
+fn continuation() -> &'static Mutex<Option<String>> {
+    static HOW: OnceLock<Mutex<Option<String>>> = OnceLock::new();
+    HOW.get_or_init(|| Mutex::new(None))
+}
+
+/// How to continue work that a larger run holds (a study's training runs): the forced-stop
+/// message then gives `how` instead of the training run's own `--resume DIR`.
+pub fn continue_with(how: String) {
+    if let Ok(mut s) = continuation().lock() {
+        *s = Some(how);
+    }
+}
+
+/// `--resume DIR` for a training run in `dir`, or what `continue_with` set.
+pub fn continue_text(dir: &std::path::Path) -> String {
+    let how = continuation().lock().ok().and_then(|s| s.clone());
+    how.unwrap_or_else(|| format!("--resume {}", dir.display()))
+}
+
 pub fn requested() -> Option<usize> {
     match flag().load(Ordering::Relaxed) {
         0 => None,

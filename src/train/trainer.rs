@@ -8,7 +8,9 @@ use crate::runtime::fingerprint::Fingerprints;
 use crate::runtime::noise::{seeded, Rng};
 use crate::runtime::progress;
 use crate::runtime::ranks;
-use crate::runtime::signals::{record_saved, requested, signal_name, Interrupted, Stopped, GRACE, SIGINT, SIGTERM};
+use crate::runtime::signals::{
+    continue_text, record_saved, requested, signal_name, Interrupted, Stopped, GRACE, SIGINT, SIGTERM,
+};
 use crate::train::checkpoint::{check_inputs, load_checkpoint, read_state, save_checkpoint, CHECKPOINT};
 use crate::train::ema::Ema;
 use crate::train::optim::{clip_scale, grad_norm, AdamW, OptimConfig};
@@ -344,9 +346,9 @@ impl Trainer {
         self.save_as(CHECKPOINT)?;
         if let Some(dir) = &self.checkpointing.dir {
             record_saved(format!(
-                "checkpoint of step {} saved, continue with --resume {}",
+                "checkpoint of step {} saved, continue with {}",
                 self.losses.len(),
-                dir.display()
+                continue_text(dir)
             ));
         }
         Ok(())
