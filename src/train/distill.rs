@@ -202,6 +202,66 @@ fn stopped_or(e: anyhow::Error, trainer: &mut Trainer) -> anyhow::Error {
     }
 }
 
+/// The trainer over the student's trained tensors: the adapters under LoRA (freshly
+/// initialised from the run's seed), otherwise every weight of `start`.
+fn start_trainer(
+    net: &dyn Architecture,
+    start: &Params,
+    cfg: &DistillConfig,
+    checkpointing: Checkpointing,
+) -> Result<Trainer> {
+    let device = start.values().next().map_or(Device::Cpu, |t| t.device().clone());
+    let init = match cfg.lora {
+        Some(lora) => net.init_adapters(lora, &mut init_rng(cfg.seed))?,
+        None => start.clone(),
+    };
+    let options = TrainerOptions {
+        what: cfg.method.name(),
+        steps: cfg.steps,
+        optim: cfg.optim,
+        seed: cfg.seed,
+        ema_decay: cfg.ema_decay,
+        checkpointing,
+        device,
+        run_config: serde_json::json!({"distill": cfg, "net": net.describe()}),
+    };
+    // The trainer copies `init`: a LoRA run's fresh adapters are dropped here, not kept to the end.
+    Trainer::new(&init, options)
+}
+
+/// Every remaining step: `grad_accum` micro-batches each, the teacher's evaluations counted
+/// (`counted` wraps `nets.teacher`), a stop saving the last completed step.
+fn train_steps(
+    trainer: &mut Trainer,
+    (nets, counted): (&Nets, &Counted),
+    data: &dyn TrainingData,
+    cfg: &DistillConfig,
+) -> Result<()> {
+    let grid = Discretization::new(cfg.intervals)?;
+    let mut counted_so_far = 0;
+    while !trainer.finished() {
+        trainer.begin_step();
+        for part in 0..cfg.grad_accum {
+            let device = trainer.device();
+            let loss = match micro_batch_loss(nets, data, cfg, grid, trainer.rng(), &device) {
+                Err(e) => return Err(stopped_or(e, trainer)),
+                Ok(loss) => loss,
+            };
+            // This rank's evaluations; the step sums them over the ranks.
+            trainer.counter += counted.evaluations() - counted_so_far;
+            counted_so_far = counted.evaluations();
+            trainer.accumulate(&loss, cfg.grad_accum)?;
+            // A stop between micro-batches ends the run at the last completed step; after the
+            // last one, the step completes and `step_accumulated` saves it.
+            if let Some(signal) = requested().filter(|_| part + 1 < cfg.grad_accum && ranks::place().size == 1) {
+                return Err(trainer.stop_mid_step(signal));
+            }
+        }
+        trainer.step_accumulated()?;
+    }
+    Ok(())
+}
+
 /// Trains a student of architecture `net` starting from the weights `start` on `data`.
 /// `teacher` gives the targets; `None` takes them from the student with its adapters
 /// off — the start weights themselves, as the paper's reference does with LoRA.
@@ -219,25 +279,7 @@ pub fn distill(
         teacher.is_some() || cfg.lora.is_some(),
         "a fully fine-tuned student needs a separate teacher"
     );
-    let device = start.values().next().map_or(Device::Cpu, |t| t.device().clone());
-    let init = match cfg.lora {
-        Some(lora) => net.init_adapters(lora, &mut init_rng(cfg.seed))?,
-        None => start.clone(),
-    };
-    let grid = Discretization::new(cfg.intervals)?;
-    let options = TrainerOptions {
-        what: cfg.method.name(),
-        steps: cfg.steps,
-        optim: cfg.optim,
-        seed: cfg.seed,
-        ema_decay: cfg.ema_decay,
-        checkpointing,
-        device,
-        run_config: serde_json::json!({"distill": cfg, "net": net.describe()}),
-    };
-    let mut trainer = Trainer::new(&init, options)?;
-    // The trainer copied them: a LoRA run's fresh adapters would stay resident to the end.
-    drop(init);
+    let mut trainer = start_trainer(net, start, cfg, checkpointing)?;
     // Under LoRA the trained tensors are the adapters, added to the frozen start weights.
     let with_start = |trained: Params| -> Params {
         match cfg.lora {
@@ -251,32 +293,12 @@ pub fn distill(
     let base = AdaptersOff(&*student);
     let guided = Guided::new(teacher.unwrap_or(&base), cfg.guidance);
     let counted = Counted::new(&guided);
-    let mut counted_so_far = 0;
     let nets = Nets {
         teacher: &counted,
         student: &*student,
         target: &*target_net,
     };
-    while !trainer.finished() {
-        trainer.begin_step();
-        for part in 0..cfg.grad_accum {
-            let device = trainer.device();
-            let loss = match micro_batch_loss(&nets, data, cfg, grid, trainer.rng(), &device) {
-                Err(e) => return Err(stopped_or(e, &mut trainer)),
-                Ok(loss) => loss,
-            };
-            // This rank's evaluations; the step sums them over the ranks.
-            trainer.counter += counted.evaluations() - counted_so_far;
-            counted_so_far = counted.evaluations();
-            trainer.accumulate(&loss, cfg.grad_accum)?;
-            // A stop between micro-batches ends the run at the last completed step; after the
-            // last one, the step completes and `step_accumulated` saves it.
-            if let Some(signal) = requested().filter(|_| part + 1 < cfg.grad_accum && ranks::place().size == 1) {
-                return Err(trainer.stop_mid_step(signal));
-            }
-        }
-        trainer.step_accumulated()?;
-    }
+    train_steps(&mut trainer, (&nets, &counted), data, cfg)?;
     trainer.finish();
     let (params, adapters) = match cfg.lora {
         Some(_) if net.merges_adapters() => (student.merged_params()?, Some(trainer.frozen_params())),
