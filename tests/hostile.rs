@@ -417,6 +417,11 @@ fn cases() -> Vec<Case> {
             args: train("train-teacher", &["--data", "toy:moons", "--lr", "-1"]),
             says: "--lr -1",
         },
+        Case {
+            class: "meaningless flags",
+            args: distill(&["--lr", "1000", "--weight-decay", "0", "--max-grad-norm", "0"]),
+            says: "the run diverged — lower --lr (1000) or clip the gradients with --max-grad-norm (now off)",
+        },
         // 6. Errors that say what and where.
         Case {
             class: "clear errors",

@@ -195,7 +195,15 @@ impl Trainer {
         if !value.is_finite() {
             self.bar.abandon();
             let step = self.losses.len() + 1;
-            bail!("loss is {value} at step {step}; stopped without saving (the last checkpoint is kept)");
+            bail!(
+                "loss is {value} at step {step}: the run diverged — lower --lr ({}){}; stopped without \
+                 saving (the last checkpoint is kept)",
+                self.cfg.lr,
+                match self.cfg.max_grad_norm {
+                    0.0 => " or clip the gradients with --max-grad-norm (now off)".to_string(),
+                    n => format!(" or --max-grad-norm ({n})"),
+                }
+            );
         }
         let grads = match parts {
             1 => loss.backward()?,
