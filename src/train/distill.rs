@@ -143,6 +143,8 @@ pub struct Distilled {
     pub losses: Vec<f32>,
     /// Per-sample guided teacher evaluations spent on targets.
     pub teacher_evaluations: u64,
+    /// Training wall time, over every process that continued the run.
+    pub seconds: f64,
 }
 
 /// The three networks of a distillation step: the (guided, counted) teacher, the student and
@@ -308,6 +310,7 @@ pub fn distill(
     Ok(Distilled {
         params,
         adapters,
+        seconds: trainer.seconds(),
         losses: trainer.losses,
         teacher_evaluations: trainer.counter,
     })

@@ -106,6 +106,10 @@ pub struct Trainer {
     bar: ProgressBar,
     checkpointing: Checkpointing,
     run_config: Value,
+    /// Training time of the processes before this one (from the resumed checkpoint), and
+    /// when this one began: a resumed run's time is the whole run's.
+    earlier_seconds: f64,
+    started: Instant,
 }
 
 impl Trainer {
@@ -136,6 +140,8 @@ impl Trainer {
             bar: progress::bar(o.steps, o.what),
             run_config: json!({"run": o.run_config, "context": o.checkpointing.context}),
             checkpointing: o.checkpointing,
+            earlier_seconds: 0.0,
+            started: Instant::now(),
         };
         if t.checkpointing.resume {
             t.restore()?;
@@ -146,6 +152,12 @@ impl Trainer {
     /// Where the trained weights live.
     pub fn device(&self) -> Device {
         self.vars.first().map_or(Device::Cpu, |v| v.device().clone())
+    }
+
+    /// Seconds the run has trained, over every process that continued it (up to the last
+    /// checkpoint of each one stopped).
+    pub fn seconds(&self) -> f64 {
+        self.earlier_seconds + self.started.elapsed().as_secs_f64()
     }
 
     /// The run's random generator (part of the checkpointed state).
@@ -381,7 +393,7 @@ impl Trainer {
         let rng = json!({"seed": self.rng.get_seed().iter().map(|b| format!("{b:02x}")).collect::<String>(),
             "stream": self.rng.get_stream(), "word_pos": self.rng.get_word_pos().to_string()});
         let state = json!({"adam_step": adam_step, "rng": rng, "counter": self.counter, "config": self.run_config,
-            "inputs": self.checkpointing.inputs});
+            "inputs": self.checkpointing.inputs, "seconds": self.seconds()});
         save_checkpoint(&dir.join(file), &tensors, &state)
     }
 
@@ -458,6 +470,11 @@ impl Trainer {
         );
         self.rng = restore_rng(&state["rng"]).with_context(|| bad("has a malformed generator state"))?;
         self.counter = state["counter"].as_u64().with_context(|| bad("lacks counter"))?;
+        // Checkpoints of older dcm versions record no time.
+        self.earlier_seconds = state["seconds"]
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(0.0);
         self.bar.set_position(self.losses.len() as u64);
         Ok(())
     }
@@ -674,6 +691,34 @@ mod tests {
         }
         assert!(a != vec![0.5, -1.0, 2.0], "the weights moved");
         assert!(parts.step_accumulated().is_err(), "a step needs a gradient");
+    }
+
+    /// A resumed run's time is the whole run's: the checkpoint records the seconds trained so
+    /// far and the run continued from it counts on from them.
+    #[test]
+    fn a_resumed_run_counts_the_time_before_its_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("dcm-seconds-{}", std::process::id()));
+        let with_dir = |resume| {
+            let init = Params::from([("w".to_string(), Tensor::new(&[0.5f32], &Device::Cpu).unwrap())]);
+            let mut o = trainer_options();
+            o.checkpointing = Checkpointing {
+                dir: Some(dir.clone()),
+                resume,
+                ..Checkpointing::default()
+            };
+            Trainer::new(&init, o).unwrap()
+        };
+        let mut t = with_dir(false);
+        let l = t.params()["w"].sqr().unwrap().sum_all().unwrap();
+        t.step(&l).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        t.save().unwrap();
+        let recorded = read_state(&dir.join(CHECKPOINT)).unwrap()["seconds"].as_f64().unwrap();
+        assert!(recorded >= 0.3, "recorded {recorded} s");
+        let resumed = with_dir(true);
+        assert!(resumed.seconds() >= recorded, "{} < {recorded}", resumed.seconds());
+        assert!(with_dir(false).seconds() < 0.3, "a fresh run starts at 0");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// A checkpoint whose `adam_step` was edited away from its completed steps is refused:

@@ -5,7 +5,7 @@
 //! and judging it again.
 
 use crate::runtime::files::{read_regular_text, write_atomic};
-use crate::train::checkpoint::CHECKPOINT;
+use crate::train::checkpoint::{read_state, CHECKPOINT};
 use crate::train::trainer::Checkpointing;
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
@@ -28,7 +28,8 @@ struct Kept<T> {
     result: T,
 }
 
-/// The units' folders, and the seconds of the units this process took from earlier ones.
+/// The units' folders, and the seconds earlier processes spent on the units this one took
+/// or continued.
 pub struct Units {
     root: PathBuf,
     carried: Cell<f64>,
@@ -66,16 +67,24 @@ impl Units {
             return Ok(kept.result);
         }
         let start = Instant::now();
+        let resume = dir.join(CHECKPOINT).is_file();
+        // The time an earlier process spent on this unit, up to its last save: the unit's
+        // and its stage's time include it.
+        let earlier = match resume {
+            true => read_state(&dir.join(CHECKPOINT))?["seconds"].as_f64().unwrap_or(0.0),
+            false => 0.0,
+        };
+        self.carried.set(self.carried.get() + earlier);
         let checkpointing = Checkpointing {
             dir: Some(dir.clone()),
             every: EVERY,
-            resume: dir.join(CHECKPOINT).is_file(),
+            resume,
             keep: keep.to_vec(),
             ..Default::default()
         };
         let result = work(checkpointing)?;
         let kept = Kept {
-            seconds: start.elapsed().as_secs_f64(),
+            seconds: earlier + start.elapsed().as_secs_f64(),
             result: &result,
         };
         std::fs::create_dir_all(&dir).with_context(|| format!("{}: cannot create folder", dir.display()))?;
