@@ -210,8 +210,8 @@ fn sigint_and_resume_give_identical_lora_files() {
     let data = captioned_folder(&d);
     let teacher = fixture();
     let (a, b) = (d.join("a"), d.join("b"));
-    let mut args = distill_args("cm", data.to_str().unwrap(), "30");
-    args.extend(["--teacher", &teacher, "--grad-accum", "2"]);
+    let mut args = distill_args("cm", data.to_str().unwrap(), "200");
+    args.extend(["--teacher", &teacher, "--grad-accum", "2", "--checkpoint-every", "10"]);
     ok(&[&args[..], &["--out", a.to_str().unwrap()]].concat());
     let child = Command::new(env!("CARGO_BIN_EXE_dcm"))
         .args(&args)
@@ -220,12 +220,12 @@ fn sigint_and_resume_give_identical_lora_files() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Interrupt once training is under way (the log of the first steps is not yet written).
+    // Interrupt once training is under way: the first periodic checkpoint (step 10 of 200)
+    // marks it, whatever the machine's speed, and leaves 190 steps for the signal to land in.
     let started = std::time::Instant::now();
-    while !b.join("latents").join("latents.json").is_file() && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(20));
+    while !b.join("checkpoint.safetensors").is_file() && started.elapsed() < Duration::from_secs(120) {
+        std::thread::sleep(Duration::from_millis(5));
     }
-    std::thread::sleep(Duration::from_millis(1500));
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();

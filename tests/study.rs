@@ -330,11 +330,28 @@ fn without_times(dir: &Path) -> serde_json::Value {
     json
 }
 
+/// Removes every training state (running and kept checkpoints) under `dir`, leaving the
+/// units' results: what a study's record carried to another machine holds. Returns how many.
+fn remove_training_states(dir: &Path) -> usize {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            removed += remove_training_states(&path);
+        } else if path.extension().is_some_and(|e| e == "safetensors") {
+            std::fs::remove_file(&path).unwrap();
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// A study stopped by SIGTERM three times — in the middle of a training-length run (which
 /// saves its checkpoint and continues from it), as the main baseline starts, and as the last
 /// stage starts (the main baseline resumed with stages 1 and 2 taken from the record and the
-/// long runs from their units) — and resumed each time with `--resume` ends with the record
-/// of an uninterrupted study, wall times apart.
+/// long runs from their units' results, their training states removed as on another machine,
+/// so that the seeds read off them are trained again) — and resumed each time with
+/// `--resume` ends with the record of an uninterrupted study, wall times apart.
 #[test]
 fn a_study_stopped_by_signals_resumes_to_the_uninterrupted_record() {
     let base = std::env::temp_dir().join(format!("dcm-study-resume-{}", std::process::id()));
@@ -353,6 +370,8 @@ fn a_study_stopped_by_signals_resumes_to_the_uninterrupted_record() {
     let resume = ["reproduce", "--preset", "study-smoke", "--resume"];
     let err = stopped_when(&resume, &parts, |_, err| err.contains("[study 3/7]"));
     assert!(err.contains("[study 1/7] references: finished before"), "{err}");
+    let states = remove_training_states(&parts.join("checkpoints"));
+    assert!(states > 0, "the long runs keep their states");
     let err = stopped_when(&resume, &parts, |_, err| err.contains("[study 7/7]"));
     assert!(err.contains("[study 2/7] training length: finished before"), "{err}");
     let out = dcm(&resume, &parts);

@@ -127,7 +127,9 @@ pub type SaveStudent<'a> = dyn Fn(&TrainedStudent) -> Result<()> + 'a;
 /// CM and Direct at every seed at `cfg.distill_steps`, judged at every step count, each
 /// student handed to `save` (unit `PRESET/seedS/METHOD`). A seed with a long run among
 /// `runs` is read off its kept checkpoint at that length (with a constant learning rate a
-/// longer run passes through exactly the shorter one); the others are trained.
+/// longer run passes through exactly the shorter one); the others are trained, as is a seed
+/// whose kept checkpoint is gone (a study continued from its record and its units' results
+/// alone, without their training states).
 pub fn baseline(
     cfg: &ReproduceConfig,
     (models, setup): (&Models, &Setup),
@@ -145,7 +147,12 @@ pub fn baseline(
         for method in Method::compared() {
             let name = format!("{}/seed{seed}/{}", cfg.preset, method.name());
             let (rows, record): Judged = units.run(&name, &[], |ckpt| {
-                let (student, losses) = match runs.iter().find(|r| r.seed == seed && r.method.name() == method.name()) {
+                let long = runs.iter().find(|r| {
+                    r.seed == seed
+                        && r.method.name() == method.name()
+                        && r.dir.join(kept_checkpoint(cfg.distill_steps)).is_file()
+                });
+                let (student, losses) = match long {
                     Some(run) => shortened(cfg, models, run)?,
                     None => setup.train(cfg, models, method, seed, ckpt)?,
                 };
