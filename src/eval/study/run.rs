@@ -21,7 +21,18 @@ use anyhow::Result;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-const STAGES: usize = 7;
+/// What each stage makes, in order (the record names a finished stage after what it made).
+pub const STAGE_TOPICS: [&str; 7] = [
+    "references",
+    "training length",
+    "main baseline",
+    "other baseline",
+    "analytic control",
+    "target horizon",
+    "guidance",
+];
+
+const STAGES: usize = STAGE_TOPICS.len();
 
 /// Stages 1 to 6 but 5 judge against each seed's reference solve (made once, as the first
 /// of stages 1 to 6 a process runs starts): a study resumed at stage 7 needs none.

@@ -11,7 +11,7 @@ use super::study_findings::{
     analytic_claims, baseline_claims, baseline_name, bullets, disagreements, horizon_sentences, length_caveats,
     length_order,
 };
-use super::study_record::{Differences, StudyRecord};
+use super::study_record::{part_way, Differences, StudyRecord};
 use super::study_summary::summary;
 use super::sweep_report::{
     mean_at, seed_note, seeds, settings, shown, sweep_csv, sweep_difference_table, sweep_table, SWEPT,
@@ -427,7 +427,7 @@ fn preamble(r: &StudyRecord) -> String {
          the teacher's from the same noise on the features of the shipped MNIST classifier: an analogue \
          of the paper's FD (Inception or DINOv2 features of SDXL images), not the paper's metric itself. \
          The sweeps are {}.\n\n\
-         | stage | minutes |\n|---|---|\n{stages}\n",
+         {}| stage | minutes |\n|---|---|\n{stages}\n",
         r.seconds / 60.0,
         r.machine,
         cfg.main.per_class * out.classes,
@@ -436,7 +436,8 @@ fn preamble(r: &StudyRecord) -> String {
         match cfg.sweep_seeds {
             1 => "on one seed: descriptive, with no interval".to_string(),
             n => format!("on {n} seeds"),
-        }
+        },
+        part_way(&out.stages)
     )
 }
 

@@ -5,6 +5,7 @@ use super::sweep_report::sweep_differences;
 use crate::eval::difference::{analytic_differences, differences, Difference};
 use crate::eval::study::config::StudyConfig;
 use crate::eval::study::outcome::StudyOutcome;
+use crate::eval::study::run::STAGE_TOPICS;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 use std::path::Path;
@@ -43,6 +44,30 @@ impl StoredStudy {
     }
 }
 
+/// For a record of a study stopped part-way (`stages` its finished stages), the paragraph
+/// that says which stages it lacks; nothing for a finished study. Sections of the missing
+/// stages are empty, and a reader must not take their absence for a result. A study ends
+/// with its guidance sweep (records made before the training length had a stage of its own
+/// hold six stages, the last of them that sweep).
+pub fn part_way(stages: &[(String, f64)]) -> String {
+    let last = STAGE_TOPICS[STAGE_TOPICS.len() - 1];
+    if stages.last().is_some_and(|(name, _)| name == last) {
+        return String::new();
+    }
+    let missing = &STAGE_TOPICS[stages.len().min(STAGE_TOPICS.len() - 1)..];
+    format!(
+        "**Part-way.** This record holds the first {} of the study's {} stages; {} {}. \
+         `dcm reproduce --preset study --resume DIR` continues the study from its folder.\n\n",
+        stages.len(),
+        STAGE_TOPICS.len(),
+        missing.join(", "),
+        match missing.len() {
+            1 => "has not run yet, so its section is missing and no sentence here rests on it",
+            _ => "have not run yet, so their sections are missing and no sentence here rests on them",
+        }
+    )
+}
+
 /// Every difference the study reports.
 pub struct Differences {
     pub main: Vec<Difference>,
@@ -68,5 +93,36 @@ impl Differences {
             lengths: sweep_differences(&out.lengths, steps, level)?,
             guidance: sweep_differences(&out.guidance, steps, level)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(n: usize) -> Vec<(String, f64)> {
+        STAGE_TOPICS[..n].iter().map(|s| (s.to_string(), 1.0)).collect()
+    }
+
+    /// A finished study says nothing; a stopped one names exactly the stages it lacks.
+    #[test]
+    fn a_part_way_record_names_the_stages_it_lacks() {
+        assert_eq!(part_way(&finished(STAGE_TOPICS.len())), "");
+        let four = part_way(&finished(4));
+        assert!(
+            four.contains(
+                "the first 4 of the study's 7 stages; analytic control, target horizon, guidance have not run yet"
+            ),
+            "{four}"
+        );
+        assert!(part_way(&finished(6)).contains("; guidance has not run yet, so its section"));
+        assert!(!part_way(&finished(6)).contains("target horizon"));
+        let mut six_stage_layout = finished(7);
+        six_stage_layout.remove(1);
+        assert_eq!(
+            part_way(&six_stage_layout),
+            "",
+            "an older record's six stages end with guidance"
+        );
     }
 }

@@ -12,7 +12,7 @@ use super::study_findings::{
     analytic_claims, baseline_claims, baseline_name, bullets, disagreements, horizon_sentences, length_caveats,
     length_order, length_paths,
 };
-use super::study_record::{Differences, StudyRecord};
+use super::study_record::{part_way, Differences, StudyRecord};
 use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
 use super::teacher_kd::{kd_against_fd, kd_sentence};
 use crate::consistency::distance::Distance;
@@ -303,11 +303,12 @@ pub fn summary(r: &StudyRecord, d: &Differences) -> Result<String> {
     verdicts.extend(length_caveats(&out.lengths, steps));
     let split = disagreements(cfg, out, d);
     Ok(format!(
-        "{}\n{}\n**FD vs teacher and ODE error, CM − Direct** (means over seeds; intervals at {:.0} %):\n\n{}\n\
+        "{}{}\n{}\n**FD vs teacher and ODE error, CM − Direct** (means over seeds; intervals at {:.0} %):\n\n{}\n\
          **The paper's claim** (lower ODE error for Direct, yet lower FD vs teacher for CM), step count by step count:\n\n{}\n\
          **Where ODE error and FD vs teacher disagree** (the lower ODE error with the higher FD; every such point, {} in all):\n\n{}\n\
          {}\n{}\n{}\
          **Analytic control** (`{}` mixture, exact ODE solution, {} seeds):\n\n{}\n{}",
+        part_way(&out.stages),
         setup(r, length),
         training_length(cfg, out, length)?,
         cfg.level * 100.0,
