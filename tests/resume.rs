@@ -144,18 +144,29 @@ fn sigint_saves_a_checkpoint_and_exits_130() {
     let (a, b) = (dir("int-a"), dir("int-b"));
     let long: Vec<&str> = TEACHER[..TEACHER.len() - 2]
         .iter()
-        .map(|s| if *s == "300" { "3000" } else { s })
+        .map(|s| if *s == "300" { "10000" } else { s })
         .collect();
     let mut child = spawn(&long, &["--checkpoint-every", "0", "--out", b.to_str().unwrap()]);
-    std::thread::sleep(Duration::from_millis(700));
+    // Signal once training is under way — at its first progress line (step 1,000 of 10,000),
+    // whatever the machine's speed — with nine tenths of the run left for the signal to land in.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut err = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        err += &(line.clone() + "\n");
+        if line.contains("step ") {
+            break;
+        }
+    }
     assert!(Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap()
         .success());
+    for line in lines {
+        err += &(line.unwrap() + "\n");
+    }
     let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("stopped by SIGINT") && err.contains("--resume"), "{err}");
     assert!(b.join("checkpoint.safetensors").is_file());
