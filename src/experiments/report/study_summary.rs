@@ -164,7 +164,11 @@ fn data_section(out: &StudyOutcome, d: &Differences, steps: &[usize]) -> String 
         let _ = write!(s, "{kd} ");
     }
     s.push_str("With that caveat, the differences against the data resolved for one method:\n\n");
-    for (name, diffs) in [(&out.main.preset, &d.main), (&out.other.preset, &d.other)] {
+    // A baseline a part-way study has not run has no differences, not "nothing better".
+    let run = [(&out.main.preset, &d.main), (&out.other.preset, &d.other)]
+        .into_iter()
+        .filter(|(_, diffs)| !diffs.is_empty());
+    for (name, diffs) in run {
         let split = kd_against_fd(diffs);
         let _ = writeln!(
             s,
@@ -287,6 +291,19 @@ fn differs(cfg: &StudyConfig, length: usize) -> String {
     )
 }
 
+/// The analytic control's claims (nothing before the stage has run).
+fn analytic(cfg: &StudyConfig, diffs: &[Difference]) -> String {
+    match diffs.is_empty() {
+        true => String::new(),
+        false => format!(
+            "**Analytic control** (`{}` mixture, exact ODE solution, {} seeds):\n\n{}\n",
+            cfg.analytic.toy,
+            cfg.analytic.seeds,
+            bullets(&analytic_claims(cfg, diffs))
+        ),
+    }
+}
+
 /// The README's Results block.
 pub fn summary(r: &StudyRecord, d: &Differences) -> Result<String> {
     let (cfg, out) = (r.config, r.outcome);
@@ -306,8 +323,7 @@ pub fn summary(r: &StudyRecord, d: &Differences) -> Result<String> {
         "{}{}\n{}\n**FD vs teacher and ODE error, CM − Direct** (means over seeds; intervals at {:.0} %):\n\n{}\n\
          **The paper's claim** (lower ODE error for Direct, yet lower FD vs teacher for CM), step count by step count:\n\n{}\n\
          **Where ODE error and FD vs teacher disagree** (the lower ODE error with the higher FD; every such point, {} in all):\n\n{}\n\
-         {}\n{}\n{}\
-         **Analytic control** (`{}` mixture, exact ODE solution, {} seeds):\n\n{}\n{}",
+         {}\n{}\n{}{}{}",
         part_way(&out.stages),
         setup(r, length),
         training_length(cfg, out, length)?,
@@ -319,9 +335,7 @@ pub fn summary(r: &StudyRecord, d: &Differences) -> Result<String> {
         data_section(out, d, steps),
         rank_summary(cfg, &out.lengths)?,
         sweeps(cfg, out),
-        cfg.analytic.toy,
-        cfg.analytic.seeds,
-        bullets(&analytic_claims(cfg, &d.analytic)),
+        analytic(cfg, &d.analytic),
         differs(cfg, length)
     ))
 }
