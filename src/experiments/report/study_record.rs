@@ -60,7 +60,10 @@ pub fn part_way(stages: &[(String, f64)]) -> String {
          `dcm reproduce --preset study --resume DIR` continues the study from its folder.\n\n",
         stages.len(),
         STAGE_TOPICS.len(),
-        missing.join(", "),
+        match missing {
+            [rest @ .., last] if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
+            _ => missing.join(", "),
+        },
         match missing.len() {
             1 => "has not run yet, so its section is missing and no sentence here rests on it",
             _ => "have not run yet, so their sections are missing and no sentence here rests on them",
@@ -111,7 +114,7 @@ mod tests {
         let four = part_way(&finished(4));
         assert!(
             four.contains(
-                "the first 4 of the study's 7 stages; analytic control, target horizon, guidance have not run yet"
+                "the first 4 of the study's 7 stages; analytic control, target horizon and guidance have not run yet"
             ),
             "{four}"
         );
