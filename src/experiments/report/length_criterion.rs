@@ -146,10 +146,46 @@ pub fn behind_sentence(checks: &[(String, String, usize, f64, f64)], steps: &[us
         )
     } else {
         format!(
-            "Not beating the teacher's own DDIM with as many intervals on FD vs teacher: {}. Where they do not, CM and Direct are compared as few-step samplers worse than the teacher's own solve.",
-            behind.join("; ")
+            "Not beating the teacher's own DDIM with as many intervals on FD vs teacher: {}. Where they do not, CM and Direct are compared as few-step samplers worse than the teacher's own solve.{}",
+            behind.join("; "),
+            broken(checks, steps)
+                .iter()
+                .map(|b| format!(" {b}"))
+                .collect::<String>()
         )
     }
+}
+
+/// The students farther from the teacher at every step count checked than its crudest
+/// solve (the DDIM with the fewest intervals): their training broke down rather than fell short, so
+/// their differences from the other method measure the breakdown.
+fn broken(checks: &[(String, String, usize, f64, f64)], steps: &[usize]) -> Vec<String> {
+    let Some(&fewest) = steps.iter().min() else {
+        return Vec::new();
+    };
+    let mut students: Vec<(&str, &str)> = checks.iter().map(|c| (c.0.as_str(), c.1.as_str())).collect();
+    students.dedup();
+    let mut out = Vec::new();
+    for (b, m) in students {
+        let own: Vec<_> = checks.iter().filter(|c| c.0 == b && c.1 == m).collect();
+        let Some(crude) = own.iter().find(|c| c.2 == fewest).map(|c| c.4) else {
+            continue;
+        };
+        if own.iter().all(|c| c.3 > crude) {
+            let fds: Vec<f64> = own.iter().map(|c| c.3).collect();
+            let lo = fds.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = fds.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let ks: Vec<usize> = own.iter().map(|c| c.2).collect();
+            out.push(format!(
+                "{m} in {b} is farther from the teacher at {} steps than the teacher's own {fewest}-interval DDIM (FD vs teacher {} to {} against {}): its training broke down rather than fell short, so its differences from the other method measure the breakdown (where it breaks: `docs/study/stability/`).",
+                steps_text(&ks),
+                num(lo),
+                num(hi),
+                num(crude)
+            ));
+        }
+    }
+    out
 }
 
 /// The list of `against_ddim` per baseline.
@@ -218,4 +254,39 @@ pub fn criterion_section(cfg: &StudyConfig, out: &StudyOutcome) -> Result<String
         choice_sentence(&choice, &steps),
         baseline_check(&comparisons, &out.main, &steps, length)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checks(b: &str, m: &str, fds: &[f64]) -> Vec<(String, String, usize, f64, f64)> {
+        let ddim = [476.0, 207.0, 75.4, 17.8];
+        [1, 2, 4, 8]
+            .iter()
+            .zip(fds)
+            .zip(ddim)
+            .map(|((&k, &fd), d)| (b.to_string(), m.to_string(), k, fd, d))
+            .collect()
+    }
+
+    /// A student worse than the teacher's 1-interval DDIM at every step count checked is
+    /// named as broken down; one that beats that crudest solve anywhere is only behind.
+    #[test]
+    fn a_student_behind_the_crudest_solve_everywhere_is_broken() {
+        let steps = [1, 2, 4, 8];
+        let lora = checks("`lora`", "CM", &[2049.0, 1999.0, 1978.0, 1967.0]);
+        let default = checks("`default`", "CM", &[403.0, 252.0, 278.0, 421.0]);
+        let all = [default.clone(), lora].concat();
+        let named = broken(&all, &steps);
+        assert_eq!(named.len(), 1, "{named:?}");
+        assert!(named[0].starts_with("CM in `lora` is farther"), "{}", named[0]);
+        assert!(
+            named[0].contains("(FD vs teacher 1967 to 2049 against 476)"),
+            "{}",
+            named[0]
+        );
+        assert!(broken(&default, &steps).is_empty());
+        assert!(behind_sentence(&all, &steps).contains("its training broke down"));
+    }
 }
