@@ -1,6 +1,7 @@
 //! The study's record — what `study.json` holds and the report is a function of — and the
 //! CM − Direct differences computed from it.
 
+use super::length_criterion::steps_text;
 use super::sweep_report::sweep_differences;
 use crate::eval::difference::{analytic_differences, differences, Difference};
 use crate::eval::study::config::StudyConfig;
@@ -60,10 +61,7 @@ pub fn part_way(stages: &[(String, f64)]) -> String {
          `dcm reproduce --preset study --resume DIR` continues the study from its folder.\n\n",
         stages.len(),
         STAGE_TOPICS.len(),
-        match missing {
-            [rest @ .., last] if !rest.is_empty() => format!("{} and {last}", rest.join(", ")),
-            _ => missing.join(", "),
-        },
+        steps_text(missing),
         match missing.len() {
             1 => "has not run yet, so its section is missing and no sentence here rests on it",
             _ => "have not run yet, so their sections are missing and no sentence here rests on them",
