@@ -397,7 +397,8 @@ impl Trainer {
         save_checkpoint(&dir.join(file), &tensors, &state)
     }
 
-    fn restore(&mut self) -> Result<()> {
+    /// The run folder's checkpoint, refused unless it was made with this run's settings and inputs.
+    fn matching_checkpoint(&self) -> Result<(PathBuf, Params, Value)> {
         let dir = self
             .checkpointing
             .dir
@@ -409,8 +410,7 @@ impl Trainer {
             "--resume {}: no {CHECKPOINT} in that folder",
             dir.display()
         );
-        let (mut t, state) = load_checkpoint(&path)?;
-        let bad = |what: &str| format!("{}: checkpoint {what}", path.display());
+        let (t, state) = load_checkpoint(&path)?;
         if state["config"] != self.run_config {
             let mut changes = Vec::new();
             differences(&state["config"], &self.run_config, "", &mut changes);
@@ -427,6 +427,11 @@ impl Trainer {
                 dir.display()
             );
         }
+        Ok((path, t, state))
+    }
+
+    /// Puts each parameter and EMA shadow back on its variable's device; returns AdamW's moments.
+    fn restore_tensors(&mut self, t: &mut Params, bad: &dyn Fn(&str) -> String) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
         let mut take = |kind: &str, name: &str| {
             t.remove(&format!("{kind}/{name}"))
                 .with_context(|| bad(&format!("lacks {kind}/{name}")))
@@ -446,6 +451,14 @@ impl Trainer {
                     .with_context(|| bad(&format!("tensor ema/{name} does not fit")))?;
             }
         }
+        Ok((m, v))
+    }
+
+    /// Continues from the run folder's checkpoint: weights, optimizer moments, generator and step count.
+    fn restore(&mut self) -> Result<()> {
+        let (path, mut t, state) = self.matching_checkpoint()?;
+        let bad = |what: &str| format!("{}: checkpoint {what}", path.display());
+        let (m, v) = self.restore_tensors(&mut t, &bad)?;
         self.losses = t
             .remove("losses")
             .with_context(|| bad("lacks losses"))?
