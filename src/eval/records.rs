@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Every number of one (model, steps, seed) row of the table.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Metrics {
     pub ode_error_latent: f64,
     pub ode_error_pixel: f64,

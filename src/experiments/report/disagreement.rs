@@ -3,6 +3,7 @@
 //! FD — in the baselines, the sweeps and the analytic control. Listed, none omitted.
 
 use super::finding::{difference_text, num};
+use super::sweep_order::paired;
 use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
 use crate::eval::difference::Difference;
 use crate::eval::records::SweepRow;
@@ -51,8 +52,15 @@ pub fn in_differences(name: &str, diffs: &[Difference], ode_metric: &str, fd_met
 }
 
 /// A CM-against-Direct sweep's (setting, step count) points where the means over its seeds
-/// favour different methods on ODE error and FD vs teacher; `label` names a setting.
-pub fn in_sweep(name: &str, label: fn(f64) -> String, rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+/// favour different methods on ODE error and FD vs teacher, each side marked resolved or
+/// not when the sweep has seeds to pair; `label` names a setting.
+pub fn in_sweep(
+    name: &str,
+    label: fn(f64) -> String,
+    rows: &[SweepRow],
+    diffs: &[(f64, Difference)],
+    steps: &[usize],
+) -> Vec<String> {
     let (fd, ode) = (SWEPT[0].1, SWEPT[1].1);
     let mut out = Vec::new();
     for s in settings(rows) {
@@ -65,18 +73,26 @@ pub fn in_sweep(name: &str, label: fn(f64) -> String, rows: &[SweepRow], steps: 
             ) else {
                 continue;
             };
+            let side = |diff: f64, metric: &str| {
+                let settled = match paired(diffs, s, k, metric) {
+                    Some(d) if d.resolved() => ", resolved",
+                    Some(_) => ", not resolved",
+                    None => "",
+                };
+                format!("{} lower{settled}", lower(diff))
+            };
             if opposite(co - dn, cf - df) {
                 out.push(format!(
-                    "{name}, {}, {} ({}): ODE error CM {}, Direct {} ({} lower); FD vs teacher CM {}, Direct {} ({} lower).",
+                    "{name}, {}, {} ({}): ODE error CM {}, Direct {} ({}); FD vs teacher CM {}, Direct {} ({}).",
                     label(s),
                     at(k),
                     seed_note(rows),
                     num(co),
                     num(dn),
-                    lower(co - dn),
+                    side(co - dn, SWEPT[1].0),
                     num(cf),
                     num(df),
-                    lower(cf - df)
+                    side(cf - df, SWEPT[0].0)
                 ));
             }
         }

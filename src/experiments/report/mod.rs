@@ -12,6 +12,7 @@ pub mod study;
 pub mod study_findings;
 pub mod study_record;
 pub mod study_summary;
+pub mod sweep_order;
 pub mod sweep_report;
 pub mod table;
 pub mod teacher_kd;

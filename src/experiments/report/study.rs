@@ -236,7 +236,7 @@ fn length_section(dir: Option<&Path>, cfg: &StudyConfig, out: &StudyOutcome, d: 
         },
         sweep_table(rows, "training steps", &cfg.main.steps),
         sweep_difference_table(&d.lengths, "training steps"),
-        bullets(&length_order(rows, &cfg.main.steps)),
+        bullets(&length_order(rows, &d.lengths, &cfg.main.steps)),
         rank_section(rows, &cfg.main.steps, cfg.level)?
     ))
 }
@@ -460,7 +460,7 @@ fn readme(dir: Option<&Path>, r: &StudyRecord, d: &Differences) -> Result<String
          ## Analytic control: `{}` mixture, exact ODE solution ({} seeds, {} samples each)\n\n{}",
         preamble(r),
         criterion_section(cfg, out)?,
-        match bullets(&length_caveats(&out.lengths, &cfg.main.steps)) {
+        match bullets(&length_caveats(&out.lengths, &d.lengths, &cfg.main.steps)) {
             b if b.is_empty() => b,
             b => b + "\n",
         },

@@ -4,9 +4,10 @@
 //! their settings.
 
 use super::disagreement::{in_differences, in_horizons, in_sweep};
-use super::finding::{claim, leaning, num, Better, Verdict};
+use super::finding::{claim, num};
 use super::length_criterion::steps_text;
 use super::study_record::Differences;
+use super::sweep_order::{order, Order};
 use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
 use crate::eval::difference::Difference;
 use crate::eval::records::SweepRow;
@@ -60,6 +61,7 @@ pub fn disagreements(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> 
         "training length",
         |l| format!("{} training steps", shown(l)),
         &out.lengths,
+        &d.lengths,
         steps,
     ));
     v.extend(in_horizons(&out.horizons, steps));
@@ -67,6 +69,7 @@ pub fn disagreements(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> 
         "guidance",
         |w| format!("w = {}", shown(w)),
         &out.guidance,
+        &d.guidance,
         steps,
     ));
     v.extend(in_differences(
@@ -165,50 +168,29 @@ pub fn length_paths(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
     out
 }
 
-/// The training lengths at which CM, and those at which Direct, has the lower mean FD vs
-/// teacher at `k` sampler steps.
-fn order_along_length(rows: &[SweepRow], k: usize) -> (Vec<usize>, Vec<usize>) {
-    let (mut cm, mut direct) = (Vec::new(), Vec::new());
-    for l in settings(rows) {
-        if let (Some(c), Some(d)) = (
-            mean_at(rows, l, "CM", k, SWEPT[0].1),
-            mean_at(rows, l, "Direct", k, SWEPT[0].1),
-        ) {
-            match leaning(c - d, Better::Lower) {
-                Verdict::Cm => cm.push(l as usize),
-                Verdict::Direct => direct.push(l as usize),
-                Verdict::Unresolved => {}
-            }
-        }
-    }
-    (cm, direct)
-}
-
-fn at_lengths(v: &[usize]) -> String {
+fn at_lengths(v: &[f64]) -> String {
     if v.is_empty() {
         "no length".to_string()
     } else {
-        steps_text(v)
+        steps_text(&v.iter().map(|&l| l as usize).collect::<Vec<_>>())
     }
 }
 
 /// Per sampler step count, the training lengths at which CM and at which Direct has the
-/// lower mean FD vs teacher, and whether that order depends on the length.
-pub fn length_order(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+/// lower FD vs teacher, by the means and by the resolved differences, and whether that
+/// order depends on the length.
+pub fn length_order(rows: &[SweepRow], diffs: &[(f64, Difference)], steps: &[usize]) -> Vec<String> {
     steps
         .iter()
         .map(|&k| {
-            let (cm, direct) = order_along_length(rows, k);
+            let o = order(rows, diffs, k, 0);
             format!(
-                "At {k} step{}, the lower FD vs teacher is CM's at {} and Direct's at {} training steps: {}.",
+                "At {k} step{}, the lower mean FD vs teacher is CM's at {} and Direct's at {} training steps{}: {}.",
                 if k == 1 { "" } else { "s" },
-                at_lengths(&cm),
-                at_lengths(&direct),
-                if cm.is_empty() || direct.is_empty() {
-                    "the same order at every length"
-                } else {
-                    "the order depends on the training length"
-                }
+                at_lengths(&o.cm),
+                at_lengths(&o.direct),
+                resolved_clause(&o),
+                dependence(&o)
             )
         })
         .collect()
@@ -216,20 +198,44 @@ pub fn length_order(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
 
 /// For the headline: the step counts at which the CM-vs-Direct order on FD vs teacher
 /// changes along the training-length sweep, with where the curve is.
-pub fn length_caveats(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+pub fn length_caveats(rows: &[SweepRow], diffs: &[(f64, Difference)], steps: &[usize]) -> Vec<String> {
     steps
         .iter()
         .filter_map(|&k| {
-            let (cm, direct) = order_along_length(rows, k);
-            (!cm.is_empty() && !direct.is_empty()).then(|| {
+            let o = order(rows, diffs, k, 0);
+            o.means_change().then(|| {
                 format!(
-                    "At {k} step{} the order depends on the training length: in the training-length sweep ({}) CM has the lower FD vs teacher at {} and Direct at {} training steps (the curve: `docs/study/training_length_fd.svg`).",
+                    "At {k} step{} {}: in the training-length sweep ({}) CM has the lower mean FD vs teacher at {} and Direct at {} training steps{} (the curve: `docs/study/training_length_fd.svg`).",
                     if k == 1 { "" } else { "s" },
+                    dependence(&o),
                     seed_note(rows),
-                    steps_text(&cm),
-                    steps_text(&direct)
+                    at_lengths(&o.cm),
+                    at_lengths(&o.direct),
+                    resolved_clause(&o)
                 )
             })
         })
         .collect()
+}
+
+/// `; resolved for CM at no length and for Direct at 250 and 500` (nothing without pairs).
+fn resolved_clause(o: &Order) -> String {
+    match &o.resolved {
+        Some((cm, direct)) => format!(
+            "; resolved for CM at {} and for Direct at {}",
+            at_lengths(cm),
+            at_lengths(direct)
+        ),
+        None => String::new(),
+    }
+}
+
+fn dependence(o: &Order) -> &'static str {
+    match (o.means_change(), o.resolved_change()) {
+        (_, true) => "the order depends on the training length",
+        (true, false) => {
+            "the order of the means depends on the training length, that of the resolved differences does not"
+        }
+        (false, false) => "the same order at every length",
+    }
 }

@@ -13,6 +13,7 @@ use super::study_findings::{
     length_order, length_paths,
 };
 use super::study_record::{part_way, Differences, StudyRecord};
+use super::sweep_order::paired;
 use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
 use super::teacher_kd::{kd_against_fd, kd_sentence};
 use crate::consistency::distance::Distance;
@@ -213,22 +214,28 @@ fn rank_summary(cfg: &StudyConfig, rows: &[SweepRow]) -> Result<String> {
     ))
 }
 
-/// Per guidance scale, which method has the lower mean FD vs teacher and ODE error at
-/// each step count.
-fn guidance_lines(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+/// Per w, the step counts at which each method has the lower FD vs teacher and ODE error:
+/// by the resolved differences when the sweep has seeds to pair, by the means otherwise.
+fn guidance_lines(rows: &[SweepRow], diffs: &[(f64, Difference)], steps: &[usize]) -> Vec<String> {
     settings(rows)
         .into_iter()
         .map(|w| {
-            let side = |get| {
-                let mut cm = Vec::new();
-                let mut direct = Vec::new();
+            let side = |(metric, get): (&str, _)| {
+                let (mut cm, mut direct, mut open) = (Vec::new(), Vec::new(), Vec::new());
                 for &k in steps {
-                    if let (Some(c), Some(d)) = (mean_at(rows, w, "CM", k, get), mean_at(rows, w, "Direct", k, get)) {
-                        match leaning(c - d, Better::Lower) {
-                            Verdict::Cm => cm.push(k),
-                            Verdict::Direct => direct.push(k),
-                            Verdict::Unresolved => {}
-                        }
+                    let lean = match (
+                        paired(diffs, w, k, metric),
+                        mean_at(rows, w, "CM", k, get),
+                        mean_at(rows, w, "Direct", k, get),
+                    ) {
+                        (Some(d), ..) => verdict(d, Better::Lower),
+                        (None, Some(c), Some(d)) => leaning(c - d, Better::Lower),
+                        _ => continue,
+                    };
+                    match lean {
+                        Verdict::Cm => cm.push(k),
+                        Verdict::Direct => direct.push(k),
+                        Verdict::Unresolved => open.push(k),
                     }
                 }
                 let at = |v: &[usize]| match v {
@@ -236,19 +243,23 @@ fn guidance_lines(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
                     [1] => "1 step".to_string(),
                     _ => format!("{} steps", steps_text(v)),
                 };
-                format!("CM at {}, Direct at {}", at(&cm), at(&direct))
+                let unsettled = match open.is_empty() {
+                    true => String::new(),
+                    false => format!(", not resolved at {}", at(&open)),
+                };
+                format!("CM at {}, Direct at {}{unsettled}", at(&cm), at(&direct))
             };
             format!(
                 "w = {}: lower FD vs teacher — {}; lower ODE error — {}.",
                 shown(w),
-                side(SWEPT[0].1),
-                side(SWEPT[1].1)
+                side(SWEPT[0]),
+                side(SWEPT[1])
             )
         })
         .collect()
 }
 
-fn sweeps(cfg: &StudyConfig, out: &StudyOutcome) -> String {
+fn sweeps(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> String {
     let steps = &cfg.main.steps;
     let mut s = String::new();
     if !out.lengths.is_empty() {
@@ -256,7 +267,13 @@ fn sweeps(cfg: &StudyConfig, out: &StudyOutcome) -> String {
             s,
             "**Training length sweep** ({}):\n\n{}\n",
             seed_note(&out.lengths),
-            bullets(&[length_order(&out.lengths, steps), length_paths(&out.lengths, steps)].concat())
+            bullets(
+                &[
+                    length_order(&out.lengths, &d.lengths, steps),
+                    length_paths(&out.lengths, steps)
+                ]
+                .concat()
+            )
         );
     }
     if !out.horizons.is_empty() {
@@ -270,9 +287,13 @@ fn sweeps(cfg: &StudyConfig, out: &StudyOutcome) -> String {
     if !out.guidance.is_empty() {
         let _ = write!(
             s,
-            "**Guidance** ({}; each w judged against its own teacher solve), means over the seeds:\n\n{}\n",
+            "**Guidance** ({}; each w judged against its own teacher solve), {}:\n\n{}\n",
             seed_note(&out.guidance),
-            bullets(&guidance_lines(&out.guidance, steps))
+            match d.guidance.is_empty() {
+                true => "means over the seeds",
+                false => "a method named where the bootstrap, the t-interval and the sign count agree",
+            },
+            bullets(&guidance_lines(&out.guidance, &d.guidance, steps))
         );
     }
     s
@@ -317,7 +338,7 @@ pub fn summary(r: &StudyRecord, d: &Differences) -> Result<String> {
                 .map(|c| format!("`{name}`: {c}")),
         );
     }
-    verdicts.extend(length_caveats(&out.lengths, steps));
+    verdicts.extend(length_caveats(&out.lengths, &d.lengths, steps));
     let split = disagreements(cfg, out, d);
     Ok(format!(
         "{}{}\n{}\n**FD vs teacher and ODE error, CM − Direct** (means over seeds; intervals at {:.0} %):\n\n{}\n\
@@ -334,7 +355,7 @@ pub fn summary(r: &StudyRecord, d: &Differences) -> Result<String> {
         if split.is_empty() { "- none\n".to_string() } else { bullets(&split) },
         data_section(out, d, steps),
         rank_summary(cfg, &out.lengths)?,
-        sweeps(cfg, out),
+        sweeps(cfg, out, d),
         analytic(cfg, &d.analytic),
         differs(cfg, length)
     ))
