@@ -3,6 +3,7 @@
 //! FD — in the baselines, the sweeps and the analytic control. Listed, none omitted.
 
 use super::finding::{difference_text, num};
+use super::horizon_steps::{horizon_step, HorizonStep};
 use super::sweep_order::paired;
 use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
 use crate::eval::difference::Difference;
@@ -101,8 +102,9 @@ pub fn in_sweep(
 }
 
 /// Neighbouring horizons (k and the next k, at one sampler step count) where the one with
-/// the lower ODE error has the higher FD vs teacher.
-pub fn in_horizons(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+/// the lower ODE error has the higher FD vs teacher, each side marked resolved or not when
+/// the sweep has seeds to pair.
+pub fn in_horizons(rows: &[SweepRow], pairs: &[HorizonStep], steps: &[usize]) -> Vec<String> {
     let (fd, ode) = (SWEPT[0].1, SWEPT[1].1);
     let ks = settings(rows);
     let mut out = Vec::new();
@@ -121,17 +123,24 @@ pub fn in_horizons(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
             ) else {
                 continue;
             };
+            let settled = |metric: &str| match horizon_step(pairs, pair[0], k, metric) {
+                Some(h) if h.difference.resolved() => " (resolved)",
+                Some(_) => " (not resolved)",
+                None => "",
+            };
             if opposite(o1 - o0, f1 - f0) {
                 out.push(format!(
-                    "target horizon k = {} → {}, {} ({}): ODE error {} → {}, FD vs teacher {} → {}.",
+                    "target horizon k = {} → {}, {} ({}): ODE error {} → {}{}, FD vs teacher {} → {}{}.",
                     shown(pair[0]),
                     shown(pair[1]),
                     at(k),
                     seed_note(rows),
                     num(o0),
                     num(o1),
+                    settled(SWEPT[1].0),
                     num(f0),
-                    num(f1)
+                    num(f1),
+                    settled(SWEPT[0].0)
                 ));
             }
         }

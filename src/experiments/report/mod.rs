@@ -4,6 +4,7 @@ pub mod chart;
 pub mod disagreement;
 pub mod finding;
 pub mod grid;
+pub mod horizon_steps;
 pub mod length_criterion;
 pub mod machine;
 pub mod rank_correlation;

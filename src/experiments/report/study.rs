@@ -5,6 +5,7 @@
 
 use super::chart::{write_chart, Series};
 use super::finding::{bounds, favours, num, signed};
+use super::horizon_steps::horizon_step_table;
 use super::length_criterion::criterion_section;
 use super::rank_correlation::rank_section;
 use super::study_findings::{
@@ -117,7 +118,7 @@ fn baseline_section(
 
 fn disagreement_section(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> String {
     let v = disagreements(cfg, out, d);
-    let intro = "Points where the method (along the horizon family: the neighbouring horizon) with the lower ODE error has the higher FD vs teacher — the paper's pattern or its reverse. Baselines and the analytic control compare means over seeds with their intervals; the sweeps compare means over their seeds.";
+    let intro = "Points where the method (along the horizon family: the neighbouring horizon) with the lower ODE error has the higher FD vs teacher — the paper's pattern or its reverse. Baselines and the analytic control compare means over seeds with their intervals; the sweeps compare means over their seeds, each side marked resolved or not where the sweep has seeds to pair.";
     if v.is_empty() {
         format!("{intro}\n\nNone.\n")
     } else {
@@ -241,7 +242,7 @@ fn length_section(dir: Option<&Path>, cfg: &StudyConfig, out: &StudyOutcome, d: 
     ))
 }
 
-fn horizon_section(dir: Option<&Path>, cfg: &StudyConfig, out: &StudyOutcome) -> Result<String> {
+fn horizon_section(dir: Option<&Path>, cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> Result<String> {
     let rows = &out.horizons;
     if rows.is_empty() {
         return Ok(NOT_RUN.to_string());
@@ -250,9 +251,10 @@ fn horizon_section(dir: Option<&Path>, cfg: &StudyConfig, out: &StudyOutcome) ->
         horizon_chart(dir, rows, &cfg.main.steps)?;
     }
     Ok(format!(
-        "{}\n{}\n![horizon](horizon.svg)\n",
+        "{}\n{}{}\n![horizon](horizon.svg)\n",
         sweep_table(rows, "k", &cfg.main.steps),
-        bullets(&horizon_sentences(rows, &cfg.main.steps))
+        bullets(&horizon_sentences(rows, &d.horizons, &cfg.main.steps)),
+        horizon_step_table(&d.horizons)
     ))
 }
 
@@ -472,7 +474,7 @@ fn readme(dir: Option<&Path>, r: &StudyRecord, d: &Differences) -> Result<String
         cfg.main.preset,
         length_section(dir, cfg, out, d)?,
         seed_note(&out.horizons),
-        horizon_section(dir, cfg, out)?,
+        horizon_section(dir, cfg, out, d)?,
         seed_note(&out.guidance),
         guidance_section(cfg, out, d),
         cfg.analytic.toy,
@@ -519,7 +521,7 @@ pub fn write_study(dir: &Path, r: &StudyRecord) -> Result<String> {
     let d = Differences::of(cfg, out)?;
     let json = serde_json::json!({"config": cfg, "seconds": r.seconds, "machine": r.machine,
         "intervals": {"main": d.main, "other": d.other, "analytic": d.analytic,
-            "training_length": d.lengths, "guidance": d.guidance}, "outcome": out});
+            "training_length": d.lengths, "guidance": d.guidance, "horizon": d.horizons}, "outcome": out});
     write_atomic(&dir.join("study.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
     Ok(text.readme)
 }

@@ -5,6 +5,7 @@
 
 use super::disagreement::{in_differences, in_horizons, in_sweep};
 use super::finding::{claim, num};
+use super::horizon_steps::{horizon_step, HorizonStep};
 use super::length_criterion::steps_text;
 use super::study_record::Differences;
 use super::sweep_order::{order, Order};
@@ -64,7 +65,7 @@ pub fn disagreements(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> 
         &d.lengths,
         steps,
     ));
-    v.extend(in_horizons(&out.horizons, steps));
+    v.extend(in_horizons(&out.horizons, &d.horizons, steps));
     v.extend(in_sweep(
         "guidance",
         |w| format!("w = {}", shown(w)),
@@ -83,7 +84,7 @@ pub fn disagreements(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> 
 
 /// Per sampler step count, FD vs teacher and ODE error along the horizon family, where
 /// each is lowest, and whether FD falls monotonically from CM to Direct.
-pub fn horizon_sentences(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
+pub fn horizon_sentences(rows: &[SweepRow], pairs: &[HorizonStep], steps: &[usize]) -> Vec<String> {
     let ks = settings(rows);
     let names: Vec<String> = ks.iter().map(|&k| shown(k)).collect();
     steps
@@ -95,7 +96,10 @@ pub fn horizon_sentences(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
                     .collect()
             };
             let (fd, ode) = (along(SWEPT[0].1)?, along(SWEPT[1].1)?);
-            let lowest = |v: &[f64]| names[(0..v.len()).fold(0, |b, i| if v[i] < v[b] { i } else { b })].clone();
+            let lowest = |v: &[f64], metric: &str| {
+                let i = (0..v.len()).fold(0, |b, i| if v[i] < v[b] { i } else { b });
+                format!("{}{}", names[i], lead(pairs, &ks, i, k, metric))
+            };
             let monotone = fd.windows(2).all(|w| w[1] <= w[0]);
             let path = |v: &[f64]| v.iter().map(|&x| num(x)).collect::<Vec<_>>().join(", ");
             Some(format!(
@@ -103,13 +107,40 @@ pub fn horizon_sentences(rows: &[SweepRow], steps: &[usize]) -> Vec<String> {
                 if k == 1 { "" } else { "s" },
                 names.join(", "),
                 path(&fd),
-                lowest(&fd),
+                lowest(&fd, SWEPT[0].0),
                 if monotone { "falling monotonically" } else { "not monotone" },
                 path(&ode),
-                lowest(&ode)
+                lowest(&ode, SWEPT[1].0)
             ))
         })
         .collect()
+}
+
+/// `: its lead over k = 2 resolved, over k = 10 not resolved`: whether the seeds settle the
+/// lowest horizon `ks[i]` against each neighbour (nothing without seeds to pair).
+fn lead(pairs: &[HorizonStep], ks: &[f64], i: usize, steps: usize, metric: &str) -> String {
+    let mut against = Vec::new();
+    let neighbours = [
+        (i.checked_sub(1), i.checked_sub(1)),
+        ((i + 1 < ks.len()).then_some(i + 1), Some(i)),
+    ];
+    for (other, earlier) in neighbours {
+        let (Some(o), Some(e)) = (other, earlier) else {
+            continue;
+        };
+        if let Some(h) = horizon_step(pairs, ks[e], steps, metric) {
+            let settled = if h.difference.resolved() {
+                "resolved"
+            } else {
+                "not resolved"
+            };
+            against.push(format!("over k = {} {settled}", shown(ks[o])));
+        }
+    }
+    match against.is_empty() {
+        true => String::new(),
+        false => format!(": its lead {}", against.join(", ")),
+    }
 }
 
 /// The paper's claim in the analytic control, against the exact samples.

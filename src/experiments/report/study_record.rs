@@ -1,6 +1,7 @@
 //! The study's record — what `study.json` holds and the report is a function of — and the
 //! CM − Direct differences computed from it.
 
+use super::horizon_steps::{horizon_steps, HorizonStep};
 use super::length_criterion::steps_text;
 use super::sweep_report::sweep_differences;
 use crate::eval::difference::{analytic_differences, differences, Difference};
@@ -78,6 +79,8 @@ pub struct Differences {
     pub lengths: Vec<(f64, Difference)>,
     /// (w, difference), likewise.
     pub guidance: Vec<(f64, Difference)>,
+    /// Each target horizon against the next, likewise.
+    pub horizons: Vec<HorizonStep>,
 }
 
 impl Differences {
@@ -93,6 +96,7 @@ impl Differences {
             },
             lengths: sweep_differences(&out.lengths, steps, level)?,
             guidance: sweep_differences(&out.guidance, steps, level)?,
+            horizons: horizon_steps(&out.horizons, steps, level)?,
         })
     }
 }

@@ -281,7 +281,7 @@ fn sweeps(cfg: &StudyConfig, out: &StudyOutcome, d: &Differences) -> String {
             s,
             "**Target horizon** ({}; k teacher steps, then the target network; k = 1 is CM, k = N Direct):\n\n{}\n",
             seed_note(&out.horizons),
-            bullets(&horizon_sentences(&out.horizons, steps))
+            bullets(&horizon_sentences(&out.horizons, &d.horizons, steps))
         );
     }
     if !out.guidance.is_empty() {
