@@ -270,3 +270,23 @@ fn dependence(o: &Order) -> &'static str {
         (false, false) => "the same order at every length",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiments::report::horizon_steps::{horizon_steps, tests::family};
+
+    /// The lowest horizon's lead is called resolved only over the neighbour the seeds settle.
+    #[test]
+    fn the_lowest_horizon_names_which_leads_the_seeds_settle() {
+        let rows = family();
+        let pairs = horizon_steps(&rows, &[1], 0.95).unwrap();
+        let sentence = &horizon_sentences(&rows, &pairs, &[1])[0];
+        assert!(
+            sentence.contains(
+                "FD vs teacher 101, 52.0, 64.7 (lowest at k = 2: its lead over k = 1 resolved, over k = 5 not resolved;"
+            ),
+            "{sentence}"
+        );
+    }
+}
