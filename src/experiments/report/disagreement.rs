@@ -2,7 +2,7 @@
 //! the horizon family, the neighbouring horizon) with the lower ODE error has the higher
 //! FD — in the baselines, the sweeps and the analytic control. Listed, none omitted.
 
-use super::finding::{difference_text, num};
+use super::finding::{difference_text, num, settled};
 use super::horizon_steps::{horizon_step, HorizonStep};
 use super::sweep_order::paired;
 use super::sweep_report::{mean_at, seed_note, settings, shown, SWEPT};
@@ -74,13 +74,9 @@ pub fn in_sweep(
             ) else {
                 continue;
             };
-            let side = |diff: f64, metric: &str| {
-                let settled = match paired(diffs, s, k, metric) {
-                    Some(d) if d.resolved() => ", resolved",
-                    Some(_) => ", not resolved",
-                    None => "",
-                };
-                format!("{} lower{settled}", lower(diff))
+            let side = |diff: f64, metric: &str| match paired(diffs, s, k, metric) {
+                Some(d) => format!("{} lower, {}", lower(diff), settled(d)),
+                None => format!("{} lower", lower(diff)),
             };
             if opposite(co - dn, cf - df) {
                 out.push(format!(
@@ -123,10 +119,9 @@ pub fn in_horizons(rows: &[SweepRow], pairs: &[HorizonStep], steps: &[usize]) ->
             ) else {
                 continue;
             };
-            let settled = |metric: &str| match horizon_step(pairs, pair[0], k, metric) {
-                Some(h) if h.difference.resolved() => " (resolved)",
-                Some(_) => " (not resolved)",
-                None => "",
+            let mark = |metric: &str| {
+                horizon_step(pairs, pair[0], k, metric)
+                    .map_or(String::new(), |h| format!(" ({})", settled(&h.difference)))
             };
             if opposite(o1 - o0, f1 - f0) {
                 out.push(format!(
@@ -137,10 +132,10 @@ pub fn in_horizons(rows: &[SweepRow], pairs: &[HorizonStep], steps: &[usize]) ->
                     seed_note(rows),
                     num(o0),
                     num(o1),
-                    settled(SWEPT[1].0),
+                    mark(SWEPT[1].0),
                     num(f0),
                     num(f1),
-                    settled(SWEPT[0].0)
+                    mark(SWEPT[0].0)
                 ));
             }
         }

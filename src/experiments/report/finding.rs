@@ -84,6 +84,26 @@ pub fn bounds(ci: &Interval) -> String {
     format!("[{}, {}]", num(ci.low), num(ci.high))
 }
 
+/// `+386 | [304, 457] | [250, 521] | 5/5`: a difference's table cells, estimate to sign count.
+pub fn difference_cells(d: &Difference) -> String {
+    format!(
+        "{} | {} | {} | {}",
+        signed(d.interval.estimate),
+        bounds(&d.interval),
+        bounds(&d.t_interval),
+        d.signs.text(d.interval.estimate)
+    )
+}
+
+/// Whether the seeds settle a difference, in words.
+pub fn settled(d: &Difference) -> &'static str {
+    if d.resolved() {
+        "resolved"
+    } else {
+        "not resolved"
+    }
+}
+
 /// `+386 (bootstrap [304, 457], t [250, 521], 5/5 seeds)`
 pub fn difference_text(d: &Difference) -> String {
     format!(

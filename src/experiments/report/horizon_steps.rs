@@ -2,7 +2,7 @@
 //! FD vs teacher and ODE error, paired by seed, so that every step along the family and
 //! every disagreement between neighbouring horizons carries its intervals and sign count.
 
-use super::finding::{bounds, num, signed};
+use super::finding::{difference_cells, num};
 use super::sweep_report::{per_seed_at, seeds, settings, shown, SWEPT};
 use crate::eval::difference::Difference;
 use crate::eval::records::SweepRow;
@@ -82,17 +82,14 @@ pub fn horizon_step_table(all: &[HorizonStep]) -> String {
         let d = &h.difference;
         let _ = writeln!(
             s,
-            "| {} → {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} → {} | {} | {} | {} | {} | {} | {} |",
             shown(h.earlier),
             shown(h.later),
             d.steps,
             d.metric,
             num(d.direct),
             num(d.cm),
-            signed(d.interval.estimate),
-            bounds(&d.interval),
-            bounds(&d.t_interval),
-            d.signs.text(d.interval.estimate),
+            difference_cells(d),
             lower_text(h)
         );
     }

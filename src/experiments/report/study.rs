@@ -4,7 +4,7 @@
 //! `study.json` alone, so `--rewrite-report` rewrites it without retraining.
 
 use super::chart::{write_chart, Series};
-use super::finding::{bounds, favours, num, signed};
+use super::finding::{bounds, difference_cells, favours, num};
 use super::horizon_steps::horizon_step_table;
 use super::length_criterion::criterion_section;
 use super::rank_correlation::rank_section;
@@ -55,14 +55,11 @@ fn comparison_tables(diffs: &[Difference], steps: &[usize], teacher: &[Row]) -> 
         for d in diffs.iter().filter(|d| d.steps == k) {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 d.metric,
                 num(d.cm),
                 num(d.direct),
-                signed(d.interval.estimate),
-                bounds(&d.interval),
-                bounds(&d.t_interval),
-                d.signs.text(d.interval.estimate),
+                difference_cells(d),
                 favours(d)
             );
         }
@@ -315,15 +312,12 @@ fn analytic_section(cfg: &StudyConfig, rows: &[AnalyticRow], diffs: &[Difference
     for d in diffs {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} |",
             d.steps,
             d.metric,
             num(d.cm),
             num(d.direct),
-            signed(d.interval.estimate),
-            bounds(&d.interval),
-            bounds(&d.t_interval),
-            d.signs.text(d.interval.estimate),
+            difference_cells(d),
             favours(d)
         );
     }

@@ -4,7 +4,7 @@
 //! their settings.
 
 use super::disagreement::{in_differences, in_horizons, in_sweep};
-use super::finding::{claim, num};
+use super::finding::{claim, num, settled};
 use super::horizon_steps::{horizon_step, HorizonStep};
 use super::length_criterion::steps_text;
 use super::study_record::Differences;
@@ -129,12 +129,7 @@ fn lead(pairs: &[HorizonStep], ks: &[f64], i: usize, steps: usize, metric: &str)
             continue;
         };
         if let Some(h) = horizon_step(pairs, ks[e], steps, metric) {
-            let settled = if h.difference.resolved() {
-                "resolved"
-            } else {
-                "not resolved"
-            };
-            against.push(format!("over k = {} {settled}", shown(ks[o])));
+            against.push(format!("over k = {} {}", shown(ks[o]), settled(&h.difference)));
         }
     }
     match against.is_empty() {

@@ -5,7 +5,7 @@
 //! against the data, ρ per method and step count, the sweeps, the analytic control and how
 //! the setting differs from the paper's.
 
-use super::finding::{better, bounds, leaning, num, signed, verdict, Better, Verdict};
+use super::finding::{better, difference_cells, leaning, num, verdict, Better, Verdict};
 use super::length_criterion::{against_ddim, behind_sentence, choice_sentence, criterion_steps, named, steps_text};
 use super::rank_correlation::{pooled, ranks, rho_text};
 use super::study_findings::{
@@ -99,16 +99,6 @@ fn training_length(cfg: &StudyConfig, out: &StudyOutcome, length: usize) -> Resu
     ))
 }
 
-fn cells(d: &Difference) -> String {
-    format!(
-        "{} | {} | {} | {}",
-        signed(d.interval.estimate),
-        bounds(&d.interval),
-        bounds(&d.t_interval),
-        d.signs.text(d.interval.estimate)
-    )
-}
-
 fn headline(out: &StudyOutcome, d: &Differences, steps: &[usize]) -> String {
     let mut s = String::from(
         "| baseline | steps | FD vs teacher: CM | Direct | CM − Direct | bootstrap | t-interval | signs | ODE error: CM − Direct | bootstrap | t-interval | signs |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
@@ -122,8 +112,8 @@ fn headline(out: &StudyOutcome, d: &Differences, steps: &[usize]) -> String {
                     "| `{name}` | {k} | {} | {} | {} | {} |",
                     num(fd.cm),
                     num(fd.direct),
-                    cells(fd),
-                    cells(ode)
+                    difference_cells(fd),
+                    difference_cells(ode)
                 );
             }
         }

@@ -2,7 +2,7 @@
 //! count), CM − Direct at each setting with its intervals once there are seeds to pair,
 //! the Markdown table and the CSV.
 
-use super::finding::{bounds, favours, num, signed};
+use super::finding::{difference_cells, favours, num};
 use crate::eval::difference::{mean, Difference};
 use crate::eval::records::{Getter, SweepRow, COLUMNS};
 use anyhow::Result;
@@ -124,16 +124,13 @@ pub fn sweep_difference_table(diffs: &[(f64, Difference)], setting: &str) -> Str
     for (v, d) in diffs {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             shown(*v),
             d.steps,
             d.metric,
             num(d.cm),
             num(d.direct),
-            signed(d.interval.estimate),
-            bounds(&d.interval),
-            bounds(&d.t_interval),
-            d.signs.text(d.interval.estimate),
+            difference_cells(d),
             favours(d)
         );
     }
